@@ -1,0 +1,189 @@
+"""The trial config: one typed, validated model, one loader (YAML + `--set key=value`).
+
+Every default is declared once, with its unit or allowed values. An unknown key or a bad
+value is refused with the field, the value and what is allowed, before anything trains.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pclc.metrics import ATTACKS
+
+LossName = Literal["ce", "pc", "pclc", "lc"]
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the field, the value and what is allowed."""
+
+
+class TrialConfig(BaseModel):
+    """Everything one trial needs: data → model → train → evaluate."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # --- data
+    dataset: str = "digits"  # a pclc.data registry name, or npz:/abs/path.npz
+    data_root: str | None = None  # folder for torchvision datasets (made absolute)
+    download: bool = False  # fetch torchvision datasets into data_root when missing
+    train_limit: int | None = Field(None, ge=1)  # use at most this many training samples
+    eval_limit: int | None = Field(512, ge=1)  # test samples scored (clean + attacks); None = all
+
+    # --- model
+    model: str = "small_cnn"  # a pclc.models registry name
+
+    # --- loss: the paper's knobs
+    loss: LossName = "pclc"  # ce | pc | pclc | lc (logit constraint alone, for ablation)
+    margin: float = Field(0.995, gt=0.0, le=1.0)  # ξ, the PC probability margin
+    lc_weight: float = Field(0.05, ge=0.0)  # λ, weight of the logit constraint
+
+    # --- training
+    epochs: int = Field(12, ge=1)  # total epochs, warm-up included
+    warmup_epochs: int = Field(4, ge=0)  # CE epochs before the configured loss (ignored for ce)
+    reset_optimizer: bool = True  # fresh optimizer after warm-up, as the authors do
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)  # SGD only
+    weight_decay: float = Field(0.0, ge=0.0)
+    schedule: Literal["none", "step", "cosine"] = "none"
+    milestones: list[int] = Field(default_factory=list)  # epochs (after warm-up) for step decay
+    gamma: float = Field(0.2, gt=0.0, le=1.0)  # step decay factor
+    augment: bool = False  # flip/shift augmentation (natural images only)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: cuda → mps → cpu
+    bf16: bool = True  # bf16 autocast for training on CUDA; attacks always run in fp32
+    threads: int | None = Field(None, ge=1)  # torch CPU threads; None leaves torch's default
+
+    # --- evaluation: the attack suite
+    attacks: list[str] = Field(default_factory=lambda: ["fgsm", "pgd_ce", "pgd_cw", "mim", "bim", "transfer"])
+    eps: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2])  # L∞ radii, pixels in [0, 1]
+    headline_eps: float = 0.1  # eps of the headline `robust_acc`; must be in `eps`
+    attack_steps: int = Field(10, ge=1)  # iterations of PGD / MIM / BIM / SPSA
+    step_scale: float = Field(2.5, gt=0.0)  # step size = step_scale * eps / attack_steps
+    spsa_samples: int = Field(64, ge=2)  # SPSA perturbation samples per step (even)
+    eval_batch_size: int = Field(256, ge=1)
+    masking_eps: float = Field(0.5, gt=0.0, le=1.0)  # large eps at which PGD must reach ~0 %
+    epoch_eval_samples: int = Field(128, ge=0)  # per-epoch PGD on this many test samples (0 = off)
+
+    # --- transfer attack: the substitute model
+    substitute_model: str | None = None  # None: same architecture as `model`
+    substitute_epochs: int | None = Field(None, ge=1)  # None: same as `epochs`
+    substitute_seed: int = 1000
+    cache_dir: str | None = None  # keep trained substitutes here, reused across sweeps (made absolute)
+
+    # --- output
+    out_dir: str | None = None  # where metrics.json and weights go (made absolute)
+    save_weights: bool = True
+
+    @field_validator("attacks")
+    @classmethod
+    def _known_attacks(cls, v: list[str]) -> list[str]:
+        bad = [a for a in v if a not in ATTACKS]
+        if bad:
+            raise ValueError(f"unknown attack(s) {bad}; choose from {list(ATTACKS)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"attacks listed twice in {v}")
+        return v
+
+    @field_validator("eps")
+    @classmethod
+    def _eps_in_pixel_range(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("eps grid is empty; give at least one radius in (0, 1]")
+        bad = [e for e in v if not 0.0 < e <= 1.0]
+        if bad:
+            raise ValueError(f"eps {bad} outside the pixel range (0, 1]")
+        return sorted(set(v))
+
+    @field_validator("data_root", "out_dir", "cache_dir")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        # Ray Tune runs each trial in its own working directory: resolve paths once, here.
+        return None if v is None else str(Path(v).expanduser().resolve())
+
+    @field_validator("dataset")
+    @classmethod
+    def _absolute_npz(cls, v: str) -> str:
+        if v.startswith("npz:"):
+            return "npz:" + str(Path(v[4:]).expanduser().resolve())
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrialConfig:
+        if self.headline_eps not in self.eps:
+            raise ValueError(f"headline_eps {self.headline_eps} is not in the eps grid {self.eps}")
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs {self.warmup_epochs} exceeds epochs {self.epochs}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _explain(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(config)"
+        value = e.get("input")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            allowed = ", ".join(TrialConfig.model_fields)
+            lines.append(f"  {field}: unknown key; allowed keys: {allowed}")
+        else:
+            lines.append(f"  {field} = {value!r}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`key=value` → (key, value), the value read as YAML (so 0.1, true, [0.1, 0.2] work)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value")
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot read value {raw!r}: {exc}") from None
+    return key, value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from `path` (safe loader), with a clear error otherwise."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of key: value, not {type(data).__name__}")
+    return data
+
+
+def make_config(values: dict[str, Any] | None = None, *, source: str = "config") -> TrialConfig:
+    """Validate a dict into a TrialConfig, raising ConfigError that names every bad field."""
+    try:
+        return TrialConfig(**(values or {}))
+    except ValidationError as err:
+        raise ConfigError(_explain(err, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrialConfig:
+    """The one config loader: defaults ← YAML file ← `--set key=value` overrides."""
+    values: dict[str, Any] = read_yaml(path) if path else {}
+    for item in overrides or []:
+        key, value = parse_override(item)
+        values[key] = value
+    source = ", ".join(filter(None, [str(path) if path else "", "--set" if overrides else ""])) or "defaults"
+    return make_config(values, source=source)
+
+
+def dumps(cfg: TrialConfig) -> str:
+    return json.dumps(cfg.to_dict(), indent=2, sort_keys=True)

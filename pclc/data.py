@@ -1,0 +1,430 @@
+"""Datasets by name, held whole as tensors: x float32 N×C×H×W in [0, 1], y int64.
+
+`digits` (scikit-learn's bundled 8×8 digits) needs nothing on disk; the torchvision sets read
+`data_root` and download only when asked; `npz:PATH` reads a user file. The data sets here are
+small enough to live on the device, so `batches` slices tensors instead of running a DataLoader.
+Held-out splits use `SPLIT_SEED`, never the trial seed: every trial is scored on the same test set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pclc.registry import Registry
+
+__all__ = [
+    "DATASETS",
+    "SPLIT_SEED",
+    "TEST_FRACTION",
+    "DataError",
+    "Dataset",
+    "batches",
+    "load_dataset",
+    "load_npz",
+]
+
+SPLIT_SEED = 20210202  # fixed seed of every held-out split (independent of the trial seed)
+TEST_FRACTION = 0.2  # share of samples held out when a data set has no test split of its own
+
+
+class DataError(ValueError):
+    """A data set that cannot be loaded; the message says what is wrong and what to do."""
+
+
+@dataclass
+class Dataset:
+    """A train/test pair held as tensors: x float32 N×C×H×W in [0, 1], y int64 class indices."""
+
+    name: str
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+            if x.dim() != 4 or x.dtype != torch.float32:
+                raise DataError(f"{self.name}: x_{split} must be float32 N×C×H×W, got {x.dtype} {tuple(x.shape)}")
+            if y.dim() != 1 or y.dtype != torch.int64 or len(y) != len(x):
+                raise DataError(
+                    f"{self.name}: y_{split} must be int64 of length {len(x)}, got {y.dtype} {tuple(y.shape)}"
+                )
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise DataError(
+                f"{self.name}: train images {tuple(self.x_train.shape[1:])} and test images "
+                f"{tuple(self.x_test.shape[1:])} differ in shape"
+            )
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one image."""
+        c, h, w = self.x_train.shape[1:]
+        return int(c), int(h), int(w)
+
+    def to(self, device: torch.device | str) -> Dataset:
+        """A copy with every tensor on `device`."""
+        return dataclasses.replace(
+            self,
+            x_train=self.x_train.to(device),
+            y_train=self.y_train.to(device),
+            x_test=self.x_test.to(device),
+            y_test=self.y_test.to(device),
+        )
+
+    def subset_train(self, n: int, seed: int) -> Dataset:
+        """A copy keeping `n` training samples drawn at random with `seed` (test set untouched)."""
+        if n < 1:
+            raise ValueError(f"subset size must be >= 1, got {n}")
+        if n >= len(self.x_train):
+            return self
+        g = torch.Generator().manual_seed(seed)
+        keep = torch.randperm(len(self.x_train), generator=g)[:n].to(self.x_train.device)
+        return dataclasses.replace(self, x_train=self.x_train[keep], y_train=self.y_train[keep])
+
+
+def batches(
+    x: Tensor, y: Tensor, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """(x, y) mini-batches by tensor slicing; the last one may be smaller.
+
+    With `shuffle`, the order is `torch.randperm(len(x), generator=generator)`, so a seeded
+    generator gives a reproducible epoch.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if len(x) != len(y):
+        raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
+    n = len(x)
+    if shuffle:
+        device = generator.device if generator is not None else torch.device("cpu")
+        order = torch.randperm(n, generator=generator, device=device).to(x.device)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            yield x[idx], y[idx.to(y.device)]
+    else:
+        for start in range(0, n, batch_size):
+            yield x[start : start + batch_size], y[start : start + batch_size]
+
+
+# --- helpers shared by the loaders
+
+
+def _stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test indices holding out about `test_fraction` of every class (≥ 1 kept for training)."""
+    rng = np.random.default_rng(seed)
+    train: list[np.ndarray] = []
+    test: list[np.ndarray] = []
+    for label in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == label))
+        n_test = min(int(round(len(members) * test_fraction)), len(members) - 1)
+        test.append(members[:n_test])
+        train.append(members[n_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def _images(array: np.ndarray | Tensor, layout: str) -> Tensor:
+    """uint8 images in `layout` ("NHW", "NHWC" or "NCHW") → float32 N×C×H×W in [0, 1]."""
+    x = torch.as_tensor(np.asarray(array)) if not isinstance(array, Tensor) else array
+    if layout == "NHW":
+        x = x.unsqueeze(1)
+    elif layout == "NHWC":
+        x = x.permute(0, 3, 1, 2)
+    return x.contiguous().float().div_(255.0)
+
+
+def _labels(values: Any) -> Tensor:
+    return torch.as_tensor(np.asarray(values), dtype=torch.int64).reshape(-1)
+
+
+# --- registry of named data sets
+
+DATASETS: Registry[Dataset] = Registry("dataset")
+
+
+@DATASETS.register("digits")
+def digits(**_: Any) -> Dataset:
+    """scikit-learn's bundled 8×8 handwritten digits (1797 images, 10 classes), 80/20 stratified."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)  # pixel values 0..16
+    y = torch.from_numpy(bunch.target.astype(np.int64))
+    train, test = _stratified_split(bunch.target, TEST_FRACTION, SPLIT_SEED)
+    return Dataset("digits", x[train], y[train], x[test], y[test], num_classes=10)
+
+
+# --- torchvision data sets: files on disk under data_root, downloaded only when asked
+
+
+@dataclass(frozen=True)
+class _TorchvisionSpec:
+    """Where a torchvision data set keeps its files and how its arrays are laid out."""
+
+    cls: str  # torchvision.datasets class name
+    num_classes: int
+    files: tuple[str, ...]  # relative to data_root; all present → no download needed
+    layout: str  # layout of the dataset's `.data` array
+    labels: str  # attribute holding the labels
+    split_kw: Callable[[bool], dict[str, Any]]  # train? → constructor keywords
+
+
+def _train_flag(train: bool) -> dict[str, Any]:
+    return {"train": train}
+
+
+def _svhn_split(train: bool) -> dict[str, Any]:
+    return {"split": "train" if train else "test"}
+
+
+def _mnist_files(folder: str) -> tuple[str, ...]:
+    names = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    return tuple(f"{folder}/raw/{n}" for n in names)
+
+
+_CIFAR10_FILES = tuple(
+    f"cifar-10-batches-py/{n}" for n in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
+                                          "data_batch_5", "test_batch", "batches.meta"]
+)
+_CIFAR100_FILES = ("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta")
+
+_TORCHVISION: dict[str, _TorchvisionSpec] = {
+    "mnist": _TorchvisionSpec("MNIST", 10, _mnist_files("MNIST"), "NHW", "targets", _train_flag),
+    "fashion_mnist": _TorchvisionSpec("FashionMNIST", 10, _mnist_files("FashionMNIST"), "NHW", "targets", _train_flag),
+    "kmnist": _TorchvisionSpec("KMNIST", 10, _mnist_files("KMNIST"), "NHW", "targets", _train_flag),
+    "cifar10": _TorchvisionSpec("CIFAR10", 10, _CIFAR10_FILES, "NHWC", "targets", _train_flag),
+    "cifar100": _TorchvisionSpec("CIFAR100", 100, _CIFAR100_FILES, "NHWC", "targets", _train_flag),
+    "svhn": _TorchvisionSpec("SVHN", 10, ("train_32x32.mat", "test_32x32.mat"), "NCHW", "labels", _svhn_split),
+}
+
+
+def _without_checksums(cls: type) -> type:
+    """A subclass of a torchvision data set that checks its files exist but not their MD5.
+
+    CIFAR and SVHN refuse files whose MD5 differs from the published archive (a subset, a
+    re-packed copy). This keeps torchvision's own parsing and drops only that check; it relies
+    on the `train_list`/`test_list`/`meta` (CIFAR) and `split_list` (SVHN) class attributes.
+    """
+    attrs: dict[str, Any] = {}
+    if hasattr(cls, "train_list"):
+        attrs["train_list"] = [[f, None] for f, _ in cls.train_list]
+        attrs["test_list"] = [[f, None] for f, _ in cls.test_list]
+        attrs["meta"] = {**cls.meta, "md5": None}
+    if hasattr(cls, "split_list"):
+        attrs["split_list"] = {k: [url, f, None] for k, (url, f, _) in cls.split_list.items()}
+    return type(f"{cls.__name__}WithoutChecksums", (cls,), attrs)
+
+
+def _split_tensors(ds: Any, spec: _TorchvisionSpec) -> tuple[Tensor, Tensor]:
+    # The whole split at once from the raw arrays: no per-image PIL conversion.
+    return _images(ds.data, spec.layout), _labels(getattr(ds, spec.labels))
+
+
+def _load_torchvision(name: str, data_root: str | Path | None, download: bool) -> Dataset:
+    spec = _TORCHVISION[name]
+    if data_root is None:
+        raise DataError(
+            f"dataset {name!r} reads files from data_root, which is not set; "
+            f"give a folder (--set data_root=/abs/path) and download=true to fetch it there"
+        )
+    root = Path(data_root).expanduser().resolve()
+    missing = [f for f in spec.files if not (root / f).is_file()]
+    if missing and not download:
+        raise DataError(
+            f"dataset {name!r} not found under {root} (missing: {', '.join(missing)}); "
+            f"pass download=true (--set download=true) to fetch it there, or point data_root at "
+            f"the folder that holds it"
+        )
+
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, spec.cls)
+    try:
+        if missing:  # download=True: torchvision fetches and verifies the archives
+            parts = [cls(str(root), download=True, **spec.split_kw(train)) for train in (True, False)]
+        else:
+            try:
+                parts = [cls(str(root), download=False, **spec.split_kw(train)) for train in (True, False)]
+            except RuntimeError:  # files present but their MD5 differs from the published one
+                warnings.warn(
+                    f"{name}: the files under {root} differ from torchvision's published checksums; "
+                    f"loading them as they are. Delete them and load with download=true if that "
+                    f"is not intended.",
+                    stacklevel=2,
+                )
+                unchecked = _without_checksums(cls)
+                parts = [unchecked(str(root), download=False, **spec.split_kw(train)) for train in (True, False)]
+        (x_train, y_train), (x_test, y_test) = (_split_tensors(p, spec) for p in parts)
+    except DataError:
+        raise
+    except Exception as exc:  # torchvision's parsers raise assorted errors on damaged files
+        action = "download" if missing else "read"
+        raise DataError(f"could not {action} dataset {name!r} under {root}: {type(exc).__name__}: {exc}") from exc
+    return Dataset(name, x_train, y_train, x_test, y_test, spec.num_classes)
+
+
+def _torchvision_builder(name: str) -> Callable[..., Dataset]:
+    def build(*, data_root: str | Path | None = None, download: bool = False, **_: Any) -> Dataset:
+        return _load_torchvision(name, data_root, download)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f"torchvision {_TORCHVISION[name].cls} from data_root (downloaded only with download=True)."
+    return build
+
+
+for _name in _TORCHVISION:
+    DATASETS.register(_name)(_torchvision_builder(_name))
+
+
+# --- npz: a user file with x, y (and optionally x_test, y_test)
+
+
+def _npz_images(path: Path, key: str, x: np.ndarray) -> Tensor:
+    """Check and convert one image array (N×H×W, N×H×W×C or N×C×H×W; uint8 or float in [0, 1])."""
+    where = f"{path}: {key!r}"
+    if x.ndim == 3:
+        layout = "NHW"
+    elif x.ndim == 4:
+        # The channel axis is the small one (1 to 4 channels); images are larger than that.
+        first, last = x.shape[1] <= 4, x.shape[3] <= 4
+        if first == last:
+            raise DataError(
+                f"{where} has shape {x.shape}: cannot tell the channel axis; expected N×C×H×W or "
+                f"N×H×W×C with 1 to 4 channels and images larger than 4×4"
+            )
+        layout = "NCHW" if first else "NHWC"
+    else:
+        raise DataError(f"{where} has shape {x.shape}; expected N×H×W, N×H×W×C or N×C×H×W")
+    if x.shape[0] == 0:
+        raise DataError(f"{where} holds no samples")
+    if x.dtype == np.uint8:
+        return _images(x, layout)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise DataError(f"{where} has dtype {x.dtype}; expected uint8 (0–255) or float (0–1)")
+    if not np.isfinite(x).all():
+        raise DataError(f"{where} contains NaN or inf")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        raise DataError(
+            f"{where} holds floats in [{lo:g}, {hi:g}], outside [0, 1]; scale to [0, 1] or save uint8 0–255"
+        )
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    if layout == "NHW":
+        t = t.unsqueeze(1)
+    elif layout == "NHWC":
+        t = t.permute(0, 3, 1, 2).contiguous()
+    return t
+
+
+def _npz_labels(path: Path, key: str, y: np.ndarray, n: int) -> Tensor:
+    """Check and convert one label array: integers 0..K-1, one per image."""
+    where = f"{path}: {key!r}"
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise DataError(f"{where} has shape {y.shape}; expected one label per sample, shape ({n},)")
+    if len(y) != n:
+        raise DataError(f"{where} holds {len(y)} labels for {n} images; x and y must have the same length")
+    if np.issubdtype(y.dtype, np.floating):
+        whole = np.isfinite(y) & (y == np.round(y))
+        if not whole.all():
+            raise DataError(f"{where} holds non-integer labels, e.g. {y[~whole][0]!r}; expected class indices 0..K-1")
+    elif not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{where} has dtype {y.dtype}; expected integer class indices 0..K-1")
+    if (y < 0).any():
+        raise DataError(f"{where} holds negative labels, e.g. {y[y < 0][0]!r}; expected class indices 0..K-1")
+    return torch.from_numpy(y.astype(np.int64))
+
+
+def load_npz(path: str | Path) -> Dataset:
+    """A data set from an .npz file with `x`, `y` and optionally `x_test`, `y_test`.
+
+    Without a test split, TEST_FRACTION of every class is held out with SPLIT_SEED.
+
+    Example:
+        >>> np.savez("/tmp/mine.npz", x=np.zeros((10, 8, 8), np.uint8), y=np.arange(10) % 2)
+        >>> load_npz("/tmp/mine.npz").input_shape
+        (1, 8, 8)
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"npz file {path} does not exist")
+    # Our own file handle: np.load leaks the one it opens when the zip turns out to be damaged.
+    with open(path, "rb") as handle:
+        try:
+            archive = np.load(handle, allow_pickle=False)
+        except Exception as exc:  # not a zip, pickled, truncated: np.load's errors vary with the damage
+            raise DataError(f"{path} is not a readable .npz archive ({type(exc).__name__}: {exc})") from exc
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise DataError(f"{path} holds a single .npy array, not an .npz archive with x and y arrays")
+        with archive:
+            keys = set(archive.files)
+            missing = sorted({"x", "y"} - keys)
+            if missing:
+                raise DataError(
+                    f"{path} has no {' or '.join(missing)} array (it holds: {', '.join(sorted(keys)) or 'nothing'}); "
+                    f"expected x (images) and y (labels), optionally x_test and y_test"
+                )
+            if ("x_test" in keys) != ("y_test" in keys):
+                raise DataError(f"{path} has only one of x_test and y_test; give both or neither")
+            try:
+                arrays = {k: archive[k] for k in ("x", "y", "x_test", "y_test") if k in keys}
+            except Exception as exc:  # a damaged member, or an object array (pickles are refused)
+                raise DataError(f"{path}: cannot read its arrays ({type(exc).__name__}: {exc})") from exc
+
+    x = _npz_images(path, "x", arrays["x"])
+    y = _npz_labels(path, "y", arrays["y"], len(x))
+    if "x_test" in arrays:
+        x_test = _npz_images(path, "x_test", arrays["x_test"])
+        y_test = _npz_labels(path, "y_test", arrays["y_test"], len(x_test))
+        if x_test.shape[1:] != x.shape[1:]:
+            raise DataError(
+                f"{path}: x_test images {tuple(x_test.shape[1:])} differ from x images {tuple(x.shape[1:])} (C×H×W)"
+            )
+        x_train, y_train = x, y
+    else:
+        train, test = _stratified_split(y.numpy(), TEST_FRACTION, SPLIT_SEED)
+        if len(test) == 0:
+            raise DataError(
+                f"{path}: too few samples per class ({len(y)} in all) to hold out a test split; "
+                f"add x_test and y_test to the file"
+            )
+        x_train, y_train, x_test, y_test = x[train], y[train], x[test], y[test]
+    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    if num_classes < 2:
+        raise DataError(f"{path}: labels hold a single class (0); a classifier needs at least 2")
+    return Dataset(f"npz:{path}", x_train, y_train, x_test, y_test, num_classes)
+
+
+def load_dataset(
+    name: str, *, data_root: str | Path | None = None, download: bool = False, seed: int = 0
+) -> Dataset:
+    """The data set `name` (a DATASETS name or "npz:/path/file.npz") as tensors on the CPU.
+
+    `seed` is accepted for API stability but changes nothing: held-out splits use SPLIT_SEED
+    so every trial of a sweep is scored on the same test set.
+
+    Example:
+        >>> data = load_dataset("digits")
+        >>> data.input_shape, data.num_classes
+        ((1, 8, 8), 10)
+    """
+    del seed  # see the docstring: splits are fixed on purpose
+    if name.startswith("npz:"):
+        if not name[4:]:
+            raise DataError("dataset 'npz:' names no file; write npz:/abs/path/to/file.npz")
+        return load_npz(name[4:])
+    if name not in DATASETS:
+        raise DataError(
+            f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS.names())}, or npz:/path/to/file.npz"
+        )
+    return DATASETS.create(name, data_root=data_root, download=download)

@@ -1,0 +1,153 @@
+"""One trial, top to bottom: data → model → train → evaluate. The only entry a sweep calls.
+
+`run_trial` knows nothing of Ray or MLflow: it hands every epoch's metrics and a checkpoint
+to a plain `report(metrics, state)` callback, and the final evaluation once at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from pclc import metrics as M
+from pclc.attacks import AttackSuite
+from pclc.config import TrialConfig
+from pclc.data import Dataset, load_dataset
+from pclc.evaluate import evaluate, quick_robust_acc
+from pclc.models import create_model
+from pclc.train import Trainer, accuracy, fit, load_checkpoint, save_checkpoint, seed_everything, select_device
+
+Report = Callable[[dict[str, float], "dict[str, Any] | None"], None]
+
+
+@dataclass
+class Prepared:
+    """What every trial of a sweep shares: the data and the substitute for transfer attacks."""
+
+    data: Dataset
+    substitute_state: dict[str, torch.Tensor] | None = None
+
+
+def substitute_config(cfg: TrialConfig) -> TrialConfig:
+    """The substitute: a separately seeded CE model (same architecture unless one is named)."""
+    return cfg.model_copy(
+        update={
+            "model": cfg.substitute_model or cfg.model,
+            "epochs": cfg.substitute_epochs or cfg.epochs,
+            "seed": cfg.substitute_seed,
+            "loss": "ce",
+            "warmup_epochs": 0,
+        }
+    )
+
+
+def _substitute_cache_path(cfg: TrialConfig) -> Path | None:
+    if cfg.cache_dir is None:
+        return None
+    sub = substitute_config(cfg)
+    keys = ("dataset", "train_limit", "model", "epochs", "seed", "batch_size", "optimizer", "lr", "augment")
+    digest = hashlib.sha256(json.dumps({k: getattr(sub, k) for k in keys}, sort_keys=True).encode()).hexdigest()
+    return Path(cfg.cache_dir) / f"substitute-{sub.model}-{digest[:12]}.pt"
+
+
+def train_substitute(cfg: TrialConfig, data: Dataset) -> dict[str, torch.Tensor]:
+    """Train (or load from `cache_dir`) the transfer-attack substitute once; return its weights."""
+    cache = _substitute_cache_path(cfg)
+    if cache is not None and cache.is_file():
+        return load_checkpoint(cache)
+    sub = substitute_config(cfg)
+    device = select_device(sub.device)
+    seed_everything(sub.seed)
+    model = create_model(sub.model, input_shape=data.input_shape, num_classes=data.num_classes).to(device)
+    fit(sub, model, data.to(device), device)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(state, cache)
+    return state
+
+
+def prepare(cfg: TrialConfig) -> Prepared:
+    """Load the data and train the substitute: done once per sweep, shared with every trial."""
+    data = load_dataset(cfg.dataset, data_root=cfg.data_root, download=cfg.download)
+    if cfg.train_limit is not None:
+        data = data.subset_train(cfg.train_limit, seed=0)
+    substitute = train_substitute(cfg, data) if "transfer" in cfg.attacks else None
+    return Prepared(data=data, substitute_state=substitute)
+
+
+def _build(cfg: TrialConfig, data: Dataset, device: torch.device, name: str) -> nn.Module:
+    return create_model(name, input_shape=data.input_shape, num_classes=data.num_classes).to(device)
+
+
+def run_trial(
+    cfg: TrialConfig,
+    report: Report,
+    *,
+    prepared: Prepared | None = None,
+    resume: dict[str, Any] | None = None,
+) -> dict[str, float]:
+    """Train and score one configuration; returns the final metrics (DESIGN.md schema)."""
+    # ---- set-up: device, seeds, threads, data shared by the sweep
+    started = time.perf_counter()
+    device = select_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    generator = seed_everything(cfg.seed)
+    prepared = prepared or prepare(cfg)
+    data = prepared.data.to(device)
+    x_eval, y_eval = data.x_test[: cfg.eval_limit], data.y_test[: cfg.eval_limit]
+    x_epoch, y_epoch = x_eval[: cfg.epoch_eval_samples], y_eval[: cfg.epoch_eval_samples]
+
+    # ---- model (and the substitute for transfer attacks)
+    model = _build(cfg, data, device, cfg.model)
+    substitute = None
+    if prepared.substitute_state is not None:
+        substitute = _build(cfg, data, device, cfg.substitute_model or cfg.model)
+        substitute.load_state_dict(prepared.substitute_state)
+
+    # ---- train: CE warm-up, then the configured loss; report every epoch with a checkpoint
+    trainer = Trainer(cfg, model, device, generator)
+    if resume is not None:
+        trainer.load_state_dict(resume)
+    train_loss = float("nan")
+    while trainer.epoch < cfg.epochs:
+        train_loss = trainer.train_epoch(data.x_train, data.y_train)
+        epoch_metrics = {M.EPOCH: trainer.epoch, M.TRAIN_LOSS: train_loss, M.CLEAN_ACC: accuracy(model, x_eval, y_eval)}
+        if len(y_epoch):
+            epoch_metrics[M.EPOCH_ROBUST_ACC] = quick_robust_acc(
+                model, x_epoch, y_epoch, eps=cfg.headline_eps, steps=min(5, cfg.attack_steps)
+            )
+        report(epoch_metrics, trainer.state_dict())
+
+    # ---- evaluate: the attack suite, robust accuracy, probability gap, masking checks
+    result = evaluate(
+        model, x_eval, y_eval, AttackSuite.from_config(cfg),
+        substitute=substitute, headline_eps=cfg.headline_eps, masking_eps=cfg.masking_eps,
+    )
+    final = {**result.metrics, M.EPOCH: cfg.epochs, "done": 1.0, "trial_seconds": time.perf_counter() - started}
+    if math.isfinite(train_loss):  # a trial resumed after its last epoch trained no epoch here
+        final[M.TRAIN_LOSS] = train_loss
+    if cfg.out_dir:
+        write_outputs(cfg, final, result.warnings, model)
+    report(final, None)
+    return final
+
+
+def write_outputs(cfg: TrialConfig, final: dict[str, float], warnings: list[str], model: nn.Module) -> Path:
+    """metrics.json (metrics, warnings, resolved config) and, if asked, the final weights."""
+    out = Path(cfg.out_dir)  # type: ignore[arg-type]
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"metrics": final, "warnings": warnings, "config": cfg.to_dict()}
+    (out / "metrics.json").write_text(json.dumps(payload, indent=2, sort_keys=True))
+    if cfg.save_weights:
+        save_checkpoint({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / "model.pt")
+    return out

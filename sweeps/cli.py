@@ -1,0 +1,91 @@
+"""The `pclc` command: `train` (one run, no Ray), `sweep` (Ray Tune), `analyze` (MLflow → report).
+
+The composition root of the three packages: it lives in `sweeps` (the top of the dependency
+chain) so that `pclc` itself never imports Ray; Ray is imported only when `sweep` runs.
+Bad input exits with code 2 and one clear message; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pclc.config import load_config
+    from pclc.experiment import run_trial
+
+    cfg = load_config(args.config, args.set)
+    if cfg.out_dir is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        cfg.out_dir = str(Path("runs") / f"train-{cfg.dataset.replace(':', '_').replace('/', '_')}-{cfg.model}-{cfg.loss}-{stamp}")
+
+    def report(metrics: dict[str, float], state: object) -> None:
+        if state is not None and not args.quiet:
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+            print(f"[epoch] {shown}", file=sys.stderr, flush=True)
+
+    final = run_trial(cfg, report)
+    print(json.dumps(final, indent=2, sort_keys=True))
+    print(f"wrote {cfg.out_dir}/metrics.json", file=sys.stderr)
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from sweeps.driver import sweep_command
+
+    return sweep_command(args)
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from analysis.cli import main as analyze_main
+
+    return analyze_main(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pclc", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train and score one configuration, no Ray; prints metrics as JSON")
+    train.add_argument("--config", help="a YAML file of TrialConfig fields")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one field (repeatable)")
+    train.add_argument("--quiet", action="store_true", help="no per-epoch lines on stderr")
+    train.set_defaults(func=_train)
+
+    sweep = sub.add_parser("sweep", help="run a sweep file with Ray Tune (+ Optuna), tracked in MLflow")
+    from sweeps.arguments import add_sweep_arguments
+
+    add_sweep_arguments(sweep)
+    sweep.set_defaults(func=_sweep)
+
+    analyze = sub.add_parser("analyze", help="plots and a report from a sweep's MLflow runs", add_help=False)
+    analyze.add_argument("rest", nargs=argparse.REMAINDER)
+    analyze.set_defaults(func=_analyze)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as exc:
+        if debug:
+            raise
+        print(f"pclc {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# Two cores on the CI machine: one torch thread per test process keeps runs predictable.
+torch.set_num_threads(1)
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cwd(tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own folder, so nothing lands in the checkout (mlflow.db, runs/, …)."""
+    monkeypatch.chdir(tmp_path)

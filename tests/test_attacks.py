@@ -1,0 +1,252 @@
+"""pclc.attacks: the advertorch shim, the frozen model, the suite spec and the runner, on real digits."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+from pclc.attacks import (
+    ATTACK_BUILDERS,
+    AttackSuite,
+    craft,
+    frozen,
+    run_suite,
+    zero_gradients,
+)
+from pclc.config import make_config
+from pclc.metrics import ATTACKS
+
+STEPS = 5
+
+
+# ------------------------------------------------------------------ fixtures: real digits, a small CNN
+def small_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Dropout(0.1), nn.Linear(32 * 4 * 4, 10),
+    )
+
+
+def train(x: torch.Tensor, y: torch.Tensor, *, seed: int, epochs: int = 8) -> nn.Module:
+    """A plain CE loop; a few epochs reach ~98 % on digits."""
+    torch.manual_seed(seed)
+    model = small_cnn()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    order = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        idx = torch.randperm(len(x), generator=order)
+        for i in range(0, len(x), 64):
+            b = idx[i : i + 64]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[b]), y[b]).backward()
+            opt.step()
+    model.zero_grad(set_to_none=True)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    torch.set_num_threads(1)
+    d = load_digits()
+    x = torch.tensor(d.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(d.target, dtype=torch.int64)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    x, y = x[perm], y[perm]
+    return x[:1400], y[:1400], x[1400:1600], y[1400:1600]
+
+
+@pytest.fixture(scope="module")
+def model(digits) -> nn.Module:
+    return train(digits[0], digits[1], seed=0)
+
+
+@pytest.fixture(scope="module")
+def substitute(digits) -> nn.Module:
+    return train(digits[0], digits[1], seed=1)
+
+
+def suite(attacks: tuple[str, ...], eps: tuple[float, ...], **kw) -> AttackSuite:
+    return AttackSuite(attacks=attacks, eps=eps, steps=STEPS, spsa_samples=16, **kw)
+
+
+# ------------------------------------------------------------------ advertorch shim
+def test_advertorch_imports_after_pclc_attacks_in_a_fresh_process() -> None:
+    code = (
+        "import pclc.attacks, advertorch\n"
+        "from advertorch.attacks import FABAttack, LinfPGDAttack\n"
+        "from torch.autograd.gradcheck import zero_gradients\n"
+        "import torch\n"
+        "t = torch.ones(2, requires_grad=True); t.sum().backward(); zero_gradients(t)\n"
+        "assert torch.equal(t.grad, torch.zeros(2))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_zero_gradients_zeroes_tensors_and_nested_iterables() -> None:
+    a = torch.ones(3, requires_grad=True)
+    b = torch.ones(2, requires_grad=True)
+    (a.sum() * 2 + b.sum() * 3).backward()
+    no_grad = torch.ones(1, requires_grad=True)
+    zero_gradients([a, (b, no_grad), "not a tensor"])
+    assert torch.equal(a.grad, torch.zeros(3)) and torch.equal(b.grad, torch.zeros(2))
+    assert no_grad.grad is None
+    c = torch.ones(2, requires_grad=True)
+    (c * 5).sum().backward()
+    zero_gradients(c)
+    assert torch.equal(c.grad, torch.zeros(2))
+
+
+def test_registry_covers_the_metric_schema() -> None:
+    assert set(ATTACK_BUILDERS.names()) == set(ATTACKS)
+
+
+# ------------------------------------------------------------------ the suite spec
+def test_suite_from_config() -> None:
+    cfg = make_config(
+        {"attacks": ["fgsm", "spsa"], "eps": [0.2, 0.1], "headline_eps": 0.1, "attack_steps": 7,
+         "step_scale": 2.0, "spsa_samples": 32, "eval_batch_size": 50, "seed": 3}
+    )
+    s = AttackSuite.from_config(cfg)
+    assert s == AttackSuite(attacks=("fgsm", "spsa"), eps=(0.1, 0.2), steps=7, step_scale=2.0,
+                            spsa_samples=32, batch_size=50, seed=3)
+    assert s.step_size(0.2) == pytest.approx(2.0 * 0.2 / 7)
+
+
+def test_suite_defaults_come_from_the_config() -> None:
+    cfg = make_config({})
+    s = AttackSuite(attacks=("fgsm",), eps=(0.1,))
+    assert (s.steps, s.step_scale, s.spsa_samples, s.batch_size) == (
+        cfg.attack_steps, cfg.step_scale, cfg.spsa_samples, cfg.eval_batch_size)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"attacks": ("fgsm", "nope")}, "unknown attack"),
+        ({"attacks": ("fgsm", "fgsm")}, "twice"),
+        ({"eps": (0.0,)}, "eps"),
+        ({"eps": ()}, "eps"),
+        ({"steps": 0}, "steps"),
+    ],
+)
+def test_suite_refuses_bad_specs(kwargs: dict, message: str) -> None:
+    spec = {"attacks": ("fgsm",), "eps": (0.1,), **kwargs}
+    with pytest.raises(ValueError, match=message):
+        AttackSuite(**spec)
+
+
+def test_unknown_attack_name_lists_the_choices(model, digits) -> None:
+    with pytest.raises(ValueError, match="choose one of: .*pgd_ce"):
+        craft("nope", model, digits[2][:4], digits[3][:4], eps=0.1, suite=suite(("fgsm",), (0.1,)))
+
+
+# ------------------------------------------------------------------ frozen
+def test_frozen_restores_requires_grad_and_mode_even_on_error() -> None:
+    net = small_cnn().train()
+    net[0].weight.requires_grad_(False)  # a mixed state must come back exactly
+    net[1].eval()
+    before_grad = [p.requires_grad for p in net.parameters()]
+    before_mode = [m.training for m in net.modules()]
+    with pytest.raises(RuntimeError, match="boom"):
+        with frozen(net):
+            assert not any(p.requires_grad for p in net.parameters())
+            assert not any(m.training for m in net.modules())
+            raise RuntimeError("boom")
+    assert [p.requires_grad for p in net.parameters()] == before_grad
+    assert [m.training for m in net.modules()] == before_mode
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_attacks_leave_no_weight_gradients(name: str, digits, model, substitute) -> None:
+    model.train()
+    try:
+        craft(name, model, digits[2][:16], digits[3][:16], eps=0.1, suite=suite((name,), (0.1,)), substitute=substitute)
+        assert all(p.grad is None for p in model.parameters())
+        assert all(p.grad is None for p in substitute.parameters())
+        assert all(p.requires_grad for p in model.parameters()) and model.training
+    finally:
+        model.eval()
+
+
+# ------------------------------------------------------------------ the runner, on a trained model
+def test_model_is_trained(digits, model) -> None:
+    result = run_suite(model, digits[2], digits[3], suite(("fgsm",), (0.1,)))
+    assert result.clean_correct.float().mean() > 0.9
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_every_attack_lowers_accuracy_and_stays_in_the_ball(name: str, digits, model, substitute) -> None:
+    x, y = digits[2], digits[3]
+    s = suite((name,), (0.2,))
+    x_adv = craft(name, model, x[:32], y[:32], eps=0.2, suite=s, substitute=substitute)
+    assert x_adv.shape == x[:32].shape
+    assert (x_adv - x[:32]).abs().max() <= 0.2 + 1e-6
+    assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+
+    result = run_suite(model, x, y, s, substitute=substitute)
+    clean = result.clean_correct.float().mean().item()
+    assert result.accuracy(name, 0.2) < clean - 0.3
+    # Clean-wrong samples are not attacked: they keep their clean prediction.
+    wrong = ~result.clean_correct
+    assert torch.equal(result.pred(name, 0.2)[wrong], result.clean_pred[wrong])
+
+
+def test_pgd_accuracy_does_not_grow_with_eps(digits, model) -> None:
+    grid = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
+    result = run_suite(model, digits[2], digits[3], suite(("pgd_ce", "pgd_cw"), grid))
+    for name in ("pgd_ce", "pgd_cw"):
+        acc = [result.accuracy(name, e) for e in grid]
+        assert all(b <= a + 0.02 for a, b in zip(acc, acc[1:])), (name, acc)
+        assert acc[-1] < acc[0] - 0.5
+
+
+def test_suite_result_shapes_and_worst_case(digits, model, substitute) -> None:
+    x, y = digits[2], digits[3]
+    result = run_suite(model, x, y, suite(("fgsm", "pgd_ce", "transfer"), (0.1,)), substitute=substitute)
+    assert result.clean_logits.shape == (len(x), 10)
+    assert torch.allclose(result.clean_probs.sum(dim=1), torch.ones(len(x)))
+    assert set(result.adv_pred) == {("fgsm", 0.1), ("pgd_ce", 0.1), ("transfer", 0.1)}
+    worst = result.worst(0.1)
+    for name in result.attacks:
+        assert result.pred(name, 0.1).shape == (len(x),)
+        assert (worst <= result.robust(name, 0.1)).all()
+    with pytest.raises(ValueError, match="was not run"):
+        result.pred("mim", 0.1)
+
+
+def test_batching_does_not_change_the_outcome(digits, model) -> None:
+    x, y = digits[2][:60], digits[3][:60]
+    one = run_suite(model, x, y, suite(("fgsm", "pgd_ce"), (0.1,), batch_size=256))
+    many = run_suite(model, x, y, suite(("fgsm", "pgd_ce"), (0.1,), batch_size=7))
+    assert torch.equal(one.pred("fgsm", 0.1), many.pred("fgsm", 0.1))
+    # PGD's random start is drawn per batch, so only nearly all predictions agree.
+    assert (one.pred("pgd_ce", 0.1) == many.pred("pgd_ce", 0.1)).float().mean() > 0.9
+
+
+def test_runs_are_seeded_and_leave_the_global_rng_alone(digits, model) -> None:
+    x, y = digits[2][:80], digits[3][:80]
+    state = torch.get_rng_state()
+    a = run_suite(model, x, y, suite(("pgd_ce",), (0.1,)))
+    assert torch.equal(torch.get_rng_state(), state)
+    b = run_suite(model, x, y, suite(("pgd_ce",), (0.1,)))
+    assert torch.equal(a.pred("pgd_ce", 0.1), b.pred("pgd_ce", 0.1))
+
+
+def test_runs_under_no_grad_and_autocast(digits, model) -> None:
+    # The per-epoch check may be called from inside an eval block of a training loop.
+    x, y = digits[2][:40], digits[3][:40]
+    expected = run_suite(model, x, y, suite(("fgsm",), (0.2,))).pred("fgsm", 0.2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = run_suite(model, x, y, suite(("fgsm",), (0.2,))).pred("fgsm", 0.2)
+    assert torch.equal(got, expected)
+
+
+def test_transfer_without_substitute_is_a_clear_error(digits, model) -> None:
+    with pytest.raises(ValueError, match="substitute"):
+        run_suite(model, digits[2][:8], digits[3][:8], suite(("fgsm", "transfer"), (0.1,)))

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FAST = ["--set", "epochs=2", "--set", "warmup_epochs=1", "--set", "eval_limit=64", "--set", "attack_steps=2",
+        "--set", "attacks=[fgsm, pgd_ce]", "--set", "epoch_eval_samples=0"]
+
+
+def pclc(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sweeps.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("loss", ["ce", "pclc"])
+def test_train_prints_the_metrics_as_json_and_writes_them(tmp_path: Path, loss: str) -> None:
+    out = tmp_path / "out"
+    proc = pclc("train", "--quiet", *FAST, "--set", f"loss={loss}", "--set", f"out_dir={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads(proc.stdout)
+    assert {"clean_acc", "robust_acc", "prob_gap", "robust_acc/pgd_ce/eps=0.1"} <= metrics.keys()
+    assert json.loads((out / "metrics.json").read_text())["config"]["loss"] == loss
+    assert (out / "model.pt").is_file()
+
+
+def test_train_reads_a_yaml_config(tmp_path: Path) -> None:
+    (tmp_path / "run.yaml").write_text("loss: pc\nmargin: 0.9\n")
+    proc = pclc("train", "--quiet", "--config", "run.yaml", *FAST, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    written = next((tmp_path / "runs").glob("train-digits-small_cnn-pc-*/metrics.json"))
+    assert json.loads(written.read_text())["config"]["margin"] == 0.9
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--set", "marginn=0.9"], "marginn: unknown key"),
+        (["--set", "margin=2"], "margin = 2"),
+        (["--set", "dataset=imagenet"], "unknown dataset 'imagenet'"),
+        (["--set", "model=resnet1000"], "unknown model 'resnet1000'"),
+        (["--config", "missing.yaml"], "missing.yaml does not exist"),
+    ],
+)
+def test_bad_input_is_one_message_and_exit_code_2(tmp_path: Path, args: list[str], needle: str) -> None:
+    proc = pclc("train", *args, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    proc = pclc("--debug", "train", "--set", "margin=2", cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr

@@ -1,0 +1,242 @@
+"""pclc.evaluate: the metric schema, worst case, probability gap, second-class rate and masking checks,
+with real advertorch attacks on a small CNN trained on real digits."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+from pclc import metrics as M
+from pclc.attacks import ATTACK_BUILDERS, AttackSuite
+from pclc.evaluate import Evaluation, evaluate, masking_checks, prob_gap, quick_robust_acc, second_class_rate
+
+EPS = (0.1, 0.2)
+HEADLINE = 0.2
+MASKING_EPS = 0.5
+
+
+# ------------------------------------------------------------------ fixtures: real digits, a small CNN
+def small_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 4 * 4, 10),
+    )
+
+
+def train(x: torch.Tensor, y: torch.Tensor, *, seed: int, epochs: int = 8) -> nn.Module:
+    """A plain CE loop; a few epochs reach ~98 % on digits."""
+    torch.manual_seed(seed)
+    model = small_cnn()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    order = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        idx = torch.randperm(len(x), generator=order)
+        for i in range(0, len(x), 64):
+            b = idx[i : i + 64]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[b]), y[b]).backward()
+            opt.step()
+    model.zero_grad(set_to_none=True)
+    return model.eval()
+
+
+class Quantized(nn.Module):
+    """Rounds its input to 8 bits first: same predictions, but zero input gradients (masked)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(torch.round(x * 255) / 255)
+
+
+class Saturated(nn.Module):
+    """Logits scaled by 1e4: same predictions, but the softmax saturates so the CE gradient is exactly 0
+    (defensive-distillation style masking); margin losses still see the gradient."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) * 1e4
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    torch.set_num_threads(1)
+    d = load_digits()
+    x = torch.tensor(d.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(d.target, dtype=torch.int64)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    x, y = x[perm], y[perm]
+    return x[:1400], y[:1400], x[1400:1600], y[1400:1600]
+
+
+@pytest.fixture(scope="module")
+def model(digits) -> nn.Module:
+    return train(digits[0], digits[1], seed=0)
+
+
+@pytest.fixture(scope="module")
+def substitute(digits) -> nn.Module:
+    return train(digits[0], digits[1], seed=1)
+
+
+@pytest.fixture(scope="module")
+def suite() -> AttackSuite:
+    return AttackSuite(attacks=tuple(ATTACK_BUILDERS.names()), eps=EPS, steps=5, spsa_samples=16)
+
+
+def _evaluate(net: nn.Module, digits, suite: AttackSuite, substitute: nn.Module) -> Evaluation:
+    return evaluate(net, digits[2], digits[3], suite, substitute=substitute, headline_eps=HEADLINE,
+                    masking_eps=MASKING_EPS)
+
+
+@pytest.fixture(scope="module")
+def normal(model, digits, suite, substitute) -> Evaluation:
+    return _evaluate(model, digits, suite, substitute)
+
+
+# ------------------------------------------------------------------ the metric schema
+def test_metric_names_follow_the_schema(normal: Evaluation, suite: AttackSuite) -> None:
+    keys = set(normal.metrics)
+    assert {M.CLEAN_ACC, M.ROBUST_ACC, M.PROB_GAP} <= keys
+    for eps in EPS:
+        for attack in (*suite.attacks, M.WORST):
+            assert M.robust_key(attack, eps) in keys
+    for key in keys:
+        known = key in (M.CLEAN_ACC, M.ROBUST_ACC, M.PROB_GAP) or M.parse_robust_key(key) is not None
+        known |= key.startswith(("second_class_rate/", M.MASKING_PREFIX))
+        assert known, key
+        assert isinstance(normal.metrics[key], float) and math.isfinite(normal.metrics[key]), key
+    json.dumps(normal.to_dict())  # lands in evaluation.json as is
+
+
+def test_accuracies_are_sane_on_a_trained_model(normal: Evaluation, suite: AttackSuite) -> None:
+    m = normal.metrics
+    assert m[M.CLEAN_ACC] > 0.9
+    for attack in suite.attacks:
+        for eps in EPS:
+            assert 0.0 <= m[M.robust_key(attack, eps)] < m[M.CLEAN_ACC]
+
+
+def test_worst_case_is_at_most_every_attack(normal: Evaluation, suite: AttackSuite) -> None:
+    m = normal.metrics
+    for eps in EPS:
+        worst = m[M.robust_key(M.WORST, eps)]
+        assert all(worst <= m[M.robust_key(a, eps)] for a in suite.attacks)
+    # Per-sample worst case: strictly below the best single attack somewhere on this grid.
+    assert any(m[M.robust_key(M.WORST, e)] < min(m[M.robust_key(a, e)] for a in suite.attacks) for e in EPS)
+    assert m[M.ROBUST_ACC] == m[M.robust_key(M.WORST, HEADLINE)]
+
+
+def test_headline_eps_must_be_in_the_grid(model, digits, suite) -> None:
+    with pytest.raises(ValueError, match="headline_eps"):
+        evaluate(model, digits[2], digits[3], suite, headline_eps=0.3, masking_eps=None)
+
+
+# ------------------------------------------------------------------ probability gap, second-class rate
+def test_prob_gap_by_hand() -> None:
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.2, 0.2, 0.6]])
+    y = torch.tensor([0, 2, 2])
+    # (0.7 − 0.2) + (0.3 − 0.6) + (0.6 − 0.2), averaged
+    assert prob_gap(probs, y) == pytest.approx((0.5 - 0.3 + 0.4) / 3)
+
+
+def test_prob_gap_matches_the_model(normal: Evaluation, model, digits) -> None:
+    with torch.no_grad():
+        p = torch.softmax(model(digits[2]), dim=1)
+    y = digits[3]
+    by_hand = sum(
+        (p[i, y[i]] - max(p[i, j] for j in range(10) if j != y[i])).item() for i in range(len(y))
+    ) / len(y)
+    assert -1.0 <= normal.metrics[M.PROB_GAP] <= 1.0
+    assert normal.metrics[M.PROB_GAP] == pytest.approx(by_hand, abs=1e-5)
+
+
+def test_second_class_rate_by_hand() -> None:
+    scores = torch.tensor([[5.0, 3.0, 1.0], [1.0, 4.0, 2.0], [0.0, 1.0, 3.0], [3.0, 2.0, 1.0]])
+    y = torch.tensor([0, 1, 2, 1])  # the last sample is clean-wrong: never counted
+    adv = torch.tensor([1, 0, 2, 0])  # successes: #0 → runner-up 1 (yes), #1 → 0 (runner-up is 2: no)
+    assert second_class_rate(scores, y, adv) == pytest.approx(0.5)
+    assert second_class_rate(scores, y, y.clone()) is None  # no success: undefined
+
+
+def test_second_class_rates_are_shares(normal: Evaluation, suite: AttackSuite) -> None:
+    rates = {k: v for k, v in normal.metrics.items() if k.startswith("second_class_rate/")}
+    assert set(rates) == {M.second_class_key(a) for a in suite.attacks}  # every attack succeeded somewhere
+    assert all(0.0 <= v <= 1.0 for v in rates.values())
+
+
+# ------------------------------------------------------------------ gradient-masking checks
+def test_no_masking_flags_on_a_normal_model(normal: Evaluation) -> None:
+    m = normal.metrics
+    assert m[M.masking_key("any")] == 0.0
+    assert m[M.masking_key("large_eps_acc")] <= 0.1
+    assert normal.warnings == []
+
+
+def test_masked_input_gradients_are_flagged(model, digits, suite, substitute) -> None:
+    ev = _evaluate(Quantized(model), digits, suite, substitute)
+    m = ev.metrics
+    assert m[M.CLEAN_ACC] > 0.9
+    assert m[M.masking_key("blackbox_beats_whitebox")] == 1.0
+    assert m[M.masking_key("no_collapse")] == 1.0
+    assert m[M.masking_key("any")] == 1.0
+    assert any("black-box" in w for w in ev.warnings)
+    assert any(f"eps={MASKING_EPS}" in w for w in ev.warnings)
+
+
+def test_saturated_softmax_is_flagged(model, digits, suite, substitute) -> None:
+    ev = _evaluate(Saturated(model), digits, suite, substitute)
+    m = ev.metrics
+    assert m[M.masking_key("ce_weaker_than_cw")] == 1.0
+    assert m[M.masking_key("ce_cw_gap")] > 0.1
+    assert m[M.masking_key("any")] == 1.0
+    assert any("cross-entropy" in w for w in ev.warnings)
+    # The margin-loss PGD is not fooled: the worst case stays honest.
+    assert m[M.robust_key("pgd_cw", HEADLINE)] < 0.2
+    assert m[M.ROBUST_ACC] < 0.2
+
+
+def test_masking_checks_thresholds_and_omissions() -> None:
+    acc = {("pgd_ce", 0.1): 0.50, ("pgd_cw", 0.1): 0.45, ("fgsm", 0.1): 0.6, ("transfer", 0.1): 0.47}
+    out, warnings = masking_checks(acc, 0.05, masking_eps=0.5)
+    assert out[M.masking_key("blackbox_gap")] == pytest.approx(-0.02)
+    assert out[M.masking_key("ce_cw_gap")] == pytest.approx(0.05)
+    assert out[M.masking_key("any")] == 0.0 and warnings == []
+    out, warnings = masking_checks({**acc, ("spsa", 0.1): 0.40}, 0.2)
+    assert out[M.masking_key("blackbox_beats_whitebox")] == 1.0 and out[M.masking_key("no_collapse")] == 1.0
+    assert len(warnings) == 2
+    # Checks whose attacks were not run are left out rather than reported as passing.
+    out, _ = masking_checks({("fgsm", 0.1): 0.5}, None)
+    assert out == {}
+
+
+def test_evaluation_leaves_no_weight_gradients(model, digits, substitute) -> None:
+    small = AttackSuite(attacks=("fgsm", "pgd_cw", "mim", "transfer"), eps=(0.1,), steps=2)
+    model.train()
+    try:
+        evaluate(model, digits[2][:32], digits[3][:32], small, substitute=substitute, headline_eps=0.1,
+                 masking_eps=MASKING_EPS)
+        assert all(p.grad is None for p in model.parameters())
+        assert all(p.requires_grad for p in model.parameters()) and model.training
+    finally:
+        model.eval()
+
+
+# ------------------------------------------------------------------ the per-epoch signal
+def test_quick_robust_acc(model, digits) -> None:
+    x, y = digits[2][:128], digits[3][:128]
+    weak = quick_robust_acc(model, x, y, eps=0.05, steps=3)
+    strong = quick_robust_acc(model, x, y, eps=0.2, steps=3)
+    with torch.no_grad():
+        clean = (model(x).argmax(1) == y).float().mean().item()
+    assert 0.0 <= strong < weak < clean

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from pclc import metrics as M
+from pclc.config import make_config
+from pclc.experiment import prepare, run_trial, substitute_config, train_substitute
+from pclc.train import load_checkpoint
+
+SMALL = {
+    "epochs": 3, "warmup_epochs": 1, "eval_limit": 96, "epoch_eval_samples": 32, "attack_steps": 3,
+    "attacks": ["fgsm", "pgd_ce", "pgd_cw", "transfer"], "eps": [0.1, 0.2], "headline_eps": 0.1,
+    "substitute_epochs": 2,
+}
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[dict[str, float], dict[str, Any] | None]] = []
+
+    def __call__(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        self.calls.append((dict(metrics), state))
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    return prepare(make_config(SMALL))
+
+
+def test_trial_reports_every_epoch_then_the_full_evaluation(prepared, tmp_path: Path) -> None:
+    cfg = make_config({**SMALL, "out_dir": str(tmp_path / "out")})
+    rec = Recorder()
+    final = run_trial(cfg, rec, prepared=prepared)
+
+    epochs = [m for m, s in rec.calls if s is not None]
+    assert [m[M.EPOCH] for m in epochs] == [1, 2, 3]
+    assert all({M.TRAIN_LOSS, M.CLEAN_ACC, M.EPOCH_ROBUST_ACC} <= m.keys() for m in epochs)
+    assert rec.calls[-1] == (final, None)
+    for attack in ("fgsm", "pgd_ce", "pgd_cw", "transfer", M.WORST):
+        for eps in (0.1, 0.2):
+            assert 0.0 <= final[M.robust_key(attack, eps)] <= final[M.CLEAN_ACC]
+    assert final[M.ROBUST_ACC] == final[M.robust_key(M.WORST, 0.1)]
+    assert -1.0 <= final[M.PROB_GAP] <= 1.0 and final[M.CLEAN_ACC] > 0.5
+    assert any(k.startswith(M.MASKING_PREFIX) for k in final)
+
+    written = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert written["metrics"] == pytest.approx(final, nan_ok=True)
+    assert written["config"]["loss"] == "pclc" and isinstance(written["warnings"], list)
+    assert set(load_checkpoint(tmp_path / "out" / "model.pt")) == set(rec.calls[0][1]["model"])
+
+
+def test_resumed_trial_ends_where_the_straight_one_does(prepared) -> None:
+    cfg = make_config({**SMALL, "attacks": ["fgsm"], "eps": [0.1]})
+    straight = Recorder()
+    run_trial(cfg, straight, prepared=prepared)
+    first = Recorder()
+    run_trial(cfg.model_copy(update={"epochs": 3}), first, prepared=prepared)
+    state_after_1 = first.calls[0][1]
+    resumed = Recorder()
+    run_trial(cfg, resumed, prepared=prepared, resume=state_after_1)
+    assert [m[M.EPOCH] for m, s in resumed.calls if s is not None] == [2, 3]
+    assert resumed.calls[-1][0][M.CLEAN_ACC] == straight.calls[-1][0][M.CLEAN_ACC]
+    assert resumed.calls[-1][0][M.TRAIN_LOSS] == pytest.approx(straight.calls[-1][0][M.TRAIN_LOSS])
+
+
+def test_substitute_is_a_separately_seeded_ce_model_and_cached(tmp_path: Path, prepared) -> None:
+    cfg = make_config({**SMALL, "cache_dir": str(tmp_path / "cache")})
+    sub = substitute_config(cfg)
+    assert (sub.loss, sub.seed, sub.epochs) == ("ce", cfg.substitute_seed, 2)
+    first = train_substitute(cfg, prepared.data)
+    assert len(list((tmp_path / "cache").glob("substitute-*.pt"))) == 1
+    again = train_substitute(cfg, prepared.data)  # read back from the cache, not retrained
+    for key in first:
+        assert torch.equal(first[key], again[key])
+
+
+def test_prepare_skips_the_substitute_without_transfer() -> None:
+    prepared = prepare(make_config({**SMALL, "attacks": ["fgsm"], "train_limit": 200}))
+    assert prepared.substitute_state is None and len(prepared.data.y_train) == 200
+
+
+def test_final_metrics_are_finite_numbers(prepared) -> None:
+    final = run_trial(make_config({**SMALL, "loss": "ce", "warmup_epochs": 0}), Recorder(), prepared=prepared)
+    assert all(isinstance(v, float | int) and math.isfinite(v) for v in final.values())
