@@ -109,9 +109,21 @@ class TrialConfig(BaseModel):
 
     @field_validator("dataset")
     @classmethod
-    def _absolute_npz(cls, v: str) -> str:
+    def _known_dataset(cls, v: str) -> str:
+        from pclc.data import DATASETS
+
         if v.startswith("npz:"):
             return "npz:" + str(Path(v[4:]).expanduser().resolve())
+        DATASETS.get(v)  # raises, naming the choices
+        return v
+
+    @field_validator("model", "substitute_model")
+    @classmethod
+    def _known_model(cls, v: str | None) -> str | None:
+        from pclc.models import MODELS
+
+        if v is not None:
+            MODELS.get(v)
         return v
 
     @model_validator(mode="after")

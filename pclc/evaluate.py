@@ -19,7 +19,7 @@ from pclc.attacks import AttackSuite, SuiteResult, run_suite
 BLACKBOX_MARGIN = 0.02  # a black-box attack beating every white-box one by more than this is suspect
 CE_CW_MARGIN = 0.10  # PGD-CE leaving this much more accuracy than PGD-CW is suspect
 COLLAPSE_ACC = 0.10  # PGD at the large masking eps should leave no more accuracy than this
-_FLAGS = {M.masking_key(c) for c in ("blackbox_beats_whitebox", "ce_weaker_than_cw", "no_collapse")}
+_FLAGS = {M.masking_key(c) for c in M.MASKING_FLAGS}
 
 
 @dataclass

@@ -20,6 +20,8 @@ ROBUST_ACC = "robust_acc"  # the headline: worst case at the config's headline e
 PROB_GAP = "prob_gap"
 EPOCH_ROBUST_ACC = "epoch_robust_acc"  # cheap per-epoch PGD on a subset, for ASHA
 MASKING_PREFIX = "masking/"
+# The gradient-masking checks that raise a warning (1.0 = fired); other masking/* are the numbers behind them.
+MASKING_FLAGS: tuple[str, ...] = ("blackbox_beats_whitebox", "ce_weaker_than_cw", "no_collapse")
 
 _ROBUST_RE = re.compile(r"^robust_acc/(?P<attack>[a-z_]+)/eps=(?P<eps>[0-9.e+-]+)$")
 

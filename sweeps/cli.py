@@ -42,10 +42,10 @@ def _sweep(args: argparse.Namespace) -> int:
     return sweep_command(args)
 
 
-def _analyze(args: argparse.Namespace) -> int:
+def _analyze(argv: list[str]) -> int:
     from analysis.cli import main as analyze_main
 
-    return analyze_main(args.rest)
+    return analyze_main(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,15 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_arguments(sweep)
     sweep.set_defaults(func=_sweep)
 
-    analyze = sub.add_parser("analyze", help="plots and a report from a sweep's MLflow runs", add_help=False)
-    analyze.add_argument("rest", nargs=argparse.REMAINDER)
-    analyze.set_defaults(func=_analyze)
+    # Parsed by analysis.cli itself (see main): listed here for `pclc --help`.
+    sub.add_parser("analyze", help="plots and a report from a sweep's MLflow runs (pclc analyze --help)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    if argv[:1] == ["analyze"]:  # analysis owns its arguments and its error handling
+        return _analyze(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -79,3 +79,12 @@ def test_paths_become_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert cfg.out_dir == str(tmp_path / "out")
     assert Path(cfg.data_root).is_absolute()
     assert cfg.dataset == f"npz:{tmp_path / 'my.npz'}"
+
+
+@pytest.mark.parametrize(("override", "needle"), [("dataset=imagenet", "unknown dataset 'imagenet'"),
+                                                   ("model=resnet1000", "unknown model 'resnet1000'"),
+                                                   ("substitute_model=vgg99", "unknown model 'vgg99'")])
+def test_unknown_registry_names_are_refused_with_the_choices(override: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert needle in str(err.value) and "choose one of" in str(err.value)

@@ -1,0 +1,478 @@
+"""The sweep's figures, one function each: Sweep → matplotlib Figure (or NotApplicable with the reason).
+
+Figures are built without pyplot (no global state, nothing to close) on the Agg canvas, with
+constrained layout and legends outside the axes so nothing overlaps. Accuracies are shown in %.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # before anything draws: PNG files only, no display
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis.load import SEED, SYMBOL, Sweep, fmt_value, variant_sort_key
+from analysis.stats import best_configs, pareto_mask, summarize
+from pclc import metrics as M
+from pclc.config import TrialConfig
+
+# The authors' defaults (pclc.config declares them once): PC-LC with ξ = 0.995, λ = 0.05.
+AUTHORS_LOSS = "pclc"
+AUTHORS_MARGIN = float(TrialConfig.model_fields["margin"].default)
+AUTHORS_LC_WEIGHT = float(TrialConfig.model_fields["lc_weight"].default)
+
+MAX_LINES = 4  # more combinations of the other knobs than this: plot single trials, not lines
+MIN_IMPORTANCE_TRIALS = 8  # fANOVA's forest says little below this
+MAX_HEATMAP_CELLS = 10  # more distinct values on an axis than this: bin them
+DPI = 110
+
+
+class NotApplicable(Exception):
+    """This plot does not fit the data (e.g. a heatmap with one λ); the message says why, for the report."""
+
+
+@dataclass
+class Plot:
+    """One entry of the report: a figure, or the reason it was skipped."""
+
+    name: str  # file stem, e.g. "robust_vs_margin"
+    title: str
+    figure: Figure | None = None
+    reason: str | None = None
+    path: Path | None = None
+
+
+# --------------------------------------------------------------------------- labels and colours
+
+
+def is_accuracy(metric: str) -> bool:
+    return metric.startswith((M.ROBUST_ACC, M.CLEAN_ACC, "second_class_rate", M.EPOCH_ROBUST_ACC))
+
+
+def metric_label(sweep: Sweep, metric: str) -> str:
+    """Axis label with units: 'worst-case robust accuracy at ε=0.2 (%)'."""
+    unit = " (%)" if is_accuracy(metric) else ""
+    if metric == M.ROBUST_ACC:
+        eps = sweep.headline_eps
+        return f"worst-case robust accuracy{f' at ε={fmt_value(eps)}' if eps is not None else ''}{unit}"
+    parsed = M.parse_robust_key(metric)
+    if parsed:
+        return f"{parsed[0]} robust accuracy at ε={fmt_value(parsed[1])}{unit}"
+    if metric == M.CLEAN_ACC:
+        return "clean accuracy (%)"
+    if metric == M.PROB_GAP:
+        return "probability gap p(true) − max p(false)"
+    return metric + unit
+
+
+def scale(metric: str) -> float:
+    return 100.0 if is_accuracy(metric) else 1.0
+
+
+def knob_label(knob: str, *, log: bool = False) -> str:
+    names = {
+        "margin": "PC margin ξ (probability, unitless)",
+        "lc_weight": "logit-constraint weight λ (unitless)",
+    }
+    return names.get(knob, knob) + (", log scale" if log else "")
+
+
+def variant_colors(variants: list[str]) -> dict[str, tuple[float, ...]]:
+    """One colour per variant, the same in every figure (tab10 in the paper's order)."""
+    cmap = matplotlib.colormaps["tab10"]
+    ordered = sorted(variants, key=variant_sort_key)
+    return {v: cmap(i % 10) for i, v in enumerate(ordered)}
+
+
+def _interval_note(n_max: int) -> str:
+    return "mean ± 95% t-interval over seeds" if n_max >= 2 else "single seed: no interval"
+
+
+def _legend(fig: Figure, *, title: str | None = None) -> None:
+    """Legend outside the axes, to the right (constrained layout makes room for it)."""
+    handles, labels = [], []
+    for ax in fig.axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels and not lab.startswith("_"):
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        fig.legend(handles, labels, loc="outside right upper", fontsize="small", title=title)
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    return Figure(figsize=(width, height), layout="constrained", dpi=DPI)
+
+
+def _band(ax, x: np.ndarray, s: pd.DataFrame, k: float, color: object) -> None:
+    ci = s["ci"].to_numpy(dtype=float)
+    if np.isfinite(ci).any():
+        mean = s["mean"].to_numpy(dtype=float)
+        ax.fill_between(x, (mean - ci) * k, (mean + ci) * k, color=color, alpha=0.18, linewidth=0)
+
+
+# --------------------------------------------------------------------------- robust accuracy vs ξ and λ
+
+
+def robust_vs_knob(sweep: Sweep, knob: str) -> Figure:
+    """Headline metric against ξ (`margin`) or λ (`lc_weight`): a line per variant (and value of the other
+    knob), mean and 95% t-interval over seeds; variants that do not vary the knob as horizontal references."""
+    headline, trials = sweep.headline, sweep.trials
+    sym = SYMBOL.get(knob, knob)
+    if knob not in sweep.config_params:
+        raise NotApplicable(f"{sym} ({knob}) has one value in this sweep")
+    k = scale(headline)
+    colors = variant_colors(sweep.variants)
+    values = trials[knob].dropna()
+    log = bool(len(values) and values.min() > 0 and values.max() / values.min() >= 20)
+    fig = _new_figure(8.0, 4.6)
+    ax = fig.add_subplot()
+    n_max, drew = 0, 0
+    styles = ["-", "--", ":", "-."]
+    for variant in sweep.variants:
+        sub = trials[trials["variant"] == variant]
+        color = colors[variant]
+        if sub[knob].nunique() < 2:
+            if sub["config"].nunique() == 1:  # one configuration (e.g. ce): a reference level
+                s = summarize(sub, ["variant"], headline).iloc[0]
+                n_max = max(n_max, int(s["n"]))
+                ax.axhline(s["mean"] * k, color=color, linestyle=":", linewidth=1.5,
+                           label=f"{variant} ({sym} not varied; n={int(s['n'])})")  # fmt: skip
+                if math.isfinite(s["ci"]):
+                    ax.axhspan((s["mean"] - s["ci"]) * k, (s["mean"] + s["ci"]) * k, color=color, alpha=0.08)
+            continue
+        others = [p for p in sweep.config_params if p != knob and sub[p].nunique() > 1]
+        groups = list(sub.groupby(others, sort=True)) if others else [((), sub)]
+        if len(groups) > MAX_LINES:  # e.g. an Optuna search: every trial differs in other knobs too
+            ax.scatter(sub[knob], sub[headline] * k, color=color, s=22, alpha=0.8,
+                       label=f"{variant}: single trials (other knobs vary too)")  # fmt: skip
+            drew += 1
+            continue
+        for i, (key, part) in enumerate(groups):
+            s = summarize(part, [knob], headline).sort_values(knob)
+            n_max = max(n_max, int(s["n"].max()))
+            key = key if isinstance(key, tuple) else (key,)
+            extra = ", ".join(f"{SYMBOL.get(p, p)}={fmt_value(v)}" for p, v in zip(others, key))
+            x = s[knob].to_numpy(dtype=float)
+            ax.plot(x, s["mean"] * k, marker="o", color=color, linestyle=styles[i % len(styles)],
+                    label=f"{variant}" + (f" ({extra})" if extra else ""))  # fmt: skip
+            _band(ax, x, s, k, color)
+            drew += 1
+    if drew == 0:
+        raise NotApplicable(f"no variant has two or more values of {sym}")
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(knob_label(knob, log=log))
+    ax.set_ylabel(metric_label(sweep, headline))
+    ax.set_title(f"{headline} vs {sym} — {_interval_note(n_max)}")
+    ax.grid(alpha=0.3)
+    _legend(fig)
+    return fig
+
+
+# --------------------------------------------------------------------------- ablation curves
+
+
+def _attack_order(attacks: list[str]) -> list[str]:
+    known = [a for a in M.ATTACKS if a in attacks] + [a for a in sorted(attacks) if a not in M.ATTACKS and a != M.WORST]
+    return known + ([M.WORST] if M.WORST in attacks else [])
+
+
+def robust_vs_eps(sweep: Sweep) -> Figure:
+    """Robust accuracy against ε, one panel per attack (and the worst case), a line per variant at its best
+    configuration, mean and 95% t-interval over seeds."""
+    long = sweep.robust_long()
+    if long.empty:
+        raise NotApplicable("no robust_acc/<attack>/eps=<eps> metrics in the analysed runs")
+    if long["eps"].nunique() < 2:
+        raise NotApplicable(f"one eps only ({fmt_value(float(long['eps'].iloc[0]))}): see the ablation table")
+    best = best_configs(sweep)[["variant", "config"]]
+    long = long.merge(best, on=["variant", "config"])
+    attacks = _attack_order(list(long["attack"].unique()))
+    ncols = min(3, len(attacks))
+    nrows = math.ceil(len(attacks) / ncols)
+    fig = _new_figure(3.6 * ncols + 2.6, 3.0 * nrows + 0.6)
+    axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
+    colors = variant_colors(sweep.variants)
+    labels = {r.variant: (r.variant if r.config == "default" else f"{r.variant} ({r.config})") for r in best.itertuples()}
+    n_max = 0
+    for ax, attack in zip(axes, attacks):
+        part = long[long["attack"] == attack]
+        for variant in sorted(part["variant"].unique(), key=variant_sort_key):
+            s = summarize(part[part["variant"] == variant], ["eps"], "value").sort_values("eps")
+            n_max = max(n_max, int(s["n"].max()))
+            x = s["eps"].to_numpy(dtype=float)
+            ax.plot(x, s["mean"] * 100, marker="o", color=colors[variant], label=labels[variant])
+            _band(ax, x, s, 100.0, colors[variant])
+        ax.set_title("worst case over attacks" if attack == M.WORST else attack)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(attacks):]:
+        ax.set_visible(False)
+    for i, ax in enumerate(axes[: len(attacks)]):
+        if i + ncols >= len(attacks):  # no panel below: this one carries the ε axis
+            ax.xaxis.set_tick_params(labelbottom=True)
+            ax.set_xlabel("ε (L∞ radius, pixel scale [0, 1])")
+        if i % ncols == 0:
+            ax.set_ylabel("robust accuracy (%)")
+    fig.suptitle(f"Robust accuracy vs ε per loss variant (best configuration each; {_interval_note(n_max)})")
+    _legend(fig, title="variant")
+    return fig
+
+
+# --------------------------------------------------------------------------- clean vs robust, Pareto front
+
+
+def _authors_default(trials: pd.DataFrame) -> pd.Series:
+    if not {"loss", "margin", "lc_weight"} <= set(trials.columns):
+        return pd.Series(False, index=trials.index)
+    return (
+        (trials["loss"] == AUTHORS_LOSS)
+        & np.isclose(trials["margin"].astype(float), AUTHORS_MARGIN)
+        & np.isclose(trials["lc_weight"].astype(float), AUTHORS_LC_WEIGHT)
+    )
+
+
+def clean_vs_robust(sweep: Sweep) -> Figure:
+    """Every analysed trial, clean against robust accuracy, the Pareto front drawn, the authors' default marked."""
+    y_metric = sweep.headline if sweep.headline != M.CLEAN_ACC else M.ROBUST_ACC
+    trials = sweep.trials
+    if M.CLEAN_ACC not in trials or y_metric not in trials:
+        raise NotApplicable(f"needs both {M.CLEAN_ACC} and {y_metric}")
+    data = trials.dropna(subset=[M.CLEAN_ACC, y_metric])
+    if data.empty:
+        raise NotApplicable(f"no run has both {M.CLEAN_ACC} and {y_metric}")
+    colors = variant_colors(sweep.variants)
+    kx, ky = scale(M.CLEAN_ACC), scale(y_metric)
+    fig = _new_figure(9.6, 5.2)
+    ax = fig.add_subplot()
+    for variant in sweep.variants:
+        part = data[data["variant"] == variant]
+        ax.scatter(part[M.CLEAN_ACC] * kx, part[y_metric] * ky, color=colors[variant], s=26, alpha=0.8,
+                   label=f"{variant} ({len(part)} trials)")  # fmt: skip
+    points = data[[M.CLEAN_ACC, y_metric]].to_numpy(dtype=float)
+    maximize = [sweep.direction(M.CLEAN_ACC) == "max", sweep.direction(y_metric) == "max"]
+    front = data[pareto_mask(points, maximize)].sort_values(M.CLEAN_ACC)
+    ax.plot(front[M.CLEAN_ACC] * kx, front[y_metric] * ky, color="black", linewidth=1.2, marker="o",
+            markerfacecolor="none", markersize=9, label=f"Pareto front ({len(front)} trials)")  # fmt: skip
+    default = data[_authors_default(data)]
+    label = f"authors' default ({AUTHORS_LOSS}, ξ={AUTHORS_MARGIN:g}, λ={AUTHORS_LC_WEIGHT:g})"
+    if len(default):
+        ax.scatter(default[M.CLEAN_ACC] * kx, default[y_metric] * ky, marker="*", s=260, facecolor="gold",
+                   edgecolor="black", linewidth=0.8, zorder=5, label=f"{label}, {len(default)} trials")  # fmt: skip
+    else:
+        ax.plot([], [], marker="*", linestyle="none", color="gold", label=f"{label}: not in this sweep")
+    ax.set_xlabel(metric_label(sweep, M.CLEAN_ACC))
+    ax.set_ylabel(metric_label(sweep, y_metric))
+    ax.set_title(f"Clean vs robust accuracy: {len(data)} trials, Pareto front in black")
+    ax.grid(alpha=0.3)
+    _legend(fig)
+    return fig
+
+
+# --------------------------------------------------------------------------- ξ × λ heatmap
+
+
+def _axis_bins(values: pd.Series, *, log: bool) -> tuple[pd.Series, list[str]]:
+    """Category index per value and tick labels: the values themselves, or ≤ 6 bins when there are many."""
+    uniq = np.sort(values.dropna().unique())
+    if len(uniq) <= MAX_HEATMAP_CELLS:
+        index = {v: i for i, v in enumerate(uniq)}
+        return values.map(index), [fmt_value(float(v)) for v in uniq]
+    edges = np.geomspace(uniq[0], uniq[-1], 7) if log else np.linspace(uniq[0], uniq[-1], 7)
+    idx = np.clip(np.searchsorted(edges, values.to_numpy(dtype=float), side="right") - 1, 0, 5)
+    return pd.Series(idx, index=values.index), [f"{edges[i]:.3g}–{edges[i + 1]:.3g}" for i in range(6)]
+
+
+def heatmap_margin_lc(sweep: Sweep) -> Figure:
+    """Mean headline metric over seeds on the ξ × λ grid (of the variant that varies both, pclc first)."""
+    headline, trials = sweep.headline, sweep.trials
+    if not {"margin", "lc_weight"} <= set(trials.columns):
+        raise NotApplicable("the runs have no margin/lc_weight params")
+    both = [v for v in sweep.variants
+            if (p := trials[trials["variant"] == v])["margin"].nunique() > 1 and p["lc_weight"].nunique() > 1]  # fmt: skip
+    if not both:
+        n_xi, n_lam = trials["margin"].nunique(), trials["lc_weight"].nunique()
+        raise NotApplicable(
+            f"needs two or more values of both ξ and λ within one variant (the sweep has {n_xi} ξ and {n_lam} λ)"
+        )
+    variant = AUTHORS_LOSS if AUTHORS_LOSS in both else both[0]
+    part = trials[trials["variant"] == variant]
+    lam = part["lc_weight"].astype(float)
+    log_lam = bool(lam.min() > 0)
+    yi, ylabels = _axis_bins(part["margin"].astype(float), log=False)
+    xi, xlabels = _axis_bins(lam, log=log_lam)
+    cells = pd.DataFrame({"y": yi, "x": xi, "v": part[headline]}).dropna()
+    grid = np.full((len(ylabels), len(xlabels)), np.nan)
+    count = np.zeros_like(grid, dtype=int)
+    for (y, x), g in cells.groupby(["y", "x"]):
+        grid[int(y), int(x)] = g["v"].mean()
+        count[int(y), int(x)] = len(g)
+    k = scale(headline)
+    fig = _new_figure(1.1 * len(xlabels) + 3.8, 0.6 * len(ylabels) + 2.6)
+    ax = fig.add_subplot()
+    image = ax.imshow(np.ma.masked_invalid(grid * k), cmap="viridis", aspect="auto", origin="lower")
+    for (y, x), v in np.ndenumerate(grid):
+        text = "–" if not math.isfinite(v) else f"{v * k:.1f}\nn={count[y, x]}"
+        ax.text(x, y, text, ha="center", va="center", fontsize="x-small",
+                color="white" if math.isfinite(v) and v <= np.nanmean(grid) else "black")  # fmt: skip
+    ax.set_xticks(range(len(xlabels)), xlabels, rotation=30 if len(xlabels) > 5 else 0)
+    ax.set_yticks(range(len(ylabels)), ylabels)
+    ax.set_xlabel(knob_label("lc_weight"))
+    ax.set_ylabel(knob_label("margin"))
+    fig.colorbar(image, ax=ax, label=metric_label(sweep, headline))
+    binned = max(part["margin"].nunique(), part["lc_weight"].nunique()) > MAX_HEATMAP_CELLS
+    what = "mean of the trials in each bin" if binned else "mean over seeds"
+    ax.set_title(f"{headline}, {what}: ξ × λ ({variant})")
+    return fig
+
+
+# --------------------------------------------------------------------------- fANOVA importance
+
+
+def importance(sweep: Sweep) -> Figure:
+    """Share of the headline metric's variance each parameter explains (Optuna's fANOVA over finished trials)."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    headline, trials = sweep.headline, sweep.trials
+    params = (["variant"] if trials["variant"].nunique() > 1 else []) + [
+        p for p in sweep.config_params if trials[p].notna().all()
+    ]
+    if len(params) < 2:
+        raise NotApplicable(f"needs two or more varying parameters; this sweep varies {params or 'none'}")
+    if len(trials) < MIN_IMPORTANCE_TRIALS:
+        raise NotApplicable(f"needs at least {MIN_IMPORTANCE_TRIALS} finished trials; there are {len(trials)}")
+    if SEED in trials and trials[SEED].nunique() > 1:
+        params = params + [SEED]  # a reference: what the seed alone "explains" is noise
+    dists: dict[str, object] = {}
+    values: dict[str, Callable[[object], object]] = {}
+    for p in params:
+        col = trials[p]
+        if pd.api.types.is_integer_dtype(col):
+            dists[p], values[p] = IntDistribution(int(col.min()), int(col.max())), int
+        elif pd.api.types.is_float_dtype(col):
+            dists[p], values[p] = FloatDistribution(float(col.min()), float(col.max())), float
+        else:
+            dists[p], values[p] = CategoricalDistribution(sorted({str(v) for v in col})), str
+    optuna.logging.set_verbosity(logging.WARNING)
+    study = optuna.create_study(direction="minimize" if sweep.direction(headline) == "min" else "maximize")
+    for _, row in trials.iterrows():
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={p: values[p](row[p]) for p in params}, distributions=dists, value=float(row[headline])
+            )
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scores = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), normalize=True
+        )
+    names = list(scores)[::-1]
+    fig = _new_figure(7.0, 0.45 * len(names) + 1.8)
+    ax = fig.add_subplot()
+    colors = ["0.6" if n == SEED else "tab:blue" for n in names]
+    labels = [f"{SYMBOL[n]} ({n})" if n in SYMBOL else ("seed (noise reference)" if n == SEED else n) for n in names]
+    bars = ax.barh(labels, [scores[n] for n in names], color=colors)
+    ax.bar_label(bars, fmt="%.2f", padding=2, fontsize="small")
+    ax.set_xlim(0, max(1.0, max(scores.values()) * 1.15))
+    ax.set_xlabel(f"share of {headline} variance explained (fANOVA, sums to 1)")
+    ax.set_ylabel("parameter")
+    ax.set_title(f"Parameter importance for {headline} ({len(trials)} finished trials)")
+    return fig
+
+
+# --------------------------------------------------------------------------- the paper's two analyses
+
+
+def gap_and_second_class(sweep: Sweep) -> Figure:
+    """Probability gap and second-most-probable-class rate per variant (best configuration each), ± 95% CI."""
+    trials = sweep.trials
+    second = [m for m in sweep.metrics if m.startswith("second_class_rate/")]
+    has_gap = M.PROB_GAP in trials and trials[M.PROB_GAP].notna().any()
+    second = [m for m in second if trials[m].notna().any()]
+    if not has_gap and not second:
+        raise NotApplicable("no prob_gap or second_class_rate/<attack> metrics in the analysed runs")
+    best = best_configs(sweep)[["variant", "config"]]
+    chosen = trials.merge(best, on=["variant", "config"])
+    variants = sorted(chosen["variant"].unique(), key=variant_sort_key)
+    colors = variant_colors(sweep.variants)
+    panels = int(has_gap) + int(bool(second))
+    fig = _new_figure(3.2 + 0.5 * len(variants) + (1.0 * len(second) if second else 0) + 2.4, 4.2)
+    axes = fig.subplots(1, panels, squeeze=False, width_ratios=[1] * panels if panels == 1 else [1, 2]).ravel()
+    n_max = 0
+    if has_gap:
+        ax = axes[0]
+        s = summarize(chosen, ["variant"], M.PROB_GAP).set_index("variant").reindex(variants)
+        n_max = max(n_max, int(s["n"].max()))
+        ax.bar(range(len(variants)), s["mean"], yerr=s["ci"].fillna(0), capsize=4,
+               color=[colors[v] for v in variants], label="_")  # fmt: skip
+        ax.set_xticks(range(len(variants)), variants)
+        ax.set_xlabel("loss variant")
+        ax.set_ylabel(metric_label(sweep, M.PROB_GAP))
+        ax.set_title("Probability gap on clean test data")
+        ax.grid(axis="y", alpha=0.3)
+    if second:
+        ax = axes[-1]
+        attacks = [m.split("/", 1)[1] for m in second]
+        width = 0.8 / max(1, len(variants))
+        for i, v in enumerate(variants):
+            means, cis = [], []
+            for m in second:
+                s = summarize(chosen[chosen["variant"] == v], ["variant"], m)
+                means.append(float(s["mean"].iloc[0]) * 100 if len(s) else math.nan)
+                cis.append(float(s["ci"].iloc[0]) * 100 if len(s) and math.isfinite(s["ci"].iloc[0]) else 0.0)
+                n_max = max(n_max, int(s["n"].iloc[0]) if len(s) else 0)
+            x = np.arange(len(second)) + (i - (len(variants) - 1) / 2) * width
+            ax.bar(x, means, width=width, yerr=cis, capsize=3, color=colors[v], label=v)
+        ax.set_xticks(range(len(second)), attacks)
+        ax.set_xlabel("attack (at the headline ε)")
+        ax.set_ylabel("successful adversarials landing in the\nsecond most probable class (%)")
+        ax.set_ylim(0, 105)
+        ax.set_title("Second-class rate")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"The paper's two analyses per loss variant (best configuration each; {_interval_note(n_max)})")
+    _legend(fig, title="variant")
+    return fig
+
+
+# --------------------------------------------------------------------------- all of them
+
+
+PLOTS: list[tuple[str, str, Callable[[Sweep], Figure]]] = [
+    ("robust_vs_margin", "Robust accuracy vs ξ", lambda s: robust_vs_knob(s, "margin")),
+    ("robust_vs_lc_weight", "Robust accuracy vs λ", lambda s: robust_vs_knob(s, "lc_weight")),
+    ("robust_vs_eps", "Robust accuracy vs ε per loss variant", robust_vs_eps),
+    ("clean_vs_robust", "Clean vs robust accuracy (Pareto front)", clean_vs_robust),
+    ("heatmap_margin_lc_weight", "ξ × λ heatmap of the headline metric", heatmap_margin_lc),
+    ("importance", "Parameter importance (fANOVA)", importance),
+    ("prob_gap_second_class", "Probability gap and second-class rate", gap_and_second_class),
+]
+
+
+def make_plots(sweep: Sweep) -> list[Plot]:
+    """Every plot of the report, in order; those that do not apply carry their reason instead of a figure."""
+    out = []
+    for name, title, build in PLOTS:
+        try:
+            out.append(Plot(name, title, figure=build(sweep)))
+        except NotApplicable as why:
+            out.append(Plot(name, title, reason=str(why)))
+    return out
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write the figure as PNG (creating the folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path

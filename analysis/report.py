@@ -1,0 +1,403 @@
+"""report.md and a self-contained report.html (PNGs embedded as base64) from a Sweep, logged to its parent run.
+
+Both files are rendered from one list of blocks, so they always say the same thing.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from analysis.load import SEED, SYMBOL, Sweep, fetch_warnings, fmt_value
+from analysis.plots import Plot, is_accuracy, make_plots, save_figure
+from analysis.stats import best_configs, config_table, pareto_mask, summarize
+from pclc import metrics as M
+
+ARTIFACT_DIR = "analysis"  # folder of the parent run's artifacts that holds the report
+TOP = 10  # best configurations listed
+
+# --------------------------------------------------------------------------- blocks
+
+
+@dataclass
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass
+class Para:
+    text: str
+
+
+@dataclass
+class Warn:
+    text: str
+
+
+@dataclass
+class Bullets:
+    items: list[str]
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Image:
+    path: Path
+    title: str
+
+
+Block = Heading | Para | Warn | Bullets | Table | Image
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(blocks: list[Block]) -> str:
+    out: list[str] = []
+    for b in blocks:
+        if isinstance(b, Heading):
+            out.append(f"{'#' * b.level} {b.text}")
+        elif isinstance(b, Para):
+            out.append(b.text)
+        elif isinstance(b, Warn):
+            out.append(f"> **⚠ Warning:** {b.text}")
+        elif isinstance(b, Bullets):
+            out.append("\n".join(f"- {item}" for item in b.items))
+        elif isinstance(b, Table):
+            out.append("| " + " | ".join(_md_cell(h) for h in b.header) + " |")
+            out[-1] += "\n|" + "|".join(" --- " for _ in b.header) + "|"
+            out[-1] += "".join("\n| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b.rows)
+        elif isinstance(b, Image):
+            out.append(f"![{b.title}]({b.path.name})")
+    return "\n\n".join(out) + "\n"
+
+
+def _inline(text: str) -> str:
+    """Escape, then the two bits of markdown the blocks use: `code` and **bold**."""
+    t = html.escape(text)
+    t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", t)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}
+h1{border-bottom:2px solid #ddd;padding-bottom:.3em}h2{margin-top:1.8em;border-bottom:1px solid #eee}
+table{border-collapse:collapse;margin:1em 0;font-size:.9em;display:block;overflow-x:auto}
+th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right;white-space:nowrap}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+.warn{background:#fff4e5;border-left:5px solid #f0a020;padding:.6em 1em;margin:1em 0}
+code{background:#f5f5f5;padding:0 .2em}figure{margin:1.5em 0}img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{color:#555;font-size:.9em}
+"""
+
+
+def render_html(blocks: list[Block], title: str) -> str:
+    """One file, nothing external: inline CSS, images as data: URIs."""
+    out = [
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
+    ]  # fmt: skip
+    for b in blocks:
+        if isinstance(b, Heading):
+            out.append(f"<h{b.level}>{_inline(b.text)}</h{b.level}>")
+        elif isinstance(b, Para):
+            out.append(f"<p>{_inline(b.text)}</p>")
+        elif isinstance(b, Warn):
+            out.append(f'<div class="warn"><strong>⚠ Warning:</strong> {_inline(b.text)}</div>')
+        elif isinstance(b, Bullets):
+            out.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b.items) + "</ul>")
+        elif isinstance(b, Table):
+            head = "".join(f"<th>{_inline(h)}</th>" for h in b.header)
+            body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in b.rows)
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif isinstance(b, Image):
+            data = base64.b64encode(b.path.read_bytes()).decode("ascii")
+            out.append(
+                f'<figure><img alt="{html.escape(b.title)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{html.escape(b.title)}</figcaption></figure>"
+            )
+    out += ["</body>", "</html>"]
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- numbers as text
+
+
+def mean_std(mean: float, std: float, n: int, *, percent: bool) -> str:
+    """'54.3 ± 1.2' (std over seeds), '54.3 (n=1)' for one seed, '–' when there is no value."""
+    if n == 0 or pd.isna(mean):
+        return "–"
+    k = 100.0 if percent else 1.0
+    digits = 1 if percent else 3
+    if n == 1 or pd.isna(std):
+        return f"{mean * k:.{digits}f} (n=1)"
+    return f"{mean * k:.{digits}f} ± {std * k:.{digits}f}"
+
+
+def _cell(row: pd.Series, metric: str) -> str:
+    if f"{metric}:mean" not in row:
+        return "–"
+    n = row[f"{metric}:n"]
+    return mean_std(row[f"{metric}:mean"], row[f"{metric}:std"], 0 if pd.isna(n) else int(n), percent=is_accuracy(metric))
+
+
+def _variant_label(variant: str, config: str) -> str:
+    return variant if config == "default" else f"{variant} ({config})"
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _overview(sweep: Sweep, counts: dict[str, int]) -> list[Block]:
+    objectives = ", ".join(f"`{m}` ({mode})" for m, mode in sweep.objectives)
+    parent = f"`{sweep.parent_run_id}`" if sweep.parent_run_id else "none"
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    items = [
+        f"experiment `{sweep.experiment}` (id {sweep.experiment_id}), sweep parent run {parent}, mode **{sweep.mode}**",
+        f"headline metric `{sweep.headline}`; objective {objectives}",
+        f"runs: **{counts['finished']} finished**, {counts['failed']} failed, {counts['stopped']} stopped early, "
+        f"{counts['running']} running or scheduled ({counts['analysed']} analysed)",
+    ]
+    common = _common_settings(sweep)
+    if common:
+        items.append(f"same in every analysed trial: {common}")
+    items.append(f"tracking store `{sweep.tracking_uri}`; generated {stamp}")
+    blocks: list[Block] = [Heading(f"Sweep report: {sweep.experiment}", 1), Bullets(items)]
+    if sweep.other_parents:
+        blocks.append(Para("Other sweeps in this experiment: " + "; ".join(f"`{p}`" for p in sweep.other_parents)))
+    return blocks
+
+
+COMMON = ("dataset", "model", "epochs", "warmup_epochs", "optimizer", "lr", "margin", "lc_weight", "attacks", "eps",
+          "headline_eps", "attack_steps", "eval_limit")  # fmt: skip
+
+
+def _common_settings(sweep: Sweep) -> str:
+    """'dataset=digits, model=small_cnn, …': the main settings no trial varied (what the labels leave out)."""
+    trials, parts = sweep.trials, []
+    for p in COMMON:
+        if p in trials and len(trials) and trials[p].map(lambda v: fmt_value(v)).nunique() == 1:
+            parts.append(f"{SYMBOL.get(p, p)}={fmt_value(trials[p].iloc[0])}")
+    return ", ".join(parts)
+
+
+def _runs_section(sweep: Sweep, counts: dict[str, int]) -> list[Block]:
+    blocks: list[Block] = [Heading("Runs")]
+    rows = [
+        ["finished", str(counts["finished"]), "final evaluation logged" if counts["finished"] else ""],
+        ["failed", str(counts["failed"]), "status FAILED (reasons below)" if counts["failed"] else ""],
+        ["stopped early", str(counts["stopped"]), "status KILLED: stopped by the scheduler (ASHA) or the user"],
+        ["running / scheduled", str(counts["running"]), "not finished yet: left out"],
+        ["analysed", str(counts["analysed"]), f"finished with a finite `{sweep.headline}`"],
+    ]
+    if counts["other"]:
+        rows.insert(4, ["other status", str(counts["other"]), ""])
+    blocks.append(Table(["runs", "count", "meaning"], rows))
+    failed = sweep.runs[sweep.runs["outcome"] == "failed"]
+    if len(failed):
+        reasons = failed.fillna({"failure_reason": "(no reason recorded)"}).groupby("failure_reason")["trial_id"]
+        items = [
+            f"{len(ids)} × `{reason}` (trials {', '.join(map(str, list(ids)[:6]))}{' …' if len(ids) > 6 else ''})"
+            for reason, ids in reasons
+        ]
+        blocks += [Para("**Failure reasons**"), Bullets(items)]
+    if sweep.notes:
+        blocks += [Para("**Notes on the data**"), Bullets(list(sweep.notes))]
+    return blocks
+
+
+def _masking_section(sweep: Sweep, client: MlflowClient | None) -> list[Block]:
+    blocks: list[Block] = [Heading("Gradient-masking checks")]
+    trials = sweep.trials
+    flags = sweep.masking_flags()
+    if not flags:
+        return blocks + [Para("No `masking/*` flags were logged by these runs, so gradient masking was not checked.")]
+    rows, fired_runs = [], set()
+    for flag in flags:
+        checked = trials[flag].notna()
+        fired = trials[trials[flag] >= 0.5]
+        fired_runs.update(fired["run_id"])
+        where = ", ".join(
+            f"{_variant_label(v, c)} ×{len(g)}" for (v, c), g in fired.groupby(["variant", "config"], sort=False)
+        )
+        rows.append([f"`{flag}`", f"{len(fired)} of {int(checked.sum())}", where or "–"])
+        if len(fired):
+            blocks.append(
+                Warn(
+                    f"gradient-masking check `{flag.removeprefix(M.MASKING_PREFIX)}` fired in {len(fired)} of "
+                    f"{int(checked.sum())} runs ({where}). Their white-box robust accuracies may overstate "
+                    "robustness: trust the worst case and the attacks that did not fail."
+                )
+            )
+    blocks.append(Table(["check", "fired in", "where (variant, configuration × runs)"], rows))
+    if not fired_runs:
+        blocks.append(Para("No check fired: no sign of gradient masking in these runs."))
+    elif client is not None:
+        ordered = [r for r in trials["run_id"] if r in fired_runs]
+        texts = fetch_warnings(sweep, client, ordered, limit=10)
+        if texts:
+            rid, first = next(iter(texts.items()))
+            blocks += [Para(f"What evaluation.json of run `{rid[:8]}` says:"), Bullets(first)]
+    return blocks
+
+
+def _best_section(sweep: Sweep) -> list[Block]:
+    headline = sweep.headline
+    metrics = list(dict.fromkeys([m for m, _ in sweep.objectives] + [M.CLEAN_ACC, M.ROBUST_ACC]))
+    metrics = [m for m in metrics if m in sweep.trials]
+    table = config_table(sweep, metrics)
+    ascending = sweep.direction(headline) == "min"
+    ranked = table.sort_values(f"{headline}:mean", ascending=ascending, kind="stable").head(TOP)
+    header = ["rank", "variant", "configuration", "runs"] + [f"`{m}`" for m in metrics]
+    rows = [
+        [str(i + 1), r["variant"], r["config"], str(r["runs"])] + [_cell(r, m) for m in metrics]
+        for i, (_, r) in enumerate(ranked.iterrows())
+    ]
+    note = "mean ± std over seeds; accuracies in %"
+    blocks: list[Block] = [
+        Heading("Best configurations"),
+        Para(f"By mean `{headline}` ({sweep.direction(headline)}), {note}; top {len(rows)} of {len(table)}."),
+        Table(header, rows),
+    ]
+    objectives = [(m, d) for m, d in sweep.objectives if f"{m}:mean" in table]
+    if len(objectives) > 1:
+        pts = table[[f"{m}:mean" for m, _ in objectives]].to_numpy(dtype=float)
+        ok = ~pd.isna(pts).any(axis=1)
+        mask = pareto_mask(pts[ok], [d == "max" for _, d in objectives])
+        front = table[ok][mask].sort_values(f"{headline}:mean", ascending=ascending)
+        rows = [[r["variant"], r["config"], str(r["runs"])] + [_cell(r, m) for m in metrics] for _, r in front.iterrows()]
+        names = " and ".join(f"`{m}` ({d})" for m, d in objectives)
+        blocks += [
+            Para(f"**Pareto set** over {names} (configuration means; none is beaten on every objective):"),
+            Table(["variant", "configuration", "runs"] + [f"`{m}`" for m in metrics], rows),
+        ]
+    return blocks
+
+
+def _ablation_section(sweep: Sweep) -> list[Block]:
+    """Rows: loss variants (each at its best configuration); columns: clean, then attack × eps; mean ± std."""
+    long = sweep.robust_long()
+    blocks: list[Block] = [Heading("Ablation table")]
+    if long.empty:
+        return blocks + [Para("No `robust_acc/<attack>/eps=<eps>` metrics in the analysed runs.")]
+    best = best_configs(sweep)
+    attack_cols = sorted({(a, e) for a, e in zip(long["attack"], long["eps"])},
+                         key=lambda ae: (ae[0] == M.WORST, M.ATTACKS.index(ae[0]) if ae[0] in M.ATTACKS else 99, ae[0], ae[1]))  # fmt: skip
+    header = ["variant (configuration)", "seeds", "clean"] + [f"{a} ε={fmt_value(e)}" for a, e in attack_cols]
+    rows = []
+    for _, b in best.iterrows():
+        runs = sweep.trials[(sweep.trials["variant"] == b["variant"]) & (sweep.trials["config"] == b["config"])]
+        part = long[(long["variant"] == b["variant"]) & (long["config"] == b["config"])]
+        s = summarize(part, ["attack", "eps"], "value").set_index(["attack", "eps"])
+        clean = summarize(runs.assign(_all=0), ["_all"], M.CLEAN_ACC) if M.CLEAN_ACC in runs else pd.DataFrame()
+        seeds = runs[SEED].nunique() if SEED in runs else len(runs)
+        row = [_variant_label(b["variant"], b["config"]), str(seeds)]
+        row.append(mean_std(*clean.iloc[0][["mean", "std", "n"]], percent=True) if len(clean) else "–")
+        for key in attack_cols:
+            row.append(mean_std(*s.loc[key][["mean", "std", "n"]], percent=True) if key in s.index else "–")
+        rows.append(row)
+    blocks += [
+        Para(
+            "Accuracy in %, mean ± std over seeds. Each variant at its best configuration by mean "
+            f"`{sweep.headline}`; `worst` is the per-sample worst case over every attack at that ε."
+        ),
+        Table(header, rows),
+    ]
+    table = config_table(sweep, [M.CLEAN_ACC, sweep.headline, M.PROB_GAP])
+    if 1 < len(table) <= 100:
+        metrics = [m for m in (M.CLEAN_ACC, sweep.headline, M.PROB_GAP) if f"{m}:mean" in table]
+        metrics = list(dict.fromkeys(metrics))
+        rows = [[r["variant"], r["config"], str(r["runs"])] + [_cell(r, m) for m in metrics] for _, r in table.iterrows()]
+        blocks += [
+            Heading("All configurations", 3),
+            Table(["variant", "configuration", "runs"] + [f"`{m}`" for m in metrics], rows),
+        ]
+    return blocks
+
+
+def _plots_section(plots: list[Plot]) -> list[Block]:
+    blocks: list[Block] = [Heading("Plots")]
+    for p in plots:
+        if p.path is not None:
+            blocks += [Heading(p.title, 3), Image(p.path, p.title)]
+    skipped = [f"{p.title}: {p.reason}" for p in plots if p.reason]
+    if skipped:
+        blocks += [Heading("Skipped plots", 3), Bullets(skipped)]
+    return blocks
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@dataclass
+class Report:
+    """What `write_report` produced."""
+
+    out_dir: Path
+    markdown: Path
+    html: Path
+    plots: list[Plot] = field(default_factory=list)
+    artifact_uri: str | None = None  # where the parent run holds the copy, if it was logged
+    log_error: str | None = None
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        return {p.name: p.reason or "" for p in self.plots if p.reason}
+
+
+def build_blocks(sweep: Sweep, plots: list[Plot], client: MlflowClient | None = None) -> list[Block]:
+    counts = sweep.counts()
+    return [
+        *_overview(sweep, counts),
+        *_runs_section(sweep, counts),
+        *_masking_section(sweep, client),
+        *_best_section(sweep),
+        *_ablation_section(sweep),
+        *_plots_section(plots),
+    ]
+
+
+def write_report(
+    sweep: Sweep, out_dir: str | Path, *, client: MlflowClient | None = None, log_to_mlflow: bool = True
+) -> Report:
+    """Plots (PNG), report.md and report.html in `out_dir`; then the folder is logged to the parent run."""
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    client = client or MlflowClient(sweep.tracking_uri)
+    plots = make_plots(sweep)
+    for p in plots:
+        target = out / f"{p.name}.png"
+        if p.figure is not None:
+            p.path = save_figure(p.figure, target)
+        elif target.exists():  # a plot an earlier analysis drew no longer applies
+            target.unlink()
+    blocks = build_blocks(sweep, plots, client)
+    md, page = out / "report.md", out / "report.html"
+    md.write_text(render_markdown(blocks), encoding="utf-8")
+    page.write_text(render_html(blocks, f"Sweep report: {sweep.experiment}"), encoding="utf-8")
+    report = Report(out_dir=out, markdown=md, html=page, plots=plots)
+    if log_to_mlflow and sweep.parent_run_id:
+        try:
+            client.log_artifacts(sweep.parent_run_id, str(out), ARTIFACT_DIR)
+            report.artifact_uri = f"{client.get_run(sweep.parent_run_id).info.artifact_uri}/{ARTIFACT_DIR}"
+        except (MlflowException, OSError) as exc:
+            report.log_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return report
+
+

@@ -1,0 +1,67 @@
+"""Numbers behind the plots and tables: means with t-intervals over seeds, Pareto fronts, best configurations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from analysis.load import Sweep, variant_sort_key
+
+CONFIDENCE = 0.95
+
+
+def t_halfwidth(std: float, n: int, confidence: float = CONFIDENCE) -> float:
+    """Half-width of the t-interval of a mean of n values; NaN for n < 2 (no interval from one seed)."""
+    if n < 2 or not math.isfinite(std):
+        return math.nan
+    return float(sps.t.ppf(0.5 + confidence / 2, n - 1) * std / math.sqrt(n))
+
+
+def summarize(frame: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
+    """Per group of `by`: mean, std (ddof 1), n (finite values), ci (t half-width) of `value`; NaNs ignored."""
+    data = frame[by + [value]].dropna(subset=[value])
+    if data.empty:
+        return pd.DataFrame(columns=by + ["mean", "std", "n", "ci"])
+    grouped = data.groupby(by, sort=False, dropna=False)[value]
+    out = grouped.agg(mean="mean", std="std", n="count").reset_index()
+    out["ci"] = [t_halfwidth(s, int(n)) for s, n in zip(out["std"], out["n"])]
+    return out
+
+
+def pareto_mask(points: np.ndarray, maximize: list[bool]) -> np.ndarray:
+    """True for the points no other point beats on every objective (ties kept), for any number of objectives."""
+    signed = np.asarray(points, dtype=float) * np.where(maximize, 1.0, -1.0)
+    keep = np.ones(len(signed), dtype=bool)
+    for i, p in enumerate(signed):
+        dominated = np.all(signed >= p, axis=1) & np.any(signed > p, axis=1)
+        keep[i] = not dominated.any()
+    return keep
+
+
+def config_table(sweep: Sweep, metrics: list[str]) -> pd.DataFrame:
+    """One row per configuration (variant × config, seeds pooled): n, and mean/std/ci of each metric."""
+    trials = sweep.trials
+    keys = ["variant", "config"]
+    base = trials.groupby(keys, sort=False).size().rename("runs").reset_index()
+    for metric in metrics:
+        if metric not in trials:
+            continue
+        s = summarize(trials, keys, metric).rename(
+            columns={"mean": f"{metric}:mean", "std": f"{metric}:std", "n": f"{metric}:n", "ci": f"{metric}:ci"}
+        )
+        base = base.merge(s, on=keys, how="left")
+    base["_order"] = base["variant"].map(variant_sort_key)
+    return base.sort_values(["_order", "config"]).drop(columns="_order").reset_index(drop=True)
+
+
+def best_configs(sweep: Sweep) -> pd.DataFrame:
+    """Per variant, the configuration with the best mean headline metric (its row of `config_table`)."""
+    headline = sweep.headline
+    table = config_table(sweep, [headline])
+    ascending = sweep.direction(headline) == "min"
+    ranked = table.sort_values(f"{headline}:mean", ascending=ascending, kind="stable")
+    best = ranked.groupby("variant", sort=False).head(1)
+    return best.assign(_o=best["variant"].map(variant_sort_key)).sort_values("_o").drop(columns="_o")

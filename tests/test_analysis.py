@@ -1,0 +1,572 @@
+"""analysis: hand-made MLflow runs in the CONTRACT.md layout → tidy table, figures, report, CLI.
+
+One SQLite store per module holds several experiments (an ablation grid, an Optuna-like search and
+the edge cases); each is analysed once and the tests read what came out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import runpy
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from analysis import cli, plots
+from analysis.load import AnalysisError, load_sweep, parse_param, resolve_tracking_uri
+from analysis.report import write_report
+from analysis.stats import pareto_mask, t_halfwidth
+from pclc import metrics as M
+from pclc.config import TrialConfig
+
+ATTACKS = ["fgsm", "pgd_ce", "pgd_cw", "transfer"]
+EPS = [0.1, 0.2, 0.3]
+HEADLINE_EPS = 0.2
+EPOCHS = 3
+BASE = {"ce": 0.20, "pc": 0.35, "lc": 0.30, "pclc": 0.45}
+
+
+# --------------------------------------------------------------------------- writing runs like sweeps does
+
+
+def param_text(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
+
+
+def fake_metrics(cfg: TrialConfig, rng: np.random.Generator) -> dict[str, float]:
+    """A final evaluation in the metric schema whose numbers depend on loss, ξ, λ, eps (plus seed noise)."""
+    base = BASE[cfg.loss] + 5 * (cfg.margin - 0.99) + 0.1 * math.log10(cfg.lc_weight / 0.05) * (cfg.loss in ("lc", "pclc"))
+    out: dict[str, float] = {M.CLEAN_ACC: min(1.0, 0.98 - 0.3 * (base - 0.2) + rng.normal(0, 0.005))}
+    for eps in EPS:
+        accs = {a: min(1.0, max(0.0, base - eps * (0.6 + 0.1 * i) + rng.normal(0, 0.01))) for i, a in enumerate(ATTACKS)}
+        for a, v in accs.items():
+            out[M.robust_key(a, eps)] = v
+        out[M.robust_key(M.WORST, eps)] = max(0.0, min(accs.values()) - 0.01)
+    out[M.ROBUST_ACC] = out[M.robust_key(M.WORST, HEADLINE_EPS)]
+    out[M.PROB_GAP] = 0.5 + base / 2 + rng.normal(0, 0.01)
+    for a in ATTACKS:
+        out[M.second_class_key(a)] = min(1.0, 0.6 + base / 2 + rng.normal(0, 0.02))
+    out[M.masking_key("ce_cw_gap")] = 0.01
+    out[M.masking_key("ce_weaker_than_cw")] = 0.0
+    out[M.masking_key("blackbox_gap")] = -0.1
+    out[M.masking_key("blackbox_beats_whitebox")] = 0.0
+    out[M.masking_key("any")] = 0.0
+    out[M.TRAIN_LOSS] = 0.1
+    return out
+
+
+def log_sweep(
+    client: MlflowClient,
+    root: Path,
+    name: str,
+    trials: list[dict[str, Any]],
+    *,
+    mode: str = "ablation",
+    objective: list[tuple[str, str]] = ((M.ROBUST_ACC, "max"),),
+) -> tuple[str, list[str]]:
+    """A parent run + one child run per trial, in the CONTRACT.md layout; returns (parent id, child ids).
+
+    A trial is {"cfg": TrialConfig overrides, "status": ..., "variant": ..., "metrics": overrides of the
+    fake evaluation (None deletes a metric), "warnings": [...], "reason": failure reason}.
+    """
+    exp = client.get_experiment_by_name(name)
+    exp_id = exp.experiment_id if exp else client.create_experiment(name, artifact_location=(root / "art" / name).as_uri())
+    parent = client.create_run(exp_id, run_name=f"sweep-{name}", tags={
+        "pclc.role": "sweep", "pclc.mode": mode, "pclc.headline_metric": objective[0][0],
+        "pclc.objective": json.dumps([{"metric": m, "mode": d} for m, d in objective]),
+    })  # fmt: skip
+    pid = parent.info.run_id
+    ids = []
+    for i, t in enumerate(trials):
+        base = {"attacks": ATTACKS, "eps": EPS, "headline_eps": HEADLINE_EPS, "epochs": EPOCHS, "warmup_epochs": 1}
+        cfg = TrialConfig(**{**base, **t.get("cfg", {})})
+        tags = {"mlflow.parentRunId": pid, "pclc.role": "trial", "pclc.trial_id": f"t{i:03d}"}
+        if "variant" in t or mode == "ablation":
+            tags["pclc.variant"] = t.get("variant", cfg.loss)
+        run = client.create_run(exp_id, run_name=f"trial_{i}", tags=tags)
+        rid = run.info.run_id
+        now = int(time.time() * 1000)
+        params = [Param(k, param_text(v)) for k, v in cfg.to_dict().items()]
+        status = t.get("status", "FINISHED")
+        metrics: list[Metric] = []
+        rng = np.random.default_rng([list(BASE).index(cfg.loss), int(cfg.margin * 1e4), int(cfg.lc_weight * 1e4), cfg.seed])
+        for epoch in range(1, EPOCHS + 1):  # per-epoch metrics, step = epoch
+            for k, v in {M.EPOCH: epoch, M.TRAIN_LOSS: 1.0 / epoch, M.CLEAN_ACC: 0.5 + 0.1 * epoch,
+                         M.EPOCH_ROBUST_ACC: 0.1 * epoch}.items():  # fmt: skip
+                metrics.append(Metric(M.to_mlflow(k), float(v), now, epoch))
+        if status == "FINISHED":
+            final = fake_metrics(cfg, rng)
+            for k, v in t.get("metrics", {}).items():
+                if v is None:
+                    final.pop(k, None)
+                else:
+                    final[k] = v
+            metrics += [Metric(M.to_mlflow(k), float(v), now, EPOCHS) for k, v in final.items()]
+        client.log_batch(rid, metrics=metrics, params=params)
+        if t.get("warnings"):
+            client.log_dict(rid, {"metrics": {}, "warnings": t["warnings"]}, "evaluation.json")
+        if status == "FAILED":
+            client.set_tag(rid, "pclc.failure_reason", t.get("reason", "RuntimeError: boom"))
+        if status != "RUNNING":
+            client.set_terminated(rid, status)
+        ids.append(rid)
+    client.set_terminated(pid, "FINISHED")
+    return pid, ids
+
+
+MASKING_TEXT = "Gradient masking suspected: at eps=0.1 PGD on the cross-entropy loss leaves 0.500 accuracy."
+
+
+def ablation_trials(seeds: tuple[int, ...] = (0, 1, 2)) -> list[dict[str, Any]]:
+    """ce/pc/pclc/lc × ξ ∈ {0.99, 0.995} × λ ∈ {0.05, 0.5} × seeds, plus failed, stopped and running trials."""
+    out = []
+    for loss in ("ce", "pc", "pclc", "lc"):
+        for margin in (0.99, 0.995):
+            for lam in (0.05, 0.5):
+                for seed in seeds:
+                    t: dict[str, Any] = {"cfg": {"loss": loss, "margin": margin, "lc_weight": lam, "seed": seed}}
+                    if loss == "pc" and margin == 0.995 and lam == 0.5 and seed == 0:  # one masking flag fires
+                        t["metrics"] = {M.masking_key("ce_weaker_than_cw"): 1.0, M.masking_key("any"): 1.0}
+                        t["warnings"] = [MASKING_TEXT]
+                    out.append(t)
+    out.append({"cfg": {"loss": "pclc", "seed": 9}, "status": "FAILED", "reason": "ValueError: loss is NaN"})
+    out.append({"cfg": {"loss": "pc", "seed": 9}, "status": "KILLED"})
+    out.append({"cfg": {"loss": "lc", "seed": 9}, "status": "RUNNING"})
+    return out
+
+
+def ragged_trials() -> list[dict[str, Any]]:
+    """The grid sweeps/configs/ablation_digits.yaml runs: ce alone, pc × ξ, lc × λ, pclc × ξ × λ; 2 seeds."""
+    grid = [("ce", {})] + [("pc", {"margin": m}) for m in (0.9, 0.99, 0.995)]
+    grid += [("lc", {"lc_weight": lam}) for lam in (0.05, 0.5)]
+    grid += [("pclc", {"margin": m, "lc_weight": lam}) for m in (0.99, 0.995) for lam in (0.01, 0.05, 0.5)]
+    return [{"cfg": {"loss": loss, **knobs, "seed": s}} for loss, knobs in grid for s in (0, 1)]
+
+
+def optimize_trials(n: int = 16) -> list[dict[str, Any]]:
+    """An Optuna-like search: pclc with continuous ξ, λ, lr and an int warm-up, one seed; the authors' point first."""
+    rng = np.random.default_rng(0)
+    out = [{"cfg": {"loss": "pclc", "margin": 0.995, "lc_weight": 0.05, "lr": 0.003, "warmup_epochs": 1}}]
+    for _ in range(n - 1):
+        out.append({"cfg": {
+            "loss": "pclc", "margin": float(rng.uniform(0.9, 0.999)), "lc_weight": float(10 ** rng.uniform(-2.3, -0.3)),
+            "lr": float(10 ** rng.uniform(-3.3, -2)), "warmup_epochs": int(rng.integers(1, 3)),
+        }})  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """One SQLite store with every experiment the tests read.
+
+    On tmpfs where there is one: SQLite syncs every commit to disk, which makes building ~120 runs
+    several times slower on a disk than in memory.
+    """
+    shm = Path("/dev/shm")
+    if not os.access(shm, os.W_OK):
+        yield _build_store(tmp_path_factory.mktemp("mlflow"))
+        return
+    with tempfile.TemporaryDirectory(prefix="pclc-analysis-", dir=shm) as tmp:
+        yield _build_store(Path(tmp))
+
+
+def _build_store(root: Path) -> dict[str, Any]:
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    info: dict[str, Any] = {"root": root, "uri": uri, "client": client}
+    info["ablation"] = log_sweep(client, root, "ablation", ablation_trials())
+    info["optimize"] = log_sweep(client, root, "optimize", optimize_trials(), mode="optimize",
+                                 objective=[(M.ROBUST_ACC, "max"), (M.CLEAN_ACC, "max")])  # fmt: skip
+    info["ragged"] = log_sweep(client, root, "ragged", ragged_trials())
+    single = [{"cfg": {"loss": loss, "seed": 0}} for loss in ("ce", "pc", "lc", "pclc")]
+    info["single"] = log_sweep(client, root, "single_seed", single)
+    holes = [{"cfg": {"loss": loss, "seed": s}} for loss in ("ce", "pclc") for s in (0, 1, 2)]
+    holes[1]["metrics"] = {M.robust_key("transfer", 0.3): None, M.PROB_GAP: math.nan}  # missing + NaN
+    holes[4]["metrics"] = {M.ROBUST_ACC: math.nan}  # NaN headline: left out
+    info["holes"] = log_sweep(client, root, "holes", holes)
+    info["empty"] = log_sweep(client, root, "empty", [])
+    failed = [{"cfg": {"seed": s}, "status": "FAILED", "reason": "RuntimeError: CUDA out of memory"} for s in (0, 1)]
+    info["failed"] = log_sweep(client, root, "all_failed", failed + [{"cfg": {"seed": 2}, "status": "RUNNING"}])
+    info["old"] = log_sweep(client, root, "two_sweeps", [{"cfg": {"loss": "ce", "seed": s}} for s in (0, 1)])
+    time.sleep(0.01)  # distinct start times: the newer parent is the default
+    info["new"] = log_sweep(client, root, "two_sweeps", [{"cfg": {"loss": "pc", "seed": s}} for s in (0, 1, 2)])
+    return info
+
+
+@pytest.fixture(scope="module")
+def ablation(store: dict[str, Any], tmp_path_factory: pytest.TempPathFactory):
+    sweep = load_sweep("ablation", tracking_uri=store["uri"])
+    report = write_report(sweep, tmp_path_factory.mktemp("report") / "ablation", client=store["client"])
+    return sweep, report
+
+
+@pytest.fixture(scope="module")
+def optimize(store: dict[str, Any], tmp_path_factory: pytest.TempPathFactory):
+    sweep = load_sweep("optimize", tracking_uri=store["uri"])
+    report = write_report(sweep, tmp_path_factory.mktemp("report") / "optimize", client=store["client"])
+    return sweep, report
+
+
+def figure(report, name: str):
+    """The figure the report drew under `name` (so the tests check what the report shows)."""
+    fig = next(p.figure for p in report.plots if p.name == name)
+    assert fig is not None, f"{name} was skipped: {report.skipped.get(name)}"
+    return fig
+
+
+def _legend_texts(fig) -> list[str]:
+    return [t.get_text() for leg in fig.legends for t in leg.get_texts()] + [
+        t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()
+    ]
+
+
+# --------------------------------------------------------------------------- the tidy table
+
+
+def test_parse_param_round_trips_what_sweeps_logs() -> None:
+    assert parse_param("0.995") == 0.995 and parse_param("3") == 3 and parse_param("-2") == -2
+    assert parse_param("True") is True and parse_param("false") is False and parse_param("None") is None
+    assert parse_param("[0.1, 0.2]") == (0.1, 0.2) and parse_param('["fgsm"]') == ("fgsm",)
+    assert parse_param("pclc") == "pclc" and parse_param("npz:/a/b.npz") == "npz:/a/b.npz"
+
+
+def test_load_ablation_table(ablation) -> None:
+    sweep, _ = ablation
+    c = sweep.counts()
+    assert (c["finished"], c["failed"], c["stopped"], c["running"], c["total"]) == (48, 1, 1, 1, 51)
+    assert c["analysed"] == 48 and sweep.mode == "ablation" and sweep.headline == M.ROBUST_ACC
+    t = sweep.trials
+    # metric names come back through from_mlflow; params as numbers
+    assert M.robust_key("pgd_cw", 0.2) in t and M.second_class_key("fgsm") in t
+    assert t["margin"].dtype.kind == "f" and t["seed"].dtype.kind == "i" and t["eps"].iloc[0] == tuple(EPS)
+    assert sorted(sweep.config_params) == ["lc_weight", "margin"]
+    assert sweep.variants == ["ce", "pc", "lc", "pclc"]
+    assert set(sweep.seeds_per_config()) == {3}
+    # the final evaluation (step = epochs) wins over the per-epoch clean_acc
+    assert (t[M.CLEAN_ACC] > 0.8).all()
+    failed = sweep.runs[sweep.runs["outcome"] == "failed"]
+    assert list(failed["failure_reason"]) == ["ValueError: loss is NaN"]
+    long = sweep.robust_long()
+    assert set(long["attack"]) == set(ATTACKS) | {M.WORST} and set(long["eps"]) == set(EPS)
+    assert len(long) == 48 * 5 * 3
+
+
+def test_latest_sweep_by_default_and_parent_run_selects(store) -> None:
+    new = load_sweep("two_sweeps", tracking_uri=store["uri"])
+    assert new.parent_run_id == store["new"][0] and new.variants == ["pc"] and len(new.other_parents) == 1
+    assert any("--parent-run" in n for n in new.notes)
+    old = load_sweep("two_sweeps", tracking_uri=store["uri"], parent_run_id=store["old"][0])
+    assert old.variants == ["ce"] and old.counts()["analysed"] == 2
+    by_id = load_sweep(tracking_uri=store["uri"], parent_run_id=store["old"][0])  # experiment found from the run
+    assert by_id.experiment == "two_sweeps"
+    with pytest.raises(AnalysisError, match="no run 'nope' in experiment 'two_sweeps'"):
+        load_sweep("two_sweeps", tracking_uri=store["uri"], parent_run_id="nope")
+
+
+def test_missing_and_nan_metrics_are_reported_not_dropped(store) -> None:
+    sweep = load_sweep("holes", tracking_uri=store["uri"])
+    assert sweep.counts()["finished"] == 6 and sweep.counts()["analysed"] == 5
+    notes = " ".join(sweep.notes)
+    assert "NaN/inf headline metric robust_acc" in notes
+    assert "`robust_acc/transfer/eps=0.3` is missing from 1 of 5" in notes
+    assert "`prob_gap` is NaN/inf in 1 of 5" in notes
+    s = sweep.trials.groupby("variant")[M.PROB_GAP].count()
+    assert s["ce"] == 2 and s["pclc"] == 2  # the NaN run is left out of prob_gap only
+
+
+def test_single_seed_is_said(store) -> None:
+    sweep = load_sweep("single_seed", tracking_uri=store["uri"])
+    assert any("One seed per configuration: no confidence intervals" in n for n in sweep.notes)
+
+
+def test_stats_helpers() -> None:
+    assert math.isnan(t_halfwidth(0.1, 1))
+    assert t_halfwidth(1.0, 3) == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)  # t(0.975, 2)
+    pts = np.array([[0.9, 0.1], [0.8, 0.3], [0.7, 0.2], [0.9, 0.1]])
+    assert list(pareto_mask(pts, [True, True])) == [True, True, False, True]
+    assert list(pareto_mask(pts, [True, False])) == [True, False, False, True]
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def test_robust_vs_margin_lines_intervals_and_references(ablation) -> None:
+    sweep, report = ablation
+    fig = figure(report, "robust_vs_margin")
+    ax = fig.axes[0]
+    assert ax.get_xlabel().startswith("PC margin ξ") and "(%)" in ax.get_ylabel() and "ε=0.2" in ax.get_ylabel()
+    assert "95% t-interval" in ax.get_title()
+    labels = _legend_texts(fig)
+    # every variant varies ξ in this grid: two lines (λ values) each, with bands
+    for v in ("ce", "pc", "lc", "pclc"):
+        assert f"{v} (λ=0.05)" in labels and f"{v} (λ=0.5)" in labels
+    lines = [ln for ln in ax.get_lines() if not ln.get_label().startswith("_")]
+    assert len(lines) == 8 and all(len(ln.get_xdata()) == 2 for ln in lines)
+    assert len(ax.collections) == 8  # one 95% band per line
+    pclc = next(ln for ln in lines if ln.get_label() == "pclc (λ=0.05)")
+    means = sweep.trials[(sweep.trials["variant"] == "pclc") & (sweep.trials["lc_weight"] == 0.05)].groupby("margin")[
+        M.ROBUST_ACC
+    ].mean()
+    assert np.allclose(pclc.get_ydata(), means.to_numpy() * 100)
+
+
+def test_ragged_ablation_grid(store) -> None:
+    """The shipped ablation: ce has one configuration (a reference level), lc no ξ, pclc the ξ × λ grid."""
+    sweep = load_sweep("ragged", tracking_uri=store["uri"])
+    assert sweep.seeds_per_config().size == 1 + 3 + 2 + 6
+    fig = plots.robust_vs_knob(sweep, "margin")
+    ax = fig.axes[0]
+    labels = _legend_texts(fig)
+    assert labels[0] == "ce (ξ not varied; n=2)" and "pc" in labels
+    assert {"pclc (λ=0.01)", "pclc (λ=0.05)", "pclc (λ=0.5)"} <= set(labels)
+    assert not any(t.startswith("lc") for t in labels)  # lc has no ξ and two configurations: no single level
+    ce = next(ln for ln in ax.get_lines() if ln.get_label().startswith("ce"))
+    assert np.allclose(ce.get_ydata(), sweep.trials.loc[sweep.trials["variant"] == "ce", M.ROBUST_ACC].mean() * 100)
+    fig = plots.robust_vs_knob(sweep, "lc_weight")
+    assert fig.axes[0].get_xscale() == "log"  # 0.01 … 0.5
+    heat = plots.heatmap_margin_lc(sweep).axes[0]
+    assert heat.images[0].get_array().shape == (2, 3) and "mean over seeds" in heat.get_title()
+    # knobs a loss ignores and the variant does not vary stay out of its label: ce is "default", lc shows only λ
+    labels = sweep.trials.groupby("variant")["config"].unique()
+    assert list(labels["ce"]) == ["default"] and set(labels["lc"]) == {"λ=0.05", "λ=0.5"}
+    assert set(labels["pc"]) == {"ξ=0.9", "ξ=0.99", "ξ=0.995"} and len(set(labels["pclc"])) == 6
+
+
+def test_robust_vs_lambda_log_axis(ablation) -> None:
+    sweep, report = ablation
+    fig = figure(report, "robust_vs_lc_weight")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "linear"  # 0.05 → 0.5 is one decade: linear
+    assert "λ" in ax.get_xlabel() and "pclc (ξ=0.995)" in _legend_texts(fig)
+
+
+def test_robust_vs_eps_one_panel_per_attack(ablation) -> None:
+    sweep, report = ablation
+    fig = figure(report, "robust_vs_eps")
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    titles = [ax.get_title() for ax in visible]
+    assert titles == ["fgsm", "pgd_ce", "pgd_cw", "transfer", "worst case over attacks"]
+    for ax in visible:
+        assert len([ln for ln in ax.get_lines()]) == 4  # one per variant
+        assert len(ax.collections) == 4  # 95% bands
+    assert any("ε (L∞" in ax.get_xlabel() for ax in visible) and visible[0].get_ylabel() == "robust accuracy (%)"
+    assert "95% t-interval" in fig.get_suptitle()
+    assert any(t.startswith("pclc (ξ=0.995, λ=0.5)") for t in _legend_texts(fig))  # the best pclc configuration
+
+
+def test_clean_vs_robust_front_and_authors_default(ablation) -> None:
+    sweep, report = ablation
+    fig = figure(report, "clean_vs_robust")
+    ax = fig.axes[0]
+    labels = _legend_texts(fig)
+    assert "clean accuracy (%)" == ax.get_xlabel() and "robust accuracy" in ax.get_ylabel()
+    assert any(t.startswith("Pareto front (") for t in labels)
+    assert "authors' default (pclc, ξ=0.995, λ=0.05), 3 trials" in labels
+    scatter_points = sum(len(c.get_offsets()) for c in ax.collections)
+    assert scatter_points == 48 + 3  # every trial, plus the three default runs starred
+    front = next(ln for ln in ax.get_lines() if ln.get_label().startswith("Pareto front"))
+    xs = front.get_xdata()
+    assert len(xs) >= 1 and np.all(np.diff(xs) >= 0)
+
+
+def test_heatmap_and_importance(ablation) -> None:
+    sweep, report = ablation
+    fig = figure(report, "heatmap_margin_lc_weight")
+    ax = fig.axes[0]
+    assert ax.get_title().endswith("(pclc)") and len(ax.images) == 1
+    assert ax.images[0].get_array().shape == (2, 2)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.05", "0.5"]
+    assert "(%)" in fig.axes[1].get_ylabel()  # the colour bar has the metric and unit
+    fig = figure(report, "importance")
+    ax = fig.axes[0]
+    names = [t.get_text() for t in ax.get_yticklabels()]
+    assert {"variant", "ξ (margin)", "λ (lc_weight)", "seed (noise reference)"} == set(names)
+    heights = [p.get_width() for p in ax.patches]
+    assert sum(heights) == pytest.approx(1.0, abs=1e-6)
+    assert heights[names.index("variant")] == max(heights)  # the loss dominates the fake data
+    assert "fANOVA" in ax.get_xlabel()
+
+
+def test_gap_and_second_class(ablation) -> None:
+    sweep, report = ablation
+    fig = figure(report, "prob_gap_second_class")
+    gap, second = fig.axes
+    assert [t.get_text() for t in gap.get_xticklabels()] == ["ce", "pc", "lc", "pclc"]
+    assert len(gap.patches) == 4 and "p(true)" in gap.get_ylabel()
+    assert [t.get_text() for t in second.get_xticklabels()] == ATTACKS
+    assert len(second.patches) == 4 * len(ATTACKS) and "(%)" in second.get_ylabel()
+    assert set(_legend_texts(fig)) == {"ce", "pc", "lc", "pclc"}
+
+
+def test_optimize_layout_plots(optimize) -> None:
+    sweep, report = optimize
+    assert sweep.mode == "optimize" and set(sweep.config_params) == {"margin", "lc_weight", "lr", "warmup_epochs"}
+    fig = figure(report, "robust_vs_margin")
+    assert "single seed: no interval" in fig.axes[0].get_title()
+    assert _legend_texts(fig) == ["pclc: single trials (other knobs vary too)"]
+    assert len(fig.axes[0].collections[0].get_offsets()) == 16
+    assert figure(report, "robust_vs_lc_weight").axes[0].get_xscale() == "log"  # 0.005 … 0.5
+    heat = figure(report, "heatmap_margin_lc_weight").axes[0]
+    assert heat.images[0].get_array().shape == (6, 6)  # 16 distinct values per axis: binned
+    names = [t.get_text() for t in figure(report, "importance").axes[0].get_yticklabels()]
+    assert set(names) == {"ξ (margin)", "λ (lc_weight)", "lr", "warmup_epochs"}
+    assert "authors' default (pclc, ξ=0.995, λ=0.05), 1 trials" in _legend_texts(figure(report, "clean_vs_robust"))
+    assert report.skipped == {}
+
+
+def test_plots_that_do_not_apply_say_why(store) -> None:
+    sweep = load_sweep("single_seed", tracking_uri=store["uri"])
+    with pytest.raises(plots.NotApplicable, match="ξ \\(margin\\) has one value"):
+        plots.robust_vs_knob(sweep, "margin")
+    with pytest.raises(plots.NotApplicable, match="needs two or more values of both ξ and λ"):
+        plots.heatmap_margin_lc(sweep)
+    with pytest.raises(plots.NotApplicable, match="needs two or more varying parameters"):
+        plots.importance(sweep)
+    fig = plots.robust_vs_eps(sweep)
+    assert "single seed: no interval" in fig.get_suptitle()
+    assert all(len(ax.collections) == 0 for ax in fig.axes)  # no bands from one seed
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def test_report_md_ablation_table_and_masking_warning(ablation) -> None:
+    sweep, report = ablation
+    md = report.markdown.read_text()
+    assert "| variant (configuration) | seeds | clean | fgsm ε=0.1 |" in md
+    table = md.split("## Ablation table")[1].split("###")[0]
+    rows = [ln for ln in table.splitlines() if re.match(r"\| (ce|pc|lc|pclc)\b.*\| 3 \|", ln)]
+    assert [r.split("|")[1].strip().split()[0] for r in rows] == ["ce", "pc", "lc", "pclc"]
+    assert all(len(re.findall(r"\d+\.\d ± \d+\.\d", r)) == 1 + 5 * 3 for r in rows)  # clean + (4 attacks + worst) × 3 eps
+    assert "> **⚠ Warning:** gradient-masking check `ce_weaker_than_cw` fired in 1 of 48 runs" in md
+    assert MASKING_TEXT in md  # the run's own words, from its evaluation.json
+    assert "| failed | 1 |" in md and "| stopped early | 1 |" in md and "| running / scheduled | 1 |" in md
+    assert "`ValueError: loss is NaN`" in md
+    assert "same in every analysed trial: dataset=digits, model=small_cnn, epochs=3, warmup_epochs=1," in md
+    assert "## Best configurations" in md and "| 1 | pclc | ξ=0.995, λ=0.5 | 3 |" in md
+    for p in report.plots:
+        assert (p.path is not None) == (f"![{p.title}]({p.name}.png)" in md)
+    assert not report.skipped  # every plot applies to the full grid
+
+
+def test_report_html_is_self_contained(ablation) -> None:
+    _, report = ablation
+    page = report.html.read_text()
+    assert page.count('src="data:image/png;base64,') == len(report.plots)
+    assert not re.search(r'(src|href)="(?!data:)', page)  # nothing fetched from elsewhere
+    assert "<link" not in page and "<script" not in page
+    assert '<div class="warn"><strong>⚠ Warning:</strong>' in page and "<table>" in page
+
+
+def test_report_logged_to_parent_run(ablation, store) -> None:
+    sweep, report = ablation
+    client: MlflowClient = store["client"]
+    names = {Path(a.path).name for a in client.list_artifacts(sweep.parent_run_id, "analysis")}
+    assert {"report.md", "report.html"} | {f"{p.name}.png" for p in report.plots} <= names
+    assert report.artifact_uri and report.artifact_uri.endswith("/analysis")
+
+
+def test_pareto_set_for_several_objectives(optimize) -> None:
+    _, report = optimize
+    md = report.markdown.read_text()
+    assert "**Pareto set** over `robust_acc` (max) and `clean_acc` (max)" in md
+    assert "(n=1)" in md  # one seed: no ± std
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+def test_cli_writes_report_and_prints_where(store, tmp_path, capsys) -> None:
+    out = tmp_path / "rep"
+    code = cli.main(["--experiment", "holes", "--tracking-uri", store["uri"], "--out", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0 and (out / "report.md").is_file() and (out / "report.html").is_file()
+    assert f"report: {out / 'report.md'}" in text and "note: Metric `robust_acc/transfer/eps=0.3` is missing" in text
+    assert "analysed 5 of 6 trial runs" in text
+
+
+def test_cli_default_store_and_out_folder(store, tmp_path, capsys, monkeypatch) -> None:
+    # the conftest runs each test in its own empty folder: copy the store there as ./mlflow.db
+    src = sqlite3.connect(store["root"] / "mlflow.db")
+    dst = sqlite3.connect(tmp_path / "mlflow.db")
+    src.backup(dst)
+    src.close()
+    dst.close()
+    code = cli.main(["--experiment", "single_seed", "--no-log-artifacts"])
+    assert code == 0 and (tmp_path / "reports" / "single_seed" / "report.html").is_file()
+    assert "One seed per configuration" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--experiment", "nope"], "experiment 'nope' does not exist in sqlite:///.*; experiments there: .*ablation"),
+        (["--experiment", "all_failed"], "no finished runs .* 0 finished, 2 failed, 0 stopped early, 1 running.*CUDA out of memory"),
+        (["--experiment", "two_sweeps", "--parent-run", "abc"], "no run 'abc' in experiment 'two_sweeps'"),
+        (["--experiment", "empty"], "experiment 'empty' \\(sweep run \\w+\\) has no trial runs yet"),
+    ],
+)  # fmt: skip
+def test_cli_edge_cases_exit_2(store, capsys, args, message) -> None:
+    code = cli.main(args + ["--tracking-uri", store["uri"]])
+    err = capsys.readouterr().err
+    assert code == 2 and re.search(message, err) and "Traceback" not in err
+
+
+def test_cli_missing_database_is_not_created(tmp_path, capsys) -> None:
+    missing = tmp_path / "nothing" / "mlflow.db"
+    code = cli.main(["--experiment", "x", "--tracking-uri", f"sqlite:///{missing}"])
+    assert code == 2 and "no MLflow database at" in capsys.readouterr().err
+    assert not missing.exists()
+    code = cli.main(["--experiment", "x"])  # the default ./mlflow.db, absent here
+    assert code == 2 and not (tmp_path / "mlflow.db").exists()
+    assert "no MLflow database at" in capsys.readouterr().err
+
+
+def test_cli_bad_uris(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    assert cli.main(["--experiment", "x", "--tracking-uri", str(tmp_path / "mlruns")]) == 2
+    assert "MLflow 3 has no file store" in capsys.readouterr().err
+    assert cli.main(["--experiment", "x", "--tracking-uri", "http://127.0.0.1:9"]) == 2  # nothing listens on port 9
+    assert "cannot read the MLflow tracking store at http://127.0.0.1:9" in capsys.readouterr().err
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # no retries for that call only
+    assert cli.main([]) == 2 and "give --experiment NAME" in capsys.readouterr().err
+
+
+def test_python_m_analysis_runs_the_cli(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr("sys.argv", ["python -m analysis", "--experiment", "x"])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_module("analysis", run_name="__main__")
+    assert stop.value.code == 2 and "no MLflow database at" in capsys.readouterr().err
+
+
+def test_resolve_tracking_uri_accepts_a_db_path(store, tmp_path) -> None:
+    db = store["root"] / "mlflow.db"
+    assert resolve_tracking_uri(str(db)) == f"sqlite:///{db}"
+    with pytest.raises(AnalysisError, match="empty file"):
+        (tmp_path / "empty.db").touch()
+        resolve_tracking_uri("sqlite:///empty.db", cwd=tmp_path)
+
+
+def test_analysis_imports_neither_ray_nor_sweeps() -> None:
+    """DESIGN.md: analysis reads MLflow only; Ray stays in sweeps (checked on the source, no subprocess)."""
+    import ast
+
+    import analysis
+
+    for path in Path(analysis.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        roots = {name.split(".")[0] for name in names}
+        assert not roots & {"ray", "sweeps"}, f"{path.name} imports {roots & {'ray', 'sweeps'}}"
