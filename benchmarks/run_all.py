@@ -1,0 +1,64 @@
+"""Every benchmark in one run, one table of ratios: where the system stands at a glance.
+
+Each benchmark runs in its own process (Ray and torch threads do not leak between them) and
+hands its numbers back as JSON.
+
+    python benchmarks/run_all.py                # full sizes (~10 min on 2 cores)
+    python benchmarks/run_all.py --smoke-test   # small sizes (~2 min): checks the plumbing, ratios mean little
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def run(script: str, smoke: bool, out: Path) -> dict:
+    cmd = [sys.executable, str(HERE / script), "--json", str(out)] + (["--smoke-test"] if smoke else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return json.loads(out.read_text())
+
+
+def rows(smoke: bool, tmp: Path) -> list[tuple[str, float, str, bool]]:
+    """(measure, ratio, target, met) for every benchmark."""
+    attack = run("attack_cost.py", smoke, tmp / "attack.json")
+    sweep = run("sweep_overhead.py", smoke, tmp / "sweep.json")
+    over, speed = sweep["overhead"], sweep["speedup"]
+    worst = max(attack["rows"], key=lambda r: r["ratio"])
+    return [
+        (f"PGD-k time / k input-gradient passes (worst, k={worst['k']})", attack["worst_ratio"], "≤ 1.30",
+         attack["worst_ratio"] <= 1.30),
+        ("Ray Tune + MLflow trial / direct run_trial", over["ratio"], "≤ 1.10", over["ratio"] <= 1.10),
+        ("whole sweep per trial / direct run_trial", over["sweep_ratio"], "(info)", True),
+        ("quickstart: 2 concurrent trials vs 1 (speed-up)", speed["speedup"], "≥ 1.70", speed["speedup"] >= 1.70),
+    ]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke-test", action="store_true", help="small sizes: checks that every benchmark runs")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="pclc-bench-all-") as tmp:
+        table = rows(args.smoke_test, Path(tmp))
+    load = os.getloadavg()[0]
+    print(f"\npclc-sweeps benchmarks ({'smoke test' if args.smoke_test else 'full'}; "
+          f"{os.cpu_count()} CPUs, load {load:.1f})")  # fmt: skip
+    width = max(len(r[0]) for r in table)
+    print(f"| {'measure':<{width}} | ratio | target | met |")
+    print(f"| {'-' * width} | ----- | ------ | --- |")
+    for name, ratio, target, met in table:
+        print(f"| {name:<{width}} | {ratio:5.2f} | {target:>6} | {'yes' if met else 'NO':>3} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

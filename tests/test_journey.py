@@ -1,0 +1,116 @@
+"""The laptop journey end to end, as the README tells it: sweep → analyze → the MLflow UI in a browser.
+
+Real parts only: the `pclc` command in subprocesses, a local Ray, MLflow in SQLite, `mlflow ui` on
+loopback, and Debian's Chromium driven by Playwright. A screenshot of each page lands in tmp_path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from machine import ensure_debian_packages, free_ports, listening_addresses
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
+
+
+def pclc(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([str(BIN / "pclc"), *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"pclc {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished smoke sweep of the quickstart file, analysed: the store a user browses."""
+    work = tmp_path_factory.mktemp("journey")
+    out = pclc("sweep", str(REPO / "sweeps/configs/quickstart.yaml"), "--smoke-test", cwd=work).stdout
+    assert "MLflow UI: mlflow ui --backend-store-uri sqlite:///" in out
+    report = pclc("analyze", "--experiment", "quickstart-smoke", cwd=work).stdout
+    assert "report.html" in report
+    return work
+
+
+@contextlib.contextmanager
+def mlflow_ui(store: Path, log: Path) -> Iterator[str]:
+    (port,) = free_ports(1)
+    cmd = [str(BIN / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{store}", "--host", "127.0.0.1",
+           "--port", str(port), "--workers", "1"]  # fmt: skip
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=store.parent)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, f"mlflow ui exited:\n{log.read_text()[-3000:]}"
+            with contextlib.suppress(OSError):
+                if urllib.request.urlopen(f"{url}/health", timeout=2).status == 200:
+                    break
+            assert time.monotonic() < deadline, f"mlflow ui never answered:\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        assert listening_addresses(port) == {"127.0.0.1"}  # loopback only, never a public address
+        yield url
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=20)
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_the_mlflow_ui_shows_the_sweep_its_trials_and_a_plot(swept: Path, tmp_path: Path) -> None:
+    chromium = ensure_debian_packages({"chromium": "chromium"})["chromium"]
+    from playwright.sync_api import sync_playwright
+
+    client = MlflowClient(f"sqlite:///{swept / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("quickstart-smoke")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("pclc.role") == "sweep")
+    trials = [r for r in runs if r.data.tags.get("pclc.role") == "trial"]
+    assert len(trials) == 2
+    plots = [a.path for a in client.list_artifacts(parent.info.run_id, "analysis") if a.path.endswith(".png")]
+    assert plots, "pclc analyze logged no plot to the parent run"
+
+    with mlflow_ui(swept / "mlflow.db", tmp_path / "mlflow-ui.log") as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        exp = f"{url}/#/experiments/{experiment.experiment_id}"
+
+        # The experiment's runs: the parent, expanded to show one child run per trial.
+        page.goto(f"{exp}/runs", wait_until="load")
+        page.get_by_text(parent.info.run_name).first.wait_for(timeout=60_000)
+        page.get_by_text(f"{len(runs)} matching runs").wait_for(timeout=30_000)
+        page.locator('[role=gridcell][col-id="attributes.`Run Name`"]').first.locator("button").first.click()
+        for trial in trials:
+            page.get_by_text(trial.info.run_name).first.wait_for(timeout=30_000)
+        assert "quickstart-smoke" in page.inner_text("body")
+        page.screenshot(path=str(tmp_path / "runs.png"))
+
+        # One trial's page shows its headline metric.
+        page.goto(f"{exp}/runs/{trials[0].info.run_id}", wait_until="load")
+        page.get_by_text("robust_acc", exact=True).first.wait_for(timeout=60_000)
+        page.screenshot(path=str(tmp_path / "trial.png"))
+
+        # A plot logged by `pclc analyze` renders as an image in the artifact viewer.
+        page.goto(f"{exp}/runs/{parent.info.run_id}/artifacts/{plots[0]}", wait_until="load")
+        image = page.locator("img[src^='blob:']").first
+        image.wait_for(timeout=60_000)
+        page.wait_for_function("img => img.complete && img.naturalWidth > 100", arg=image.element_handle())
+        page.screenshot(path=str(tmp_path / "plot.png"))
+        browser.close()
+
+    for shot in ("runs.png", "trial.png", "plot.png"):
+        assert (tmp_path / shot).stat().st_size > 10_000
