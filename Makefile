@@ -11,7 +11,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/pclc train --set loss=pclc
+	$(VENV)/bin/pclc sweep sweeps/configs/quickstart.yaml
+	$(VENV)/bin/pclc analyze --experiment quickstart
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -1,0 +1,530 @@
+"""The sweep file: one typed, validated model (`SweepConfig`) read by one loader.
+
+A sweep file names the base trial (a `pclc.config.TrialConfig`), the objective, the mode
+(`optimize` with Optuna over `space`, or `ablation`: a grid of loss `variants` × `seeds`),
+resources, concurrency, scheduler and retries. Every error names the file, the field, the bad
+value and what is allowed, and is raised here, before Ray starts: the loader also builds every
+corner of the search space into a TrialConfig so that no sampled trial can be invalid.
+No Ray import here, so `pclc sweep` refuses a bad file in well under a second.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from pclc import metrics as M
+from pclc.config import ConfigError, TrialConfig, parse_override, read_yaml
+
+# Fields a sweep may vary per trial. The rest are fixed per sweep because `prepare()` builds the
+# data and the transfer substitute once from them, or because they define what is measured
+# (attack suite, eps grid, eval subset): trials that differ there could not be compared.
+SEARCHABLE: tuple[str, ...] = (
+    "loss", "margin", "lc_weight", "warmup_epochs", "reset_optimizer", "batch_size", "optimizer",
+    "lr", "momentum", "weight_decay", "schedule", "milestones", "gamma", "augment", "seed",
+)  # fmt: skip
+
+# Metrics reported after every epoch: what ASHA may cut on.
+EPOCH_METRICS: dict[str, Literal["max", "min"]] = {
+    M.EPOCH_ROBUST_ACC: "max",
+    M.CLEAN_ACC: "max",
+    M.TRAIN_LOSS: "min",
+}
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_ENV_RE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+_MAX_CORNERS = 4096  # corner trial configs built per sweep file (cheap: pydantic only)
+
+
+class SweepConfigError(ConfigError):
+    """A sweep file that cannot run; the message names file, field, value and what is allowed."""
+
+
+# --------------------------------------------------------------------------- parts of a sweep file
+
+
+class Objective(BaseModel):
+    """One metric of the final evaluation and its direction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = M.ROBUST_ACC  # a DESIGN.md metric name, e.g. robust_acc or robust_acc/pgd_ce/eps=0.1
+    mode: Literal["max", "min"] = "max"
+
+
+class Param(BaseModel):
+    """One dimension of the Optuna search space."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["uniform", "loguniform", "int", "choice"]
+    low: float | None = None  # uniform, loguniform, int: inclusive bounds
+    high: float | None = None
+    log: bool = False  # int only: sample on a log scale
+    values: list[Any] | None = None  # choice only
+
+    @model_validator(mode="after")
+    def _shape(self) -> Param:
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("type choice needs a non-empty `values` list (and no low/high)")
+            if self.low is not None or self.high is not None:
+                raise ValueError("type choice takes `values`, not low/high")
+            return self
+        if self.values is not None:
+            raise ValueError(f"type {self.type} takes low and high, not `values`")
+        if self.low is None or self.high is None:
+            raise ValueError(f"type {self.type} needs both low and high")
+        if not self.low < self.high:
+            raise ValueError(f"low {self.low} must be below high {self.high}")
+        if self.type == "loguniform" and self.low <= 0:
+            raise ValueError(f"loguniform needs low > 0, got {self.low}")
+        if self.type == "int":
+            if self.low != int(self.low) or self.high != int(self.high):
+                raise ValueError(f"type int needs whole-number bounds, got {self.low}..{self.high}")
+            if self.log and self.low < 1:
+                raise ValueError(f"int with log: true needs low >= 1, got {self.low}")
+        elif self.log:
+            raise ValueError("`log` is for type int; use type loguniform for floats")
+        return self
+
+    def corners(self) -> list[Any]:
+        """The values that bound what this dimension can produce (every choice, both ends)."""
+        if self.type == "choice":
+            return list(self.values or [])
+        if self.type == "int":
+            return [int(self.low), int(self.high)]  # type: ignore[arg-type]
+        return [self.low, self.high]
+
+    def contains(self, value: Any) -> bool:
+        if self.type == "choice":
+            return value in (self.values or [])
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.type == "int" and value != int(value):
+            return False
+        return self.low <= value <= self.high  # type: ignore[operator]
+
+    def describe(self) -> str:
+        if self.type == "choice":
+            return f"one of {self.values}"
+        return f"{self.type} in [{self.low:g}, {self.high:g}]"
+
+
+class Resources(BaseModel):
+    """What one trial reserves from Ray: CPUs (also its torch threads) and a GPU share."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpu: float = Field(1.0, gt=0)  # CPUs per trial; torch threads = max(1, floor(cpu))
+    gpu: float = Field(0.0, ge=0)  # GPUs per trial; a fraction (0.25) packs 4 trials on one GPU
+
+    @field_validator("gpu")
+    @classmethod
+    def _whole_above_one(cls, v: float) -> float:
+        if v > 1 and v != int(v):
+            raise ValueError(f"gpu {v}: above 1 a trial takes whole GPUs; use a fraction ≤ 1 or an integer")
+        return v
+
+
+class Scheduler(BaseModel):
+    """Early stopping across trials: ASHA on a per-epoch metric, or none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["none", "asha"] = "none"
+    metric: str = M.EPOCH_ROBUST_ACC  # a per-epoch metric: epoch_robust_acc, clean_acc or train_loss
+    grace_period: int = Field(2, ge=1)  # epochs every trial gets before it can be stopped
+    reduction_factor: float = Field(2.0, gt=1)  # keep 1/reduction_factor of trials at each rung
+
+    @field_validator("metric")
+    @classmethod
+    def _per_epoch(cls, v: str) -> str:
+        if v not in EPOCH_METRICS:
+            raise ValueError(f"{v!r} is not reported every epoch; choose one of {list(EPOCH_METRICS)}")
+        return v
+
+    @property
+    def mode(self) -> Literal["max", "min"]:
+        return EPOCH_METRICS[self.metric]
+
+
+# --------------------------------------------------------------------------- the sweep file
+
+
+class SweepConfig(BaseModel):
+    """A whole sweep: the base trial, what varies, what is optimised, and how it runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str  # MLflow experiment and Ray experiment folder; letters, digits, _ . -
+    description: str = ""
+    mode: Literal["optimize", "ablation"] = "optimize"
+    trial: TrialConfig = Field(default_factory=TrialConfig)  # the base trial; the sweep varies some fields
+
+    # what is optimised: one metric, or several (a Pareto front, e.g. clean_acc and robust_acc)
+    objective: list[Objective] = Field(default_factory=lambda: [Objective()])
+
+    # mode optimize: Optuna TPE over `space`, starting with `initial_points`
+    space: dict[str, Param] = Field(default_factory=dict)
+    initial_points: list[dict[str, Any]] = Field(default_factory=list)  # evaluated first, in order
+    num_trials: int | None = Field(None, ge=1)  # optimize: required; ablation: the grid's size
+    sampler_seed: int = 0  # seed of the TPE sampler
+
+    # mode ablation: each variant is {loss: name, field: value or [values]} → its grid, × seeds
+    variants: list[dict[str, Any]] = Field(default_factory=list)
+    seeds: list[int] = Field(default_factory=lambda: [0])
+
+    # execution
+    resources: Resources = Field(default_factory=Resources)
+    max_concurrent: int = Field(2, ge=1)  # trials running at once (also bounds Optuna's pending asks)
+    scheduler: Scheduler = Field(default_factory=Scheduler)
+    max_retries: int = Field(1, ge=0)  # re-runs of a failed trial (from its last checkpoint)
+    storage_path: str | None = None  # Ray results (absolute path or URI); default <cwd>/ray_results
+    tracking_uri: str | None = None  # MLflow; default sqlite:///<cwd>/mlflow.db
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError("use letters, digits, '_', '.' and '-' only (it names a folder)")
+        return v
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _objective_shorthand(cls, v: Any) -> Any:
+        # `objective: robust_acc` or a list of names / {metric, mode} mappings.
+        items = v if isinstance(v, list) else [v]
+        return [{"metric": x} if isinstance(x, str) else x for x in items]
+
+    @field_validator("scheduler", mode="before")
+    @classmethod
+    def _scheduler_shorthand(cls, v: Any) -> Any:
+        if v is None:
+            return {"type": "none"}
+        return {"type": v} if isinstance(v, str) else v
+
+    @field_validator("storage_path")
+    @classmethod
+    def _absolute_storage(cls, v: str | None) -> str | None:
+        if v is None or "://" in v:
+            return v
+        return str(Path(v).expanduser().resolve())
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _tracking(cls, v: str | None) -> str | None:
+        return None if v is None else normalize_tracking_uri(v)
+
+    # ----------------------------------------------------------------- derived views
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objective) > 1
+
+    @property
+    def headline_metric(self) -> str:
+        """The metric a sweep is judged by: its first robust-accuracy objective, else its first objective."""
+        robust = [o.metric for o in self.objective if o.metric.startswith(M.ROBUST_ACC)]
+        return (robust or [self.objective[0].metric])[0]
+
+    def trial_overrides(self) -> list[dict[str, Any]]:
+        """Ablation: one override dict per trial (variant grid × seeds), with a `variant` label."""
+        out: list[dict[str, Any]] = []
+        for variant in self.variants:
+            label = str(variant.get("name") or variant.get("loss", "variant"))
+            fields = {k: v for k, v in variant.items() if k != "name"}
+            keys = list(fields)
+            grids = [_as_grid(k, fields[k]) for k in keys]
+            for combo in itertools.product(*grids):
+                values = dict(zip(keys, combo))
+                for seed in self.seeds:
+                    out.append({"variant": label, **values, "seed": seed})
+        return out
+
+    def total_trials(self) -> int:
+        return len(self.trial_overrides()) if self.mode == "ablation" else int(self.num_trials or 0)
+
+    def full_initial_points(self) -> list[dict[str, Any]]:
+        """Initial points with every space dimension set (missing ones from the base trial)."""
+        base = self.trial.model_dump()
+        return [{k: point.get(k, base[k]) for k in self.space} for point in self.initial_points]
+
+    def trial_config(self, overrides: dict[str, Any]) -> TrialConfig:
+        """The TrialConfig of one trial: the base trial with `overrides` applied."""
+        values = {**self.trial.model_dump(), **{k: v for k, v in overrides.items() if k != "variant"}}
+        return TrialConfig(**values)
+
+
+def _as_grid(key: str, value: Any) -> list[Any]:
+    # `milestones` is itself a list: a list of lists is its grid; a flat list is one value.
+    if key == "milestones":
+        return list(value) if value and isinstance(value[0], list) else [value]
+    return list(value) if isinstance(value, list) else [value]
+
+
+# --------------------------------------------------------------------------- cross-field checks
+
+
+def objective_metrics(trial: TrialConfig) -> list[str]:
+    """Every final metric a trial with this config reports (what an objective may name)."""
+    names = [M.CLEAN_ACC, M.ROBUST_ACC, M.PROB_GAP, M.TRAIN_LOSS]
+    for attack in [*trial.attacks, M.WORST]:
+        names += [M.robust_key(attack, eps) for eps in trial.eps]
+    names += [M.second_class_key(a) for a in trial.attacks]
+    return names
+
+
+def _canonical_metric(name: str) -> str:
+    parsed = M.parse_robust_key(name)
+    return M.robust_key(*parsed) if parsed else name
+
+
+def _problems(cfg: SweepConfig) -> list[str]:
+    """Everything wrong with a parsed sweep that one field alone cannot say, as `field = value: why`."""
+    out: list[str] = []
+    allowed_metrics = objective_metrics(cfg.trial)
+    for i, obj in enumerate(cfg.objective):
+        obj.metric = _canonical_metric(obj.metric)
+        if obj.metric not in allowed_metrics:
+            out.append(
+                f"objective[{i}].metric = {obj.metric!r}: not reported by this trial's attack suite; "
+                f"allowed: {', '.join(allowed_metrics)}"
+            )
+    metrics = [o.metric for o in cfg.objective]
+    if len(set(metrics)) != len(metrics):
+        out.append(f"objective = {metrics}: a metric is listed twice")
+
+    searchable = ", ".join(SEARCHABLE)
+    if cfg.mode == "optimize":
+        if not cfg.space:
+            out.append(f"space = {{}}: mode optimize needs at least one parameter; searchable: {searchable}")
+        if cfg.num_trials is None:
+            out.append("num_trials is missing: mode optimize needs the number of trials Optuna runs")
+        if cfg.variants:
+            out.append("variants: only for mode ablation (mode optimize searches `space`)")
+        for key in cfg.space:
+            if key not in SEARCHABLE:
+                out.append(f"space.{key}: not searchable (fixed for the whole sweep); searchable: {searchable}")
+        for i, point in enumerate(cfg.initial_points):
+            for key, value in point.items():
+                if key not in cfg.space:
+                    out.append(f"initial_points[{i}].{key}: not in `space`; allowed: {', '.join(cfg.space)}")
+                elif not cfg.space[key].contains(value):
+                    out.append(f"initial_points[{i}].{key} = {value!r}: outside the space, {cfg.space[key].describe()}")
+        if not out and cfg.num_trials is not None and len(cfg.initial_points) > cfg.num_trials:
+            out.append(f"initial_points: {len(cfg.initial_points)} points but num_trials = {cfg.num_trials}")
+        base = cfg.trial.model_dump()
+        for key, param in cfg.space.items():
+            if key in SEARCHABLE and not any(key in p for p in cfg.initial_points) and cfg.initial_points:
+                if not param.contains(base[key]):
+                    out.append(
+                        f"initial_points: `{key}` is not given and the base trial's {key} = {base[key]!r} "
+                        f"is outside the space ({param.describe()}); set it in each initial point"
+                    )
+    else:
+        if not cfg.variants:
+            out.append("variants = []: mode ablation needs at least one variant, e.g. {loss: pclc, margin: [0.99, 0.995]}")
+        if cfg.space or cfg.initial_points:
+            out.append("space / initial_points: only for mode optimize (mode ablation runs `variants` × `seeds`)")
+        if cfg.scheduler.type != "none":
+            out.append(f"scheduler.type = {cfg.scheduler.type!r}: an ablation runs every grid point to the end; use none")
+        if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
+            out.append(f"seeds = {cfg.seeds}: give one or more distinct integers")
+        for i, variant in enumerate(cfg.variants):
+            if "loss" not in variant:
+                out.append(f"variants[{i}]: needs `loss`; one of ce, pc, pclc, lc")
+            for key, value in variant.items():
+                if key != "name" and key not in SEARCHABLE:
+                    out.append(f"variants[{i}].{key}: not variable per trial; allowed: name, {searchable}")
+                if key == "seed":
+                    out.append(f"variants[{i}].seed: seeds are given once, in `seeds`")
+                if isinstance(value, list) and not value:
+                    out.append(f"variants[{i}].{key} = []: give at least one value")
+        if not out and cfg.num_trials is not None and cfg.num_trials != cfg.total_trials():
+            out.append(f"num_trials = {cfg.num_trials}: the ablation grid has {cfg.total_trials()} trials; drop num_trials")
+
+    if cfg.scheduler.type == "asha":
+        if cfg.scheduler.metric == M.EPOCH_ROBUST_ACC and cfg.trial.epoch_eval_samples == 0:
+            out.append("scheduler.metric = 'epoch_robust_acc': needs trial.epoch_eval_samples > 0")
+        if cfg.scheduler.grace_period >= cfg.trial.epochs:
+            out.append(
+                f"scheduler.grace_period = {cfg.scheduler.grace_period}: must be below trial.epochs "
+                f"({cfg.trial.epochs}) or ASHA never stops anything"
+            )
+    if cfg.resources.gpu > 0 and cfg.trial.device == "cpu":
+        out.append(f"resources.gpu = {cfg.resources.gpu}: trial.device is cpu; set device: auto or cuda")
+    if cfg.resources.gpu == 0 and cfg.trial.device == "cuda":
+        out.append("trial.device = 'cuda' but resources.gpu = 0: Ray would give the trial no GPU")
+    if not out:
+        out += _corner_problems(cfg)
+    return out
+
+
+def _corner_problems(cfg: SweepConfig) -> list[str]:
+    """Build the TrialConfig of every corner of the space (or grid point) and report the first misfits."""
+    if cfg.mode == "ablation":
+        candidates = [(o, f"variants ({o['variant']})") for o in cfg.trial_overrides()]
+    else:
+        dims = {k: p.corners() for k, p in cfg.space.items()}
+        n = math.prod(len(v) for v in dims.values())
+        if n <= _MAX_CORNERS:
+            combos = [dict(zip(dims, c)) for c in itertools.product(*dims.values())]
+        else:  # too many: each dimension's ends with the others at the base trial's values
+            combos = [{k: v} for k, vals in dims.items() for v in vals]
+        candidates = [(c, "space") for c in combos]
+        candidates += [(p, f"initial_points[{i}]") for i, p in enumerate(cfg.full_initial_points())]
+    out: list[str] = []
+    seen: set[str] = set()
+    for overrides, where in candidates:
+        try:
+            cfg.trial_config(overrides)
+        except ValidationError as err:
+            for e in err.errors():
+                field = ".".join(str(p) for p in e["loc"]) or "(trial)"
+                msg = e["msg"].removeprefix("Value error, ")
+                line = f"{where}: the trial {_short(overrides)} is invalid: {field}: {msg}"
+                if line not in seen:
+                    seen.add(line)
+                    out.append(line)
+        if len(out) >= 5:
+            break
+    return out
+
+
+def _short(values: dict[str, Any]) -> str:
+    return "{" + ", ".join(f"{k}={v!r}" for k, v in values.items() if k != "variant") + "}"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def normalize_tracking_uri(uri: str) -> str:
+    """An MLflow URI every process can use: sqlite paths made absolute; file stores refused."""
+    if uri.startswith("sqlite:///"):
+        path = uri.removeprefix("sqlite:///")
+        return "sqlite:///" + str(Path(path).expanduser().resolve())
+    if uri.startswith(("file:", "./", "/", "~")) or "://" not in uri:
+        raise ValueError(
+            f"{uri!r}: MLflow 3 has no file store; use sqlite:////abs/path/mlflow.db or http(s)://host:port"
+        )
+    return uri
+
+
+def _expand_env(value: Any, where: str, problems: list[str]) -> Any:
+    """`${VAR}` / `${VAR:-default}` in string values, so data paths can differ per machine."""
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{where}.{k}" if where else str(k), problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, f"{where}[{i}]", problems) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        got = os.environ.get(m["name"])
+        if got is None:
+            if m["default"] is None:
+                problems.append(f"{where} = {value!r}: environment variable {m['name']} is not set (or write ${{{m['name']}:-default}})")
+                return m[0]
+            return m["default"]
+        return got
+
+    return _ENV_RE.sub(sub, value)
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SweepConfigError(f"--set {key}: {part} is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed at the mapping that holds `loc[-1]` (for 'unknown key' messages)."""
+    model: Any = SweepConfig
+    skip = 0  # path parts that are list indexes or mapping keys (e.g. the name under `space`)
+    for part in loc[:-1]:
+        if skip or isinstance(part, int):
+            skip = max(0, skip - 1)
+            continue
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return []
+        ann = field.annotation
+        origin = getattr(ann, "__origin__", None)
+        skip = 1 if origin in (dict, list) else 0
+        model = next((a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return list(model.model_fields) if model is not None else []
+
+
+def explain(err: ValidationError, source: str) -> str:
+    """One line per bad field: `source: field = value: why; allowed: …`."""
+    lines = [f"invalid sweep file {source}:"]
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        # pydantic reports a failing union/choice as e.g. ('space', 'margin', 'type'): keep the path.
+        field = ".".join(str(p) for p in loc) or "(file)"
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc)
+            lines.append(f"  {field}: unknown key; allowed keys: {', '.join(allowed)}")
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "missing":
+            lines.append(f"  {field}: required, missing")
+        else:
+            lines.append(f"  {field} = {e.get('input')!r}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_sweep(data: dict[str, Any], *, source: str = "sweep") -> SweepConfig:
+    """Validate a mapping into a SweepConfig, or raise SweepConfigError naming every problem."""
+    problems: list[str] = []
+    data = _expand_env(data, "", problems)
+    if problems:
+        raise SweepConfigError(f"invalid sweep file {source}:\n  " + "\n  ".join(problems))
+    try:
+        cfg = SweepConfig(**data)
+    except ValidationError as err:
+        raise SweepConfigError(explain(err, source)) from None
+    problems = _problems(cfg)
+    if problems:
+        raise SweepConfigError(f"invalid sweep file {source}:\n  " + "\n  ".join(problems))
+    return cfg
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
+    """The one loader: YAML file ← `--set key=value` (dotted keys, e.g. trial.epochs=2)."""
+    data = read_yaml(path)
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set_dotted(data, key, value)
+    source = str(path) + (" (with --set)" if overrides else "")
+    return parse_sweep(data, source=source)
+
+
+def resolved_yaml(cfg: SweepConfig) -> str:
+    """The sweep as run (every default filled in): saved with the sweep for reproducibility."""
+    return yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False)
+
+
+def shipped_configs() -> list[Path]:
+    """The sweep files shipped in sweeps/configs."""
+    return sorted((Path(__file__).parent / "configs").glob("*.yaml"))

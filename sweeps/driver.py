@@ -1,0 +1,568 @@
+"""The sweep driver: sweep file → searcher, scheduler and Tuner → results in Ray and MLflow.
+
+Three layers, as the Ray Tune examples have them: `pclc.experiment.run_trial` evaluates, the thin
+`sweeps.trainable.trainable` reads config and reports, and this module builds the Tuner:
+OptunaSearch (TPE, one or several objectives) behind a ConcurrencyLimiter, or a plain grid for an
+ablation; optional ASHA; FailureConfig retries; data and substitute prepared once here and shared
+through the object store. An interrupted sweep is continued with `Tuner.restore`.
+`ray.init` happens only in `sweep_command` (the CLI); `run_sweep` uses whatever Ray is running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import optuna
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+
+from pclc.config import ConfigError
+from sweeps.config import SweepConfig, load_sweep, resolved_yaml
+from sweeps.tracking import (
+    STOPPED_EARLY,
+    SweepTracker,
+    TrialOutcome,
+    default_tracking_uri,
+    failure_reason,
+)
+from sweeps.trainable import GRID_KEY, VARIANT, RunTrial, TrialSetup, trainable
+
+METADATA_FILE = "pclc_sweep.json"  # in the Ray experiment folder: where this sweep is tracked
+CONFIG_COPY = "pclc_sweep.yaml"  # the resolved sweep file the experiment was started with
+_IGNORED_ON_RESUME = ("storage_path", "tracking_uri")
+
+
+# --------------------------------------------------------------------------- search and scheduling
+
+
+class FinalMetricOptunaSearch(OptunaSearch):
+    """OptunaSearch that skips intermediate results lacking the objective.
+
+    Trials report per-epoch metrics (epoch_robust_acc, …) and the objective (robust_acc, …) only
+    with the final evaluation; the pruner is a no-op, so nothing is lost by not reporting it early.
+    A trial stopped by ASHA before its evaluation is told to Optuna as pruned, not as a fake value.
+    """
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        if all(m in result for m in metrics):
+            super().on_trial_result(trial_id, result)
+
+
+def optuna_space(cfg: SweepConfig) -> dict[str, optuna.distributions.BaseDistribution]:
+    """The sweep file's `space` as Optuna distributions (int bounds inclusive, as in the file)."""
+    out: dict[str, optuna.distributions.BaseDistribution] = {}
+    for name, p in cfg.space.items():
+        if p.type == "choice":
+            out[name] = optuna.distributions.CategoricalDistribution(p.values)  # type: ignore[arg-type]
+        elif p.type == "int":
+            out[name] = optuna.distributions.IntDistribution(int(p.low), int(p.high), log=p.log)  # type: ignore[arg-type]
+        else:
+            out[name] = optuna.distributions.FloatDistribution(p.low, p.high, log=p.type == "loguniform")  # type: ignore[arg-type]
+    return out
+
+
+def build_searcher(cfg: SweepConfig) -> tuple[dict[str, Any], Any, int]:
+    """(param_space, search_alg, num_samples): Optuna TPE for optimize, a grid for ablation."""
+    if cfg.mode == "ablation":
+        return {GRID_KEY: tune.grid_search(cfg.trial_overrides())}, None, 1
+    metrics = [o.metric for o in cfg.objective]
+    modes = [o.mode for o in cfg.objective]
+    searcher = FinalMetricOptunaSearch(
+        space=optuna_space(cfg),
+        metric=metrics if cfg.multi_objective else metrics[0],
+        mode=modes if cfg.multi_objective else modes[0],
+        points_to_evaluate=cfg.full_initial_points() or None,
+        sampler=optuna.samplers.TPESampler(seed=cfg.sampler_seed),
+    )
+    return {}, ConcurrencyLimiter(searcher, max_concurrent=cfg.max_concurrent), int(cfg.num_trials or 1)
+
+
+def build_scheduler(cfg: SweepConfig) -> ASHAScheduler | None:
+    """ASHA on a per-epoch metric, with `epoch` as its clock.
+
+    max_t is epochs − 1 with stop_last_trials off, so the last rung lies before the final epoch:
+    a trial that survives every rung always reaches its final evaluation.
+    """
+    s = cfg.scheduler
+    if s.type == "none":
+        return None
+    return ASHAScheduler(
+        time_attr="epoch", metric=s.metric, mode=s.mode, max_t=max(cfg.trial.epochs - 1, s.grace_period),
+        grace_period=s.grace_period, reduction_factor=s.reduction_factor, stop_last_trials=False,
+    )  # fmt: skip
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+class TrackingCallback(tune.Callback):
+    """Live MLflow status on the driver: FAILED (with reason) once retries run out, KILLED if stopped early."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, experiment_path: str) -> None:
+        self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
+        self.experiment_path = experiment_path
+        self._tracker: SweepTracker | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # pickled into the Tuner state: no client inside
+        return {**self.__dict__, "_tracker": None}
+
+    def _get(self) -> SweepTracker:
+        if self._tracker is None:
+            # restored from the Tuner state: the driver may have written newer ids (e.g. a new parent run)
+            stored = _read_metadata(self.experiment_path)
+            for key in ("tracking_uri", "experiment_id", "parent_run_id"):
+                setattr(self, key, stored.get(key, getattr(self, key)))
+            self._tracker = SweepTracker(self.tracking_uri)
+            self._tracker.experiment_id, self._tracker.parent_run_id = self.experiment_id, self.parent_run_id
+        return self._tracker
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._safely(lambda: self._get().close_trial(trial.trial_id, error=trial_error(trial)))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._safely(lambda: self._get().close_trial(trial.trial_id, stopped=True))
+
+    @staticmethod
+    def _safely(fn: Callable[[], None]) -> None:
+        try:  # bookkeeping must never stop a sweep; the end-of-sweep reconcile tries again
+            fn()
+        except Exception as exc:
+            print(f"pclc sweep: warning: MLflow update failed ({exc}); retried at the end", file=sys.stderr)
+
+
+class ProgressPrinter(tune.Callback):
+    """One line per trial that ends (Tune's own tables are long with ~40 metrics per trial)."""
+
+    def __init__(self, metrics: list[str], total: int) -> None:
+        self.metrics, self.total, self.ended = metrics, total, 0
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.ended += 1
+        last = trial.last_result or {}
+        shown = "  ".join(f"{m}={_fmt(last[m])}" for m in self.metrics if m in last)
+        status = "finished" if all(m in last for m in self.metrics) else "stopped early"
+        print(f"[{self.ended}/{self.total}] trial {trial.trial_id} {status}  {shown}", flush=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.ended += 1
+        print(f"[{self.ended}/{self.total}] trial {trial.trial_id} FAILED: {failure_reason(trial_error(trial))}", flush=True)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        print(f"trial {trial.trial_id} failed, retrying from its last checkpoint: "
+              f"{failure_reason(trial_error(trial))}", flush=True)  # fmt: skip
+
+
+def trial_error(trial: Any) -> str:
+    """A trial's error text, however Ray kept it."""
+    try:
+        err = trial.get_error()
+        if err is not None:
+            return str(err)
+    except Exception:
+        pass
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        return Path(path).read_text()
+    return "the trial failed (Ray kept no error message)"
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+@dataclass
+class SweepResult:
+    """What a finished `run_sweep` hands back (and prints)."""
+
+    name: str
+    experiment_path: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    resumed: bool
+    trials: dict[str, TrialOutcome]
+    finished: list[dict[str, Any]] = field(default_factory=list)  # one row per trial with final metrics
+    best: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: int = 0
+    reconcile: dict[str, int] = field(default_factory=dict)
+    grid: Any = field(default=None, repr=False)  # Tune's ResultGrid, for callers that want more
+
+    @property
+    def failed(self) -> list[str]:
+        return [t for t, o in self.trials.items() if o.error is not None]
+
+    @property
+    def ui_command(self) -> str:
+        return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+
+
+def _storage_root(cfg: SweepConfig, storage_path: str | None) -> str:
+    root = storage_path or cfg.storage_path or str(Path.cwd() / "ray_results")
+    return root if "://" in root else str(Path(root).expanduser().resolve())
+
+
+def _experiment_path(root: str, name: str) -> str:
+    return f"{root.rstrip('/')}/{name}"
+
+
+def _read_metadata(exp_path: str) -> dict[str, Any]:
+    path = Path(exp_path) / METADATA_FILE
+    if "://" in exp_path or not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_local(exp_path: str, name: str, text: str) -> None:
+    if "://" in exp_path:
+        return  # remote storage: the parent run in MLflow holds the same information
+    folder = Path(exp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{name}.tmp"
+    tmp.write_text(text)
+    tmp.replace(folder / name)
+
+
+def _check_unchanged(cfg: SweepConfig, exp_path: str) -> None:
+    """Resuming continues the stored search: refuse a sweep file that changed what is searched."""
+    path = Path(exp_path) / CONFIG_COPY
+    if "://" in exp_path or not path.is_file():
+        return
+    import yaml
+
+    before = yaml.safe_load(path.read_text()) or {}
+    now = yaml.safe_load(resolved_yaml(cfg)) or {}
+    changed = sorted(k for k in set(before) | set(now) if k not in _IGNORED_ON_RESUME and before.get(k) != now.get(k))
+    if changed:
+        raise ConfigError(
+            f"the sweep at {exp_path} was started from a different sweep file (changed: {', '.join(changed)}); "
+            f"resuming would mix two searches. Use a new `name`, or delete {exp_path} to start over"
+        )
+
+
+def run_sweep(
+    cfg: SweepConfig,
+    *,
+    resume: bool = False,
+    storage_path: str | None = None,
+    tracking_uri: str | None = None,
+    run_fn: RunTrial | None = None,
+    prepared: Any = None,
+    verbose: int = 0,
+    out: TextIO | None = None,
+) -> SweepResult:
+    """Run (or continue) the sweep `cfg` on the Ray cluster this process is connected to.
+
+    Args:
+        cfg: a validated sweep (see `sweeps.config.load_sweep`).
+        resume: continue the stored experiment; it is also continued without this flag when
+            `<storage>/<name>` holds a restorable Tune experiment.
+        storage_path: Ray results root (default: the file's `storage_path`, else `<cwd>/ray_results`).
+        tracking_uri: MLflow URI (default: the file's, else the one the experiment was started with,
+            else `sqlite:///<cwd>/mlflow.db`).
+        run_fn: what a trial calls, `pclc.experiment.run_trial` by default (tests inject faults).
+        prepared: the `pclc.experiment.Prepared` of `cfg.trial` if the caller already has it.
+        verbose: Ray Tune's own verbosity (0: only this module's one line per trial … 3 detailed).
+        out: where the summary is printed (default stdout).
+
+    Example:
+        >>> cfg = load_sweep("sweeps/configs/quickstart.yaml")  # doctest: +SKIP
+        >>> result = run_sweep(cfg)  # doctest: +SKIP
+        >>> print(result.ui_command)  # doctest: +SKIP
+    """
+    from pclc.experiment import prepare
+
+    out = out or sys.stdout
+    # Trials report the objective only with their final evaluation (see FinalMetricOptunaSearch).
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # Snapshot the experiment state often: less work is redone after the driver is killed.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
+    # with num_to_keep, Tune snapshots the experiment every few trial checkpoints: wanted here, not a warning
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+    root = _storage_root(cfg, storage_path)
+    exp_path = _experiment_path(root, cfg.name)
+    restorable = tune.Tuner.can_restore(exp_path)
+    if resume and not restorable:
+        print(f"pclc sweep: nothing to resume at {exp_path}; starting the sweep", file=out)
+    if restorable:
+        _check_unchanged(cfg, exp_path)
+    stored = _read_metadata(exp_path) if restorable else {}
+    uri = tracking_uri or cfg.tracking_uri or stored.get("tracking_uri") or default_tracking_uri()
+    if stored.get("tracking_uri") and uri != stored["tracking_uri"]:
+        raise ConfigError(
+            f"the sweep at {exp_path} is tracked in {stored['tracking_uri']}; resume with that "
+            f"--tracking-uri (got {uri}) so its runs are not split over two stores"
+        )
+
+    # ---- MLflow: experiment and parent run, created here on the driver
+    tracker = SweepTracker(uri)
+    tracker.start_parent(
+        name=cfg.name, mode=cfg.mode, headline_metric=cfg.headline_metric,
+        objective=[o.model_dump() for o in cfg.objective], experiment_path=exp_path,
+        resolved_config=resolved_yaml(cfg), resume=restorable,
+    )  # fmt: skip
+    target = tracker.target
+    try:
+        # ---- data and the transfer substitute: once per sweep, shared through the object store
+        prepared = prepared if prepared is not None else prepare(cfg.trial)
+        setup = TrialSetup(
+            base=cfg.trial.model_dump(),
+            outputs_root=_outputs_root(exp_path, cfg.name),
+            threads=max(1, math.floor(cfg.resources.cpu)),
+            target=target,
+            searched=tuple(cfg.space) if cfg.mode == "optimize" else _varied(cfg),
+            run_fn=run_fn,
+            extra_tags={"pclc.sweep": cfg.name},
+        )
+        fn = tune.with_resources(
+            tune.with_parameters(trainable, prepared=prepared, setup=setup),
+            {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu},
+        )
+
+        # ---- the Tuner: fresh, or restored with its trials and Optuna state
+        if restorable:
+            print(f"pclc sweep: resuming {exp_path}", file=out)
+            tuner = tune.Tuner.restore(exp_path, trainable=fn, resume_errored=True)
+        else:
+            param_space, search_alg, num_samples = build_searcher(cfg)
+            tuner = tune.Tuner(
+                fn,
+                param_space=param_space,
+                tune_config=tune.TuneConfig(
+                    search_alg=search_alg,
+                    scheduler=build_scheduler(cfg),
+                    num_samples=num_samples,
+                    max_concurrent_trials=cfg.max_concurrent if search_alg is None else None,
+                    trial_dirname_creator=_trial_dirname,
+                    reuse_actors=True,  # one worker process per concurrent slot: no re-import per trial
+                ),
+                run_config=tune.RunConfig(
+                    name=cfg.name,
+                    storage_path=root,
+                    failure_config=tune.FailureConfig(max_failures=cfg.max_retries),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    callbacks=[
+                        TrackingCallback(uri, target.experiment_id, target.parent_run_id, exp_path),
+                        ProgressPrinter([o.metric for o in cfg.objective], cfg.total_trials()),
+                    ],
+                    verbose=verbose,
+                ),
+            )
+            _write_local(exp_path, CONFIG_COPY, resolved_yaml(cfg))
+        _write_local(exp_path, METADATA_FILE, json.dumps({"tracking_uri": uri, **target.__dict__}, indent=2))
+        grid = tuner.fit()
+
+        # ---- MLflow agrees with Tune: one run per trial, none RUNNING
+        result = _collect(cfg, grid, tracker, exp_path, restorable)
+    except BaseException as exc:
+        tracker.finish_parent("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", reason=repr(exc))
+        raise
+    tracker.finish_parent("FINISHED")
+    print_summary(cfg, result, out)
+    return result
+
+
+def _outputs_root(exp_path: str, name: str) -> str:
+    if "://" in exp_path:  # remote storage: trial outputs stay on the trial's node
+        import tempfile
+
+        return str(Path(tempfile.gettempdir()) / "pclc_outputs" / name)
+    return str(Path(exp_path) / "outputs")
+
+
+def _varied(cfg: SweepConfig) -> tuple[str, ...]:
+    keys: list[str] = []
+    for v in cfg.variants:
+        keys += [k for k in v if k not in ("name",) and k not in keys]
+    return tuple(keys + (["seed"] if "seed" not in keys else []))
+
+
+def _trial_id(result: Any) -> str | None:
+    tid = (result.metrics or {}).get("trial_id")
+    if tid:
+        return str(tid)
+    name = Path(str(result.path)).name
+    return name.removeprefix("trial_") if name.startswith("trial_") else None
+
+
+def _collect(cfg: SweepConfig, grid: Any, tracker: SweepTracker, exp_path: str, resumed: bool) -> SweepResult:
+    trials: dict[str, TrialOutcome] = {}
+    rows: list[dict[str, Any]] = []
+    for res in grid:
+        tid = _trial_id(res)
+        if tid is None:
+            continue
+        config = dict(res.config or {})
+        sampled = config.get(GRID_KEY, config)
+        try:
+            params: dict[str, Any] | None = cfg.trial_config(sampled).to_dict()
+        except Exception:
+            params = None
+        error = failure_reason(str(res.error)) if res.error is not None else None
+        trials[tid] = TrialOutcome(error=error, params=params)
+        metrics = res.metrics or {}
+        if error is None and all(o.metric in metrics for o in cfg.objective):
+            row = {"trial_id": tid, **{k: sampled[k] for k in sampled if k != VARIANT}}
+            if VARIANT in sampled:
+                row[VARIANT] = sampled[VARIANT]
+            row.update({o.metric: metrics[o.metric] for o in cfg.objective})
+            for extra in ("clean_acc", "robust_acc"):
+                if extra in metrics:
+                    row[extra] = metrics[extra]
+            rows.append(row)
+    counts = tracker.reconcile(trials)
+    stopped = sum(1 for r in tracker.child_runs() if r.data.tags.get(STOPPED_EARLY) == "true")
+    return SweepResult(
+        name=cfg.name, experiment_path=exp_path, tracking_uri=tracker.tracking_uri,
+        experiment_id=tracker.target.experiment_id, parent_run_id=tracker.target.parent_run_id,
+        resumed=resumed, trials=trials, finished=rows, best=best_rows(cfg, rows),
+        stopped_early=stopped, reconcile=counts, grid=grid,
+    )  # fmt: skip
+
+
+def best_rows(cfg: SweepConfig, rows: list[dict[str, Any]], top: int = 5) -> list[dict[str, Any]]:
+    """One objective: the `top` best trials. Several: the Pareto front (no trial better on all)."""
+    sign = {o.metric: (1.0 if o.mode == "max" else -1.0) for o in cfg.objective}
+
+    def score(row: dict[str, Any]) -> tuple[float, ...]:
+        return tuple(sign[m] * _num(row[m]) for m in sign)
+
+    ranked = sorted(rows, key=score, reverse=True)
+    if not cfg.multi_objective:
+        return ranked[:top]
+    front = []
+    for row in ranked:
+        s = score(row)
+        dominated = any(all(a >= b for a, b in zip(score(o), s)) and score(o) != s for o in rows)
+        if not dominated:
+            front.append(row)
+    return front
+
+
+def ablation_table(cfg: SweepConfig, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ablation: one row per grid point (variant and its values), objective metrics averaged over seeds."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        point = {k: v for k, v in row.items() if k not in ("trial_id", "seed") and k not in _metric_names(cfg)}
+        groups.setdefault(json.dumps(point, sort_keys=True, default=str), []).append(row)
+    table = []
+    for key, members in groups.items():
+        entry: dict[str, Any] = {**json.loads(key), "seeds": len(members)}
+        for m in _metric_names(cfg):
+            values = [_num(r[m]) for r in members if m in r]
+            if values:
+                mean = sum(values) / len(values)
+                entry[m] = mean
+                entry[f"{m} sd"] = math.sqrt(sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1))
+        table.append(entry)
+    return sorted(table, key=lambda e: _num(e.get(cfg.headline_metric)), reverse=True)
+
+
+def _metric_names(cfg: SweepConfig) -> list[str]:
+    names = [o.metric for o in cfg.objective]
+    return names + [m for m in ("clean_acc", "robust_acc") if m not in names]
+
+
+def _num(v: Any) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return -math.inf
+    return f if math.isfinite(f) else -math.inf
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def print_summary(cfg: SweepConfig, result: SweepResult, out: TextIO) -> None:
+    """The end of a sweep: counts, best configurations, where results are, the MLflow UI command."""
+    n, failed = len(result.trials), len(result.failed)
+    print(f"\nsweep {cfg.name}: {n} trials: {len(result.finished)} finished, {failed} failed, "
+          f"{result.stopped_early} stopped early", file=out)  # fmt: skip
+    objective = ", ".join(f"{o.metric} ({o.mode})" for o in cfg.objective)
+    shown_metrics = _metric_names(cfg)
+    if cfg.mode == "ablation":
+        print(f"ablation: mean ± sd over seeds, best {cfg.headline_metric} first:", file=out)
+        for entry in ablation_table(cfg, result.finished):
+            metrics = "  ".join(f"{m}={entry[m]:.4f}±{entry[m + ' sd']:.4f}" for m in shown_metrics if m in entry)
+            point = " ".join(f"{k}={_fmt(v)}" for k, v in entry.items() if k not in shown_metrics
+                             and not k.endswith(" sd") and k != "seeds")  # fmt: skip
+            print(f"  {point:<40} {metrics}   ({entry['seeds']} seeds)", file=out)
+    title = "Pareto front" if cfg.multi_objective else "best configurations"
+    print(f"{title} by {objective}:", file=out)
+    if not result.best:
+        print("  (no trial finished its evaluation)", file=out)
+    for i, row in enumerate(result.best, 1):
+        metrics = "  ".join(f"{m}={_fmt(row[m])}" for m in shown_metrics if m in row)
+        params = " ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k not in shown_metrics and k != "trial_id")
+        print(f"  {i}. {metrics}   {params}   [trial {row['trial_id']}]", file=out)
+    for tid in result.failed[:10]:
+        print(f"  failed: trial {tid}: {result.trials[tid].error}", file=out)
+    print(f"Ray results: {result.experiment_path}", file=out)
+    print(f"MLflow: experiment '{cfg.name}' (parent run {result.parent_run_id}) in {result.tracking_uri}", file=out)
+    print(f"MLflow UI: {result.ui_command}   (then open http://127.0.0.1:5000)", file=out)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def smoke_overrides(cfg: SweepConfig) -> list[str]:
+    """`--smoke-test`: 2 trials of 2 epochs on a small subset, cheap attacks: checks the plumbing."""
+    sets = [
+        "trial.epochs=2", "trial.warmup_epochs=1", "trial.train_limit=256", "trial.eval_limit=64",
+        "trial.epoch_eval_samples=32", "trial.attack_steps=2", "trial.spsa_samples=8",
+        "trial.substitute_epochs=1", "scheduler=none", f"name={cfg.name}-smoke",
+    ]  # fmt: skip
+    if cfg.mode == "optimize":
+        sets.append("num_trials=2")
+        if "warmup_epochs" in cfg.space:
+            sets.append("space.warmup_epochs={type: int, low: 1, high: 2}")
+            points = [{**p, "warmup_epochs": 1} if "warmup_epochs" in p else p for p in cfg.initial_points]
+            sets.append(f"initial_points={json.dumps(points)}")
+    else:
+        first = [{k: (v[0] if isinstance(v, list) and k != "milestones" else v) for k, v in var.items()}
+                 for var in cfg.variants[:2]]  # fmt: skip
+        sets += [f"variants={json.dumps(first)}", f"seeds=[{cfg.seeds[0]}]"]
+    return sets
+
+
+def sweep_command(args: argparse.Namespace) -> int:
+    """`pclc sweep CONFIG [--resume] [--address A] [--tracking-uri U] [--storage-path P] [--smoke-test]`."""
+    overrides = list(getattr(args, "set", None) or [])
+    cfg = load_sweep(args.config, overrides)  # every config error is raised here, before Ray starts
+    if getattr(args, "smoke_test", False):
+        cfg = load_sweep(args.config, overrides + smoke_overrides(cfg))
+    tracking_uri = args.tracking_uri
+    if tracking_uri:
+        from sweeps.config import normalize_tracking_uri
+
+        tracking_uri = normalize_tracking_uri(tracking_uri)
+
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    started = not ray.is_initialized()
+    if started:
+        # address None: a local Ray on this machine; "auto": join the cluster started with `ray start`
+        ray.init(address=args.address, include_dashboard=False, configure_logging=False)
+    try:
+        result = run_sweep(cfg, resume=args.resume, storage_path=args.storage_path, tracking_uri=tracking_uri)
+    finally:
+        if started:
+            ray.shutdown()  # workers stop now, quietly, rather than at interpreter exit
+    return 1 if result.trials and len(result.failed) == len(result.trials) else 0

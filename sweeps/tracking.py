@@ -1,0 +1,395 @@
+"""MLflow bookkeeping of a sweep, in the layout CONTRACT.md fixes (analysis reads it back).
+
+One parent run per sweep (created on the driver, with the resolved sweep file, git commit and
+package versions) and one child run per trial. A trial finds its child run by the tag
+`pclc.trial_id` under the parent, so a retried or resumed trial writes into the same run and the
+store ends with exactly one run per trial. Every write goes through `retrying`, because SQLite
+answers "database is locked" when several trial processes write at once. No Ray import here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import random
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mlflow.entities import Metric, Param, Run, RunStatus, RunTag, ViewType
+from mlflow.tracking import MlflowClient
+
+from pclc import metrics as M
+
+T = TypeVar("T")
+
+# Tags: the names analysis and the tests rely on.
+ROLE, MODE, HEADLINE, TRIAL_ID = "pclc.role", "pclc.mode", "pclc.headline_metric", "pclc.trial_id"
+PARENT = "mlflow.parentRunId"
+FAILURE = "pclc.failure_reason"
+FINAL = "pclc.final"  # "1" once the final evaluation is logged
+EXPERIMENT_PATH = "pclc.experiment_path"
+STOPPED_EARLY = "pclc.stopped_early"
+
+_LOCKED = ("database is locked", "database is busy", "database table is locked")
+_NOT_LOGGED = {"done"}  # run_trial's end-of-trial flag: Tune's business, not a metric
+
+
+def default_tracking_uri(cwd: str | Path | None = None) -> str:
+    """`sqlite:///<abs cwd>/mlflow.db`: MLflow 3 has no file store, and every trial needs the same path."""
+    return f"sqlite:///{Path(cwd or Path.cwd()).resolve() / 'mlflow.db'}"
+
+
+def artifact_root(tracking_uri: str) -> str | None:
+    """Where a new experiment keeps artifacts: beside a SQLite file (absolute); a server decides itself."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def retrying(fn: Callable[..., T], *args: Any, attempts: int = 60, **kwargs: Any) -> T:
+    """Call `fn`, retrying with jittered back-off while SQLite reports a lock (about 2 min at most)."""
+    delay = 0.05
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # MlflowException wraps sqlalchemy's OperationalError
+            if attempt == attempts - 1 or not any(s in str(exc).lower() for s in _LOCKED):
+                raise
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 1.6, 2.0)
+    raise AssertionError("unreachable")
+
+
+def param_value(value: Any) -> str:
+    """A TrialConfig value as an MLflow param: lists and mappings JSON-encoded, the rest str()."""
+    return json.dumps(value) if isinstance(value, (list, dict, tuple)) else str(value)
+
+
+def _metrics(values: dict[str, float], step: int, now: int) -> list[Metric]:
+    return [
+        Metric(M.to_mlflow(k), float(v), now, step)
+        for k, v in values.items()
+        if k not in _NOT_LOGGED and isinstance(v, (int, float))
+    ]
+
+
+def _batched(items: list[T], size: int) -> Iterable[list[T]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def failure_reason(text: str, limit: int = 4000) -> str:
+    """The line that says why, from an exception text or traceback (MLflow caps tags at 8000 chars)."""
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):  # the last "SomethingError: message" line of a traceback
+        head = ln.split(":", 1)[0]
+        if head.endswith(("Error", "Exception", "Interrupt")) and " " not in head:
+            return ln[:limit]
+    return (lines[-1] if lines else "unknown error")[:limit]
+
+
+def git_commit(path: str | Path | None = None) -> str:
+    """The checkout's commit (with '-dirty' when files changed), or 'unknown' outside git."""
+    cwd = Path(path or Path(__file__).parent)
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    names = ("pclc-sweeps", "torch", "torchvision", "ray", "optuna", "mlflow", "advertorch", "numpy", "pydantic")
+    out = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    """What a trial process needs to find its run: picklable, no client inside."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """How Tune saw a trial end: its error text (None if it ended normally) and its parameters."""
+
+    error: str | None = None
+    params: dict[str, Any] | None = None
+
+
+# --------------------------------------------------------------------------- driver side
+
+
+class SweepTracker:
+    """The driver's view: the experiment, the parent run, and the final word on every child run."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+        self.experiment_id: str | None = None
+        self.parent_run_id: str | None = None
+
+    @property
+    def target(self) -> TrackingTarget:
+        assert self.experiment_id and self.parent_run_id, "call start_parent first"
+        return TrackingTarget(self.tracking_uri, self.experiment_id, self.parent_run_id)
+
+    def ensure_experiment(self, name: str) -> str:
+        """Create the experiment once, here on the driver (trials only look it up)."""
+        exp = retrying(self.client.get_experiment_by_name, name)
+        if exp is None:
+            try:
+                self.experiment_id = retrying(
+                    self.client.create_experiment, name, artifact_location=artifact_root(self.tracking_uri)
+                )
+            except Exception:  # another driver created it meanwhile
+                exp = retrying(self.client.get_experiment_by_name, name)
+                if exp is None:
+                    raise
+                self.experiment_id = exp.experiment_id
+        else:
+            if exp.lifecycle_stage == "deleted":
+                retrying(self.client.restore_experiment, exp.experiment_id)
+            self.experiment_id = exp.experiment_id
+        return self.experiment_id
+
+    def find_parent(self, experiment_path: str) -> Run | None:
+        """The parent run of an earlier (interrupted) run of the same Ray experiment, if any."""
+        runs = retrying(
+            self.client.search_runs,
+            [self.experiment_id],
+            filter_string=f"tags.`{ROLE}` = 'sweep' and tags.`{EXPERIMENT_PATH}` = '{experiment_path}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        return runs[0] if runs else None
+
+    def start_parent(
+        self, *, name: str, mode: str, headline_metric: str, objective: list[dict[str, str]],
+        experiment_path: str, resolved_config: str, resume: bool,
+    ) -> str:  # fmt: skip
+        """Open (or, on resume, reopen) the sweep's parent run; returns its id."""
+        self.ensure_experiment(name)
+        existing = self.find_parent(experiment_path) if resume else None
+        if existing is not None:
+            self.parent_run_id = existing.info.run_id
+            retrying(self.client.update_run, self.parent_run_id, status="RUNNING")
+            retrying(self.client.set_tag, self.parent_run_id, "pclc.resumed", str(int(time.time())))
+            return self.parent_run_id
+        tags = {
+            ROLE: "sweep",
+            MODE: mode,
+            HEADLINE: headline_metric,
+            "pclc.objective": json.dumps(objective),
+            EXPERIMENT_PATH: experiment_path,
+            "git_commit": git_commit(),
+            "versions": json.dumps(package_versions()),
+        }
+        stale = self.find_parent(experiment_path)
+        if stale is not None and stale.info.status == "RUNNING":  # a driver killed before Tune saved anything
+            retrying(self.client.set_terminated, stale.info.run_id, "KILLED")
+        run = retrying(self.client.create_run, self.experiment_id, tags=tags, run_name=f"sweep-{name}")
+        self.parent_run_id = run.info.run_id
+        retrying(self.client.log_text, self.parent_run_id, resolved_config, "sweep_config.yaml")
+        return self.parent_run_id
+
+    def finish_parent(self, status: str = "FINISHED", reason: str | None = None) -> None:
+        if self.parent_run_id is None:
+            return
+        if reason:
+            retrying(self.client.set_tag, self.parent_run_id, FAILURE, failure_reason(reason))
+        retrying(self.client.set_terminated, self.parent_run_id, status)
+
+    def child_runs(self, view: int = ViewType.ACTIVE_ONLY) -> list[Run]:
+        runs: list[Run] = []
+        token = None
+        while True:
+            page = retrying(
+                self.client.search_runs,
+                [self.experiment_id],
+                filter_string=f"tags.`{PARENT}` = '{self.parent_run_id}'",
+                run_view_type=view,
+                max_results=1000,
+                page_token=token,
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def close_trial(
+        self, trial_id: str, *, error: str | None = None, stopped: bool = False, params: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        """The driver's last word on one trial: FAILED with a reason, KILLED when stopped early."""
+        run = find_trial_run(self.client, self.target, trial_id)
+        if run is None:
+            if error is None:
+                return
+            # the trial died before it could open its run: still one run per trial, with the reason
+            run = retrying(self.client.create_run, self.experiment_id, tags=_trial_tags(self.target, trial_id),
+                           run_name=f"trial_{trial_id}")  # fmt: skip
+            items = [Param(k, param_value(v)) for k, v in (params or {}).items()]
+            for chunk in _batched(items, 100):
+                retrying(self.client.log_batch, run.info.run_id, params=chunk)
+        run_id, status, tags = run.info.run_id, run.info.status, run.data.tags
+        if error is not None:
+            if FAILURE not in tags or status != "FAILED":
+                retrying(self.client.set_tag, run_id, FAILURE, failure_reason(error))
+            if status != "FAILED":
+                retrying(self.client.set_terminated, run_id, "FAILED")
+        elif status in ("RUNNING", "SCHEDULED"):
+            if tags.get(FINAL) == "1":
+                retrying(self.client.set_terminated, run_id, "FINISHED")
+            else:  # Tune ended it before its final evaluation (ASHA, or stopped by the user)
+                if stopped:
+                    retrying(self.client.set_tag, run_id, STOPPED_EARLY, "true")
+                retrying(self.client.set_terminated, run_id, "KILLED")
+
+    def reconcile(self, trials: dict[str, TrialOutcome]) -> dict[str, int]:
+        """Make MLflow agree with Tune at the end: `trials` maps every trial id to how it ended.
+
+        Child runs of trials Tune no longer knows (the driver was killed before Tune saved its state,
+        so the trial was started again under a new id) are deleted: one run per trial, no duplicates.
+        """
+        counts = {"closed": 0, "orphans_deleted": 0, "duplicates_deleted": 0}
+        seen: set[str] = set()
+        for run in sorted(self.child_runs(), key=lambda r: r.info.start_time):
+            tid = run.data.tags.get(TRIAL_ID)
+            if tid not in trials:
+                retrying(self.client.delete_run, run.info.run_id)
+                counts["orphans_deleted"] += 1
+            elif tid in seen:
+                retrying(self.client.delete_run, run.info.run_id)
+                counts["duplicates_deleted"] += 1
+            else:
+                seen.add(tid)
+        for tid, outcome in trials.items():
+            # KILLED without `stopped_early`: the live callback tags trials ASHA stopped; here the
+            # rest (e.g. a sweep interrupted with Ctrl-C) is closed so that no run stays RUNNING
+            self.close_trial(tid, error=outcome.error, params=outcome.params)
+            counts["closed"] += 1
+        return counts
+
+
+# --------------------------------------------------------------------------- trial side
+
+
+def _trial_tags(target: TrackingTarget, trial_id: str) -> dict[str, str]:
+    return {PARENT: target.parent_run_id, ROLE: "trial", TRIAL_ID: trial_id}
+
+
+def find_trial_run(client: MlflowClient, target: TrackingTarget, trial_id: str) -> Run | None:
+    runs = retrying(
+        client.search_runs,
+        [target.experiment_id],
+        filter_string=f"tags.`{PARENT}` = '{target.parent_run_id}' and tags.`{TRIAL_ID}` = '{trial_id}'",
+        order_by=["attributes.start_time ASC"],
+    )
+    return runs[0] if runs else None
+
+
+class TrialRun:
+    """One trial's child run, opened in the trial's process; the same run across retries and resumes."""
+
+    def __init__(self, client: MlflowClient, run: Run, logged_epochs: set[int], reopened: bool) -> None:
+        self.client = client
+        self.run_id = run.info.run_id
+        self.logged_epochs = logged_epochs  # steps already in MLflow: a retry does not log them twice
+        self.reopened = reopened
+        self._previous = run
+        self._last_epoch: dict[str, float] = {}
+
+    @classmethod
+    def open(
+        cls, target: TrackingTarget, *, trial_id: str, params: dict[str, Any], tags: dict[str, str] | None = None,
+    ) -> TrialRun:  # fmt: skip
+        """Find the trial's run under the parent, or create it with every parameter."""
+        client = MlflowClient(target.tracking_uri)
+        run = find_trial_run(client, target, trial_id)
+        all_tags = {**_trial_tags(target, trial_id), **(tags or {})}
+        if run is None:
+            run = retrying(client.create_run, target.experiment_id, tags=all_tags, run_name=f"trial_{trial_id}")
+            items = [Param(k, param_value(v)) for k, v in params.items()]
+            for chunk in _batched(items, 100):
+                retrying(client.log_batch, run.info.run_id, params=chunk)
+            return cls(client, run, set(), reopened=False)
+        history = retrying(client.get_metric_history, run.info.run_id, M.EPOCH)
+        logged = {int(m.step) for m in history}
+        if run.info.status != "FINISHED" or run.data.tags.get(FINAL) != "1":
+            retrying(client.update_run, run.info.run_id, status="RUNNING")
+            if FAILURE in run.data.tags:  # a retry: the earlier attempt's reason no longer holds
+                retrying(client.delete_tag, run.info.run_id, FAILURE)
+        attempts = int(run.data.tags.get("pclc.attempts", "1")) + 1
+        retrying(client.log_batch, run.info.run_id,
+                 tags=[RunTag(k, v) for k, v in {**(tags or {}), "pclc.attempts": str(attempts)}.items()])  # fmt: skip
+        return cls(client, run, logged, reopened=True)
+
+    def finished_metrics(self) -> dict[str, float] | None:
+        """The final metrics, if an earlier attempt already finished and logged them."""
+        run = self._previous
+        if run.info.status == "FINISHED" and run.data.tags.get(FINAL) == "1":
+            return {M.from_mlflow(k): v for k, v in run.data.metrics.items()}
+        return None
+
+    def log_epoch(self, metrics: dict[str, float]) -> None:
+        """Per-epoch metrics at step=epoch (skipped when a previous attempt logged that epoch)."""
+        step = int(metrics[M.EPOCH])
+        self._last_epoch = dict(metrics)
+        if step in self.logged_epochs:
+            return
+        retrying(self.client.log_batch, self.run_id, metrics=_metrics(metrics, step, int(time.time() * 1000)))
+        self.logged_epochs.add(step)
+
+    def log_final(self, final: dict[str, float], evaluation: dict[str, Any], weights: Path | None) -> None:
+        """The final evaluation at step=epochs, evaluation.json, the weights if asked; then FINISHED."""
+        step = int(final[M.EPOCH])
+        # keys the last epoch already logged at this step with the same value are not written twice
+        fresh = {
+            k: v
+            for k, v in final.items()
+            if not (step in self.logged_epochs and k in self._last_epoch and _same(self._last_epoch[k], v))
+        }
+        items = _metrics(fresh, step, int(time.time() * 1000))
+        for chunk in _batched(items, 500):
+            retrying(self.client.log_batch, self.run_id, metrics=chunk)
+        retrying(self.client.log_dict, self.run_id, evaluation, "evaluation.json")
+        if weights is not None and weights.is_file():
+            retrying(self.client.log_artifact, self.run_id, str(weights), "weights")
+        retrying(self.client.set_tag, self.run_id, FINAL, "1")
+        retrying(self.client.set_terminated, self.run_id, "FINISHED")
+
+    def fail(self, reason: str) -> None:
+        """FAILED with the reason; Tune may retry the trial, which reopens this run."""
+        retrying(self.client.set_tag, self.run_id, FAILURE, failure_reason(reason))
+        retrying(self.client.set_terminated, self.run_id, "FAILED")
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        retrying(self.client.log_batch, self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+
+
+__all__ = [
+    "SweepTracker", "TrialRun", "TrackingTarget", "TrialOutcome", "default_tracking_uri", "artifact_root", "retrying",
+    "failure_reason", "find_trial_run", "param_value", "RunStatus",
+]  # fmt: skip

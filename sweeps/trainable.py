@@ -1,0 +1,133 @@
+"""The thin Ray Tune trainable: sampled params → TrialConfig → `pclc.experiment.run_trial`.
+
+It only reads the config and reports: every epoch goes to MLflow (per-epoch metrics) and to Tune
+(with a checkpoint, so a retried or resumed trial continues from its last epoch); the final
+evaluation goes to MLflow (metrics, evaluation.json, weights) before Tune hears of it, so a kill
+at any point leaves nothing half-recorded that a retry would duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from pclc.config import TrialConfig, make_config
+from pclc.train import load_checkpoint, save_checkpoint
+from sweeps.tracking import TrackingTarget, TrialRun
+
+CHECKPOINT_FILE = "state.pt"
+VARIANT = "variant"  # ablation label carried in the trial's Tune config (not a TrialConfig field)
+GRID_KEY = "trial"  # ablation: Tune grid-searches over override dicts under this key
+
+RunTrial = Callable[..., dict[str, float]]  # pclc.experiment.run_trial's signature
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial of a sweep shares, besides the prepared data (sent once via the object store)."""
+
+    base: dict[str, Any]  # the base TrialConfig as a dict
+    outputs_root: str  # absolute folder; each trial writes metrics.json (+ weights) to <root>/<trial_id>
+    threads: int  # torch threads: the trial's CPU share
+    target: TrackingTarget
+    searched: tuple[str, ...] = ()  # the TrialConfig fields this sweep varies
+    run_fn: RunTrial | None = None  # default pclc.experiment.run_trial; tests inject faults here
+    extra_tags: dict[str, str] = field(default_factory=dict)
+
+
+def trial_config(setup: TrialSetup, config: dict[str, Any], trial_id: str) -> TrialConfig:
+    """The TrialConfig of this trial: base ← sampled params, with its own absolute output folder."""
+    sampled = config.get(GRID_KEY, config)  # ablation: one grid point's overrides under GRID_KEY
+    values = {**setup.base, **{k: v for k, v in sampled.items() if k != VARIANT}}
+    values["out_dir"] = str(Path(setup.outputs_root) / trial_id)
+    values["threads"] = setup.base.get("threads") or setup.threads
+    return make_config(values, source=f"trial {trial_id}")
+
+
+def _node_tags() -> dict[str, str]:
+    ctx = ray.get_runtime_context()
+    return {
+        "pclc.node_id": ctx.get_node_id(),
+        "pclc.node_ip": ray.util.get_node_ip_address(),
+        "pclc.hostname": socket.gethostname(),
+        "pclc.pid": str(os.getpid()),
+    }
+
+
+def _load_resume() -> dict[str, Any] | None:
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return load_checkpoint(Path(folder) / CHECKPOINT_FILE)  # weights_only=True
+
+
+def trainable(config: dict[str, Any], *, prepared: Any, setup: TrialSetup) -> None:
+    """One Tune trial. `prepared` (data + substitute) comes from `tune.with_parameters`."""
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # one line per checkpoint
+    trial_id = tune.get_context().get_trial_id()
+    cfg = trial_config(setup, config, trial_id)
+    torch.set_num_threads(cfg.threads or 1)
+    tags = {**_node_tags(), **setup.extra_tags, "pclc.searched": json.dumps(list(setup.searched))}
+    variant = config.get(GRID_KEY, {}).get(VARIANT)
+    if variant is not None:
+        tags["pclc.variant"] = str(variant)
+    run = TrialRun.open(setup.target, trial_id=trial_id, params=cfg.to_dict(), tags=tags)
+
+    done = run.finished_metrics()
+    if done is not None:  # an earlier attempt finished and logged everything; only Tune missed it
+        tune.report(done)
+        return
+
+    last_epoch: dict[str, float] = {}
+
+    def report(metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        nonlocal last_epoch
+        if state is not None:  # an epoch: MLflow first, then Tune with the checkpoint
+            run.log_epoch(metrics)
+            last_epoch = dict(metrics)
+            with tempfile.TemporaryDirectory(prefix="pclc-ckpt-") as folder:
+                save_checkpoint(state, Path(folder) / CHECKPOINT_FILE)
+                tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(folder))
+            return
+        final = {k: v for k, v in metrics.items() if k != "done"}
+        out = Path(cfg.out_dir)  # type: ignore[arg-type]
+        evaluation = _evaluation(out, final, cfg)
+        weights = out / "model.pt" if cfg.save_weights else None
+        run.log_final(final, evaluation, weights)
+        # Tune gets the last per-epoch values too (e.g. epoch_robust_acc for ASHA) under the final ones
+        tune.report({**last_epoch, **final})
+
+    run_fn = setup.run_fn
+    if run_fn is None:
+        from pclc.experiment import run_trial as run_fn
+    try:
+        run_fn(cfg, report, prepared=prepared, resume=_load_resume())  # a corrupt checkpoint fails here too
+    except Exception as exc:  # not SystemExit: that is Tune stopping the trial (ASHA), not a failure
+        # Tune may retry (the run reopens); the driver gives the final word when retries run out.
+        run.fail(f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _evaluation(out: Path, final: dict[str, float], cfg: TrialConfig) -> dict[str, Any]:
+    """evaluation.json: run_trial's metrics.json (metrics, warnings, config) when it wrote one."""
+    path = out / "metrics.json"
+    if path.is_file():
+        try:
+            payload = json.loads(path.read_text())
+            payload["metrics"] = final
+            return payload
+        except (OSError, ValueError):
+            pass
+    return {"metrics": final, "warnings": [], "config": cfg.to_dict()}

@@ -1,0 +1,103 @@
+"""The MLflow layout without Ray: a trial's run is found again on retry (same run, no step twice), a real
+SQLite lock is waited out instead of losing a write, and failure reasons are the line that says why."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pclc.config import TrialConfig
+from sweeps.tracking import SweepTracker, TrialRun, failure_reason, param_value
+
+
+def _tracker(tmp_path: Path) -> SweepTracker:
+    tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracker.start_parent(
+        name="unit", mode="optimize", headline_metric="robust_acc", objective=[{"metric": "robust_acc", "mode": "max"}],
+        experiment_path=str(tmp_path / "ray_results/unit"), resolved_config="name: unit\n", resume=False,
+    )  # fmt: skip
+    return tracker
+
+
+def test_a_retried_trial_reopens_its_run_and_logs_no_epoch_twice(tmp_path: Path) -> None:
+    tracker = _tracker(tmp_path)
+    params = TrialConfig().to_dict()
+    first = TrialRun.open(tracker.target, trial_id="t1", params=params)
+    for epoch in (1, 2):
+        first.log_epoch({"epoch": epoch, "train_loss": 1.0 / epoch})
+    first.fail("RuntimeError: worker died")
+
+    second = TrialRun.open(tracker.target, trial_id="t1", params=params)  # the retry
+    assert second.run_id == first.run_id and second.reopened
+    for epoch in (2, 3):  # epoch 2 again: the checkpoint was older than the last logged epoch
+        second.log_epoch({"epoch": epoch, "train_loss": 1.0 / epoch})
+    second.log_final({"epoch": 3, "train_loss": 1 / 3, "robust_acc": 0.5, "done": 1.0}, {"metrics": {}}, None)
+
+    client = MlflowClient(tracker.tracking_uri)
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED" and "pclc.failure_reason" not in run.data.tags
+    assert run.data.tags["pclc.attempts"] == "2"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch")] == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3]
+    assert "done" not in run.data.metrics and run.data.metrics["robust_acc"] == 0.5
+    assert len(tracker.child_runs()) == 1
+    # a third attempt after the run finished only reads the final metrics back
+    third = TrialRun.open(tracker.target, trial_id="t1", params=params)
+    assert third.finished_metrics() == {"epoch": 3.0, "train_loss": pytest.approx(1 / 3), "robust_acc": 0.5}
+
+
+def test_reconcile_leaves_one_closed_run_per_trial(tmp_path: Path) -> None:
+    from sweeps.tracking import TrialOutcome
+
+    tracker = _tracker(tmp_path)
+    params = TrialConfig().to_dict()
+    TrialRun.open(tracker.target, trial_id="kept", params=params).log_epoch({"epoch": 1})
+    TrialRun.open(tracker.target, trial_id="orphan", params=params)  # Tune lost it: the driver died
+    counts = tracker.reconcile({"kept": TrialOutcome(), "never_started": TrialOutcome(error="ValueError: bad", params=params)})
+    runs = {r.data.tags["pclc.trial_id"]: r for r in tracker.child_runs()}
+    assert set(runs) == {"kept", "never_started"} and counts["orphans_deleted"] == 1
+    assert runs["kept"].info.status == "KILLED"  # ended without its final evaluation
+    assert runs["never_started"].info.status == "FAILED"
+    assert runs["never_started"].data.tags["pclc.failure_reason"] == "ValueError: bad"
+    assert runs["never_started"].data.params["margin"] == "0.995"
+
+
+@pytest.mark.slow
+def test_a_locked_sqlite_store_is_waited_out_not_lost(tmp_path: Path) -> None:
+    tracker = _tracker(tmp_path)
+    run = TrialRun.open(tracker.target, trial_id="t1", params={"lr": 0.001})
+    locked = threading.Event()
+
+    def hold_lock() -> None:  # another writer holding the file past MLflow's own 20 s SQLite busy timeout
+        con = sqlite3.connect(tmp_path / "mlflow.db", timeout=0)
+        con.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        time.sleep(21)
+        con.rollback()
+        con.close()
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    locked.wait()
+    run.log_epoch({"epoch": 1, "train_loss": 0.5})  # raises 'database is locked' without the retry
+    holder.join()
+    history = MlflowClient(tracker.tracking_uri).get_metric_history(run.run_id, "train_loss")
+    assert [(m.step, m.value) for m in history] == [(1, 0.5)]
+
+
+def test_failure_reason_is_the_exception_line_of_a_traceback() -> None:
+    tb = 'Traceback (most recent call last):\n  File "x.py", line 1, in f\n    raise X\nNonFiniteLossError: loss is nan\n'
+    assert failure_reason(tb) == "NonFiniteLossError: loss is nan"
+    ray_text = "ray::ImplicitFunc.train() (pid=1, ip=10.0.0.1)\n  File \"t.py\", line 3\nRuntimeError: injected\n"
+    assert failure_reason(ray_text) == "RuntimeError: injected"
+    assert failure_reason("the worker died unexpectedly\n") == "the worker died unexpectedly"
+    assert failure_reason("") == "unknown error"
+
+
+def test_params_encode_lists_as_json() -> None:
+    assert param_value([0.1, 0.2]) == "[0.1, 0.2]" and param_value(None) == "None" and param_value(0.5) == "0.5"
