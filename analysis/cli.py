@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-log-artifacts", action="store_true", help="do not log the report as artifacts of the parent run"
     )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return parser
 
 
@@ -97,9 +98,13 @@ def _run(args: argparse.Namespace) -> int:
         out = Path(args.out).resolve() if args.out else Path.cwd().resolve() / "reports" / sweep.experiment
         report = write_report(sweep, out, client=client, log_to_mlflow=not args.no_log_artifacts)
     except AnalysisError as err:
+        if args.debug:
+            raise
         print(f"pclc analyze: error: {err}", file=sys.stderr)
         return 2
     except MlflowException as err:
+        if args.debug:
+            raise
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"pclc analyze: error: MLflow: {first[:400]}", file=sys.stderr)
         return 2

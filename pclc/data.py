@@ -8,6 +8,7 @@ Held-out splits use `SPLIT_SEED`, never the trial seed: every trial is scored on
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ __all__ = [
     "DataError",
     "Dataset",
     "batches",
+    "check_npz",
     "load_dataset",
     "load_npz",
 ]
@@ -345,17 +347,9 @@ def _npz_labels(path: Path, key: str, y: np.ndarray, n: int) -> Tensor:
     return torch.from_numpy(y.astype(np.int64))
 
 
-def load_npz(path: str | Path) -> Dataset:
-    """A data set from an .npz file with `x`, `y` and optionally `x_test`, `y_test`.
-
-    Without a test split, TEST_FRACTION of every class is held out with SPLIT_SEED.
-
-    Example:
-        >>> np.savez("/tmp/mine.npz", x=np.zeros((10, 8, 8), np.uint8), y=np.arange(10) % 2)
-        >>> load_npz("/tmp/mine.npz").input_shape
-        (1, 8, 8)
-    """
-    path = Path(path).expanduser()
+@contextlib.contextmanager
+def _open_npz(path: Path) -> Iterator[Any]:
+    """The archive at `path`, checked to be a readable .npz holding x and y; no array is read yet."""
     if not path.is_file():
         raise DataError(f"npz file {path} does not exist")
     # Our own file handle: np.load leaks the one it opens when the zip turns out to be damaged.
@@ -376,10 +370,35 @@ def load_npz(path: str | Path) -> Dataset:
                 )
             if ("x_test" in keys) != ("y_test" in keys):
                 raise DataError(f"{path} has only one of x_test and y_test; give both or neither")
-            try:
-                arrays = {k: archive[k] for k in ("x", "y", "x_test", "y_test") if k in keys}
-            except Exception as exc:  # a damaged member, or an object array (pickles are refused)
-                raise DataError(f"{path}: cannot read its arrays ({type(exc).__name__}: {exc})") from exc
+            yield archive
+
+
+def check_npz(path: str | Path) -> None:
+    """A cheap pre-flight for `npz:PATH`: the file is a readable .npz with x and y (arrays not loaded).
+
+    A sweep calls it before Ray starts, so a missing or truncated file fails in a second, not after start-up.
+    """
+    with _open_npz(Path(path).expanduser()):
+        pass
+
+
+def load_npz(path: str | Path) -> Dataset:
+    """A data set from an .npz file with `x`, `y` and optionally `x_test`, `y_test`.
+
+    Without a test split, TEST_FRACTION of every class is held out with SPLIT_SEED.
+
+    Example:
+        >>> np.savez("/tmp/mine.npz", x=np.zeros((10, 8, 8), np.uint8), y=np.arange(10) % 2)
+        >>> load_npz("/tmp/mine.npz").input_shape
+        (1, 8, 8)
+    """
+    path = Path(path).expanduser()
+    with _open_npz(path) as archive:
+        keys = set(archive.files)
+        try:
+            arrays = {k: archive[k] for k in ("x", "y", "x_test", "y_test") if k in keys}
+        except Exception as exc:  # a damaged member, or an object array (pickles are refused)
+            raise DataError(f"{path}: cannot read its arrays ({type(exc).__name__}: {exc})") from exc
 
     x = _npz_images(path, "x", arrays["x"])
     y = _npz_labels(path, "y", arrays["y"], len(x))

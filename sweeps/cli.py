@@ -36,7 +36,22 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preflight_sweep(args: argparse.Namespace) -> None:
+    """What a sweep can get wrong before Ray starts, checked before Ray is even imported:
+    the sweep file, an `npz:` data file, and the MLflow store (a dead server fails in seconds)."""
+    from pclc.data import check_npz
+    from sweeps.config import check_tracking_store, load_sweep, normalize_tracking_uri
+
+    cfg = load_sweep(args.config, list(getattr(args, "set", None) or []))
+    uri = normalize_tracking_uri(args.tracking_uri) if args.tracking_uri else cfg.tracking_uri
+    if uri is not None:  # None: the default <cwd>/mlflow.db (or, on resume, the store the sweep began with)
+        check_tracking_store(uri)
+    if cfg.trial.dataset.startswith("npz:"):
+        check_npz(cfg.trial.dataset.removeprefix("npz:"))
+
+
 def _sweep(args: argparse.Namespace) -> int:
+    _preflight_sweep(args)
     from sweeps.driver import sweep_command
 
     return sweep_command(args)
@@ -73,8 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    if argv[:1] == ["analyze"]:  # analysis owns its arguments and its error handling
-        return _analyze(argv[1:])
+    command = [a for a in argv if a != "--debug"][:1]
+    if command == ["analyze"]:  # analysis owns its arguments and its error handling
+        rest = argv[argv.index("analyze") + 1 :]
+        return _analyze(rest + (["--debug"] if debug and "--debug" not in rest else []))
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

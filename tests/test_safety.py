@@ -1,0 +1,163 @@
+"""Safety: checkpoints and YAML never run code, MLflow listens on loopback locally, and the commands
+write only into the folders they are configured to use.
+
+The cluster side (start_mlflow.sh binds the head's private address and refuses 0.0.0.0) is tested
+in test_cluster_config.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from pclc.train import CheckpointError, load_checkpoint
+from sweeps.cli import main
+
+ROOT = Path(__file__).parents[1]
+SOURCES = sorted(p for d in ("pclc", "sweeps", "analysis", "benchmarks") for p in (ROOT / d).rglob("*.py"))
+QUICKSTART = ROOT / "sweeps/configs/quickstart.yaml"
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def test_every_torch_load_in_the_code_uses_weights_only() -> None:
+    calls = [(p, m) for p in SOURCES for m in re.finditer(r"torch\.load\(([^)]*)\)", p.read_text())]
+    assert calls, "expected pclc.train.load_checkpoint to call torch.load"
+    unsafe = [f"{p.relative_to(ROOT)}: {m[0]}" for p, m in calls if "weights_only=True" not in m[1]]
+    assert not unsafe
+    pickles = [f"{p.relative_to(ROOT)}" for p in SOURCES if re.search(r"\bpickle\.loads?\(|allow_pickle=True", p.read_text())]
+    assert not pickles
+
+
+class _Payload:
+    """Unpickling this runs a shell command (the classic malicious checkpoint)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_carrying_a_pickled_payload_is_refused_unexecuted(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"epoch": 1, "model": {"w": torch.zeros(2)}, "extra": _Payload(marker)}, path)
+    with pytest.raises(CheckpointError, match="corrupt or not a pclc checkpoint"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    # the same file read the unsafe way does run the payload: the refusal above is what protects
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+def test_no_unsafe_yaml_loader_in_the_code() -> None:
+    pattern = re.compile(r"yaml\.(load|unsafe_load|full_load|load_all|unsafe_load_all|full_load_all)\(|Loader\s*=")
+    assert not [f"{p.relative_to(ROOT)}" for p in SOURCES if pattern.search(p.read_text())]
+
+
+def _payload_yaml(marker: Path) -> str:
+    return f'name: !!python/object/apply:os.system ["touch {marker}"]\n'
+
+
+def test_a_python_tag_in_a_sweep_file_is_refused_unexecuted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "sweep.yaml"
+    path.write_text(QUICKSTART.read_text() + "\n" + _payload_yaml(marker).replace("name:", "description:"))
+    assert main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"config file {path} is not valid YAML" in err and "python/object/apply:os.system" in err
+    assert "Traceback" not in err and not marker.exists()
+
+
+def test_a_python_tag_in_a_train_config_or_override_is_refused_unexecuted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "run.yaml"
+    path.write_text(_payload_yaml(marker).replace("name:", "loss:"))
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "is not valid YAML" in err and "python/object/apply:os.system" in err
+    assert main(["train", "--set", f'loss=!!python/object/apply:os.system ["touch {marker}"]']) == 2
+    assert "--set loss: cannot read value" in capsys.readouterr().err
+    assert main(["sweep", str(QUICKSTART), "--set", f'description=!!python/object/apply:os.system ["touch {marker}"]']) == 2
+    assert "--set description: cannot read value" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- MLflow on loopback
+
+
+def test_mlflow_commands_the_project_shows_bind_loopback_only() -> None:
+    from mlflow.cli import cli
+
+    # `mlflow server`/`mlflow ui` without --host bind 127.0.0.1: pin that, since the project relies on it
+    host = next(p for p in cli.commands["server"].params if p.name == "host")
+    assert host.default == "127.0.0.1"
+    texts = {p: p.read_text() for p in [*SOURCES, ROOT / "README.md", ROOT / "Makefile"] if p.is_file()}
+    commands = [(p, m[0]) for p, t in texts.items() for m in re.finditer(r"mlflow (?:ui|server)\b[^\n\"')]*", t)]
+    assert commands
+    for path, command in commands:
+        hosts = re.findall(r"--host[ =](\S+)", command)
+        assert all(h in ("127.0.0.1", "localhost") for h in hosts), f"{path.relative_to(ROOT)}: {command}"
+
+
+# --------------------------------------------------------------------------- where the commands write
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+
+
+@pytest.mark.slow
+def test_train_sweep_and_analyze_write_only_into_their_folders(tmp_path: Path) -> None:
+    cwd, home = tmp_path / "work", tmp_path / "home"
+    for d in (cwd, home):
+        d.mkdir()
+    # A short TMPDIR: Ray puts AF_UNIX sockets under it, and their paths must stay below 108 bytes.
+    tmp = Path(tempfile.mkdtemp(prefix="pclc-", dir="/tmp"))
+    try:
+        _run_and_check(cwd, home, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_and_check(cwd: Path, home: Path, tmp: Path) -> None:
+    env = {**os.environ, "HOME": str(home), "TMPDIR": str(tmp), "PYTHONDONTWRITEBYTECODE": "1"}
+    for var in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "MPLCONFIGDIR", "TORCH_HOME", "MLFLOW_TRACKING_URI"):
+        env.pop(var, None)
+    py = [sys.executable, "-m", "sweeps.cli"]
+    fast = ["--set", "epochs=1", "--set", "warmup_epochs=0", "--set", "eval_limit=32", "--set", "attack_steps=1",
+            "--set", "attacks=[fgsm]", "--set", "epoch_eval_samples=0", "--set", "train_limit=128"]  # fmt: skip
+    for argv in (
+        ["train", "--quiet", *fast],
+        ["sweep", str(QUICKSTART), "--smoke-test"],
+        ["analyze", "--experiment", "quickstart-smoke"],
+    ):
+        proc = subprocess.run([*py, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"{argv}: {proc.stdout[-2000:]}{proc.stderr[-3000:]}"
+
+    allowed = ("mlflow.db", "mlartifacts/", "ray_results/", "runs/", "reports/")
+    written = _files(cwd)
+    assert not [f for f in written if not f.startswith(allowed)], written
+    assert any(f.startswith("ray_results/quickstart-smoke/") for f in written)
+    assert any(f.startswith("reports/quickstart-smoke/") for f in written)
+    assert any(f.startswith("runs/train-digits-") for f in written)
+    # HOME: only third-party state the project does not configure: Ray's auth token (~/.ray) and
+    # matplotlib's font cache (~/.cache/matplotlib); nothing of the project's own
+    assert not [f for f in _files(home) if not f.startswith((".ray/", ".cache/matplotlib/"))], _files(home)
+    # TMPDIR: Ray's own session folder (ray/session_*) is Ray's, and exempt; nothing else may be left
+    assert not [f for f in _files(tmp) if not f.startswith("ray/")], _files(tmp)
