@@ -87,11 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    command = [a for a in argv if a != "--debug"][:1]
-    if command == ["analyze"]:  # analysis owns its arguments and its error handling
-        rest = argv[argv.index("analyze") + 1 :]
-        return _analyze(rest + (["--debug"] if debug and "--debug" not in rest else []))
+    debug = "--debug" in argv  # accepted anywhere: `pclc --debug train` and `pclc train --debug`
+    argv = [a for a in argv if a != "--debug"]
+    if argv[:1] == ["analyze"]:  # analysis owns its arguments and its error handling
+        return _analyze(argv[1:] + (["--debug"] if debug else []))
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -54,3 +54,8 @@ def test_bad_input_is_one_message_and_exit_code_2(tmp_path: Path, args: list[str
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     proc = pclc("--debug", "train", "--set", "margin=2", cwd=tmp_path)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_debug_is_accepted_after_the_subcommand_too(tmp_path: Path) -> None:
+    proc = pclc("train", "--debug", "--set", "margin=2", cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "margin" in proc.stderr

@@ -8,41 +8,23 @@ import math
 
 import pytest
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
+from trained import digits, model, small_cnn, substitute, train  # noqa: F401  (fixtures)
 
 from pclc import metrics as M
 from pclc.attacks import ATTACK_BUILDERS, AttackSuite
-from pclc.evaluate import Evaluation, evaluate, masking_checks, prob_gap, quick_robust_acc, second_class_rate
+from pclc.evaluate import (
+    Evaluation,
+    evaluate,
+    masking_checks,
+    prob_gap,
+    quick_robust_acc,
+    second_class_rate,
+)
 
 EPS = (0.1, 0.2)
 HEADLINE = 0.2
 MASKING_EPS = 0.5
-
-
-# ------------------------------------------------------------------ fixtures: real digits, a small CNN
-def small_cnn() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 4 * 4, 10),
-    )
-
-
-def train(x: torch.Tensor, y: torch.Tensor, *, seed: int, epochs: int = 8) -> nn.Module:
-    """A plain CE loop; a few epochs reach ~98 % on digits."""
-    torch.manual_seed(seed)
-    model = small_cnn()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    order = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        idx = torch.randperm(len(x), generator=order)
-        for i in range(0, len(x), 64):
-            b = idx[i : i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[b]), y[b]).backward()
-            opt.step()
-    model.zero_grad(set_to_none=True)
-    return model.eval()
 
 
 class Quantized(nn.Module):
@@ -66,27 +48,6 @@ class Saturated(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner(x) * 1e4
-
-
-@pytest.fixture(scope="module")
-def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    torch.set_num_threads(1)
-    d = load_digits()
-    x = torch.tensor(d.images / 16.0, dtype=torch.float32).unsqueeze(1)
-    y = torch.tensor(d.target, dtype=torch.int64)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    x, y = x[perm], y[perm]
-    return x[:1400], y[:1400], x[1400:1600], y[1400:1600]
-
-
-@pytest.fixture(scope="module")
-def model(digits) -> nn.Module:
-    return train(digits[0], digits[1], seed=0)
-
-
-@pytest.fixture(scope="module")
-def substitute(digits) -> nn.Module:
-    return train(digits[0], digits[1], seed=1)
 
 
 @pytest.fixture(scope="module")
