@@ -114,3 +114,27 @@ def test_the_mlflow_ui_shows_the_sweep_its_trials_and_a_plot(swept: Path, tmp_pa
 
     for shot in ("runs.png", "trial.png", "plot.png"):
         assert (tmp_path / shot).stat().st_size > 10_000
+
+
+def test_the_analysis_of_a_real_sweep_reads_every_trial_and_draws_real_plots(swept: Path) -> None:
+    from analysis.load import load_sweep
+    from analysis.plots import make_plots
+    from pclc import metrics as M
+
+    sweep = load_sweep("quickstart-smoke", tracking_uri=f"sqlite:///{swept / 'mlflow.db'}")
+    assert sweep.counts()["finished"] == 2 and len(sweep.trials) == 2
+    for attack in ("fgsm", "pgd_ce", "pgd_cw", "mim", "transfer", M.WORST):
+        assert sweep.trials[M.robust_key(attack, 0.1)].between(0, 1).all()
+    assert sweep.trials[M.PROB_GAP].notna().all()
+
+    plots = make_plots(sweep)
+    drawn = [p for p in plots if p.figure is not None]
+    assert {p.name for p in drawn} >= {"robust_vs_margin", "robust_vs_eps", "clean_vs_robust"}
+    for plot in drawn:
+        data_axes = [ax for ax in plot.figure.axes if ax.lines or ax.collections or ax.patches or ax.images]
+        assert data_axes, f"{plot.name}: no data drawn"
+        # panels sharing axes carry the labels once, on the outer edge: each figure has both somewhere
+        assert any(ax.get_xlabel() for ax in data_axes) and any(ax.get_ylabel() for ax in data_axes), plot.name
+        assert plot.figure.get_suptitle() or any(ax.get_title() for ax in data_axes), f"{plot.name}: untitled"
+    # with 2 trials fANOVA has too little to go on: skipped, and the report says why
+    assert all(p.reason for p in plots if p.figure is None)
