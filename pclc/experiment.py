@@ -28,6 +28,23 @@ from pclc.train import Trainer, accuracy, fit, load_checkpoint, save_checkpoint,
 Report = Callable[[dict[str, float], "dict[str, Any] | None"], None]
 
 
+class OutputError(ValueError):
+    """The output folder cannot take files: found before training, not after it."""
+
+
+def ensure_writable(folder: str | Path) -> Path:
+    """Create `folder` and prove it takes a file now, rather than after hours of training."""
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".pclc-write-probe"
+        probe.write_bytes(b"\0" * 4096)
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"output folder {path} cannot be written ({exc.strerror or exc})") from None
+    return path
+
+
 @dataclass
 class Prepared:
     """What every trial of a sweep shares: the data and the substitute for transfer attacks."""
@@ -98,6 +115,8 @@ def run_trial(
     """Train and score one configuration; returns the final metrics (DESIGN.md schema)."""
     # ---- set-up: device, seeds, threads, data shared by the sweep
     started = time.perf_counter()
+    if cfg.out_dir:
+        ensure_writable(cfg.out_dir)
     device = select_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -212,6 +212,35 @@ def _storage_root(cfg: SweepConfig, storage_path: str | None) -> str:
     return root if "://" in root else str(Path(root).expanduser().resolve())
 
 
+class StorageError(ValueError):
+    """The storage folder cannot be written (read-only, under a file, full): found before Ray starts."""
+
+
+def check_storage(root: str) -> None:
+    """Create `root` and write (then remove) a small probe file there, so that an unwritable or full
+    storage folder is one clear error before any trial trains, not a failure an hour in."""
+    if "://" in root:
+        return  # remote storage: Ray checks it itself
+    path = Path(root)
+    probe = path / f".pclc-write-probe-{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 65536)  # a checkpoint's worth, so a nearly full disk shows too
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise StorageError(
+            f"storage_path {root} cannot be written ({exc.strerror or exc}): choose a writable folder "
+            "with --storage-path or `storage_path` in the sweep file"
+        ) from None
+    finally:
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
 def _experiment_path(root: str, name: str) -> str:
     return f"{root.rstrip('/')}/{name}"
 
@@ -294,6 +323,7 @@ def run_sweep(
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
     root = _storage_root(cfg, storage_path)
+    check_storage(root)  # also done by sweep_command before Ray starts; here for callers of run_sweep
     exp_path = _experiment_path(root, cfg.name)
     restorable = tune.Tuner.can_restore(exp_path)
     if resume and not restorable:
@@ -327,6 +357,7 @@ def run_sweep(
             searched=tuple(cfg.space) if cfg.mode == "optimize" else _varied(cfg),
             run_fn=run_fn,
             extra_tags={"pclc.sweep": cfg.name},
+            experiment_path=exp_path,
         )
         fn = tune.with_resources(
             tune.with_parameters(trainable, prepared=prepared, setup=setup),
@@ -364,7 +395,11 @@ def run_sweep(
             )
             _write_local(exp_path, CONFIG_COPY, resolved_yaml(cfg))
         _write_local(exp_path, METADATA_FILE, json.dumps({"tracking_uri": uri, **target.__dict__}, indent=2))
-        grid = tuner.fit()
+        try:
+            grid = tuner.fit()
+        except Exception:
+            check_storage(root)  # a storage folder that ran full is the cause Ray's own error does not name
+            raise
 
         # ---- MLflow agrees with Tune: one run per trial, none RUNNING
         result = _collect(cfg, grid, tracker, exp_path, restorable)
@@ -552,6 +587,8 @@ def sweep_command(args: argparse.Namespace) -> int:
         from sweeps.config import normalize_tracking_uri
 
         tracking_uri = normalize_tracking_uri(tracking_uri)
+
+    check_storage(_storage_root(cfg, args.storage_path))  # before Ray starts
 
     import ray
 

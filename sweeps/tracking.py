@@ -4,13 +4,17 @@ One parent run per sweep (created on the driver, with the resolved sweep file, g
 package versions) and one child run per trial. A trial finds its child run by the tag
 `pclc.trial_id` under the parent, so a retried or resumed trial writes into the same run and the
 store ends with exactly one run per trial. Every write goes through `retrying`, because SQLite
-answers "database is locked" when several trial processes write at once. No Ray import here.
+answers "database is locked" when several trial processes write at once. A trial's metrics
+survive a tracking server that is down for a while: they wait in a buffer (in memory and in a
+file in the trial's output folder, so a retry finds them) and are sent once it answers again;
+the final evaluation waits for it at most `patience_s`. No Ray import here.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import random
 import subprocess
@@ -37,6 +41,18 @@ EXPERIMENT_PATH = "pclc.experiment_path"
 STOPPED_EARLY = "pclc.stopped_early"
 
 _LOCKED = ("database is locked", "database is busy", "database table is locked")
+# How a tracking server that is down (or restarting) shows through MLflow's REST client.
+_UNREACHABLE = (
+    "connection refused", "max retries exceeded", "failed to establish a new connection", "connection aborted",
+    "connection reset", "remotedisconnected", "read timed out", "connecttimeout", "bad gateway",
+    "service unavailable", "gateway timeout", "too many 502 error", "too many 503 error", "too many 504 error",
+)  # fmt: skip
+PATIENCE_ENV = "PCLC_TRACKING_PATIENCE_S"  # how long a trial waits for MLflow at its end (seconds)
+DEFAULT_PATIENCE_S = 600.0
+# MLflow's client retries a refused request 7 times with back-off (minutes) before it raises:
+# a trial retries on its own terms instead, so the client gives up after a few seconds.
+_CLIENT_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}  # fmt: skip
 _NOT_LOGGED = {"done"}  # run_trial's end-of-trial flag: Tune's business, not a metric
 
 
@@ -64,6 +80,49 @@ def retrying(fn: Callable[..., T], *args: Any, attempts: int = 60, **kwargs: Any
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 1.6, 2.0)
     raise AssertionError("unreachable")
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server stayed unreachable for longer than a trial's patience."""
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says the tracking server could not be reached (as opposed to a refused request)."""
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return isinstance(exc, ConnectionError) or any(s in text for s in _UNREACHABLE)
+
+
+def tracking_patience() -> float:
+    """Seconds a trial waits for an unreachable tracking server before it fails (env PCLC_TRACKING_PATIENCE_S)."""
+    try:
+        return float(os.environ.get(PATIENCE_ENV, DEFAULT_PATIENCE_S))
+    except ValueError:
+        return DEFAULT_PATIENCE_S
+
+
+def limit_client_retries() -> None:
+    """Keep MLflow's own HTTP retries short in this (trial) process; an explicit setting wins."""
+    for key, value in _CLIENT_LIMITS.items():
+        os.environ.setdefault(key, value)
+
+
+def patiently(fn: Callable[..., T], *args: Any, deadline: float, what: str, uri: str, **kwargs: Any) -> T:
+    """`retrying(fn)`, and while the server is unreachable, again until `deadline` (time.monotonic())."""
+    delay = 0.5
+    while True:
+        try:
+            return retrying(fn, *args, **kwargs)
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TrackingUnavailable(
+                    f"the MLflow tracking server at {uri} could not be reached while {what} "
+                    f"(gave up after the trial's patience, {PATIENCE_ENV}): {failure_reason(str(exc), 500)}"
+                ) from None
+            time.sleep(min(delay, left))
+            delay = min(delay * 1.5, 5.0)
 
 
 def param_value(value: Any) -> str:
@@ -307,40 +366,72 @@ def find_trial_run(client: MlflowClient, target: TrackingTarget, trial_id: str) 
 
 
 class TrialRun:
-    """One trial's child run, opened in the trial's process; the same run across retries and resumes."""
+    """One trial's child run, opened in the trial's process; the same run across retries and resumes.
 
-    def __init__(self, client: MlflowClient, run: Run, logged_epochs: set[int], reopened: bool) -> None:
+    Metrics go through a pending buffer: a write the server does not answer stays there (and in
+    `buffer_path`, when given) and is sent with the next one; `log_final` waits for the server up
+    to `patience_s` before it gives up with `TrackingUnavailable`.
+    """
+
+    def __init__(
+        self, client: MlflowClient, run: Run, logged_epochs: set[int], reopened: bool, *,
+        buffer_path: Path | None = None, patience_s: float | None = None, uri: str = "",
+    ) -> None:  # fmt: skip
         self.client = client
         self.run_id = run.info.run_id
-        self.logged_epochs = logged_epochs  # steps already in MLflow: a retry does not log them twice
+        self.logged_epochs = logged_epochs  # steps already in MLflow or buffered: a retry does not log them twice
         self.reopened = reopened
+        self.buffer_path = buffer_path
+        self.patience_s = tracking_patience() if patience_s is None else patience_s
+        self.uri = uri
+        self.pending: list[Metric] = []  # metrics the server has not acknowledged yet
         self._previous = run
         self._last_epoch: dict[str, float] = {}
 
     @classmethod
     def open(
         cls, target: TrackingTarget, *, trial_id: str, params: dict[str, Any], tags: dict[str, str] | None = None,
+        buffer_path: str | Path | None = None, patience_s: float | None = None,
     ) -> TrialRun:  # fmt: skip
-        """Find the trial's run under the parent, or create it with every parameter."""
+        """Find the trial's run under the parent, or create it with every parameter.
+
+        Metrics an earlier attempt left in `buffer_path` (the server was down) are sent first.
+        """
+        limit_client_retries()
+        patience = tracking_patience() if patience_s is None else patience_s
+        deadline = time.monotonic() + patience
         client = MlflowClient(target.tracking_uri)
-        run = find_trial_run(client, target, trial_id)
+
+        def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+            return patiently(fn, *args, deadline=deadline, what="opening the trial's run", uri=target.tracking_uri,
+                             **kwargs)  # fmt: skip
+
+        buffer = Path(buffer_path) if buffer_path is not None else None
+        run = call(find_trial_run, client, target, trial_id)
         all_tags = {**_trial_tags(target, trial_id), **(tags or {})}
         if run is None:
-            run = retrying(client.create_run, target.experiment_id, tags=all_tags, run_name=f"trial_{trial_id}")
+            run = call(client.create_run, target.experiment_id, tags=all_tags, run_name=f"trial_{trial_id}")
             items = [Param(k, param_value(v)) for k, v in params.items()]
             for chunk in _batched(items, 100):
-                retrying(client.log_batch, run.info.run_id, params=chunk)
-            return cls(client, run, set(), reopened=False)
-        history = retrying(client.get_metric_history, run.info.run_id, M.EPOCH)
-        logged = {int(m.step) for m in history}
-        if run.info.status != "FINISHED" or run.data.tags.get(FINAL) != "1":
-            retrying(client.update_run, run.info.run_id, status="RUNNING")
-            if FAILURE in run.data.tags:  # a retry: the earlier attempt's reason no longer holds
-                retrying(client.delete_tag, run.info.run_id, FAILURE)
-        attempts = int(run.data.tags.get("pclc.attempts", "1")) + 1
-        retrying(client.log_batch, run.info.run_id,
+                call(client.log_batch, run.info.run_id, params=chunk)
+            opened = cls(client, run, set(), reopened=False, buffer_path=buffer, patience_s=patience,
+                       uri=target.tracking_uri)  # fmt: skip
+        else:
+            history = call(client.get_metric_history, run.info.run_id, M.EPOCH)
+            logged = {int(m.step) for m in history}
+            if run.info.status != "FINISHED" or run.data.tags.get(FINAL) != "1":
+                call(client.update_run, run.info.run_id, status="RUNNING")
+                if FAILURE in run.data.tags:  # a retry: the earlier attempt's reason no longer holds
+                    call(client.delete_tag, run.info.run_id, FAILURE)
+            attempts = int(run.data.tags.get("pclc.attempts", "1")) + 1
+            call(client.log_batch, run.info.run_id,
                  tags=[RunTag(k, v) for k, v in {**(tags or {}), "pclc.attempts": str(attempts)}.items()])  # fmt: skip
-        return cls(client, run, logged, reopened=True)
+            opened = cls(client, run, logged, reopened=True, buffer_path=buffer, patience_s=patience,
+                       uri=target.tracking_uri)  # fmt: skip
+        opened.pending = _read_buffer(buffer)
+        opened.logged_epochs |= {int(m.step) for m in opened.pending if m.key == M.EPOCH}
+        opened.flush(deadline=deadline, what="sending the metrics an earlier attempt buffered")
+        return opened
 
     def finished_metrics(self) -> dict[str, float] | None:
         """The final metrics, if an earlier attempt already finished and logged them."""
@@ -349,17 +440,61 @@ class TrialRun:
             return {M.from_mlflow(k): v for k, v in run.data.metrics.items()}
         return None
 
+    def flush(self, *, deadline: float | None = None, what: str = "logging metrics") -> bool:
+        """Send the pending metrics. Without a deadline one try: an unreachable server leaves them
+        pending (persisted) and returns False; with one, wait for the server until then."""
+        while self.pending:
+            chunk = self.pending[:500]
+            try:
+                if deadline is None:
+                    retrying(self.client.log_batch, self.run_id, metrics=chunk)
+                else:
+                    patiently(self.client.log_batch, self.run_id, metrics=chunk, deadline=deadline, what=what,
+                              uri=self.uri)  # fmt: skip
+            except Exception as exc:
+                self._persist()
+                if deadline is None and unreachable(exc):
+                    return False
+                raise
+            # identical (key, value, timestamp, step) rows are stored once: a resent chunk is harmless
+            del self.pending[: len(chunk)]
+        self._persist()
+        return True
+
+    def _persist(self) -> None:
+        """Mirror the pending metrics in `buffer_path` (removed once empty), for a retried attempt."""
+        if self.buffer_path is None:
+            return
+        try:
+            if not self.pending:
+                self.buffer_path.unlink(missing_ok=True)
+                return
+            self.buffer_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.buffer_path.with_name(self.buffer_path.name + ".tmp")
+            tmp.write_text(json.dumps([[m.key, m.value, m.timestamp, m.step] for m in self.pending]))
+            tmp.replace(self.buffer_path)
+        except OSError as exc:  # the metrics stay in memory; only a retry after a crash would miss them
+            print(f"pclc trial: warning: cannot keep unsent metrics in {self.buffer_path}: {exc}", flush=True)
+
     def log_epoch(self, metrics: dict[str, float]) -> None:
-        """Per-epoch metrics at step=epoch (skipped when a previous attempt logged that epoch)."""
+        """Per-epoch metrics at step=epoch (skipped when a previous attempt logged that epoch).
+
+        Never waits for an unreachable server: the metrics stay pending and training goes on.
+        """
         step = int(metrics[M.EPOCH])
         self._last_epoch = dict(metrics)
         if step in self.logged_epochs:
             return
-        retrying(self.client.log_batch, self.run_id, metrics=_metrics(metrics, step, int(time.time() * 1000)))
+        self.pending += _metrics(metrics, step, int(time.time() * 1000))
         self.logged_epochs.add(step)
+        self.flush()
 
     def log_final(self, final: dict[str, float], evaluation: dict[str, Any], weights: Path | None) -> None:
-        """The final evaluation at step=epochs, evaluation.json, the weights if asked; then FINISHED."""
+        """The final evaluation at step=epochs, evaluation.json, the weights if asked; then FINISHED.
+
+        Waits up to `patience_s` for an unreachable server, then raises `TrackingUnavailable`.
+        """
+        deadline = time.monotonic() + self.patience_s
         step = int(final[M.EPOCH])
         # keys the last epoch already logged at this step with the same value are not written twice
         fresh = {
@@ -367,22 +502,44 @@ class TrialRun:
             for k, v in final.items()
             if not (step in self.logged_epochs and k in self._last_epoch and _same(self._last_epoch[k], v))
         }
-        items = _metrics(fresh, step, int(time.time() * 1000))
-        for chunk in _batched(items, 500):
-            retrying(self.client.log_batch, self.run_id, metrics=chunk)
-        retrying(self.client.log_dict, self.run_id, evaluation, "evaluation.json")
-        if weights is not None and weights.is_file():
-            retrying(self.client.log_artifact, self.run_id, str(weights), "weights")
-        retrying(self.client.set_tag, self.run_id, FINAL, "1")
-        retrying(self.client.set_terminated, self.run_id, "FINISHED")
+        self.pending += _metrics(fresh, step, int(time.time() * 1000))
+        what = "logging the final evaluation"
+        self.flush(deadline=deadline, what=what)
 
-    def fail(self, reason: str) -> None:
-        """FAILED with the reason; Tune may retry the trial, which reopens this run."""
-        retrying(self.client.set_tag, self.run_id, FAILURE, failure_reason(reason))
-        retrying(self.client.set_terminated, self.run_id, "FAILED")
+        def call(fn: Callable[..., Any], *args: Any) -> None:
+            patiently(fn, *args, deadline=deadline, what=what, uri=self.uri)
+
+        call(self.client.log_dict, self.run_id, evaluation, "evaluation.json")
+        if weights is not None and weights.is_file():
+            call(self.client.log_artifact, self.run_id, str(weights), "weights")
+        call(self.client.set_tag, self.run_id, FINAL, "1")
+        call(self.client.set_terminated, self.run_id, "FINISHED")
+
+    def fail(self, reason: str, patience_s: float = 10.0) -> None:
+        """FAILED with the reason; Tune may retry the trial, which reopens this run.
+
+        Waits only briefly for an unreachable server: the driver records the failure at the end too.
+        """
+        deadline = time.monotonic() + patience_s
+        what = "recording the trial's failure"
+        patiently(self.client.set_tag, self.run_id, FAILURE, failure_reason(reason), deadline=deadline, what=what,
+                  uri=self.uri)  # fmt: skip
+        patiently(self.client.set_terminated, self.run_id, "FAILED", deadline=deadline, what=what, uri=self.uri)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         retrying(self.client.log_batch, self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+def _read_buffer(path: Path | None) -> list[Metric]:
+    """The metrics an earlier attempt could not send (see `TrialRun._persist`)."""
+    if path is None or not path.is_file():
+        return []
+    try:
+        rows = json.loads(path.read_text())
+        return [Metric(str(k), float(v), int(ts), int(step)) for k, v, ts, step in rows]
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"pclc trial: warning: ignoring unreadable metric buffer {path}: {exc}", flush=True)
+        return []
 
 
 def _same(a: float, b: float) -> bool:
@@ -390,6 +547,7 @@ def _same(a: float, b: float) -> bool:
 
 
 __all__ = [
-    "SweepTracker", "TrialRun", "TrackingTarget", "TrialOutcome", "default_tracking_uri", "artifact_root", "retrying",
+    "SweepTracker", "TrialRun", "TrackingTarget", "TrialOutcome", "TrackingUnavailable", "default_tracking_uri",
+    "artifact_root", "retrying", "patiently", "unreachable", "tracking_patience", "limit_client_retries",
     "failure_reason", "find_trial_run", "param_value", "RunStatus",
 ]  # fmt: skip

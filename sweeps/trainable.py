@@ -3,17 +3,20 @@
 It only reads the config and reports: every epoch goes to MLflow (per-epoch metrics) and to Tune
 (with a checkpoint, so a retried or resumed trial continues from its last epoch); the final
 evaluation goes to MLflow (metrics, evaluation.json, weights) before Tune hears of it, so a kill
-at any point leaves nothing half-recorded that a retry would duplicate.
+at any point leaves nothing half-recorded that a retry would duplicate. Metrics the tracking
+server could not take (it was down) wait in the trial's output folder (`PENDING_FILE`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
 import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ from pclc.train import load_checkpoint, save_checkpoint
 from sweeps.tracking import TrackingTarget, TrialRun
 
 CHECKPOINT_FILE = "state.pt"
+PENDING_FILE = "mlflow_pending.json"  # in the trial's output folder: metrics MLflow has not taken yet
 VARIANT = "variant"  # ablation label carried in the trial's Tune config (not a TrialConfig field)
 GRID_KEY = "trial"  # ablation: Tune grid-searches over override dicts under this key
 
@@ -44,6 +48,7 @@ class TrialSetup:
     searched: tuple[str, ...] = ()  # the TrialConfig fields this sweep varies
     run_fn: RunTrial | None = None  # default pclc.experiment.run_trial; tests inject faults here
     extra_tags: dict[str, str] = field(default_factory=dict)
+    experiment_path: str = ""  # <storage_path>/<name>: named in errors when the storage is full
 
 
 def trial_config(setup: TrialSetup, config: dict[str, Any], trial_id: str) -> TrialConfig:
@@ -83,7 +88,8 @@ def trainable(config: dict[str, Any], *, prepared: Any, setup: TrialSetup) -> No
     variant = config.get(GRID_KEY, {}).get(VARIANT)
     if variant is not None:
         tags["pclc.variant"] = str(variant)
-    run = TrialRun.open(setup.target, trial_id=trial_id, params=cfg.to_dict(), tags=tags)
+    out = Path(cfg.out_dir)  # type: ignore[arg-type]
+    run = TrialRun.open(setup.target, trial_id=trial_id, params=cfg.to_dict(), tags=tags, buffer_path=out / PENDING_FILE)
 
     done = run.finished_metrics()
     if done is not None:  # an earlier attempt finished and logged everything; only Tune missed it
@@ -98,11 +104,13 @@ def trainable(config: dict[str, Any], *, prepared: Any, setup: TrialSetup) -> No
             run.log_epoch(metrics)
             last_epoch = dict(metrics)
             with tempfile.TemporaryDirectory(prefix="pclc-ckpt-") as folder:
-                save_checkpoint(state, Path(folder) / CHECKPOINT_FILE)
-                tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(folder))
+                with _naming(Path(folder) / CHECKPOINT_FILE):
+                    save_checkpoint(state, Path(folder) / CHECKPOINT_FILE)
+                where = f"{setup.experiment_path}/trial_{trial_id}" if setup.experiment_path else "the storage_path"
+                with _naming(where, "saving the checkpoint into"):
+                    tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(folder))
             return
         final = {k: v for k, v in metrics.items() if k != "done"}
-        out = Path(cfg.out_dir)  # type: ignore[arg-type]
         evaluation = _evaluation(out, final, cfg)
         weights = out / "model.pt" if cfg.save_weights else None
         run.log_final(final, evaluation, weights)
@@ -113,11 +121,32 @@ def trainable(config: dict[str, Any], *, prepared: Any, setup: TrialSetup) -> No
     if run_fn is None:
         from pclc.experiment import run_trial as run_fn
     try:
-        run_fn(cfg, report, prepared=prepared, resume=_load_resume())  # a corrupt checkpoint fails here too
+        with _naming(out, "writing the trial's outputs under"):
+            run_fn(cfg, report, prepared=prepared, resume=_load_resume())  # a corrupt checkpoint fails here too
     except Exception as exc:  # not SystemExit: that is Tune stopping the trial (ASHA), not a failure
         # Tune may retry (the run reopens); the driver gives the final word when retries run out.
-        run.fail(f"{type(exc).__name__}: {exc}")
+        try:
+            run.fail(f"{type(exc).__name__}: {exc}")
+        except Exception as tracking_exc:  # MLflow unreachable: keep the trial's own error
+            print(f"pclc trial: warning: cannot record the failure in MLflow: {tracking_exc}", flush=True)
         raise
+
+
+class StorageFullError(OSError):
+    """A write failed for lack of space; the message names the path (Python's own often does not)."""
+
+
+@contextlib.contextmanager
+def _naming(path: Path | str, doing: str = "writing") -> Iterator[None]:
+    """Give a failed write a message that names the path: 'No space left on device' alone says not where."""
+    try:
+        yield
+    except StorageFullError:
+        raise
+    except Exception as exc:  # an OSError, or Ray's wrapping of one
+        if getattr(exc, "errno", None) != errno.ENOSPC and "no space left" not in str(exc).lower():
+            raise
+        raise StorageFullError(errno.ENOSPC, f"No space left on device while {doing} {path}") from exc
 
 
 def _evaluation(out: Path, final: dict[str, float], cfg: TrialConfig) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Shared pieces of the sweep tests: tiny sweep files, MLflow read-back, and injected faults.
+"""Shared pieces of the sweep tests: tiny sweep files, MLflow read-back, injected faults, and a real
+`mlflow server` that a test can stop and start again.
 
 The fault functions wrap the real `run_trial`; they are sent to Ray workers by value
 (`register_pickle_by_value`), since workers cannot import this test folder.
@@ -6,7 +7,15 @@ The fault functions wrap the real `run_trial`; they are sent to Ray workers by v
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +93,31 @@ def history(tracking_uri: str, run: Run, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in MlflowClient(tracking_uri).get_metric_history(run.info.run_id, key))
 
 
+def assert_mlflow_holds_every_report(uri: str, experiment: str, notes_dir: Path, trial: TrialConfig) -> None:
+    """Each trial's MLflow run holds every param and every (step, value) the trial reported, each once."""
+    _, children = runs(uri, experiment)
+    by_trial = {c.data.tags["pclc.trial_id"]: c for c in children}
+    noted = {p.stem: notes(p) for p in notes_dir.glob("*.jsonl")}
+    assert len(children) == len(by_trial) == len(noted) and set(by_trial) == set(noted)
+    client = MlflowClient(uri)
+    for trial_id, entries in noted.items():
+        child = by_trial[trial_id]
+        assert child.info.status == "FINISHED", child.data.tags.get("pclc.failure_reason")
+        params = entries[0]["params"]
+        assert child.data.params == {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in params.items()}
+        expected: dict[str, set[tuple[int, float]]] = {}
+        for entry in (e for e in entries if "metrics" in e):
+            step = int(entry["metrics"]["epoch"])
+            for key, value in entry["metrics"].items():
+                if key != "done":
+                    expected.setdefault(M.to_mlflow(key), set()).add((step, float(value)))
+        assert set(child.data.metrics) == set(expected)
+        assert set(final_metric_names(trial)) <= set(expected)
+        for key, points in expected.items():
+            logged = [(m.step, m.value) for m in client.get_metric_history(child.info.run_id, key)]
+            assert sorted(logged) == sorted(points), (trial_id, key)  # all there, none twice
+
+
 # --------------------------------------------------------------------------- injected faults
 
 
@@ -114,3 +148,122 @@ def failing_after_first_epoch(
             raise RuntimeError(f"injected failure after epoch {int(metrics['epoch'])}")
 
     return run_trial(cfg, report_then_fail, prepared=prepared, resume=resume)
+
+
+def killed_once_mid_trial(
+    cfg: TrialConfig, report: Any, *, prepared: Any = None, resume: Any = None, notes_file: str, marker: str,
+    kill_epoch: int,
+) -> dict[str, float]:  # fmt: skip
+    """SIGKILL of the trial's own worker process once, when epoch `kill_epoch` has trained but before it is
+    reported (the epoch's work is lost mid-way); `marker` makes it happen to the first attempt only."""
+    _note(notes_file, {"pid": os.getpid(), "resume_epoch": None if resume is None else resume["epoch"]})
+
+    def report_or_die(metrics: dict[str, float], state: Any) -> None:
+        if state is not None:
+            _note(notes_file, {"pid": os.getpid(), "epoch": int(metrics["epoch"])})
+            if int(metrics["epoch"]) == kill_epoch and not os.path.exists(marker):
+                open(marker, "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
+        report(metrics, state)
+
+    return run_trial(cfg, report_or_die, prepared=prepared, resume=resume)
+
+
+def noting_reports(
+    cfg: TrialConfig, report: Any, *, prepared: Any = None, resume: Any = None, notes_dir: str,
+    go_file: str | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """Note every report of the trial (after it went through) in `<notes_dir>/<trial>.jsonl`, so a test
+    can compare MLflow with what the trial really reported. With `go_file`, wait after epoch 1 until that
+    file exists (the test stops the tracking server meanwhile)."""
+    path = os.path.join(notes_dir, os.path.basename(str(cfg.out_dir)) + ".jsonl")
+    _note(path, {"params": cfg.to_dict()})
+
+    def report_and_note(metrics: dict[str, float], state: Any) -> None:
+        report(metrics, state)
+        _note(path, {"final": state is None, "metrics": metrics, "time": time.time()})
+        if go_file is not None and state is not None and int(metrics["epoch"]) == 1:
+            deadline = time.monotonic() + 300
+            while not os.path.exists(go_file) and time.monotonic() < deadline:
+                time.sleep(0.2)
+
+    return run_trial(cfg, report_and_note, prepared=prepared, resume=resume)
+
+
+def filling_disk_after_first_epoch(
+    cfg: TrialConfig, report: Any, *, prepared: Any = None, resume: Any = None, fill_dir: str,
+) -> dict[str, float]:  # fmt: skip
+    """After epoch 1 is reported, fill the file system of `fill_dir` to the last byte (disk full)."""
+    def report_then_fill(metrics: dict[str, float], state: Any) -> None:
+        report(metrics, state)
+        if state is not None and int(metrics["epoch"]) == 1:
+            with open(os.path.join(fill_dir, "filler"), "ab", buffering=0) as f:
+                try:
+                    while True:
+                        f.write(b"\0" * 4096)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+
+    return run_trial(cfg, report_then_fill, prepared=prepared, resume=resume)
+
+
+# --------------------------------------------------------------------------- a real MLflow server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class MlflowServer:
+    """`mlflow server` on 127.0.0.1 over a SQLite store in `folder`: started, stopped and restarted on the
+    same port with the same store (one process group, so its uvicorn workers stop with it)."""
+
+    def __init__(self, folder: Path, port: int | None = None) -> None:
+        self.folder, self.port = folder, port or free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc: Any = None
+        self.starts = 0
+
+    def start(self, timeout: float = 180.0) -> None:
+        self.starts += 1
+        command = [
+            str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
+            "--workers", "1", "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
+            "--artifacts-destination", str(self.folder / "server_artifacts"),
+        ]  # fmt: skip
+        log = open(self.folder / f"server{self.starts}.log", "w")
+        self.proc = subprocess.Popen(command, cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc.poll() is None, (self.folder / f"server{self.starts}.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the MLflow server did not answer in time"
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=20)
+        try:  # uvicorn's workers share the group: none may keep the port
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as answer:
+                return bool(answer.status == 200)
+        except OSError:
+            return False

@@ -59,3 +59,10 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
 def test_debug_is_accepted_after_the_subcommand_too(tmp_path: Path) -> None:
     proc = pclc("train", "--debug", "--set", "margin=2", cwd=tmp_path)
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "margin" in proc.stderr
+
+
+def test_an_unwritable_output_folder_is_refused_before_training(tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("not a folder")
+    proc = pclc("train", *FAST, "--set", f"out_dir={tmp_path / 'a_file' / 'out'}", cwd=tmp_path)
+    assert proc.returncode == 2 and "cannot be written" in proc.stderr and "a_file" in proc.stderr
+    assert "[epoch]" not in proc.stderr and "Traceback" not in proc.stderr

@@ -18,16 +18,17 @@ from sweep_util import EPOCH_KEYS, final_metric_names, history, runs, tiny_optim
 TRIALS = 6
 
 
-def _finished_children(uri: str, experiment: str) -> int:
+def _finished_children(uri: str, experiment: str) -> dict[str, int]:
+    """run id → end time of every FINISHED trial run so far."""
     try:
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
-            return 0
+            return {}
         found = client.search_runs([exp.experiment_id], "tags.`pclc.role` = 'trial' and attributes.status = 'FINISHED'")
-        return len(found)
+        return {r.info.run_id: r.info.end_time for r in found}
     except Exception:  # the store may not exist yet, or be locked for a moment
-        return 0
+        return {}
 
 
 @pytest.mark.slow
@@ -43,7 +44,7 @@ def test_sigkill_of_the_driver_then_resume_finishes_exactly_the_configured_trial
         first = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.monotonic() + 240
-            while _finished_children(uri, "resume") < 2:
+            while len(_finished_children(uri, "resume")) < 2:
                 assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
                 assert time.monotonic() < deadline, "no trial finished in time"
                 time.sleep(0.5)
@@ -52,7 +53,7 @@ def test_sigkill_of_the_driver_then_resume_finishes_exactly_the_configured_trial
             first.wait(timeout=60)
     assert first.returncode == -signal.SIGKILL
     done_before = _finished_children(uri, "resume")
-    assert 2 <= done_before < TRIALS
+    assert 2 <= len(done_before) < TRIALS
 
     # ---- second run: resumes the stored experiment
     second = subprocess.run(command + ["--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=420)
@@ -66,6 +67,9 @@ def test_sigkill_of_the_driver_then_resume_finishes_exactly_the_configured_trial
     trial_ids = [c.data.tags["pclc.trial_id"] for c in children]
     assert len(children) == TRIALS and len(set(trial_ids)) == TRIALS
     assert all(c.info.status == "FINISHED" for c in children)
+    # none twice: the trials that had finished before the kill were neither run again nor replaced
+    ended = {c.info.run_id: c.info.end_time for c in children}
+    assert {run_id: ended.get(run_id) for run_id in done_before} == done_before
     for child in children:
         assert set(final_metric_names(cfg.trial)) <= set(child.data.metrics)
         for key in EPOCH_KEYS:
