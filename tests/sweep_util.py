@@ -16,9 +16,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+import ray
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
@@ -267,3 +270,11 @@ class MlflowServer:
                 return bool(answer.status == 200)
         except OSError:
             return False
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """A private local Ray per test module: never a `ray start` cluster that may run on the machine."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield
+    ray.shutdown()

@@ -9,10 +9,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import ray
 import sweep_util
 from ray import cloudpickle
-from sweep_util import MlflowServer, assert_mlflow_holds_every_report, tiny_optimize
+from sweep_util import (
+    MlflowServer,
+    assert_mlflow_holds_every_report,
+    local_ray,  # noqa: F401  (a fixture)
+    tiny_optimize,
+)
 
 from sweeps.driver import run_sweep
 
@@ -20,12 +24,6 @@ cloudpickle.register_pickle_by_value(sweep_util)  # Ray workers cannot import th
 
 TRIALS = 8
 
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)  # never a `ray start` cluster
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(params=["sqlite", "server"])

@@ -16,17 +16,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import ray
 import sweep_util
 import yaml
 from mlflow.tracking import MlflowClient
 from ray import cloudpickle
-from sweep_util import (
+from sweep_util import (  # noqa: F401  (local_ray is a fixture)
     EPOCH_KEYS,
     MlflowServer,
     assert_mlflow_holds_every_report,
     final_metric_names,
     history,
+    local_ray,
     notes,
     runs,
     tiny_ablation,
@@ -40,12 +40,6 @@ from sweeps.trainable import PENDING_FILE
 
 cloudpickle.register_pickle_by_value(sweep_util)  # Ray workers cannot import the tests folder
 
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)  # never a `ray start` cluster of the machine
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -8,18 +8,17 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import ray
 import sweep_util
 from mlflow.tracking import MlflowClient
 from ray import cloudpickle
-from sweep_util import (
+from sweep_util import (  # noqa: F401  (local_ray is a fixture)
     EPOCH_KEYS,
     final_metric_names,
     history,
+    local_ray,
     notes,
     runs,
     tiny_ablation,
@@ -31,12 +30,6 @@ from sweeps.driver import run_sweep
 
 cloudpickle.register_pickle_by_value(sweep_util)  # Ray workers cannot import the tests folder
 
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
-    yield
-    ray.shutdown()
 
 
 def _uri(tmp_path: Path) -> str:
