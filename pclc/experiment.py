@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +33,14 @@ class OutputError(ValueError):
     """The output folder cannot take files: found before training, not after it."""
 
 
-def ensure_writable(folder: str | Path) -> Path:
-    """Create `folder` and prove it takes a file now, rather than after hours of training."""
+def ensure_writable(folder: str | Path) -> None:
+    """Prove now, not after hours of training, that `folder` can be made and take a file.
+
+    Leaves no trace: folders made for the probe are removed again (a run that fails later on
+    bad data must not leave an empty output folder behind).
+    """
     path = Path(folder)
+    first_new = next((p for p in [path, *path.parents] if not p.exists() and p.parent.exists()), None)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".pclc-write-probe"
@@ -42,7 +48,8 @@ def ensure_writable(folder: str | Path) -> Path:
         probe.unlink()
     except OSError as exc:
         raise OutputError(f"output folder {path} cannot be written ({exc.strerror or exc})") from None
-    return path
+    if first_new is not None:
+        shutil.rmtree(first_new, ignore_errors=True)
 
 
 @dataclass
