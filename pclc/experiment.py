@@ -90,7 +90,7 @@ def train_substitute(cfg: TrialConfig, data: Dataset) -> dict[str, torch.Tensor]
     sub = substitute_config(cfg)
     device = select_device(sub.device)
     seed_everything(sub.seed)
-    model = create_model(sub.model, input_shape=data.input_shape, num_classes=data.num_classes).to(device)
+    model = _build(sub.model, data, device)
     fit(sub, model, data.to(device), device)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if cache is not None:
@@ -108,7 +108,8 @@ def prepare(cfg: TrialConfig) -> Prepared:
     return Prepared(data=data, substitute_state=substitute)
 
 
-def _build(cfg: TrialConfig, data: Dataset, device: torch.device, name: str) -> nn.Module:
+def _build(name: str, data: Dataset, device: torch.device) -> nn.Module:
+    """The model `name`, shaped for `data`, on `device`."""
     return create_model(name, input_shape=data.input_shape, num_classes=data.num_classes).to(device)
 
 
@@ -134,10 +135,10 @@ def run_trial(
     x_epoch, y_epoch = x_eval[: cfg.epoch_eval_samples], y_eval[: cfg.epoch_eval_samples]
 
     # ---- model (and the substitute for transfer attacks)
-    model = _build(cfg, data, device, cfg.model)
+    model = _build(cfg.model, data, device)
     substitute = None
     if prepared.substitute_state is not None:
-        substitute = _build(cfg, data, device, cfg.substitute_model or cfg.model)
+        substitute = _build(cfg.substitute_model or cfg.model, data, device)
         substitute.load_state_dict(prepared.substitute_state)
 
     # ---- train: CE warm-up, then the configured loss; report every epoch with a checkpoint
