@@ -158,10 +158,23 @@ def variant_sort_key(name: str) -> tuple[int, str]:
 
 
 def canonical_metric(name: str) -> str:
-    """A metric name in the schema's canonical spelling ('eps=0.10' → 'eps=0.1', MLflow '_' → '=')."""
+    """A metric name in the schema's canonical spelling ('eps=0.10' → 'eps=0.1', MLflow '_' → '='),
+    a `finalist/` re-score included (its key is the trial's own key behind the prefix)."""
+    if name.startswith(M.FINALIST_PREFIX):
+        return M.finalist_key(canonical_metric(name.removeprefix(M.FINALIST_PREFIX)))
     name = M.from_mlflow(name)
     parsed = M.parse_robust_key(name)
     return M.robust_key(*parsed) if parsed else name
+
+
+def is_finalist(metric: str) -> bool:
+    """True for `pclc evaluate`'s re-score of chosen trials, never a trial's own metric."""
+    return metric.startswith(M.FINALIST_PREFIX)
+
+
+def variant_label(variant: str, config: str) -> str:
+    """'pclc (ξ=0.995, λ=0.5)', or just the variant for its only ('default') configuration."""
+    return variant if config == "default" else f"{variant} ({config})"
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -234,6 +247,10 @@ class Sweep:
 
     def masking_flags(self) -> list[str]:
         return [M.masking_key(f) for f in MASKING_FLAGS if M.masking_key(f) in self.metrics]
+
+    def finalist_metrics(self) -> list[str]:
+        """The `finalist/*` re-scores some analysed runs carry (`pclc evaluate`), in metric order."""
+        return [m for m in self.metrics if is_finalist(m) and self.trials[m].notna().any()]
 
 
 def _run_row(run: Run) -> tuple[dict[str, Any], dict[str, str], dict[str, float]]:
@@ -445,7 +462,8 @@ def _data_notes(sweep: Sweep, child_runs: list[Run]) -> list[str]:
     missing: dict[tuple[str, ...], list[str]] = {}
     nans: dict[tuple[str, ...], list[str]] = {}
     for metric in sweep.metrics:
-        gone = tuple(r for r in ids if metric not in present[r])
+        # finalist/* re-scores belong to the few trials `pclc evaluate` chose: their absence elsewhere is normal
+        gone = () if is_finalist(metric) else tuple(r for r in ids if metric not in present[r])
         bad = tuple(r for r in ids if metric in present[r] and not math.isfinite(present[r][metric]))
         if gone and len(gone) < len(ids):
             missing.setdefault(gone, []).append(metric)
@@ -462,6 +480,12 @@ def _data_notes(sweep: Sweep, child_runs: list[Run]) -> list[str]:
             "treated as missing (means and intervals use the finite values only)."
         )
 
+    rescored = [r for r in ids if any(is_finalist(m) for m in present[r])]
+    if rescored:
+        notes.append(
+            f"{len(rescored)} of {len(ids)} analysed runs carry a full AutoAttack re-score (`finalist/*`, from "
+            f"`pclc evaluate`: {_short_ids(rescored)}); it is shown beside the trials' own numbers, never mixed in."
+        )
     if len(trials):
         sizes = sweep.seeds_per_config()
         if sizes.max() == 1:

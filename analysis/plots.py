@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.load import SEED, SYMBOL, Sweep, fmt_value, variant_sort_key
+from analysis.load import SEED, SYMBOL, Sweep, fmt_value, is_finalist, variant_label, variant_sort_key
 from analysis.stats import best_configs, pareto_mask, summarize
 from pclc import metrics as M
 from pclc.config import TrialConfig
@@ -34,6 +34,7 @@ AUTHORS_LC_WEIGHT = float(TrialConfig.model_fields["lc_weight"].default)
 MAX_LINES = 4  # more combinations of the other knobs than this: plot single trials, not lines
 MIN_IMPORTANCE_TRIALS = 8  # fANOVA's forest says little below this
 MAX_HEATMAP_CELLS = 10  # more distinct values on an axis than this: bin them
+MAX_DUMBBELLS = 24  # more configurations than this in claimed vs AutoAttack: the best ones by the headline
 DPI = 110
 
 
@@ -56,15 +57,33 @@ class Plot:
 
 
 def is_accuracy(metric: str) -> bool:
-    return metric.startswith((M.ROBUST_ACC, M.CLEAN_ACC, "second_class_rate", M.EPOCH_ROBUST_ACC))
+    """True for metrics in [0, 1] shown in % (a `finalist/` re-score of one included)."""
+    plain = metric.removeprefix(M.FINALIST_PREFIX)
+    return plain.startswith((M.ROBUST_ACC, M.CLEAN_ACC, "second_class_rate", M.EPOCH_ROBUST_ACC))
+
+
+# The per-sample worst cases at an eps, as the legend names them (pclc.metrics.AGGREGATES), and their line style.
+AGGREGATE_LABEL = {
+    M.WORST: "worst over every attack",
+    M.WORST_CLASSIC: "worst classic attack (the paper's claim)",
+    M.WORST_AA: "worst AutoAttack-grade attack",
+}
+AGGREGATE_STYLE = {M.WORST: ("-", "o"), M.WORST_CLASSIC: ("--", "s"), M.WORST_AA: (":", "v")}  # (line, marker)
+_HEADLINE_WORDS = {
+    M.ROBUST_ACC: "worst-case robust accuracy",
+    M.ROBUST_ACC_CLASSIC: "claimed robust accuracy (worst classic attack)",
+    M.ROBUST_ACC_AA: "AutoAttack-grade robust accuracy",
+}
 
 
 def metric_label(sweep: Sweep, metric: str) -> str:
     """Axis label with units: 'worst-case robust accuracy at ε=0.2 (%)'."""
     unit = " (%)" if is_accuracy(metric) else ""
-    if metric == M.ROBUST_ACC:
+    if is_finalist(metric):
+        return f"full AutoAttack re-score: {metric_label(sweep, metric.removeprefix(M.FINALIST_PREFIX))}"
+    if metric in _HEADLINE_WORDS:
         eps = sweep.headline_eps
-        return f"worst-case robust accuracy{f' at ε={fmt_value(eps)}' if eps is not None else ''}{unit}"
+        return f"{_HEADLINE_WORDS[metric]}{f' at ε={fmt_value(eps)}' if eps is not None else ''}{unit}"
     parsed = M.parse_robust_key(metric)
     if parsed:
         return f"{parsed[0]} robust accuracy at ε={fmt_value(parsed[1])}{unit}"
@@ -183,14 +202,22 @@ def robust_vs_knob(sweep: Sweep, knob: str) -> Figure:
 # --------------------------------------------------------------------------- ablation curves
 
 
+def attack_rank(attack: str) -> tuple[int, int, str]:
+    """Sort key of attack names: the registry's order (classic, then AutoAttack-grade), unknown names
+    alphabetically, the aggregates (worst, worst_classic, worst_aa) last."""
+    if attack in M.AGGREGATES:
+        return (2, M.AGGREGATES.index(attack), attack)
+    return (0, M.ATTACKS.index(attack), attack) if attack in M.ATTACKS else (1, 0, attack)
+
+
 def _attack_order(attacks: list[str]) -> list[str]:
-    known = [a for a in M.ATTACKS if a in attacks] + [a for a in sorted(attacks) if a not in M.ATTACKS and a != M.WORST]
-    return known + ([M.WORST] if M.WORST in attacks else [])
+    return sorted(attacks, key=attack_rank)
 
 
 def robust_vs_eps(sweep: Sweep) -> Figure:
-    """Robust accuracy against ε, one panel per attack (and the worst case), a line per variant at its best
-    configuration, mean and 95% t-interval over seeds."""
+    """Robust accuracy against ε, one panel per attack and one for the worst cases (every attack solid, the
+    classic and AutoAttack-grade families dashed/dotted), a line per variant at its best configuration,
+    mean and 95% t-interval over seeds."""
     long = sweep.robust_long()
     if long.empty:
         raise NotApplicable("no robust_acc/<attack>/eps=<eps> metrics in the analysed runs")
@@ -198,28 +225,36 @@ def robust_vs_eps(sweep: Sweep) -> Figure:
         raise NotApplicable(f"one eps only ({fmt_value(float(long['eps'].iloc[0]))}): see the ablation table")
     best = best_configs(sweep)[["variant", "config"]]
     long = long.merge(best, on=["variant", "config"])
-    attacks = _attack_order(list(long["attack"].unique()))
-    ncols = min(3, len(attacks))
-    nrows = math.ceil(len(attacks) / ncols)
+    present = _attack_order(list(long["attack"].unique()))
+    aggregates = [a for a in present if a in M.AGGREGATES]
+    panels = [[a] for a in present if a not in M.AGGREGATES] + ([aggregates] if aggregates else [])
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
     fig = _new_figure(3.6 * ncols + 2.6, 3.0 * nrows + 0.6)
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
     colors = variant_colors(sweep.variants)
-    labels = {r.variant: (r.variant if r.config == "default" else f"{r.variant} ({r.config})") for r in best.itertuples()}
+    labels = {r.variant: variant_label(r.variant, r.config) for r in best.itertuples()}
     n_max = 0
-    for ax, attack in zip(axes, attacks):
-        part = long[long["attack"] == attack]
-        for variant in sorted(part["variant"].unique(), key=variant_sort_key):
-            s = summarize(part[part["variant"] == variant], ["eps"], "value").sort_values("eps")
-            n_max = max(n_max, int(s["n"].max()))
-            x = s["eps"].to_numpy(dtype=float)
-            ax.plot(x, s["mean"] * 100, marker="o", color=colors[variant], label=labels[variant])
-            _band(ax, x, s, 100.0, colors[variant])
-        ax.set_title("worst case over attacks" if attack == M.WORST else attack)
+    for ax, attacks in zip(axes, panels):
+        for attack in attacks:
+            part = long[long["attack"] == attack]
+            for variant in sorted(part["variant"].unique(), key=variant_sort_key):
+                s = summarize(part[part["variant"] == variant], ["eps"], "value").sort_values("eps")
+                n_max = max(n_max, int(s["n"].max()))
+                x = s["eps"].to_numpy(dtype=float)
+                line, marker = AGGREGATE_STYLE.get(attack, ("-", "o"))
+                ax.plot(x, s["mean"] * 100, marker=marker, linestyle=line, color=colors[variant], label=labels[variant])
+                _band(ax, x, s, 100.0, colors[variant])
+        if len(attacks) > 1:  # several worst cases share the panel: a legend entry per line style
+            for attack in attacks:
+                line, marker = AGGREGATE_STYLE[attack]
+                ax.plot([], [], color="0.3", linestyle=line, marker=marker, label=AGGREGATE_LABEL[attack])
+        ax.set_title("worst case over attacks" if attacks[0] in M.AGGREGATES else attacks[0])
         ax.grid(alpha=0.3)
-    for ax in axes[len(attacks):]:
+    for ax in axes[len(panels):]:
         ax.set_visible(False)
-    for i, ax in enumerate(axes[: len(attacks)]):
-        if i + ncols >= len(attacks):  # no panel below: this one carries the ε axis
+    for i, ax in enumerate(axes[: len(panels)]):
+        if i + ncols >= len(panels):  # no panel below: this one carries the ε axis
             ax.xaxis.set_tick_params(labelbottom=True)
             ax.set_xlabel("ε (L∞ radius, pixel scale [0, 1])")
         if i % ncols == 0:
@@ -227,6 +262,67 @@ def robust_vs_eps(sweep: Sweep) -> Figure:
     fig.suptitle(f"Robust accuracy vs ε per loss variant (best configuration each; {_interval_note(n_max)})")
     _legend(fig, title="variant")
     return fig
+
+
+# --------------------------------------------------------------------------- claimed vs AutoAttack-grade
+
+CLAIMED_LABEL = "claimed: worst classic attack (open)"
+AA_LABEL = "AutoAttack-grade (filled)"
+
+
+def claimed_vs_autoattack(sweep: Sweep) -> Figure:
+    """Per configuration, at the headline ε, the robust accuracy the paper's classic attacks claim beside
+    what AutoAttack-grade attacks leave: a dumbbell each, mean and 95% t-interval over seeds, the gap written
+    beside it (what a classic-only evaluation overstates)."""
+    pair = [M.ROBUST_ACC_CLASSIC, M.ROBUST_ACC_AA]
+    missing = [m for m in pair if m not in sweep.trials]
+    if missing:
+        raise NotApplicable(
+            f"the runs have no {' or '.join(missing)}: a sweep from before the AutoAttack-grade evaluation"
+        )
+    data = sweep.trials.dropna(subset=pair)
+    if data.empty:
+        raise NotApplicable(f"no run has both {pair[0]} and {pair[1]} (both attack families at the headline ε)")
+    keys = ["variant", "config"]
+    stats = {m: summarize(data, keys, m).set_index(keys) for m in (*pair, sweep.headline)}
+    ascending = sweep.direction(sweep.headline) == "min"
+    ranked = stats[sweep.headline]["mean"].sort_values(ascending=ascending, kind="stable")
+    chosen = sorted(ranked.index[:MAX_DUMBBELLS], key=lambda vc: (variant_sort_key(vc[0]), vc[1]))
+    claimed, real = (stats[m].loc[chosen] for m in pair)
+    colors = variant_colors(sweep.variants)
+    fig = _new_figure(9.6, 0.42 * len(chosen) + 2.0)
+    ax = fig.add_subplot()
+    y = np.arange(len(chosen))
+    for variant in sorted({v for v, _ in chosen}, key=variant_sort_key):
+        rows = [i for i, (v, _) in enumerate(chosen) if v == variant]
+        c, a, color = claimed.iloc[rows], real.iloc[rows], colors[variant]
+        ax.hlines(y[rows], a["mean"] * 100, c["mean"] * 100, color=color, linewidth=2.5, alpha=0.45)
+        ax.errorbar(c["mean"] * 100, y[rows], xerr=c["ci"].fillna(0) * 100, fmt="o", markerfacecolor="white",
+                    markeredgecolor=color, ecolor=color, capsize=3, label=f"_claimed {variant}")  # fmt: skip
+        ax.errorbar(a["mean"] * 100, y[rows], xerr=a["ci"].fillna(0) * 100, fmt="o", color=color, capsize=3,
+                    label=variant)  # fmt: skip
+    for i, ((_, c), (_, a)) in enumerate(zip(claimed.iterrows(), real.iterrows())):
+        right = max(c["mean"] + _finite_or_zero(c["ci"]), a["mean"] + _finite_or_zero(a["ci"])) * 100
+        ax.annotate(f"{(c['mean'] - a['mean']) * 100:+.1f} pp", (right, i), xytext=(6, 0), textcoords="offset points",
+                    va="center", fontsize="x-small")  # fmt: skip
+    ax.plot([], [], "o", markerfacecolor="white", markeredgecolor="0.3", label=CLAIMED_LABEL)
+    ax.plot([], [], "o", color="0.3", label=AA_LABEL)
+    ax.set_yticks(y, [variant_label(v, c) for v, c in chosen])
+    ax.invert_yaxis()  # the paper's variant order top to bottom
+    eps = sweep.headline_eps
+    ax.set_xlabel(f"robust accuracy{f' at ε={fmt_value(eps)}' if eps is not None else ' at the headline ε'} (%)")
+    ax.set_ylabel("loss variant (configuration)")
+    n_max = int(max(claimed["n"].max(), real["n"].max()))
+    cut = len(ranked) > len(chosen)
+    shown = f"; best {len(chosen)} of {len(ranked)} configurations by {sweep.headline}" if cut else ""
+    ax.set_title(f"Claimed (classic) vs AutoAttack-grade robust accuracy\n{_interval_note(n_max)}; gap in pp{shown}")
+    ax.grid(axis="x", alpha=0.3)
+    _legend(fig)
+    return fig
+
+
+def _finite_or_zero(value: float) -> float:
+    return float(value) if math.isfinite(value) else 0.0
 
 
 # --------------------------------------------------------------------------- clean vs robust, Pareto front
@@ -397,7 +493,8 @@ def importance(sweep: Sweep) -> Figure:
 def gap_and_second_class(sweep: Sweep) -> Figure:
     """Probability gap and second-most-probable-class rate per variant (best configuration each), ± 95% CI."""
     trials = sweep.trials
-    second = [m for m in sweep.metrics if m.startswith("second_class_rate/")]
+    second = sorted((m for m in sweep.metrics if m.startswith("second_class_rate/")),
+                    key=lambda m: attack_rank(m.split("/", 1)[1]))  # fmt: skip
     has_gap = M.PROB_GAP in trials and trials[M.PROB_GAP].notna().any()
     second = [m for m in second if trials[m].notna().any()]
     if not has_gap and not second:
@@ -452,6 +549,7 @@ PLOTS: list[tuple[str, str, Callable[[Sweep], Figure]]] = [
     ("robust_vs_margin", "Robust accuracy vs ξ", lambda s: robust_vs_knob(s, "margin")),
     ("robust_vs_lc_weight", "Robust accuracy vs λ", lambda s: robust_vs_knob(s, "lc_weight")),
     ("robust_vs_eps", "Robust accuracy vs ε per loss variant", robust_vs_eps),
+    ("claimed_vs_autoattack", "Claimed (classic attacks) vs AutoAttack-grade robust accuracy", claimed_vs_autoattack),
     ("clean_vs_robust", "Clean vs robust accuracy (Pareto front)", clean_vs_robust),
     ("heatmap_margin_lc_weight", "ξ × λ heatmap of the headline metric", heatmap_margin_lc),
     ("importance", "Parameter importance (fANOVA)", importance),

@@ -16,13 +16,66 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from analysis.load import SEED, SYMBOL, Sweep, fetch_warnings, fmt_value
-from analysis.plots import Plot, is_accuracy, make_plots, save_figure
+from analysis.load import SEED, SYMBOL, Sweep, fetch_warnings, fmt_value, variant_label
+from analysis.plots import Plot, attack_rank, is_accuracy, make_plots, save_figure
 from analysis.stats import best_configs, config_table, pareto_mask, summarize
 from pclc import metrics as M
 
 ARTIFACT_DIR = "analysis"  # folder of the parent run's artifacts that holds the report
 TOP = 10  # best configurations listed
+FINALIST_ROBUST = M.finalist_key(M.ROBUST_ACC)  # `pclc evaluate`'s full AutoAttack re-score of chosen trials
+# The headline numbers every table shows where the runs have them: clean, every attack, each attack family.
+HEADLINES = (M.CLEAN_ACC, M.ROBUST_ACC, M.ROBUST_ACC_CLASSIC, M.ROBUST_ACC_AA)
+# Column headers that say more than the metric's name; any other column is headed by its name.
+COLUMN = {
+    M.ROBUST_ACC_CLASSIC: "`robust_acc_classic` (classic attacks: claimed)",
+    M.ROBUST_ACC_AA: "`robust_acc_aa` (AutoAttack-grade)",
+    FINALIST_ROBUST: "full AutoAttack (finalists)",
+}
+
+
+MASKED_ADVICE = (
+    "Their white-box robust accuracies may overstate robustness: trust the worst case and the attacks that did not "
+    "fail."
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    """A gradient-masking flag as the report explains it (pclc.evaluate.masking_checks sets it)."""
+
+    meaning: str  # what firing means, in one plain line
+    numbers: tuple[tuple[str, str], ...]  # (what, metric) shown beside it: means over the runs where it fired
+    advice: str = MASKED_ADVICE  # what to do about it, after the warning
+
+
+CHECKS: dict[str, Check] = {
+    "blackbox_beats_whitebox": Check(
+        "a black-box attack left less accuracy than every white-box attack: the gradients look masked",
+        (("black-box lead", M.masking_key("blackbox_gap")),),
+    ),
+    "ce_weaker_than_cw": Check(
+        "PGD on cross-entropy is much weaker than PGD on the CW margin: a saturated softmax hides the gradient",
+        (("CE − CW gap", M.masking_key("ce_cw_gap")),),
+    ),
+    "no_collapse": Check(
+        "PGD at a very large ε still leaves accuracy: the attack does not converge or the gradients are masked",
+        (("accuracy left", M.masking_key("large_eps_acc")),),
+    ),
+    "classic_overstates": Check(
+        "the paper's classic attacks leave more accuracy than AutoAttack-grade attacks: the classic number overstates",
+        (("classic", M.ROBUST_ACC_CLASSIC), ("AutoAttack", M.ROBUST_ACC_AA)),
+        "Report the AutoAttack-grade number (the headline `robust_acc` already includes it), not the classic one.",
+    ),
+    "aa_zero_gradients": Check(
+        "the reference AutoAttack met points whose input gradient is exactly zero: their robustness is unmeasured",
+        (("zero-gradient points", M.masking_key("aa_zero_gradient_points")),),
+    ),
+    "aa_square_beats_whitebox": Check(
+        "in AutoAttack, the black-box Square attack still found points after the white-box attacks had run",
+        (("Square's extra drop", M.masking_key("aa_square_gain")),),
+    ),
+}
 
 # --------------------------------------------------------------------------- blocks
 
@@ -157,8 +210,13 @@ def _cell(row: pd.Series, metric: str) -> str:
     return mean_std(row[f"{metric}:mean"], row[f"{metric}:std"], 0 if pd.isna(n) else int(n), percent=is_accuracy(metric))
 
 
-def _variant_label(variant: str, config: str) -> str:
-    return variant if config == "default" else f"{variant} ({config})"
+def _header(metric: str) -> str:
+    return COLUMN.get(metric, f"`{metric}`")
+
+
+def _number(metric: str, value: float) -> str:
+    """A mean of the runs where a check fired: accuracies in %, anything else as it is."""
+    return f"{value * 100:.1f} %" if is_accuracy(metric) else f"{value:.3g}"
 
 
 # --------------------------------------------------------------------------- sections
@@ -222,6 +280,15 @@ def _runs_section(sweep: Sweep, counts: dict[str, int]) -> list[Block]:
     return blocks
 
 
+def _fired_where(check: Check, fired: pd.DataFrame) -> str:
+    """'pc (ξ=0.995, λ=0.05) ×3: classic 37.1 % vs AutoAttack 29.0 %': per configuration, runs and mean numbers."""
+    parts = []
+    for (v, c), g in fired.groupby(["variant", "config"], sort=False):
+        numbers = [f"{what} {_number(m, g[m].mean())}" for what, m in check.numbers if m in g and g[m].notna().any()]
+        parts.append(f"{variant_label(v, c)} ×{len(g)}" + (f": {' vs '.join(numbers)}" if numbers else ""))
+    return "; ".join(parts)
+
+
 def _masking_section(sweep: Sweep, client: MlflowClient | None) -> list[Block]:
     blocks: list[Block] = [Heading("Gradient-masking checks")]
     trials = sweep.trials
@@ -230,22 +297,29 @@ def _masking_section(sweep: Sweep, client: MlflowClient | None) -> list[Block]:
         return blocks + [Para("No `masking/*` flags were logged by these runs, so gradient masking was not checked.")]
     rows, fired_runs = [], set()
     for flag in flags:
+        name = flag.removeprefix(M.MASKING_PREFIX)
+        check = CHECKS.get(name, Check("(no description: a check this report does not know)", ()))
         checked = trials[flag].notna()
         fired = trials[trials[flag] >= 0.5]
         fired_runs.update(fired["run_id"])
-        where = ", ".join(
-            f"{_variant_label(v, c)} ×{len(g)}" for (v, c), g in fired.groupby(["variant", "config"], sort=False)
-        )
-        rows.append([f"`{flag}`", f"{len(fired)} of {int(checked.sum())}", where or "–"])
+        where = _fired_where(check, fired)
+        rows.append([f"`{name}`", check.meaning, f"{len(fired)} of {int(checked.sum())}", where or "–"])
         if len(fired):
             blocks.append(
                 Warn(
-                    f"gradient-masking check `{flag.removeprefix(M.MASKING_PREFIX)}` fired in {len(fired)} of "
-                    f"{int(checked.sum())} runs ({where}). Their white-box robust accuracies may overstate "
-                    "robustness: trust the worst case and the attacks that did not fail."
+                    f"gradient-masking check `{name}` fired in {len(fired)} of {int(checked.sum())} runs ({where}): "
+                    f"{check.meaning}. {check.advice}"
                 )
             )
-    blocks.append(Table(["check", "fired in", "where (variant, configuration × runs)"], rows))
+    header = ["check", "what firing means", "fired in", "where it fired (configuration × runs: mean numbers)"]
+    blocks += [
+        Table(header, rows),
+        Para(
+            "Each check compares attacks on the same samples; a flag is 1 in a run where the attacks disagree in a "
+            "way working gradients would not allow. The numbers are means over the runs where it fired; "
+            "`classic` and `AutoAttack` are `robust_acc_classic` and `robust_acc_aa` (at the headline ε)."
+        ),
+    ]
     if not fired_runs:
         blocks.append(Para("No check fired: no sign of gradient masking in these runs."))
     elif client is not None:
@@ -259,12 +333,14 @@ def _masking_section(sweep: Sweep, client: MlflowClient | None) -> list[Block]:
 
 def _best_section(sweep: Sweep) -> list[Block]:
     headline = sweep.headline
-    metrics = list(dict.fromkeys([m for m, _ in sweep.objectives] + [M.CLEAN_ACC, M.ROBUST_ACC]))
+    metrics = list(dict.fromkeys([m for m, _ in sweep.objectives] + list(HEADLINES)))
     metrics = [m for m in metrics if m in sweep.trials]
+    finalists = FINALIST_ROBUST in sweep.finalist_metrics()
+    metrics += [FINALIST_ROBUST] if finalists else []
     table = config_table(sweep, metrics)
     ascending = sweep.direction(headline) == "min"
     ranked = table.sort_values(f"{headline}:mean", ascending=ascending, kind="stable").head(TOP)
-    header = ["rank", "variant", "configuration", "runs"] + [f"`{m}`" for m in metrics]
+    header = ["rank", "variant", "configuration", "runs"] + [_header(m) for m in metrics]
     rows = [
         [str(i + 1), r["variant"], r["config"], str(r["runs"])] + [_cell(r, m) for m in metrics]
         for i, (_, r) in enumerate(ranked.iterrows())
@@ -275,6 +351,14 @@ def _best_section(sweep: Sweep) -> list[Block]:
         Para(f"By mean `{headline}` ({sweep.direction(headline)}), {note}; top {len(rows)} of {len(table)}."),
         Table(header, rows),
     ]
+    if finalists:
+        blocks.append(
+            Para(
+                f"**{COLUMN[FINALIST_ROBUST]}** is `{FINALIST_ROBUST}`: `pclc evaluate` re-scored the saved weights of "
+                "chosen trials with the full AutoAttack (mean ± std over the re-scored seeds; – where none was). "
+                "It never enters the ranking, which uses each trial's own numbers."
+            )
+        )
     objectives = [(m, d) for m, d in sweep.objectives if f"{m}:mean" in table]
     if len(objectives) > 1:
         pts = table[[f"{m}:mean" for m, _ in objectives]].to_numpy(dtype=float)
@@ -285,48 +369,57 @@ def _best_section(sweep: Sweep) -> list[Block]:
         names = " and ".join(f"`{m}` ({d})" for m, d in objectives)
         blocks += [
             Para(f"**Pareto set** over {names} (configuration means; none is beaten on every objective):"),
-            Table(["variant", "configuration", "runs"] + [f"`{m}`" for m in metrics], rows),
+            Table(["variant", "configuration", "runs"] + [_header(m) for m in metrics], rows),
         ]
     return blocks
 
 
 def _ablation_section(sweep: Sweep) -> list[Block]:
-    """Rows: loss variants (each at its best configuration); columns: clean, then attack × eps; mean ± std."""
+    """Rows: loss variants (each at its best configuration); columns: clean and the headline robust accuracies
+    (every attack, classic, AutoAttack-grade), then attack × eps; mean ± std over seeds."""
     long = sweep.robust_long()
     blocks: list[Block] = [Heading("Ablation table")]
     if long.empty:
         return blocks + [Para("No `robust_acc/<attack>/eps=<eps>` metrics in the analysed runs.")]
-    best = best_configs(sweep)
-    attack_cols = sorted({(a, e) for a, e in zip(long["attack"], long["eps"])},
-                         key=lambda ae: (ae[0] == M.WORST, M.ATTACKS.index(ae[0]) if ae[0] in M.ATTACKS else 99, ae[0], ae[1]))  # fmt: skip
-    header = ["variant (configuration)", "seeds", "clean"] + [f"{a} ε={fmt_value(e)}" for a, e in attack_cols]
+    scalars = [m for m in HEADLINES if m in sweep.trials]
+    best = best_configs(sweep)[["variant", "config"]].merge(config_table(sweep, scalars), on=["variant", "config"])
+    pairs = set(zip(long["attack"], long["eps"]))
+    attack_cols = sorted(pairs, key=lambda ae: (attack_rank(ae[0]), ae[1]))
+    header = ["variant (configuration)", "seeds"] + [_header(m) for m in scalars]
+    header += [f"{a} ε={fmt_value(e)}" for a, e in attack_cols]
     rows = []
     for _, b in best.iterrows():
         runs = sweep.trials[(sweep.trials["variant"] == b["variant"]) & (sweep.trials["config"] == b["config"])]
         part = long[(long["variant"] == b["variant"]) & (long["config"] == b["config"])]
         s = summarize(part, ["attack", "eps"], "value").set_index(["attack", "eps"])
-        clean = summarize(runs.assign(_all=0), ["_all"], M.CLEAN_ACC) if M.CLEAN_ACC in runs else pd.DataFrame()
         seeds = runs[SEED].nunique() if SEED in runs else len(runs)
-        row = [_variant_label(b["variant"], b["config"]), str(seeds)]
-        row.append(mean_std(*clean.iloc[0][["mean", "std", "n"]], percent=True) if len(clean) else "–")
+        row = [variant_label(b["variant"], b["config"]), str(seeds)] + [_cell(b, m) for m in scalars]
         for key in attack_cols:
             row.append(mean_std(*s.loc[key][["mean", "std", "n"]], percent=True) if key in s.index else "–")
         rows.append(row)
+    families = (
+        " `robust_acc_classic` and `robust_acc_aa` are the same worst case over the paper's classic attacks only "
+        "(what they claim) and over the AutoAttack-grade attacks only, at the headline ε; per ε, `worst_classic` and "
+        "`worst_aa`. AutoAttack-grade attacks run at the headline ε only unless the config's `aa_eps` adds more, "
+        "so their columns appear at those ε alone."
+        if {M.ROBUST_ACC_CLASSIC, M.ROBUST_ACC_AA} & set(scalars) else ""
+    )  # fmt: skip
     blocks += [
         Para(
             "Accuracy in %, mean ± std over seeds. Each variant at its best configuration by mean "
-            f"`{sweep.headline}`; `worst` is the per-sample worst case over every attack at that ε."
+            f"`{sweep.headline}`; `robust_acc` and `worst` are the per-sample worst case over every attack "
+            f"(at the headline ε, and at each ε).{families}"
         ),
         Table(header, rows),
     ]
-    table = config_table(sweep, [M.CLEAN_ACC, sweep.headline, M.PROB_GAP])
+    candidates = list(dict.fromkeys((M.CLEAN_ACC, sweep.headline, M.ROBUST_ACC_CLASSIC, M.ROBUST_ACC_AA, M.PROB_GAP)))
+    table = config_table(sweep, candidates)
     if 1 < len(table) <= 100:
-        metrics = [m for m in (M.CLEAN_ACC, sweep.headline, M.PROB_GAP) if f"{m}:mean" in table]
-        metrics = list(dict.fromkeys(metrics))
+        metrics = [m for m in candidates if f"{m}:mean" in table]
         rows = [[r["variant"], r["config"], str(r["runs"])] + [_cell(r, m) for m in metrics] for _, r in table.iterrows()]
         blocks += [
             Heading("All configurations", 3),
-            Table(["variant", "configuration", "runs"] + [f"`{m}`" for m in metrics], rows),
+            Table(["variant", "configuration", "runs"] + [_header(m) for m in metrics], rows),
         ]
     return blocks
 

@@ -1,8 +1,13 @@
-"""The adversarial attack suite: advertorch attacks behind one spec and one runner.
+"""The adversarial attack suite: one spec and one runner over two families of attacks.
+
+- The paper's protocol (advertorch: FGSM, PGD-CE, PGD-CW, MIM, BIM, SPSA, transfer), kept for comparison.
+- AutoAttack-grade attacks from the reference code (`pyautoattack`: APGD-CE, APGD-DLR, APGD-T, FAB-T,
+  Square and the standard `autoattack` ensemble): the ones a robustness number must survive. They run
+  on a fixed, seeded subset of the evaluation set (`aa_limit`) because they cost 10–100× more.
 
 advertorch 0.2.3 predates torch 1.9, so its compatibility shim lives here, and only here,
-installed before the first `import advertorch`. Every attack is L∞, untargeted, clipped to
-[0, 1] and run in fp32 on a frozen model (no weight gradients, eval mode).
+installed before the first `import advertorch`. Every attack is L∞, clipped to [0, 1] and run
+in fp32 on a frozen model (no weight gradients, eval mode).
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import importlib
+import logging
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
@@ -60,11 +67,19 @@ from advertorch.attacks import (  # noqa: E402  (the shim must run first)
     MomentumIterativeAttack,
 )
 from advertorch.loss import LogitMarginLoss  # noqa: E402
+from pyautoattack import AutoAttack  # noqa: E402
+from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted  # noqa: E402
+from pyautoattack.fab_pt import FABAttack_PT  # noqa: E402
+from pyautoattack.square import SquareAttack  # noqa: E402
+
+from pclc.metrics import AUTOATTACK  # noqa: E402
 
 CLIP = (0.0, 1.0)  # pixels live in [0, 1]: no normalisation layer, as in the authors' code
 SPSA_DELTA = 0.01  # SPSA finite-difference scale, in pixels (advertorch's default)
 SPSA_CHUNK = 32  # SPSA perturbation samples evaluated per forward (memory ∝ chunk × batch)
 TRANSFER_ATTACKS = frozenset({"transfer"})  # crafted on the substitute model, scored on the target
+AA_SUBSET_SEED = 0  # every trial of every sweep scores AutoAttack on the same samples
+AA_LOGGER = "pclc.autoattack"  # the reference code's own warnings (zero gradients, Square) land here
 
 
 class Attack(Protocol):
@@ -98,10 +113,19 @@ class AttackSuite:
     spsa_samples: int = field(default_factory=lambda: _config_default("spsa_samples"))
     batch_size: int = field(default_factory=lambda: _config_default("eval_batch_size"))
     seed: int = 0  # every craft() call starts from this seed: results don't depend on attack order
+    aa_steps: int = field(default_factory=lambda: _config_default("aa_steps"))
+    aa_targets: int = 9  # target classes of APGD-T / FAB-T, capped at K − 1 (the reference's 9)
+    square_queries: int = field(default_factory=lambda: _config_default("square_queries"))
+    aa_limit: int | None = field(default_factory=lambda: _config_default("aa_limit"))
+    aa_eps: tuple[float, ...] | None = None  # eps at which AutoAttack-grade attacks run; None = all of `eps`
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attacks", tuple(self.attacks))
         object.__setattr__(self, "eps", tuple(sorted({float(e) for e in self.eps})))
+        if self.aa_eps is not None:
+            object.__setattr__(self, "aa_eps", tuple(sorted({float(e) for e in self.aa_eps})))
+            if not set(self.aa_eps) <= set(self.eps):
+                raise ValueError(f"aa_eps {list(self.aa_eps)} must be radii of the eps grid {list(self.eps)}")
         unknown = [a for a in self.attacks if a not in ATTACK_BUILDERS]
         if unknown:
             raise ValueError(f"unknown attack(s) {unknown}; choose from {ATTACK_BUILDERS.names()}")
@@ -109,8 +133,9 @@ class AttackSuite:
             raise ValueError(f"attacks listed twice in {list(self.attacks)}")
         if not self.eps or not all(0.0 < e <= 1.0 for e in self.eps):
             raise ValueError(f"eps {list(self.eps)} must be non-empty radii in (0, 1] (pixels in [0, 1])")
-        for name, lo in (("steps", 1), ("spsa_samples", 1), ("batch_size", 1)):
-            if getattr(self, name) < lo:
+        for name, lo in (("steps", 1), ("spsa_samples", 1), ("batch_size", 1), ("aa_steps", 1),
+                         ("aa_targets", 1), ("square_queries", 1), ("aa_limit", 1)):
+            if getattr(self, name) is not None and getattr(self, name) < lo:
                 raise ValueError(f"{name} = {getattr(self, name)} must be ≥ {lo}")
         if self.step_scale <= 0:
             raise ValueError(f"step_scale = {self.step_scale} must be > 0")
@@ -126,10 +151,28 @@ class AttackSuite:
             spsa_samples=cfg.spsa_samples,
             batch_size=cfg.eval_batch_size,
             seed=cfg.seed,
+            aa_steps=cfg.aa_steps,
+            square_queries=cfg.square_queries,
+            aa_limit=cfg.aa_limit,
+            aa_eps=tuple(cfg.aa_eps) if cfg.aa_eps is not None else (cfg.headline_eps,),
         )
 
     def step_size(self, eps: float) -> float:
         return float(self.step_scale * eps / self.steps)
+
+    def eps_for(self, attack: str) -> tuple[float, ...]:
+        """The radii `attack` runs at: AutoAttack-grade attacks only at `aa_eps` (they cost 10–100×)."""
+        return self.aa_eps if attack in AUTOATTACK and self.aa_eps is not None else self.eps
+
+    def aa_subset(self, n: int) -> torch.Tensor:
+        """(n,) bool: the fixed seeded samples AutoAttack-grade attacks score (all when aa_limit is None)."""
+        mask = torch.zeros(n, dtype=torch.bool)
+        if self.aa_limit is None or self.aa_limit >= n:
+            mask[:] = True
+        else:
+            pick = torch.randperm(n, generator=torch.Generator().manual_seed(AA_SUBSET_SEED))[: self.aa_limit]
+            mask[pick] = True
+        return mask
 
 
 # ------------------------------------------------------------------ attack builders
@@ -201,6 +244,134 @@ def build_spsa(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
         nb_sample=suite.spsa_samples, max_batch_size=min(suite.spsa_samples, SPSA_CHUNK),
         clip_min=CLIP[0], clip_max=CLIP[1],
     )
+
+
+# ------------------------------------------------------------------ AutoAttack-grade (pyautoattack)
+# The reference code seeds the global RNG in every perturb(); the runner's `_seeded` puts it back.
+def _n_targets(model: nn.Module, x: torch.Tensor, suite: AttackSuite) -> int:
+    with torch.no_grad():
+        classes = model(x[:1]).shape[1]
+    return max(1, min(suite.aa_targets, classes - 1))
+
+
+class _Lazy:
+    """Builds the reference attack at the first batch, when the class count and device are known."""
+
+    def __init__(self, make: Any, model: nn.Module) -> None:
+        self.make, self.model, self.attack = make, model, None
+
+    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.attack is None:
+            self.attack = self.make(x)
+        return self.attack.perturb(x, y)
+
+
+def _apgd(model: nn.Module, eps: float, suite: AttackSuite, loss: str) -> Attack:
+    return APGDAttack(
+        model, n_iter=suite.aa_steps, norm="Linf", n_restarts=1, eps=float(eps), seed=suite.seed, loss=loss,
+        eot_iter=1, rho=0.75, logger=logging.getLogger(AA_LOGGER),
+    )
+
+
+@ATTACK_BUILDERS.register("apgd_ce")
+def build_apgd_ce(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
+    """Auto-PGD on cross-entropy (Croce & Hein 2020): step size adapted, no tuning."""
+    return _apgd(model, eps, suite, "ce")
+
+
+@ATTACK_BUILDERS.register("apgd_dlr")
+def build_apgd_dlr(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
+    """Auto-PGD on the DLR loss: a logit-ratio loss that is invariant to logit scale (no softmax to saturate)."""
+    return _apgd(model, eps, suite, "dlr")
+
+
+@ATTACK_BUILDERS.register("apgd_t")
+def build_apgd_t(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
+    """Auto-PGD on the targeted DLR loss, one run per top-min(9, K−1) false class: what breaks PC-LC."""
+    return _Lazy(lambda x: APGDAttack_targeted(
+        model, n_iter=suite.aa_steps, norm="Linf", n_restarts=1, eps=float(eps), seed=suite.seed,
+        n_target_classes=_n_targets(model, x, suite), logger=logging.getLogger(AA_LOGGER),
+    ), model)
+
+
+@ATTACK_BUILDERS.register("fab_t")
+def build_fab_t(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
+    """Targeted FAB (Croce & Hein 2020): minimal-norm adversarials, kept only when within eps."""
+    return _Lazy(lambda x: FABAttack_PT(
+        model, norm="Linf", n_restarts=1, n_iter=suite.aa_steps, eps=float(eps), seed=suite.seed,
+        targeted=True, n_target_classes=_n_targets(model, x, suite), device=x.device,
+    ), model)
+
+
+@ATTACK_BUILDERS.register("square")
+def build_square(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
+    """Square Attack (Andriushchenko et al.): score-based black box, `square_queries` queries per sample."""
+    return SquareAttack(
+        model, norm="Linf", n_queries=suite.square_queries, eps=float(eps), p_init=0.8, n_restarts=1,
+        seed=suite.seed, resc_schedule=False,
+    )
+
+
+class _StandardAutoAttack:
+    """The reference's standard AutoAttack: APGD-CE → APGD-T → FAB-T → Square, each on the points
+    the previous ones left robust (its `run_standard_evaluation`, unchanged)."""
+
+    def __init__(self, model: nn.Module, eps: float, suite: AttackSuite) -> None:
+        self.model, self.eps, self.suite = model, float(eps), suite
+
+    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        aa = AutoAttack(self.model, eps=self.eps, norm="Linf", version="standard", seed=self.suite.seed, device=x.device)
+        aa.logger = logging.getLogger(AA_LOGGER)
+        for attack in (aa.apgd, aa.apgd_targeted):
+            attack.n_iter = attack.n_iter_orig = self.suite.aa_steps
+            attack.n_iter_2 = max(int(0.22 * attack.n_iter), 1)
+            attack.n_iter_min = max(int(0.06 * attack.n_iter), 1)
+            attack.size_decr = max(int(0.03 * attack.n_iter), 1)
+            attack.logger = aa.logger
+        aa.fab.n_iter = self.suite.aa_steps
+        aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = _n_targets(self.model, x, self.suite)
+        aa.square.n_queries = self.suite.square_queries
+        x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(x))
+        return x_adv
+
+
+@ATTACK_BUILDERS.register("autoattack")
+def build_autoattack(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
+    """Standard AutoAttack (Croce & Hein 2020), the per-sample worst of its four attacks."""
+    return _StandardAutoAttack(model, eps, suite)
+
+
+class AAFlags(logging.Handler):
+    """Collects the reference AutoAttack's own warnings (zero gradients, Square beating the white box)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.zero_gradients = 0  # points where APGD's first gradient was exactly zero
+        self.square_gain = 0.0  # accuracy Square removed after the white-box attacks had run
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            self.messages.append(text)
+        if "points with zero gradient" in text:
+            self.zero_gradients += int(re.search(r"(\d+)", text.split("there are ")[1])[1])
+        elif text.startswith("Square Attack has decreased the robust accuracy of"):
+            self.square_gain = max(self.square_gain, float(text.split(" of ")[1].split("%")[0]) / 100)
+
+    @contextlib.contextmanager
+    def listening(self) -> Iterator[AAFlags]:
+        logger = logging.getLogger(AA_LOGGER)
+        level, propagate = logger.level, logger.propagate
+        logger.addHandler(self)
+        logger.setLevel(logging.DEBUG)
+        logger.propagate = False  # the reference logs every batch at DEBUG: keep it out of the trial's log
+        try:
+            yield self
+        finally:
+            logger.removeHandler(self)
+            logger.setLevel(level)
+            logger.propagate = propagate
 
 
 # ------------------------------------------------------------------ the runner
@@ -300,11 +471,17 @@ class SuiteResult:
 
     `adv_pred[(attack, eps)]` is the target model's prediction on each sample's adversarial
     version; samples the model already gets wrong are not attacked and keep their clean prediction.
+    `scored[(attack, eps)]` marks the samples an attack scored: all of them for the classic attacks,
+    the fixed AutoAttack subset for the AutoAttack-grade ones. Accuracies are over the scored samples;
+    worst cases over the samples every attack in question scored.
     """
 
     y: torch.Tensor  # (N,) true labels
     clean_logits: torch.Tensor  # (N, K)
     adv_pred: dict[tuple[str, float], torch.Tensor]  # (attack, eps) → (N,) predicted class
+    scored: dict[tuple[str, float], torch.Tensor] = field(default_factory=dict)  # (attack, eps) → (N,) bool
+    flags: dict[str, float] = field(default_factory=dict)  # the reference AutoAttack's own checks
+    messages: list[str] = field(default_factory=list)  # ... and its warnings, word for word
 
     @property
     def clean_probs(self) -> torch.Tensor:
@@ -332,19 +509,31 @@ class SuiteResult:
         except KeyError:
             raise ValueError(f"({attack!r}, eps={eps}) was not run; ran {sorted(self.adv_pred)}") from None
 
+    def mask(self, attack: str, eps: float) -> torch.Tensor:
+        """(N,) bool: the samples `attack` scored at `eps`."""
+        self.pred(attack, eps)
+        return self.scored.get((attack, float(eps)), torch.ones(len(self.y), dtype=torch.bool))
+
     def robust(self, attack: str, eps: float) -> torch.Tensor:
         """(N,) bool: still classified correctly after the attack (clean-wrong samples are not)."""
         return self.pred(attack, eps) == self.y
 
-    def worst(self, eps: float) -> torch.Tensor:
-        """(N,) bool: still correct after every attack run at `eps` (per-sample worst case)."""
-        flags = [self.robust(a, eps) for a in self.attacks if (a, float(eps)) in self.adv_pred]
-        if not flags:
-            raise ValueError(f"no attack was run at eps={eps}; ran eps {list(self.eps)}")
-        return torch.stack(flags).all(dim=0)
+    def worst(self, eps: float, attacks: tuple[str, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(robust, scored): still correct after every attack of `attacks` (default all) run at `eps`,
+        on the samples all of them scored (per-sample worst case)."""
+        names = [a for a in (attacks or self.attacks) if (a, float(eps)) in self.adv_pred]
+        if not names:
+            raise ValueError(f"no attack of {list(attacks or self.attacks)} was run at eps={eps}; ran {sorted(self.adv_pred)}")
+        robust = torch.stack([self.robust(a, eps) for a in names]).all(dim=0)
+        scored = torch.stack([self.mask(a, eps) for a in names]).all(dim=0)
+        return robust, scored
+
+    def worst_accuracy(self, eps: float, attacks: tuple[str, ...] | None = None) -> float:
+        robust, scored = self.worst(eps, attacks)
+        return robust[scored].float().mean().item()
 
     def accuracy(self, attack: str, eps: float) -> float:
-        return self.robust(attack, eps).float().mean().item()
+        return self.robust(attack, eps)[self.mask(attack, eps)].float().mean().item()
 
 
 def run_suite(
@@ -357,8 +546,9 @@ def run_suite(
 ) -> SuiteResult:
     """Run every (attack, eps) of `suite` against `model` on (x, y).
 
-    Each attack runs on every clean-correct sample, so its robust accuracy is its own; clean-wrong
-    samples are skipped (non-robust for free, as in AutoAttack). 'transfer' needs `substitute`.
+    Each attack runs on every clean-correct sample it scores, so its robust accuracy is its own;
+    clean-wrong samples are skipped (non-robust for free, as in AutoAttack). AutoAttack-grade attacks
+    score only `suite.aa_subset`. 'transfer' needs `substitute`.
 
     Example:
         >>> result = run_suite(model, x, y, AttackSuite(attacks=("fgsm",), eps=(0.1,)))
@@ -369,18 +559,26 @@ def run_suite(
     for name in suite.attacks:
         _source_model(name, model, substitute)  # fail before any work if the substitute is missing
     y_cpu = y.detach().cpu().long()
-    with frozen(model):
+    everyone = torch.ones(len(y_cpu), dtype=torch.bool)
+    subset = suite.aa_subset(len(y_cpu))
+    flags = AAFlags()
+    with frozen(model), flags.listening():
         clean_logits = predict_logits(model, x, suite.batch_size).cpu()
         clean_pred = clean_logits.argmax(dim=1)
-        standing = (clean_pred == y_cpu).nonzero().squeeze(1)
-        index = standing.to(x.device)
         adv_pred: dict[tuple[str, float], torch.Tensor] = {}
+        scored: dict[tuple[str, float], torch.Tensor] = {}
         for name in suite.attacks:
-            for eps in suite.eps:
+            mask = subset if name in AUTOATTACK else everyone
+            standing = ((clean_pred == y_cpu) & mask).nonzero().squeeze(1)
+            index = standing.to(x.device)
+            for eps in suite.eps_for(name):
                 pred = clean_pred.clone()
                 if len(standing):
                     x_adv = craft(name, model, x[index], y[index], eps=eps, suite=suite, substitute=substitute)
                     pred[standing] = predict_logits(model, x_adv, suite.batch_size).argmax(dim=1).cpu()
                 adv_pred[(name, eps)] = pred
-    return SuiteResult(y=y_cpu, clean_logits=clean_logits, adv_pred=adv_pred)
-
+                scored[(name, eps)] = mask
+    ran_aa = any(a in AUTOATTACK for a in suite.attacks)
+    reference = {"aa_zero_gradients": float(flags.zero_gradients), "aa_square_gain": flags.square_gain} if ran_aa else {}
+    return SuiteResult(y=y_cpu, clean_logits=clean_logits, adv_pred=adv_pred, scored=scored,
+                       flags=reference, messages=flags.messages)

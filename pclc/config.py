@@ -61,15 +61,23 @@ class TrialConfig(BaseModel):
     threads: int | None = Field(None, ge=1)  # torch CPU threads; None leaves torch's default
 
     # --- evaluation: the attack suite
-    attacks: list[str] = Field(default_factory=lambda: ["fgsm", "pgd_ce", "pgd_cw", "mim", "bim", "transfer"])
+    # the paper's attacks (the comparison) and standard AutoAttack (what the headline must survive)
+    attacks: list[str] = Field(
+        default_factory=lambda: ["fgsm", "pgd_ce", "pgd_cw", "mim", "bim", "transfer", "autoattack"]
+    )
     eps: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2])  # L∞ radii, pixels in [0, 1]
     headline_eps: float = 0.1  # eps of the headline `robust_acc`; must be in `eps`
     attack_steps: int = Field(10, ge=1)  # iterations of PGD / MIM / BIM / SPSA
     step_scale: float = Field(2.5, gt=0.0)  # step size = step_scale * eps / attack_steps
     spsa_samples: int = Field(64, ge=2)  # SPSA perturbation samples per step (even)
     eval_batch_size: int = Field(256, ge=1)
+    aa_eps: list[float] | None = None  # eps at which AutoAttack-grade attacks run; None = headline_eps only
+    aa_limit: int | None = Field(128, ge=1)  # AutoAttack-grade attacks score this fixed seeded subset; None = all
+    aa_steps: int = Field(100, ge=1)  # APGD / FAB iterations (the reference's 100)
+    square_queries: int = Field(1000, ge=1)  # Square queries per sample in trials; `pclc evaluate` uses the reference 5000
     masking_eps: float = Field(0.5, gt=0.0, le=1.0)  # large eps at which PGD must reach ~0 %
-    epoch_eval_samples: int = Field(128, ge=0)  # per-epoch PGD on this many test samples (0 = off)
+    epoch_eval_samples: int = Field(128, ge=0)  # per-epoch APGD-CE + APGD-T on this many test samples (0 = off)
+    epoch_attack_steps: int = Field(10, ge=1)  # their iterations: cheap, but not fooled by a saturated softmax
 
     # --- transfer attack: the substitute model
     substitute_model: str | None = None  # None: same architecture as `model`
@@ -130,7 +138,9 @@ class TrialConfig(BaseModel):
     def _consistent(self) -> TrialConfig:
         if self.headline_eps not in self.eps:
             raise ValueError(f"headline_eps {self.headline_eps} is not in the eps grid {self.eps}")
-        if self.warmup_epochs > self.epochs:
+        if self.aa_eps is not None and not set(self.aa_eps) <= set(self.eps):
+            raise ValueError(f"aa_eps {self.aa_eps} must be radii of the eps grid {self.eps}")
+        if self.warmup_epochs > self.epochs and self.loss != "ce":  # CE has no warm-up: the knob is ignored
             raise ValueError(f"warmup_epochs {self.warmup_epochs} exceeds epochs {self.epochs}")
         return self
 

@@ -22,9 +22,18 @@ from pclc import metrics as M
 from pclc.attacks import AttackSuite
 from pclc.config import TrialConfig
 from pclc.data import Dataset, load_dataset
-from pclc.evaluate import evaluate, quick_robust_acc
+from pclc.evaluate import epoch_robust_acc, evaluate
 from pclc.models import create_model
-from pclc.train import Trainer, accuracy, fit, load_checkpoint, save_checkpoint, seed_everything, select_device
+from pclc.train import (
+    Trainer,
+    accuracy,
+    fit,
+    isolated_rng,
+    load_checkpoint,
+    save_checkpoint,
+    seed_everything,
+    select_device,
+)
 
 Report = Callable[[dict[str, float], "dict[str, Any] | None"], None]
 
@@ -104,7 +113,10 @@ def prepare(cfg: TrialConfig) -> Prepared:
     data = load_dataset(cfg.dataset, data_root=cfg.data_root, download=cfg.download)
     if cfg.train_limit is not None:
         data = data.subset_train(cfg.train_limit, seed=0)
-    substitute = train_substitute(cfg, data) if "transfer" in cfg.attacks else None
+    substitute = None
+    if "transfer" in cfg.attacks:
+        with isolated_rng():  # the substitute seeds itself; the caller's random draws stay its own
+            substitute = train_substitute(cfg, data)
     return Prepared(data=data, substitute_state=substitute)
 
 
@@ -128,8 +140,8 @@ def run_trial(
     device = select_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    generator = seed_everything(cfg.seed)
     prepared = prepared or prepare(cfg)
+    generator = seed_everything(cfg.seed)  # after preparing: the same draws whoever prepared, whatever the attacks
     data = prepared.data.to(device)
     x_eval, y_eval = data.x_test[: cfg.eval_limit], data.y_test[: cfg.eval_limit]
     x_epoch, y_epoch = x_eval[: cfg.epoch_eval_samples], y_eval[: cfg.epoch_eval_samples]
@@ -138,7 +150,8 @@ def run_trial(
     model = _build(cfg.model, data, device)
     substitute = None
     if prepared.substitute_state is not None:
-        substitute = _build(cfg.substitute_model or cfg.model, data, device)
+        with isolated_rng():  # its random init is overwritten at once: it must not consume the trial's draws
+            substitute = _build(cfg.substitute_model or cfg.model, data, device)
         substitute.load_state_dict(prepared.substitute_state)
 
     # ---- train: CE warm-up, then the configured loss; report every epoch with a checkpoint
@@ -150,17 +163,20 @@ def run_trial(
         train_loss = trainer.train_epoch(data.x_train, data.y_train)
         epoch_metrics = {M.EPOCH: trainer.epoch, M.TRAIN_LOSS: train_loss, M.CLEAN_ACC: accuracy(model, x_eval, y_eval)}
         if len(y_epoch):
-            epoch_metrics[M.EPOCH_ROBUST_ACC] = quick_robust_acc(
-                model, x_epoch, y_epoch, eps=cfg.headline_eps, steps=min(5, cfg.attack_steps)
+            epoch_metrics[M.EPOCH_ROBUST_ACC] = epoch_robust_acc(
+                model, x_epoch, y_epoch, eps=cfg.headline_eps, steps=cfg.epoch_attack_steps
             )
         report(epoch_metrics, trainer.state_dict())
 
     # ---- evaluate: the attack suite, robust accuracy, probability gap, masking checks
+    evaluation_started = time.perf_counter()
     result = evaluate(
         model, x_eval, y_eval, AttackSuite.from_config(cfg),
         substitute=substitute, headline_eps=cfg.headline_eps, masking_eps=cfg.masking_eps,
     )
-    final = {**result.metrics, M.EPOCH: cfg.epochs, "done": 1.0, "trial_seconds": time.perf_counter() - started}
+    now = time.perf_counter()
+    final = {**result.metrics, M.EPOCH: cfg.epochs, "done": 1.0, "trial_seconds": now - started,
+             M.EVAL_SECONDS: now - evaluation_started}
     if math.isfinite(train_loss):  # a trial resumed after its last epoch trained no epoch here
         final[M.TRAIN_LOSS] = train_loss
     if cfg.out_dir:

@@ -6,11 +6,12 @@ schedule, augmentation on the device, checkpoints loaded with `weights_only=True
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -46,6 +47,20 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+@contextlib.contextmanager
+def isolated_rng() -> Iterator[None]:
+    """Whatever draws random numbers inside leaves Python's, NumPy's and torch's global RNGs as they were:
+    preparing a substitute or building a throw-away model must not change the trial's own draws."""
+    py, np_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(np_state)
 
 
 def make_optimizer(cfg: TrialConfig, model: nn.Module) -> torch.optim.Optimizer:

@@ -8,6 +8,10 @@ import argparse
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="a sweep file, e.g. sweeps/configs/quickstart.yaml")
     parser.add_argument("--resume", action="store_true", help="continue the sweep stored under storage_path")
+    parser.add_argument(
+        "--retry-failed", action="store_true",
+        help="on resume, also re-run trials that failed for a reason that would repeat (NaN loss, bad config or data)",
+    )  # fmt: skip
     parser.add_argument("--address", default=None, help="Ray cluster address ('auto' joins a running cluster)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow URI (default sqlite:///<cwd>/mlflow.db)")
     parser.add_argument("--storage-path", default=None, help="Ray results folder or URI (default <cwd>/ray_results)")

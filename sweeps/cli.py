@@ -1,7 +1,9 @@
-"""The `pclc` command: `train` (one run, no Ray), `sweep` (Ray Tune), `analyze` (MLflow → report).
+"""The `pclc` command: `train` (no Ray), `sweep` (Ray Tune), `evaluate` (full AutoAttack), `analyze` (report).
+
+`train` scores one run; `evaluate` re-scores chosen trials' saved weights; `analyze` turns MLflow runs into a report.
 
 The composition root of the three packages: it lives in `sweeps` (the top of the dependency
-chain) so that `pclc` itself never imports Ray; Ray is imported only when `sweep` runs.
+chain) so that `pclc` itself never imports Ray; Ray is imported only when `sweep` or `evaluate --address` runs.
 Bad input exits with code 2 and one clear message; `--debug` shows the traceback instead.
 """
 
@@ -41,10 +43,13 @@ def _preflight_sweep(args: argparse.Namespace) -> None:
     the sweep file, an `npz:` data file, and the MLflow store (a dead server fails in seconds)."""
     from pclc.data import check_npz
     from sweeps.config import check_tracking_store, load_sweep, normalize_tracking_uri
+    from sweeps.storage import experiment_path, read_metadata, storage_root
 
     cfg = load_sweep(args.config, list(getattr(args, "set", None) or []))
     uri = normalize_tracking_uri(args.tracking_uri) if args.tracking_uri else cfg.tracking_uri
-    if uri is not None:  # None: the default <cwd>/mlflow.db (or, on resume, the store the sweep began with)
+    if uri is None:  # a sweep being resumed goes on logging to the store it began with: probe that one
+        uri = read_metadata(experiment_path(storage_root(cfg, args.storage_path), cfg.name)).get("tracking_uri")
+    if uri is not None:  # None: the default <cwd>/mlflow.db, made by the sweep itself
         check_tracking_store(uri)
     if cfg.trial.dataset.startswith("npz:"):
         check_npz(cfg.trial.dataset.removeprefix("npz:"))
@@ -55,6 +60,54 @@ def _sweep(args: argparse.Namespace) -> int:
     from sweeps.driver import sweep_command
 
     return sweep_command(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from sweeps.finalists import evaluate_command
+
+    return evaluate_command(args)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    # light: sweeps.finalists loads torch and MLflow only when it runs
+    from sweeps.finalists import DEFAULT_AA_STEPS, DEFAULT_CHUNK, DEFAULT_SQUARE_QUERIES
+
+    ev = sub.add_parser(
+        "evaluate", help="re-score chosen trials' weights with the full standard AutoAttack, into their MLflow runs",
+        description="Re-score the saved weights of chosen trials with the reference's standard AutoAttack "
+        "(APGD-CE, APGD-T, FAB-T, Square) and log finalist/* metrics into the same MLflow child runs. "
+        "Resumable: finished chunks are kept in --state-dir.",
+    )  # fmt: skip
+    pick = ev.add_mutually_exclusive_group(required=True)
+    pick.add_argument("--run-id", nargs="+", metavar="ID", help="MLflow child (trial) run ids")
+    pick.add_argument("--experiment", metavar="NAME", help="a sweep's experiment: re-score the --top N of its latest sweep")
+    ev.add_argument("--top", type=_positive, metavar="N", help="with --experiment: how many runs (default 1)")
+    ev.add_argument("--objective", help="with --experiment: the metric that ranks runs (default: the sweep's headline)")
+    ev.add_argument("--mode", choices=("max", "min"), help="with --experiment: which end is best (default: the objective's)")
+    ev.add_argument("--tracking-uri", help="MLflow URI (default sqlite:///<cwd>/mlflow.db)")
+    ev.add_argument("--limit", type=_positive, metavar="N", help="score the first N test samples (default: all)")
+    ev.add_argument("--eps", type=float, nargs="+", help="L∞ radii (default: each trial's headline_eps)")
+    ev.add_argument("--batch-size", type=_positive, help="attack batch size (default: the trial's eval_batch_size)")
+    ev.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="auto: cuda → mps → cpu")
+    ev.add_argument("--aa-steps", type=_positive, default=DEFAULT_AA_STEPS, help="APGD / FAB iterations (%(default)s: standard)")
+    ev.add_argument("--square-queries", type=_positive, default=DEFAULT_SQUARE_QUERIES,
+                    help="Square Attack queries (%(default)s: standard)")
+    ev.add_argument("--chunk-size", type=_positive, default=DEFAULT_CHUNK,
+                    help="samples scored and saved at a time: the unit of resume (default %(default)s)")
+    ev.add_argument("--state-dir", help="where chunks are saved (default <cwd>/runs/finalists)")
+    ev.add_argument("--force", action="store_true", help="score again runs that already hold this re-score")
+    ev.add_argument("--address", help="Ray cluster address: one Ray task per run (default: this process, no Ray)")
+    ev.set_defaults(func=_evaluate, parser=ev)  # fmt: skip
 
 
 def _analyze(argv: list[str]) -> int:
@@ -80,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_arguments(sweep)
     sweep.set_defaults(func=_sweep)
 
+    _add_evaluate(sub)
+
     # Parsed by analysis.cli itself (see main): listed here for `pclc --help`.
     sub.add_parser("analyze", help="plots and a report from a sweep's MLflow runs (pclc analyze --help)")
     return parser
@@ -92,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["analyze"]:  # analysis owns its arguments and its error handling
         return _analyze(argv[1:] + (["--debug"] if debug else []))
     args = build_parser().parse_args(argv)
+    if args.command == "evaluate":
+        if args.experiment is None and (args.top is not None or args.objective or args.mode):
+            args.parser.error("--top, --objective and --mode choose among an experiment's runs: add --experiment NAME")
+        args.top = args.top or 1
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -282,11 +282,42 @@ def _as_grid(key: str, value: Any) -> list[Any]:
 
 def objective_metrics(trial: TrialConfig) -> list[str]:
     """Every final metric a trial with this config reports (what an objective may name)."""
+    from pclc.attacks import AttackSuite
+
+    suite = AttackSuite.from_config(trial)
     names = [M.CLEAN_ACC, M.ROBUST_ACC, M.PROB_GAP, M.TRAIN_LOSS]
-    for attack in [*trial.attacks, M.WORST]:
-        names += [M.robust_key(attack, eps) for eps in trial.eps]
+    for attack in trial.attacks:
+        names += [M.robust_key(attack, eps) for eps in suite.eps_for(attack)]
+    names += [M.robust_key(M.WORST, eps) for eps in trial.eps]
+    families = ((M.WORST_CLASSIC, M.ROBUST_ACC_CLASSIC, M.CLASSIC), (M.WORST_AA, M.ROBUST_ACC_AA, M.AUTOATTACK))
+    for aggregate, headline, family in families:
+        ran = {eps for a in trial.attacks if a in family for eps in suite.eps_for(a)}
+        names += [M.robust_key(aggregate, eps) for eps in sorted(ran)]
+        names += [headline] if trial.headline_eps in ran else []
     names += [M.second_class_key(a) for a in trial.attacks]
     return names
+
+
+def unchecked_robust_metric(metric: str, trial: TrialConfig) -> str | None:
+    """Why optimising `metric` would reward fooling weak attacks, or None when AutoAttack-grade attacks
+    check it. Softmax-saturating losses (PC) flatten CE gradients: a classic-only number is a claim."""
+    from pclc.attacks import AttackSuite
+
+    suite = AttackSuite.from_config(trial)
+    aa_eps = {eps for a in trial.attacks if a in M.AUTOATTACK for eps in suite.eps_for(a)}
+    if metric == M.ROBUST_ACC_CLASSIC:
+        return "it is the paper's classic attacks alone"
+    parsed = M.parse_robust_key(metric)
+    if metric == M.ROBUST_ACC:
+        parsed = (M.WORST, trial.headline_eps)
+    if parsed is None:
+        return None
+    attack, eps = parsed
+    if attack in M.CLASSIC or attack == M.WORST_CLASSIC:
+        return f"{attack} is one of the paper's classic attacks, not AutoAttack-grade"
+    if attack == M.WORST and eps not in aa_eps:
+        return f"no AutoAttack-grade attack runs at eps={M.format_eps(eps)} (trial.attacks, trial.aa_eps)"
+    return None
 
 
 def _canonical_metric(name: str) -> str:
@@ -304,6 +335,12 @@ def _problems(cfg: SweepConfig) -> list[str]:
             out.append(
                 f"objective[{i}].metric = {obj.metric!r}: not reported by this trial's attack suite; "
                 f"allowed: {', '.join(allowed_metrics)}"
+            )
+        elif (why := unchecked_robust_metric(obj.metric, cfg.trial)) is not None:
+            out.append(
+                f"objective[{i}].metric = {obj.metric!r}: a sweep must not optimise a robustness number that "
+                f"AutoAttack-grade attacks have not checked ({why}); add autoattack (or apgd_ce, apgd_t, …) to "
+                "trial.attacks at that eps, or optimise robust_acc"
             )
     metrics = [o.metric for o in cfg.objective]
     if len(set(metrics)) != len(metrics):

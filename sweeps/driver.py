@@ -15,6 +15,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,15 @@ from ray.tune.search.optuna import OptunaSearch
 
 from pclc.config import ConfigError
 from sweeps.config import SweepConfig, load_sweep, resolved_yaml
+from sweeps.storage import (  # noqa: F401  (StorageError: raised by run_sweep, imported from here by callers)
+    CONFIG_COPY,
+    METADATA_FILE,
+    StorageError,
+    check_storage,
+    experiment_path,
+    read_metadata,
+    storage_root,
+)
 from sweeps.tracking import (
     STOPPED_EARLY,
     SweepTracker,
@@ -35,10 +45,8 @@ from sweeps.tracking import (
     default_tracking_uri,
     failure_reason,
 )
-from sweeps.trainable import GRID_KEY, VARIANT, RunTrial, TrialSetup, trainable
+from sweeps.trainable import GRID_KEY, VARIANT, RunTrial, TrialSetup, restoring_from_storage, trainable
 
-METADATA_FILE = "pclc_sweep.json"  # in the Ray experiment folder: where this sweep is tracked
-CONFIG_COPY = "pclc_sweep.yaml"  # the resolved sweep file the experiment was started with
 _IGNORED_ON_RESUME = ("storage_path", "tracking_uri")
 
 
@@ -121,7 +129,7 @@ class TrackingCallback(tune.Callback):
     def _get(self) -> SweepTracker:
         if self._tracker is None:
             # restored from the Tuner state: the driver may have written newer ids (e.g. a new parent run)
-            stored = _read_metadata(self.experiment_path)
+            stored = read_metadata(self.experiment_path)
             for key in ("tracking_uri", "experiment_id", "parent_run_id"):
                 setattr(self, key, stored.get(key, getattr(self, key)))
             self._tracker = SweepTracker(self.tracking_uri)
@@ -207,52 +215,8 @@ class SweepResult:
         return f"mlflow ui --backend-store-uri {self.tracking_uri}"
 
 
-def _storage_root(cfg: SweepConfig, storage_path: str | None) -> str:
-    root = storage_path or cfg.storage_path or str(Path.cwd() / "ray_results")
-    return root if "://" in root else str(Path(root).expanduser().resolve())
-
-
-class StorageError(ValueError):
-    """The storage folder cannot be written (read-only, under a file, full): found before Ray starts."""
-
-
-def check_storage(root: str) -> None:
-    """Create `root` and write (then remove) a small probe file there, so that an unwritable or full
-    storage folder is one clear error before any trial trains, not a failure an hour in."""
-    if "://" in root:
-        return  # remote storage: Ray checks it itself
-    path = Path(root)
-    probe = path / f".pclc-write-probe-{os.getpid()}"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with open(probe, "wb") as f:
-            f.write(b"\0" * 65536)  # a checkpoint's worth, so a nearly full disk shows too
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as exc:
-        raise StorageError(
-            f"storage_path {root} cannot be written ({exc.strerror or exc}): choose a writable folder "
-            "with --storage-path or `storage_path` in the sweep file"
-        ) from None
-    finally:
-        try:
-            probe.unlink(missing_ok=True)
-        except OSError:
-            pass
-
-
-def _experiment_path(root: str, name: str) -> str:
-    return f"{root.rstrip('/')}/{name}"
-
-
-def _read_metadata(exp_path: str) -> dict[str, Any]:
-    path = Path(exp_path) / METADATA_FILE
-    if "://" in exp_path or not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+class SocketPathError(ValueError):
+    """The temporary folder's path is too long for Ray's Unix sockets: named, with the fix."""
 
 
 def _write_local(exp_path: str, name: str, text: str) -> None:
@@ -292,6 +256,7 @@ def run_sweep(
     prepared: Any = None,
     verbose: int = 0,
     out: TextIO | None = None,
+    retry_failed: bool = False,
 ) -> SweepResult:
     """Run (or continue) the sweep `cfg` on the Ray cluster this process is connected to.
 
@@ -306,6 +271,7 @@ def run_sweep(
         prepared: the `pclc.experiment.Prepared` of `cfg.trial` if the caller already has it.
         verbose: Ray Tune's own verbosity (0: only this module's one line per trial … 3 detailed).
         out: where the summary is printed (default stdout).
+        retry_failed: on resume, re-run trials whose failure was deterministic (by default they keep it).
 
     Example:
         >>> cfg = load_sweep("sweeps/configs/quickstart.yaml")  # doctest: +SKIP
@@ -322,15 +288,15 @@ def run_sweep(
     # with num_to_keep, Tune snapshots the experiment every few trial checkpoints: wanted here, not a warning
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
-    root = _storage_root(cfg, storage_path)
+    root = storage_root(cfg, storage_path)
     check_storage(root)  # also done by sweep_command before Ray starts; here for callers of run_sweep
-    exp_path = _experiment_path(root, cfg.name)
+    exp_path = experiment_path(root, cfg.name)
     restorable = tune.Tuner.can_restore(exp_path)
     if resume and not restorable:
         print(f"pclc sweep: nothing to resume at {exp_path}; starting the sweep", file=out)
     if restorable:
         _check_unchanged(cfg, exp_path)
-    stored = _read_metadata(exp_path) if restorable else {}
+    stored = read_metadata(exp_path) if restorable else {}
     uri = tracking_uri or cfg.tracking_uri or stored.get("tracking_uri") or default_tracking_uri()
     if stored.get("tracking_uri") and uri != stored["tracking_uri"]:
         raise ConfigError(
@@ -358,9 +324,10 @@ def run_sweep(
             run_fn=run_fn,
             extra_tags={"pclc.sweep": cfg.name},
             experiment_path=exp_path,
+            skip_recorded_failures=restorable and not retry_failed,
         )
         fn = tune.with_resources(
-            tune.with_parameters(trainable, prepared=prepared, setup=setup),
+            restoring_from_storage(tune.with_parameters(trainable, prepared=prepared, setup=setup)),
             {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu},
         )
 
@@ -562,6 +529,8 @@ def smoke_overrides(cfg: SweepConfig) -> list[str]:
         "trial.epochs=2", "trial.warmup_epochs=1", "trial.train_limit=256", "trial.eval_limit=64",
         "trial.epoch_eval_samples=32", "trial.attack_steps=2", "trial.spsa_samples=8",
         "trial.substitute_epochs=1", "scheduler=none", f"name={cfg.name}-smoke",
+        # AutoAttack still runs (the objective needs it), on a few samples with a small budget
+        "trial.aa_limit=16", "trial.aa_steps=5", "trial.square_queries=50", "trial.epoch_attack_steps=2",
     ]  # fmt: skip
     if cfg.mode == "optimize":
         sets.append("num_trials=2")
@@ -588,7 +557,7 @@ def sweep_command(args: argparse.Namespace) -> int:
 
         tracking_uri = normalize_tracking_uri(tracking_uri)
 
-    check_storage(_storage_root(cfg, args.storage_path))  # before Ray starts
+    check_storage(storage_root(cfg, args.storage_path))  # before Ray starts
 
     import ray
 
@@ -596,9 +565,20 @@ def sweep_command(args: argparse.Namespace) -> int:
     started = not ray.is_initialized()
     if started:
         # address None: a local Ray on this machine; "auto": join the cluster started with `ray start`
-        ray.init(address=args.address, include_dashboard=False, configure_logging=False)
+        try:
+            ray.init(address=args.address, include_dashboard=False, configure_logging=False)
+        except OSError as exc:
+            if "AF_UNIX path length" not in str(exc):
+                raise
+            ray_tmp = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
+            raise SocketPathError(
+                f"Ray cannot start here: its socket paths under the temporary folder {ray_tmp} ({len(ray_tmp)} "
+                "characters, from TMPDIR or RAY_TMPDIR) exceed the 107-byte limit of Unix sockets. "
+                "Set a short TMPDIR, e.g. `TMPDIR=/tmp pclc sweep …`, or RAY_TMPDIR for Ray alone"
+            ) from None
     try:
-        result = run_sweep(cfg, resume=args.resume, storage_path=args.storage_path, tracking_uri=tracking_uri)
+        result = run_sweep(cfg, resume=args.resume, storage_path=args.storage_path, tracking_uri=tracking_uri,
+                           retry_failed=getattr(args, "retry_failed", False))  # fmt: skip
     finally:
         if started:
             ray.shutdown()  # workers stop now, quietly, rather than at interpreter exit

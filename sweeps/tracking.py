@@ -36,6 +36,7 @@ T = TypeVar("T")
 ROLE, MODE, HEADLINE, TRIAL_ID = "pclc.role", "pclc.mode", "pclc.headline_metric", "pclc.trial_id"
 PARENT = "mlflow.parentRunId"
 FAILURE = "pclc.failure_reason"
+DETERMINISTIC = "pclc.failure_deterministic"  # "1": the failure would repeat (NaN loss, refused config, bad data)
 FINAL = "pclc.final"  # "1" once the final evaluation is logged
 EXPERIMENT_PATH = "pclc.experiment_path"
 STOPPED_EARLY = "pclc.stopped_early"
@@ -206,6 +207,12 @@ class SweepTracker:
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
 
+    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Every write of the driver waits out a tracking server that is down (up to the patience,
+        PCLC_TRACKING_PATIENCE_S), as the trials do: an outage at the end must not lose the wrap-up."""
+        deadline = time.monotonic() + tracking_patience()
+        return patiently(fn, *args, deadline=deadline, what="recording the sweep", uri=self.tracking_uri, **kwargs)
+
     @property
     def target(self) -> TrackingTarget:
         assert self.experiment_id and self.parent_run_id, "call start_parent first"
@@ -213,26 +220,26 @@ class SweepTracker:
 
     def ensure_experiment(self, name: str) -> str:
         """Create the experiment once, here on the driver (trials only look it up)."""
-        exp = retrying(self.client.get_experiment_by_name, name)
+        exp = self._call(self.client.get_experiment_by_name, name)
         if exp is None:
             try:
-                self.experiment_id = retrying(
+                self.experiment_id = self._call(
                     self.client.create_experiment, name, artifact_location=artifact_root(self.tracking_uri)
                 )
             except Exception:  # another driver created it meanwhile
-                exp = retrying(self.client.get_experiment_by_name, name)
+                exp = self._call(self.client.get_experiment_by_name, name)
                 if exp is None:
                     raise
                 self.experiment_id = exp.experiment_id
         else:
             if exp.lifecycle_stage == "deleted":
-                retrying(self.client.restore_experiment, exp.experiment_id)
+                self._call(self.client.restore_experiment, exp.experiment_id)
             self.experiment_id = exp.experiment_id
         return self.experiment_id
 
     def find_parent(self, experiment_path: str) -> Run | None:
         """The parent run of an earlier (interrupted) run of the same Ray experiment, if any."""
-        runs = retrying(
+        runs = self._call(
             self.client.search_runs,
             [self.experiment_id],
             filter_string=f"tags.`{ROLE}` = 'sweep' and tags.`{EXPERIMENT_PATH}` = '{experiment_path}'",
@@ -250,8 +257,8 @@ class SweepTracker:
         existing = self.find_parent(experiment_path) if resume else None
         if existing is not None:
             self.parent_run_id = existing.info.run_id
-            retrying(self.client.update_run, self.parent_run_id, status="RUNNING")
-            retrying(self.client.set_tag, self.parent_run_id, "pclc.resumed", str(int(time.time())))
+            self._call(self.client.update_run, self.parent_run_id, status="RUNNING")
+            self._call(self.client.set_tag, self.parent_run_id, "pclc.resumed", str(int(time.time())))
             return self.parent_run_id
         tags = {
             ROLE: "sweep",
@@ -263,25 +270,29 @@ class SweepTracker:
             "versions": json.dumps(package_versions()),
         }
         stale = self.find_parent(experiment_path)
-        if stale is not None and stale.info.status == "RUNNING":  # a driver killed before Tune saved anything
-            retrying(self.client.set_terminated, stale.info.run_id, "KILLED")
-        run = retrying(self.client.create_run, self.experiment_id, tags=tags, run_name=f"sweep-{name}")
+        if stale is not None and stale.info.status == "RUNNING":
+            # A driver killed before Tune saved anything: the sweep starts over under the same parent (one
+            # parent per sweep); the trial runs it had begun are orphans, deleted by `reconcile` at the end.
+            self.parent_run_id = stale.info.run_id
+            self._call(self.client.set_tag, self.parent_run_id, "pclc.resumed", str(int(time.time())))
+            return self.parent_run_id
+        run = self._call(self.client.create_run, self.experiment_id, tags=tags, run_name=f"sweep-{name}")
         self.parent_run_id = run.info.run_id
-        retrying(self.client.log_text, self.parent_run_id, resolved_config, "sweep_config.yaml")
+        self._call(self.client.log_text, self.parent_run_id, resolved_config, "sweep_config.yaml")
         return self.parent_run_id
 
     def finish_parent(self, status: str = "FINISHED", reason: str | None = None) -> None:
         if self.parent_run_id is None:
             return
         if reason:
-            retrying(self.client.set_tag, self.parent_run_id, FAILURE, failure_reason(reason))
-        retrying(self.client.set_terminated, self.parent_run_id, status)
+            self._call(self.client.set_tag, self.parent_run_id, FAILURE, failure_reason(reason))
+        self._call(self.client.set_terminated, self.parent_run_id, status)
 
     def child_runs(self, view: int = ViewType.ACTIVE_ONLY) -> list[Run]:
         runs: list[Run] = []
         token = None
         while True:
-            page = retrying(
+            page = self._call(
                 self.client.search_runs,
                 [self.experiment_id],
                 filter_string=f"tags.`{PARENT}` = '{self.parent_run_id}'",
@@ -298,29 +309,29 @@ class SweepTracker:
         self, trial_id: str, *, error: str | None = None, stopped: bool = False, params: dict[str, Any] | None = None,
     ) -> None:  # fmt: skip
         """The driver's last word on one trial: FAILED with a reason, KILLED when stopped early."""
-        run = find_trial_run(self.client, self.target, trial_id)
+        run = self._call(find_trial_run, self.client, self.target, trial_id)
         if run is None:
             if error is None:
                 return
             # the trial died before it could open its run: still one run per trial, with the reason
-            run = retrying(self.client.create_run, self.experiment_id, tags=_trial_tags(self.target, trial_id),
+            run = self._call(self.client.create_run, self.experiment_id, tags=_trial_tags(self.target, trial_id),
                            run_name=f"trial_{trial_id}")  # fmt: skip
             items = [Param(k, param_value(v)) for k, v in (params or {}).items()]
             for chunk in _batched(items, 100):
-                retrying(self.client.log_batch, run.info.run_id, params=chunk)
+                self._call(self.client.log_batch, run.info.run_id, params=chunk)
         run_id, status, tags = run.info.run_id, run.info.status, run.data.tags
         if error is not None:
             if FAILURE not in tags or status != "FAILED":
-                retrying(self.client.set_tag, run_id, FAILURE, failure_reason(error))
+                self._call(self.client.set_tag, run_id, FAILURE, failure_reason(error))
             if status != "FAILED":
-                retrying(self.client.set_terminated, run_id, "FAILED")
+                self._call(self.client.set_terminated, run_id, "FAILED")
         elif status in ("RUNNING", "SCHEDULED"):
             if tags.get(FINAL) == "1":
-                retrying(self.client.set_terminated, run_id, "FINISHED")
+                self._call(self.client.set_terminated, run_id, "FINISHED")
             else:  # Tune ended it before its final evaluation (ASHA, or stopped by the user)
                 if stopped:
-                    retrying(self.client.set_tag, run_id, STOPPED_EARLY, "true")
-                retrying(self.client.set_terminated, run_id, "KILLED")
+                    self._call(self.client.set_tag, run_id, STOPPED_EARLY, "true")
+                self._call(self.client.set_terminated, run_id, "KILLED")
 
     def reconcile(self, trials: dict[str, TrialOutcome]) -> dict[str, int]:
         """Make MLflow agree with Tune at the end: `trials` maps every trial id to how it ended.
@@ -333,10 +344,10 @@ class SweepTracker:
         for run in sorted(self.child_runs(), key=lambda r: r.info.start_time):
             tid = run.data.tags.get(TRIAL_ID)
             if tid not in trials:
-                retrying(self.client.delete_run, run.info.run_id)
+                self._call(self.client.delete_run, run.info.run_id)
                 counts["orphans_deleted"] += 1
             elif tid in seen:
-                retrying(self.client.delete_run, run.info.run_id)
+                self._call(self.client.delete_run, run.info.run_id)
                 counts["duplicates_deleted"] += 1
             else:
                 seen.add(tid)
@@ -387,15 +398,18 @@ class TrialRun:
         self.pending: list[Metric] = []  # metrics the server has not acknowledged yet
         self._previous = run
         self._last_epoch: dict[str, float] = {}
+        self.recorded_failure: str | None = None  # see `open(keep_recorded_failure=True)`
 
     @classmethod
     def open(
         cls, target: TrackingTarget, *, trial_id: str, params: dict[str, Any], tags: dict[str, str] | None = None,
-        buffer_path: str | Path | None = None, patience_s: float | None = None,
+        buffer_path: str | Path | None = None, patience_s: float | None = None, keep_recorded_failure: bool = False,
     ) -> TrialRun:  # fmt: skip
         """Find the trial's run under the parent, or create it with every parameter.
 
-        Metrics an earlier attempt left in `buffer_path` (the server was down) are sent first.
+        Metrics an earlier attempt left in `buffer_path` (the server was down) are sent first. With
+        `keep_recorded_failure`, a run that FAILED for a deterministic reason is left exactly as it is and
+        `recorded_failure` says why: re-running it would only fail again.
         """
         limit_client_retries()
         patience = tracking_patience() if patience_s is None else patience_s
@@ -408,6 +422,10 @@ class TrialRun:
 
         buffer = Path(buffer_path) if buffer_path is not None else None
         run = call(find_trial_run, client, target, trial_id)
+        if keep_recorded_failure and run is not None and run.info.status == "FAILED" and run.data.tags.get(DETERMINISTIC) == "1":
+            kept = cls(client, run, set(), reopened=True, buffer_path=None, patience_s=patience, uri=target.tracking_uri)
+            kept.recorded_failure = run.data.tags.get(FAILURE, "an earlier attempt failed")
+            return kept
         all_tags = {**_trial_tags(target, trial_id), **(tags or {})}
         if run is None:
             run = call(client.create_run, target.experiment_id, tags=all_tags, run_name=f"trial_{trial_id}")
@@ -421,8 +439,9 @@ class TrialRun:
             logged = {int(m.step) for m in history}
             if run.info.status != "FINISHED" or run.data.tags.get(FINAL) != "1":
                 call(client.update_run, run.info.run_id, status="RUNNING")
-                if FAILURE in run.data.tags:  # a retry: the earlier attempt's reason no longer holds
-                    call(client.delete_tag, run.info.run_id, FAILURE)
+                for stale in (FAILURE, DETERMINISTIC):  # a retry: the earlier attempt's reason no longer holds
+                    if stale in run.data.tags:
+                        call(client.delete_tag, run.info.run_id, stale)
             attempts = int(run.data.tags.get("pclc.attempts", "1")) + 1
             call(client.log_batch, run.info.run_id,
                  tags=[RunTag(k, v) for k, v in {**(tags or {}), "pclc.attempts": str(attempts)}.items()])  # fmt: skip
@@ -515,15 +534,16 @@ class TrialRun:
         call(self.client.set_tag, self.run_id, FINAL, "1")
         call(self.client.set_terminated, self.run_id, "FINISHED")
 
-    def fail(self, reason: str, patience_s: float = 10.0) -> None:
-        """FAILED with the reason; Tune may retry the trial, which reopens this run.
+    def fail(self, reason: str, patience_s: float = 10.0, *, deterministic: bool = False) -> None:
+        """FAILED with the reason; Tune may retry the trial, which reopens this run. A deterministic
+        failure is marked so that a resumed sweep does not re-run it unless asked (`--retry-failed`).
 
         Waits only briefly for an unreachable server: the driver records the failure at the end too.
         """
         deadline = time.monotonic() + patience_s
         what = "recording the trial's failure"
-        patiently(self.client.set_tag, self.run_id, FAILURE, failure_reason(reason), deadline=deadline, what=what,
-                  uri=self.uri)  # fmt: skip
+        tags = [RunTag(FAILURE, failure_reason(reason)), RunTag(DETERMINISTIC, "1" if deterministic else "0")]
+        patiently(self.client.log_batch, self.run_id, tags=tags, deadline=deadline, what=what, uri=self.uri)
         patiently(self.client.set_terminated, self.run_id, "FAILED", deadline=deadline, what=what, uri=self.uri)
 
     def set_tags(self, tags: dict[str, str]) -> None:

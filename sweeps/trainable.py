@@ -49,6 +49,20 @@ class TrialSetup:
     run_fn: RunTrial | None = None  # default pclc.experiment.run_trial; tests inject faults here
     extra_tags: dict[str, str] = field(default_factory=dict)
     experiment_path: str = ""  # <storage_path>/<name>: named in errors when the storage is full
+    skip_recorded_failures: bool = False  # resumed sweep: a deterministic failure is not re-run (`--retry-failed`)
+
+
+class RecordedFailure(RuntimeError):
+    """The trial failed before for a reason that would repeat; a resume does not run it again."""
+
+
+def _deterministic(exc: BaseException) -> bool:
+    # Failures a re-run would repeat: a diverging loss, a config the library refuses, unreadable data.
+    from pclc.config import ConfigError
+    from pclc.data import DataError
+    from pclc.train import NonFiniteLossError
+
+    return isinstance(exc, (NonFiniteLossError, ConfigError, DataError))
 
 
 def trial_config(setup: TrialSetup, config: dict[str, Any], trial_id: str) -> TrialConfig:
@@ -89,7 +103,13 @@ def trainable(config: dict[str, Any], *, prepared: Any, setup: TrialSetup) -> No
     if variant is not None:
         tags["pclc.variant"] = str(variant)
     out = Path(cfg.out_dir)  # type: ignore[arg-type]
-    run = TrialRun.open(setup.target, trial_id=trial_id, params=cfg.to_dict(), tags=tags, buffer_path=out / PENDING_FILE)
+    run = TrialRun.open(setup.target, trial_id=trial_id, params=cfg.to_dict(), tags=tags, buffer_path=out / PENDING_FILE,
+                        keep_recorded_failure=setup.skip_recorded_failures)  # fmt: skip
+    if run.recorded_failure is not None:
+        raise RecordedFailure(
+            f"not re-run: it failed before for a reason that would repeat ({run.recorded_failure}); "
+            "resume with --retry-failed to run it again"
+        )
 
     done = run.finished_metrics()
     if done is not None:  # an earlier attempt finished and logged everything; only Tune missed it
@@ -126,10 +146,61 @@ def trainable(config: dict[str, Any], *, prepared: Any, setup: TrialSetup) -> No
     except Exception as exc:  # not SystemExit: that is Tune stopping the trial (ASHA), not a failure
         # Tune may retry (the run reopens); the driver gives the final word when retries run out.
         try:
-            run.fail(f"{type(exc).__name__}: {exc}")
+            run.fail(f"{type(exc).__name__}: {exc}", deterministic=_deterministic(exc))
         except Exception as tracking_exc:  # MLflow unreachable: keep the trial's own error
             print(f"pclc trial: warning: cannot record the failure in MLflow: {tracking_exc}", flush=True)
         raise
+
+
+# ------------------------------------------------------------------ restore from whatever is on storage
+def newest_checkpoint_on_storage(checkpoint: tune.Checkpoint) -> tune.Checkpoint | None:
+    """`checkpoint` if it exists, else the newest `checkpoint_*` beside it on the same storage, else None.
+
+    Tune's experiment snapshot can name a checkpoint that `num_to_keep` deleted after the snapshot was
+    written; a driver killed in that window would otherwise fail the trial on every resume.
+    """
+    import pyarrow.fs
+
+    fs, path = checkpoint.filesystem, checkpoint.path
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound:
+        return checkpoint
+    parent = path.rstrip("/").rsplit("/", 1)[0]
+    try:
+        found = fs.get_file_info(pyarrow.fs.FileSelector(parent, allow_not_found=True))
+    except OSError:
+        return None
+    names = sorted(
+        (info.path for info in found
+         if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_")
+         and (fs.get_file_info(f"{info.path}/{CHECKPOINT_FILE}").type == pyarrow.fs.FileType.File)),
+        key=lambda p: p.rsplit("/", 1)[-1],
+    )  # fmt: skip
+    return tune.Checkpoint(names[-1], filesystem=fs) if names else None
+
+
+def restoring_from_storage(fn: Callable[..., Any]) -> type:
+    """The function trainable as a Tune class, restoring from the newest checkpoint that still exists
+    (or from scratch when none is left) instead of failing the trial on every resume."""
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    trainable_cls = wrap_function(fn)
+
+    class RestoreFromStorage(trainable_cls):  # type: ignore[misc, valid-type]
+        def restore(self, checkpoint_path: Any) -> Any:
+            result = checkpoint_path
+            checkpoint = getattr(result, "checkpoint", None)
+            if checkpoint is not None:
+                found = newest_checkpoint_on_storage(checkpoint)
+                if found is None:  # nothing left to resume from: the trial starts over (MLflow skips logged epochs)
+                    print(f"pclc trial: checkpoint {checkpoint.path} is gone and none is left: starting over", flush=True)
+                    return None
+                if found is not checkpoint:
+                    print(f"pclc trial: checkpoint {checkpoint.path} is gone: resuming from {found.path}", flush=True)
+                    result.checkpoint = found
+            return super().restore(result)
+
+    RestoreFromStorage.__name__ = RestoreFromStorage.__qualname__ = trainable_cls.__name__
+    return RestoreFromStorage
 
 
 class StorageFullError(OSError):

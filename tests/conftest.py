@@ -15,3 +15,14 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 def _isolated_cwd(tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test runs in its own folder, so nothing lands in the checkout (mlflow.db, runs/, …)."""
     monkeypatch.chdir(tmp_path)
+
+
+FAST_TIMEOUT_S = 300  # pyproject's `timeout`: every test, unless it says otherwise
+SLOW_TIMEOUT_S = 900  # an end-to-end test (real sweeps, cluster, browser) without its own timeout
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Nothing hangs CI: slow tests get a longer explicit timeout than the global one, never none."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))

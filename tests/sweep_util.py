@@ -32,11 +32,13 @@ from sweeps.config import SweepConfig, objective_metrics, parse_sweep
 
 EPOCH_KEYS = (M.EPOCH, M.TRAIN_LOSS, M.CLEAN_ACC, M.EPOCH_ROBUST_ACC)
 
-# A trial of a few seconds: digits, 2-3 epochs, 64 test samples, two cheap attacks.
+# A trial of a few seconds: digits, 2-3 epochs, 64 test samples, two cheap attacks (one AutoAttack-grade,
+# so the robust_acc objective is one a sweep may optimise).
 TINY_TRIAL: dict[str, Any] = {
     "dataset": "digits", "model": "small_cnn", "epochs": 3, "warmup_epochs": 1, "lr": 0.003,
-    "eval_limit": 64, "epoch_eval_samples": 32, "attacks": ["fgsm", "pgd_ce"], "eps": [0.1, 0.2],
-    "headline_eps": 0.1, "attack_steps": 3, "masking_eps": 0.5, "save_weights": False, "threads": 1,
+    "eval_limit": 64, "epoch_eval_samples": 32, "attacks": ["fgsm", "apgd_ce"], "eps": [0.1, 0.2],
+    "headline_eps": 0.1, "attack_steps": 3, "aa_steps": 5, "aa_limit": 32, "epoch_attack_steps": 3,
+    "masking_eps": 0.5, "save_weights": False, "threads": 1,
 }  # fmt: skip
 
 

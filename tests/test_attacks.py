@@ -23,8 +23,11 @@ from pclc.metrics import ATTACKS
 STEPS = 5
 
 
+AA_BUDGET = {"aa_steps": 20, "square_queries": 300}  # small budgets: digits break at far less
+
+
 def suite(attacks: tuple[str, ...], eps: tuple[float, ...], **kw) -> AttackSuite:
-    return AttackSuite(attacks=attacks, eps=eps, steps=STEPS, spsa_samples=16, **kw)
+    return AttackSuite(attacks=attacks, eps=eps, steps=STEPS, spsa_samples=16, **{**AA_BUDGET, **kw})
 
 
 # ------------------------------------------------------------------ advertorch shim
@@ -67,15 +70,16 @@ def test_suite_from_config() -> None:
     )
     s = AttackSuite.from_config(cfg)
     assert s == AttackSuite(attacks=("fgsm", "spsa"), eps=(0.1, 0.2), steps=7, step_scale=2.0,
-                            spsa_samples=32, batch_size=50, seed=3)
+                            spsa_samples=32, batch_size=50, seed=3, aa_eps=(0.1,))
     assert s.step_size(0.2) == pytest.approx(2.0 * 0.2 / 7)
 
 
 def test_suite_defaults_come_from_the_config() -> None:
     cfg = make_config({})
     s = AttackSuite(attacks=("fgsm",), eps=(0.1,))
-    assert (s.steps, s.step_scale, s.spsa_samples, s.batch_size) == (
-        cfg.attack_steps, cfg.step_scale, cfg.spsa_samples, cfg.eval_batch_size)
+    assert (s.steps, s.step_scale, s.spsa_samples, s.batch_size, s.aa_steps, s.square_queries, s.aa_limit) == (
+        cfg.attack_steps, cfg.step_scale, cfg.spsa_samples, cfg.eval_batch_size, cfg.aa_steps, cfg.square_queries,
+        cfg.aa_limit)
 
 
 @pytest.mark.parametrize(
@@ -165,7 +169,8 @@ def test_suite_result_shapes_and_worst_case(digits, model, substitute) -> None:
     assert result.clean_logits.shape == (len(x), 10)
     assert torch.allclose(result.clean_probs.sum(dim=1), torch.ones(len(x)))
     assert set(result.adv_pred) == {("fgsm", 0.1), ("pgd_ce", 0.1), ("transfer", 0.1)}
-    worst = result.worst(0.1)
+    worst, scored = result.worst(0.1)
+    assert scored.all()  # classic attacks score every sample
     for name in result.attacks:
         assert result.pred(name, 0.1).shape == (len(x),)
         assert (worst <= result.robust(name, 0.1)).all()
@@ -203,3 +208,71 @@ def test_runs_under_no_grad_and_autocast(digits, model) -> None:
 def test_transfer_without_substitute_is_a_clear_error(digits, model) -> None:
     with pytest.raises(ValueError, match="substitute"):
         run_suite(model, digits[2][:8], digits[3][:8], suite(("fgsm", "transfer"), (0.1,)))
+
+
+# ------------------------------------------------------------------ AutoAttack-grade attacks
+AA_COMPONENTS = ("apgd_ce", "apgd_t", "fab_t", "square")
+
+
+@pytest.fixture(scope="module")
+def aa_result(digits, model):
+    x, y = digits[2], digits[3]
+    return run_suite(model, x, y, suite(("fgsm", *AA_COMPONENTS, "autoattack"), (0.1,), aa_limit=96))
+
+
+def test_autoattack_is_at_most_each_of_its_components(aa_result) -> None:
+    aa = aa_result.accuracy("autoattack", 0.1)
+    for name in AA_COMPONENTS:
+        assert aa <= aa_result.accuracy(name, 0.1), name
+    # APGD-CE runs first on the same points with the same seed: every point it breaks, AutoAttack breaks.
+    scored = aa_result.mask("autoattack", 0.1)
+    assert not (aa_result.robust("autoattack", 0.1) & ~aa_result.robust("apgd_ce", 0.1))[scored].any()
+
+
+def test_autoattack_grade_attacks_score_a_fixed_seeded_subset(aa_result, digits) -> None:
+    n = len(digits[3])
+    subset = aa_result.mask("apgd_ce", 0.1)
+    assert subset.sum() == 96 and aa_result.mask("fgsm", 0.1).all()
+    # The same samples for every suite and seed, and not simply the first 96 (a sorted file would bias it).
+    assert torch.equal(subset, suite(("fgsm",), (0.1,), aa_limit=96, seed=7).aa_subset(n))
+    assert not subset[:96].all()
+    # The worst case is taken where every attack scored: on the subset.
+    _, scope = aa_result.worst(0.1)
+    assert torch.equal(scope, subset)
+    assert aa_result.worst_accuracy(0.1) <= min(aa_result.accuracy(a, 0.1) for a in aa_result.attacks)
+
+
+def test_autoattack_runs_only_at_aa_eps(digits, model) -> None:
+    s = suite(("fgsm", "apgd_ce"), (0.05, 0.1), aa_eps=(0.1,), aa_limit=32)
+    result = run_suite(model, digits[2][:64], digits[3][:64], s)
+    assert set(result.adv_pred) == {("fgsm", 0.05), ("fgsm", 0.1), ("apgd_ce", 0.1)}
+    with pytest.raises(ValueError, match="aa_eps"):
+        suite(("apgd_ce",), (0.1,), aa_eps=(0.3,))
+
+
+def test_reference_attacks_leave_the_global_rng_alone_and_repeat(digits, model) -> None:
+    x, y = digits[2][:48], digits[3][:48]
+    state = torch.get_rng_state()
+    a = run_suite(model, x, y, suite(("apgd_ce", "square"), (0.1,)))
+    assert torch.equal(torch.get_rng_state(), state)  # the reference code calls torch.manual_seed
+    b = run_suite(model, x, y, suite(("apgd_ce", "square"), (0.1,)))
+    for name in ("apgd_ce", "square"):
+        assert torch.equal(a.pred(name, 0.1), b.pred(name, 0.1))
+
+
+def test_reference_flags_are_read_from_its_warnings() -> None:
+    import logging
+
+    from pclc.attacks import AA_LOGGER, AAFlags
+
+    flags = AAFlags()
+    logger = logging.getLogger(AA_LOGGER)
+    with flags.listening():
+        logger.warning("there are tensor(3) points with zero gradient! This might lead to unreliable evaluation")
+        logger.warning("there are tensor(2, device='cuda:0') points with zero gradient! ...")
+        logger.warning("Square Attack has decreased the robust accuracy of 1.56%. This might indicate ...")
+        logger.debug("robust accuracy after APGD-CE: 50.00%")
+    logger.warning("after listening: not collected")
+    assert flags.zero_gradients == 5
+    assert flags.square_gain == pytest.approx(0.0156)
+    assert len(flags.messages) == 3

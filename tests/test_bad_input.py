@@ -10,6 +10,8 @@ cases also goes through the command, plus the malformed fields that file does no
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import shutil
 import socket
 import subprocess
@@ -71,6 +73,7 @@ def refused(argv: list[str], capsys: pytest.CaptureFixture[str], folder: Path) -
     assert rc == 2, err
     assert "Traceback" not in err
     assert err.startswith(f"pclc {argv[0]}: error: "), err
+    assert err.count(": error: ") == 1 and "Warning" not in err, err  # one message, nothing else
     after = _digest(folder)
     # nothing recorded is lost or changed; the only thing that may appear is the sweep file we wrote
     assert {k: v for k, v in after.items() if k in before} == before
@@ -104,7 +107,11 @@ def truncated_npz(folder: Path) -> Path:
 RUNNER = (
     "import sys\n"
     "from sweeps.cli import main\n"
-    "rc = main(sys.argv[1:])\n"
+    "if sys.argv[1] == '-m-sweeps':\n"  # the cluster command, `python -m sweeps …`
+    "    from sweeps.__main__ import main as sweeps_main\n"
+    "    rc = sweeps_main(sys.argv[2:])\n"
+    "else:\n"
+    "    rc = main(sys.argv[1:])\n"
     "print('ray imported:', 'ray' in sys.modules, file=sys.stderr)\n"
     "sys.exit(rc)\n"
 )
@@ -321,6 +328,16 @@ def test_unreachable_tracking_server_fails_fast_before_ray(cwd: Path, capsys: py
     assert f"cannot read the MLflow tracking store at {uri}" in err
 
 
+def test_resume_probes_the_store_the_sweep_began_with(cwd: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Neither --tracking-uri nor the sweep file names a store: the one the sweep recorded is probed.
+    uri = f"http://127.0.0.1:{closed_port()}"
+    recorded = cwd / "store" / "quickstart"
+    recorded.mkdir(parents=True)
+    (recorded / "pclc_sweep.json").write_text(json.dumps({"tracking_uri": uri}))
+    err = refused(["sweep", str(QUICKSTART), "--resume", "--storage-path", str(cwd / "store")], capsys, cwd)
+    assert uri in err and "cannot be reached" in err
+
+
 def test_sqlite_uri_in_a_missing_folder_is_refused(cwd: Path, capsys: pytest.CaptureFixture[str]) -> None:
     uri = f"sqlite:///{cwd / 'no' / 'such' / 'mlflow.db'}"
     err = refused(["sweep", str(QUICKSTART), "--tracking-uri", uri], capsys, cwd)
@@ -371,7 +388,35 @@ def test_the_real_command_exits_2_without_traceback_or_ray(cwd: Path) -> None:
     assert {k: v for k, v in _digest(cwd).items() if k != "sweep.yaml"} == before
 
 
+def test_the_cluster_command_refuses_the_same_way_before_ray(cwd: Path) -> None:
+    # `python -m sweeps` (what `ray job submit` runs) is `pclc sweep`: the same preflight, in seconds.
+    uri = f"http://127.0.0.1:{closed_port()}"
+    proc = pclc("-m-sweeps", str(QUICKSTART), "--tracking-uri", uri, cwd=cwd)
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot be reached" in proc.stderr and "Traceback" not in proc.stderr
+    assert "ray imported: False" in proc.stderr
+    bad = write_yaml(cwd, _optimize(max_concurrent=0))
+    proc = pclc("-m-sweeps", str(bad), cwd=cwd)
+    assert proc.returncode == 2 and "max_concurrent = 0" in proc.stderr and "ray imported: False" in proc.stderr
+    proc = pclc("-m-sweeps", str(QUICKSTART), "--set", f"trial.dataset=npz:{truncated_npz(cwd)}", cwd=cwd)
+    assert proc.returncode == 2 and "not a readable .npz archive" in proc.stderr, proc.stderr
+    assert "ray imported: False" in proc.stderr
+
+
 def test_the_real_command_shows_the_traceback_with_debug(cwd: Path) -> None:
     proc = pclc("--debug", "train", "--set", f"dataset=npz:{truncated_npz(cwd)}", cwd=cwd)
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr and "DataError" in proc.stderr and "not a readable .npz archive" in proc.stderr
+
+
+def test_a_long_tmpdir_is_named_with_the_fix(cwd: Path) -> None:
+    # Ray's Unix socket paths live under TMPDIR; past 107 bytes Ray dies with an OSError traceback.
+    long_tmp = cwd / ("t" * 80)
+    long_tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(long_tmp)}
+    proc = subprocess.run([sys.executable, "-c", RUNNER, "sweep", str(QUICKSTART), "--smoke-test"], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.count(": error: ") == 1 and "TMPDIR" in proc.stderr and "107" in proc.stderr
+    assert str(long_tmp) in proc.stderr

@@ -47,6 +47,20 @@ def test_bad_values_name_field_value_and_allowed(override: str, field: str, hint
     assert field in msg and hint in msg
 
 
+def test_a_knob_the_loss_ignores_does_not_refuse_the_run() -> None:
+    # CE has no warm-up phase: the default warmup_epochs 4 must not block a 3-epoch CE run.
+    cfg = load_config(None, ["loss=ce", "epochs=3"])
+    assert (cfg.loss, cfg.epochs, cfg.warmup_epochs) == ("ce", 3, 4)
+    with pytest.raises(ConfigError, match="warmup_epochs 4 exceeds epochs 3"):
+        load_config(None, ["loss=pclc", "epochs=3"])
+
+
+def test_aa_eps_must_be_on_the_eps_grid() -> None:
+    assert load_config(None, ["aa_eps=[0.05, 0.1]"]).aa_eps == [0.05, 0.1]
+    with pytest.raises(ConfigError, match="aa_eps"):
+        load_config(None, ["aa_eps=[0.3]"])
+
+
 def test_set_without_equals_is_refused() -> None:
     with pytest.raises(ConfigError, match="expected key=value"):
         parse_override("loss")

@@ -17,8 +17,8 @@ from pclc.evaluate import (
     Evaluation,
     evaluate,
     masking_checks,
+    epoch_robust_acc,
     prob_gap,
-    quick_robust_acc,
     second_class_rate,
 )
 
@@ -50,9 +50,25 @@ class Saturated(nn.Module):
         return self.inner(x) * 1e4
 
 
+class Scaled(nn.Module):
+    """Logits ×1000: same predictions, a saturated softmax. CE-based attacks stall; DLR/margin ones do not."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) * 1000
+
+
+# Small AutoAttack budgets (digits break at far less than the reference's); every sample scored, so
+# per-attack accuracies and the worst case are over the same samples.
+AA_BUDGET = {"aa_steps": 20, "square_queries": 300, "aa_limit": None, "aa_eps": (HEADLINE,)}
+
+
 @pytest.fixture(scope="module")
 def suite() -> AttackSuite:
-    return AttackSuite(attacks=tuple(ATTACK_BUILDERS.names()), eps=EPS, steps=5, spsa_samples=16)
+    return AttackSuite(attacks=tuple(ATTACK_BUILDERS.names()), eps=EPS, steps=5, spsa_samples=16, **AA_BUDGET)
 
 
 def _evaluate(net: nn.Module, digits, suite: AttackSuite, substitute: nn.Module) -> Evaluation:
@@ -69,11 +85,16 @@ def normal(model, digits, suite, substitute) -> Evaluation:
 def test_metric_names_follow_the_schema(normal: Evaluation, suite: AttackSuite) -> None:
     keys = set(normal.metrics)
     assert {M.CLEAN_ACC, M.ROBUST_ACC, M.PROB_GAP} <= keys
-    for eps in EPS:
-        for attack in (*suite.attacks, M.WORST):
+    for attack in suite.attacks:
+        for eps in suite.eps_for(attack):
             assert M.robust_key(attack, eps) in keys
+    for eps in EPS:
+        assert {M.robust_key(M.WORST, eps), M.robust_key(M.WORST_CLASSIC, eps)} <= keys
+    assert (M.robust_key(M.WORST_AA, HEADLINE) in keys) and (M.robust_key(M.WORST_AA, EPS[0]) not in keys)
+    headlines = (M.CLEAN_ACC, M.ROBUST_ACC, M.ROBUST_ACC_CLASSIC, M.ROBUST_ACC_AA, M.PROB_GAP)
+    assert set(headlines) <= keys
     for key in keys:
-        known = key in (M.CLEAN_ACC, M.ROBUST_ACC, M.PROB_GAP) or M.parse_robust_key(key) is not None
+        known = key in headlines or M.parse_robust_key(key) is not None
         known |= key.startswith(("second_class_rate/", M.MASKING_PREFIX))
         assert known, key
         assert isinstance(normal.metrics[key], float) and math.isfinite(normal.metrics[key]), key
@@ -84,7 +105,7 @@ def test_accuracies_are_sane_on_a_trained_model(normal: Evaluation, suite: Attac
     m = normal.metrics
     assert m[M.CLEAN_ACC] > 0.9
     for attack in suite.attacks:
-        for eps in EPS:
+        for eps in suite.eps_for(attack):
             assert 0.0 <= m[M.robust_key(attack, eps)] < m[M.CLEAN_ACC]
 
 
@@ -92,10 +113,16 @@ def test_worst_case_is_at_most_every_attack(normal: Evaluation, suite: AttackSui
     m = normal.metrics
     for eps in EPS:
         worst = m[M.robust_key(M.WORST, eps)]
-        assert all(worst <= m[M.robust_key(a, eps)] for a in suite.attacks)
+        ran = [a for a in suite.attacks if eps in suite.eps_for(a)]
+        assert all(worst <= m[M.robust_key(a, eps)] for a in ran)
+        assert worst <= m[M.robust_key(M.WORST_CLASSIC, eps)]
     # Per-sample worst case: strictly below the best single attack somewhere on this grid.
-    assert any(m[M.robust_key(M.WORST, e)] < min(m[M.robust_key(a, e)] for a in suite.attacks) for e in EPS)
+    classic = [a for a in suite.attacks if a in M.CLASSIC]
+    assert any(m[M.robust_key(M.WORST_CLASSIC, e)] < min(m[M.robust_key(a, e)] for a in classic) for e in EPS)
     assert m[M.ROBUST_ACC] == m[M.robust_key(M.WORST, HEADLINE)]
+    assert m[M.ROBUST_ACC] == min(m[M.ROBUST_ACC_CLASSIC], m[M.ROBUST_ACC_AA]) or m[M.ROBUST_ACC] < min(
+        m[M.ROBUST_ACC_CLASSIC], m[M.ROBUST_ACC_AA])
+    assert m[M.ROBUST_ACC_AA] <= m[M.robust_key("autoattack", HEADLINE)]
 
 
 def test_headline_eps_must_be_in_the_grid(model, digits, suite) -> None:
@@ -193,11 +220,71 @@ def test_evaluation_leaves_no_weight_gradients(model, digits, substitute) -> Non
         model.eval()
 
 
+# ------------------------------------------------------------------ classic attacks vs AutoAttack
+CLASSIC_SUITE = ("fgsm", "pgd_ce", "mim", "bim", "autoattack")  # the paper's CE-based protocol + AutoAttack
+
+
+def _classic_vs_aa(net: nn.Module, digits) -> Evaluation:
+    s = AttackSuite(attacks=CLASSIC_SUITE, eps=(HEADLINE,), steps=5, **AA_BUDGET)
+    return evaluate(net, digits[2], digits[3], s, headline_eps=HEADLINE, masking_eps=None)
+
+
+def test_classic_overstating_fires_on_scaled_logits_and_names_both_numbers(model, digits) -> None:
+    ev = _classic_vs_aa(Scaled(model), digits)
+    m = ev.metrics
+    classic, aa = m[M.ROBUST_ACC_CLASSIC], m[M.ROBUST_ACC_AA]
+    assert classic - aa > 0.03
+    assert m[M.masking_key("classic_overstates")] == 1.0 and m[M.masking_key("any")] == 1.0
+    assert m[M.masking_key("classic_aa_gap")] == pytest.approx(classic - aa)
+    warning = next(w for w in ev.warnings if "AutoAttack-grade" in w)
+    assert f"{classic:.3f}" in warning and f"{aa:.3f}" in warning
+    assert m[M.ROBUST_ACC] <= aa  # the headline is the truth, whatever the classic attacks claim
+
+
+def test_classic_overstating_stays_quiet_on_a_plain_ce_model(model, digits) -> None:
+    ev = _classic_vs_aa(model, digits)
+    assert ev.metrics[M.masking_key("classic_overstates")] == 0.0
+    assert not any("AutoAttack-grade" in w for w in ev.warnings)
+
+
+def test_reference_zero_gradient_flag_fires_on_masked_gradients(model, digits) -> None:
+    s = AttackSuite(attacks=("apgd_t",), eps=(HEADLINE,), **AA_BUDGET)  # the reference checks on DLR losses
+    masked = evaluate(Quantized(model), digits[2][:64], digits[3][:64], s, headline_eps=HEADLINE, masking_eps=None)
+    assert masked.metrics[M.masking_key("aa_zero_gradients")] == 1.0
+    assert masked.metrics[M.masking_key("aa_zero_gradient_points")] > 0
+    assert any("exactly zero" in w for w in masked.warnings)
+    plain = evaluate(model, digits[2][:64], digits[3][:64], s, headline_eps=HEADLINE, masking_eps=None)
+    assert plain.metrics[M.masking_key("aa_zero_gradients")] == 0.0
+
+
+def test_masking_checks_classic_vs_aa_and_reference_by_hand() -> None:
+    out, warnings = masking_checks({}, None, classic_vs_aa={0.1: (0.60, 0.58), 0.2: (0.30, 0.25)})
+    assert out[M.masking_key("classic_aa_gap")] == pytest.approx(0.05)  # the worst eps is reported
+    assert out[M.masking_key("classic_overstates")] == 1.0 and "eps=0.2" in warnings[0]
+    out, warnings = masking_checks({}, None, classic_vs_aa={0.1: (0.60, 0.58)},
+                                   reference={"aa_zero_gradients": 0.0, "aa_square_gain": 0.01})
+    assert out[M.masking_key("classic_overstates")] == 0.0
+    assert out[M.masking_key("aa_square_beats_whitebox")] == 1.0 and "Square" in warnings[0]
+
+
 # ------------------------------------------------------------------ the per-epoch signal
-def test_quick_robust_acc(model, digits) -> None:
+def test_epoch_robust_acc(model, digits) -> None:
     x, y = digits[2][:128], digits[3][:128]
-    weak = quick_robust_acc(model, x, y, eps=0.05, steps=3)
-    strong = quick_robust_acc(model, x, y, eps=0.2, steps=3)
+    weak = epoch_robust_acc(model, x, y, eps=0.05, steps=5)
+    strong = epoch_robust_acc(model, x, y, eps=0.2, steps=5)
     with torch.no_grad():
         clean = (model(x).argmax(1) == y).float().mean().item()
     assert 0.0 <= strong < weak < clean
+
+
+def test_epoch_robust_acc_is_not_fooled_by_a_saturated_softmax(model, digits) -> None:
+    # The old signal (PGD-CE) rewarded saturation: it stalls on ×1000 logits; APGD-T does not.
+    x, y = digits[2][:128], digits[3][:128]
+    honest = epoch_robust_acc(model, x, y, eps=0.1, steps=5)
+    scaled = epoch_robust_acc(Scaled(model), x, y, eps=0.1, steps=5)
+    pgd = AttackSuite(attacks=("pgd_ce",), eps=(0.1,), steps=5)
+    from pclc.attacks import run_suite
+
+    fooled = run_suite(Scaled(model), x, y, pgd).accuracy("pgd_ce", 0.1)
+    assert fooled > honest + 0.2
+    assert abs(scaled - honest) < 0.1

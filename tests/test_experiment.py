@@ -88,3 +88,29 @@ def test_prepare_skips_the_substitute_without_transfer() -> None:
 def test_final_metrics_are_finite_numbers(prepared) -> None:
     final = run_trial(make_config({**SMALL, "loss": "ce", "warmup_epochs": 0}), Recorder(), prepared=prepared)
     assert all(isinstance(v, float | int) and math.isfinite(v) for v in final.values())
+
+
+# ------------------------------------------------------------------ same config + seed → same weights
+def _weights_hash(cfg_values: dict[str, Any], *, prepared=None) -> str:
+    import hashlib
+
+    cfg = make_config({**cfg_values, "device": "cpu"})
+    states: list[dict[str, Any]] = []
+    run_trial(cfg, lambda m, s: states.append(s) if s is not None else None, prepared=prepared)
+    digest = hashlib.sha256()
+    for name, tensor in sorted(states[-1]["model"].items()):
+        digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def test_weights_do_not_depend_on_the_attack_list_or_who_prepared() -> None:
+    tiny = {**SMALL, "epochs": 2, "eval_limit": 32, "epoch_eval_samples": 16, "masking_eps": 0.5, "seed": 3}
+    alone = _weights_hash({**tiny, "attacks": ["fgsm"]})
+    # A transfer attack trains (and seeds) the substitute, and the runner seeds every attack: neither may
+    # reach the trial's own random draws, and neither may the per-epoch AutoAttack-grade signal.
+    assert _weights_hash({**tiny, "attacks": ["fgsm", "transfer"]}) == alone
+    assert _weights_hash({**tiny, "attacks": ["fgsm", "transfer", "apgd_t"], "aa_steps": 3}) == alone
+    # A sweep prepares the data and substitute once, on the driver, and hands them to every trial.
+    shared = prepare(make_config({**tiny, "attacks": ["fgsm", "transfer"]}))
+    assert _weights_hash({**tiny, "attacks": ["fgsm", "transfer"]}, prepared=shared) == alone
+    assert _weights_hash({**tiny, "attacks": ["fgsm"], "seed": 4}) != alone  # the hash can tell seeds apart

@@ -268,3 +268,33 @@ def test_a_disk_full_during_training_fails_the_trial_naming_the_path(
     assert f"{storage}/full/trial_{children[0].data.tags['pclc.trial_id']}" in reason, reason
     assert [s for s, _ in history(f"sqlite:///{tmp_path / 'mlflow.db'}", children[0], "epoch")] == [1, 2]
     assert parent.info.status == "FAILED" and "No space left on device" in parent.data.tags["pclc.failure_reason"]
+
+
+# --------------------------------------------------------------------------- the driver's wrap-up during an outage
+@pytest.mark.slow
+def test_the_driver_wraps_up_a_sweep_through_a_tracking_server_outage(
+    server: MlflowServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sweeps.tracking import TrackingTarget
+
+    monkeypatch.setenv("PCLC_TRACKING_PATIENCE_S", "120")
+    tracker = SweepTracker(server.uri)
+    tracker.start_parent(name="outage-wrapup", mode="optimize", headline_metric="robust_acc", objective=[],
+                         experiment_path="/nowhere/outage-wrapup", resolved_config="name: x\n", resume=False)  # fmt: skip
+    target = TrackingTarget(server.uri, tracker.experiment_id, tracker.parent_run_id)
+    run = TrialRun.open(target, trial_id="t1", params={"seed": 0})
+    run.log_epoch({"epoch": 1, "clean_acc": 0.5})
+
+    # The server goes down just as the sweep ends, and is back 4 s later: the wrap-up waits for it.
+    server.stop()
+    back = threading.Timer(4.0, server.start)
+    back.start()
+    try:
+        tracker.close_trial("t1", error="RuntimeError: boom")
+        tracker.finish_parent("FINISHED")
+    finally:
+        back.join()
+    client = MlflowClient(server.uri)
+    assert client.get_run(tracker.parent_run_id).info.status == "FINISHED"
+    child = client.get_run(run.run_id)
+    assert child.info.status == "FAILED" and child.data.tags["pclc.failure_reason"] == "RuntimeError: boom"

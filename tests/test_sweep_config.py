@@ -55,6 +55,17 @@ def test_data_root_comes_from_an_environment_variable(monkeypatch: pytest.Monkey
     assert cfg.trial.data_root == str(tmp_path / "datasets")
 
 
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_files_score_with_autoattack_and_the_classic_attacks(path: Path) -> None:
+    from pclc import metrics as M
+
+    trial = load_sweep(path).trial
+    assert "autoattack" in trial.attacks and trial.headline_eps in (trial.aa_eps or [trial.headline_eps])
+    assert {"fgsm", "pgd_ce", "pgd_cw", "mim", "transfer"} <= set(trial.attacks)  # the paper's protocol stays
+    assert trial.save_weights  # `pclc evaluate` can re-score the finalists
+    assert set(trial.attacks) & set(M.CLASSIC) and trial.aa_limit is not None
+
+
 def test_quickstart_is_small_and_cpu_only() -> None:
     cfg = load_sweep(Path(__file__).parents[1] / "sweeps/configs/quickstart.yaml")
     assert (cfg.mode, cfg.trial.dataset, cfg.resources.gpu, cfg.num_trials) == ("optimize", "digits", 0, 16)
@@ -84,9 +95,9 @@ def test_set_overrides_use_dotted_keys(tmp_path: Path) -> None:
 
 
 def test_objective_names_are_canonical_and_lists_make_a_pareto_search() -> None:
-    cfg = parse_sweep(_optimize(objective=["clean_acc", {"metric": "robust_acc/pgd_ce/eps=0.10"}]))
-    assert [o.metric for o in cfg.objective] == ["clean_acc", "robust_acc/pgd_ce/eps=0.1"]
-    assert cfg.multi_objective and cfg.headline_metric == "robust_acc/pgd_ce/eps=0.1"
+    cfg = parse_sweep(_optimize(objective=["clean_acc", {"metric": "robust_acc/apgd_ce/eps=0.10"}]))
+    assert [o.metric for o in cfg.objective] == ["clean_acc", "robust_acc/apgd_ce/eps=0.1"]
+    assert cfg.multi_objective and cfg.headline_metric == "robust_acc/apgd_ce/eps=0.1"
 
 
 def test_tracking_uri_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -104,7 +115,7 @@ def _optimize(**changes: Any) -> dict[str, Any]:
         "name": "t",
         "mode": "optimize",
         "trial": {"dataset": "digits", "model": "small_cnn", "epochs": 4, "warmup_epochs": 1,
-                  "attacks": ["fgsm", "pgd_ce"], "eps": [0.1, 0.2], "headline_eps": 0.1},  # fmt: skip
+                  "attacks": ["fgsm", "pgd_ce", "apgd_ce"], "eps": [0.1, 0.2], "headline_eps": 0.1},  # fmt: skip
         "objective": [{"metric": "robust_acc", "mode": "max"}],
         "space": {
             "margin": {"type": "uniform", "low": 0.9, "high": 0.999},
@@ -186,6 +197,14 @@ BAD: list[tuple[str, dict[str, Any], list[str]]] = [
      ["initial_points[0].lr", "not in `space`", "allowed: lc_weight, margin"]),
     ("objective not measured", _optimize(objective="robust_acc/bim/eps=0.1"),
      ["objective[0].metric", "robust_acc/bim/eps=0.1", "allowed:", "robust_acc/pgd_ce/eps=0.1"]),
+    ("objective on classic attacks alone", _optimize(trial={"attacks": ["fgsm", "pgd_ce"]}),
+     ["objective[0].metric", "'robust_acc'", "AutoAttack-grade", "autoattack", "trial.attacks"]),
+    ("objective on a classic attack", _optimize(objective="robust_acc/pgd_ce/eps=0.1"),
+     ["objective[0].metric", "robust_acc/pgd_ce/eps=0.1", "classic attacks", "AutoAttack-grade"]),
+    ("objective on the classic claim", _optimize(objective="robust_acc_classic"),
+     ["objective[0].metric", "robust_acc_classic", "classic attacks alone"]),
+    ("objective where AutoAttack did not run", _optimize(objective="robust_acc/worst/eps=0.2"),
+     ["objective[0].metric", "robust_acc/worst/eps=0.2", "no AutoAttack-grade attack runs at eps=0.2", "aa_eps"]),
     ("objective mode", _optimize(objective=[{"metric": "robust_acc", "mode": "up"}]),
      ["objective.0.mode", "'up'", "'max' or 'min'"]),
     ("negative gpu", _optimize(resources={"gpu": -1}), ["resources.gpu", "-1", "greater than or equal to 0"]),

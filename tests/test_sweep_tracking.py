@@ -74,7 +74,7 @@ def test_a_locked_sqlite_store_is_waited_out_not_lost(tmp_path: Path) -> None:
     locked = threading.Event()
 
     def hold_lock() -> None:  # another writer holding the file past MLflow's own 20 s SQLite busy timeout
-        con = sqlite3.connect(tmp_path / "mlflow.db", timeout=0)
+        con = sqlite3.connect(tmp_path / "mlflow.db", timeout=30)  # wait out a reader MLflow may still hold
         con.execute("BEGIN EXCLUSIVE")
         locked.set()
         time.sleep(21)
@@ -83,7 +83,7 @@ def test_a_locked_sqlite_store_is_waited_out_not_lost(tmp_path: Path) -> None:
 
     holder = threading.Thread(target=hold_lock)
     holder.start()
-    locked.wait()
+    assert locked.wait(timeout=60), "the test could not take the SQLite lock"
     run.log_epoch({"epoch": 1, "train_loss": 0.5})  # raises 'database is locked' without the retry
     holder.join()
     history = MlflowClient(tracker.tracking_uri).get_metric_history(run.run_id, "train_loss")

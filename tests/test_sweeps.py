@@ -57,7 +57,7 @@ def test_optimize_sweep_logs_one_finished_child_per_trial_with_every_write(local
     assert {c.data.tags["pclc.trial_id"] for c in children} == set(result.trials)
     for child in children:
         assert set(child.data.params) == set(TrialConfig.model_fields)
-        assert json.loads(child.data.params["attacks"]) == ["fgsm", "pgd_ce"]
+        assert json.loads(child.data.params["attacks"]) == ["fgsm", "apgd_ce"]
         assert set(final_metric_names(cfg.trial)) <= set(child.data.metrics)
         for key in EPOCH_KEYS:  # per epoch, once each, though two trials wrote to SQLite at once
             assert [s for s, _ in history(uri, child, key)] == [1, 2, 3], key
@@ -126,6 +126,20 @@ def test_nan_loss_fails_the_trial_with_the_reason_and_the_sweep_goes_on(local_ra
     table = printed.getvalue().split("ablation: mean ± sd over seeds")[1].split("Pareto front")[0]
     assert "variant=sane" in table and "diverging" not in table  # the table averages finished trials only
     assert "failed: trial" in printed.getvalue() and "NonFiniteLossError" in printed.getvalue()
+    assert bad.data.tags["pclc.failure_deterministic"] == "1"
+
+    # A resume does not train the diverging trial again: its failure would only repeat ...
+    run_sweep(cfg, resume=True, out=io.StringIO())
+    _, children = runs(_uri(tmp_path), "nan")
+    again = {c.data.tags["pclc.variant"]: c for c in children}["diverging"]
+    assert again.info.status == "FAILED" and again.data.tags["pclc.attempts"] == "2"
+    assert again.data.tags["pclc.failure_reason"] == reason and again.info.end_time == bad.info.end_time
+    # ... unless asked: --retry-failed runs it (and it fails the same way, two more attempts)
+    run_sweep(cfg, resume=True, retry_failed=True, out=io.StringIO())
+    _, children = runs(_uri(tmp_path), "nan")
+    retried = {c.data.tags["pclc.variant"]: c for c in children}["diverging"]
+    assert retried.info.status == "FAILED" and int(retried.data.tags["pclc.attempts"]) > 2
+    assert retried.data.tags["pclc.failure_reason"].startswith("NonFiniteLossError")
 
 
 @pytest.mark.slow
@@ -156,7 +170,7 @@ def test_asha_stops_a_weak_trial_early_and_each_run_says_how_it_ended(local_ray:
 
 @pytest.mark.slow
 def test_pareto_search_over_clean_and_robust_accuracy(local_ray: None, tmp_path: Path) -> None:
-    objective = [{"metric": "clean_acc", "mode": "max"}, {"metric": "robust_acc/pgd_ce/eps=0.2", "mode": "max"}]
+    objective = [{"metric": "clean_acc", "mode": "max"}, {"metric": "robust_acc/apgd_ce/eps=0.1", "mode": "max"}]
     cfg = tiny_optimize("pareto", tmp_path, num_trials=4, objective=objective, trial={"epochs": 2})
     printed = io.StringIO()
     result = run_sweep(cfg, out=printed)
@@ -164,7 +178,7 @@ def test_pareto_search_over_clean_and_robust_accuracy(local_ray: None, tmp_path:
     assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
     assert len(result.finished) == 4
 
-    keys = ("clean_acc", "robust_acc/pgd_ce/eps=0.2")
+    keys = ("clean_acc", "robust_acc/apgd_ce/eps=0.1")
     point = {r["trial_id"]: tuple(r[k] for k in keys) for r in result.finished}
 
     def dominated(p: tuple[float, ...]) -> bool:
@@ -172,7 +186,7 @@ def test_pareto_search_over_clean_and_robust_accuracy(local_ray: None, tmp_path:
 
     front = {r["trial_id"] for r in result.best}
     assert front == {t for t, p in point.items() if not dominated(p)}
-    assert "Pareto front by clean_acc (max), robust_acc/pgd_ce/eps=0.2 (max)" in printed.getvalue()
+    assert "Pareto front by clean_acc (max), robust_acc/apgd_ce/eps=0.1 (max)" in printed.getvalue()
 
 
 def test_bad_sweep_file_exits_2_before_ray_starts(tmp_path: Path) -> None:

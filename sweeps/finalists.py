@@ -1,0 +1,502 @@
+"""`pclc evaluate`: re-score the saved weights of chosen trials with the full standard AutoAttack.
+
+A sweep scores every trial cheaply (AutoAttack-grade attacks on a fixed subset, fewer steps when the sweep
+file asks). The finalists, picked by run id or as the top N of a sweep, are scored here again with the
+reference's standard AutoAttack (APGD-CE → APGD-T → FAB-T → Square) on the first `limit` test samples,
+and the numbers go into the same MLflow child run under `finalist/…` (pclc.metrics.finalist_key) with the
+tag `pclc.finalist` = "1". The run's status and its own metrics are left as they are.
+
+Resume: the samples are scored in chunks; after each chunk the per-sample clean/robust flags are written
+(atomically) to `<state_dir>/<run_id>-eps<eps>.json`, and a restarted command scores only the chunks
+that are missing. The reference seeds every `perturb` call, i.e. every batch, so a sample's random
+start depends on the batch it is in: the chunk (cut at fixed offsets from sample 0) is the unit the
+seed applies to, and an interrupted-then-resumed evaluation gives the very flags of an uninterrupted one.
+
+Runs are scored one after the other in this process, or with `--address` one Ray task per run
+(Ray is imported only then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pclc import metrics as M
+
+if TYPE_CHECKING:  # torch, MLflow and the attacks load when there is work, not for `pclc --help`
+    import torch
+    from mlflow.tracking import MlflowClient
+    from torch import nn
+
+    from pclc.attacks import AttackSuite
+    from pclc.config import TrialConfig
+
+# Tags on the trial's child run (beside sweeps.tracking's).
+FINALIST = "pclc.finalist"  # "1" once a full AutoAttack re-score is logged
+FINALIST_SETTINGS = "pclc.finalist_settings"  # JSON: n, aa_steps, square_queries and the eps it covers
+
+ATTACK = "autoattack"  # the reference's standard AutoAttack (pclc.attacks)
+WEIGHTS = "weights/model.pt"  # where a trial with `save_weights: true` logs its final weights
+EVALUATION = "evaluation.json"  # the trial's metrics, warnings and resolved TrialConfig
+DEFAULT_CHUNK = 256  # samples per chunk: the unit of resume (and of AutoAttack's seeding)
+DEFAULT_AA_STEPS = 100  # APGD / FAB iterations of the standard AutoAttack
+DEFAULT_SQUARE_QUERIES = 5000  # Square Attack queries of the standard AutoAttack
+STATE_VERSION = 1
+# For tests of the resume: SIGKILL this process once it has scored this many chunks (and saved them).
+KILL_AFTER_ENV = "PCLC_FINALIST_KILL_AFTER_CHUNKS"
+_QUIET_MLFLOW = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+                 "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # fmt: skip
+
+
+class FinalistError(ValueError):
+    """A run that cannot be re-scored, or a selection that names none: the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How to re-score (picklable: a Ray task gets a copy)."""
+
+    tracking_uri: str
+    limit: int | None = None  # first `limit` test samples; None = the whole test set
+    eps: tuple[float, ...] | None = None  # None = the trial's headline_eps
+    batch_size: int | None = None  # None = the trial's eval_batch_size
+    device: str = "auto"
+    chunk_size: int = DEFAULT_CHUNK
+    aa_steps: int = DEFAULT_AA_STEPS
+    square_queries: int = DEFAULT_SQUARE_QUERIES
+    state_dir: str = ""  # absolute; per-run, per-eps chunk state
+    force: bool = False  # score again even when the run holds a complete re-score and state files
+
+
+@dataclass
+class Finalist:
+    """One run's outcome: its finalist metrics (schema names), or the error that stopped it."""
+
+    run_id: str
+    label: str = ""
+    trial_robust_acc: float | None = None
+    headline_eps: float | None = None
+    eps: tuple[float, ...] = ()
+    metrics: dict[str, float] = field(default_factory=dict)
+    n: int = 0
+    skipped: bool = False  # the run already held this re-score
+    chunks_reused: int = 0
+    chunks_scored: int = 0
+    error: str | None = None
+
+
+# --------------------------------------------------------------------------- choosing runs
+
+
+def resolve_uri(uri: str | None) -> str:
+    """The store to read: `pclc analyze`'s rules (default `sqlite:///<abs cwd>/mlflow.db`, which must exist)."""
+    from analysis.load import AnalysisError, resolve_tracking_uri
+
+    try:
+        return resolve_tracking_uri(uri)
+    except AnalysisError as err:
+        raise FinalistError(str(err)) from None
+
+
+def select_runs(
+    client: MlflowClient, *, run_ids: list[str] | None = None, experiment: str | None = None, top: int = 1,
+    objective: str | None = None, mode: str | None = None,
+) -> list[str]:  # fmt: skip
+    """The run ids to re-score: `run_ids` as given (each checked to exist), or the `top` finished trial
+    runs of `experiment`'s latest sweep by `objective` (default: the sweep's headline and its direction)."""
+    from mlflow.exceptions import MlflowException
+
+    from sweeps.tracking import retrying
+
+    if run_ids:
+        ids = list(dict.fromkeys(run_ids))
+        missing = []
+        for rid in ids:
+            try:
+                retrying(client.get_run, rid)
+            except MlflowException:
+                missing.append(rid)
+        if missing:
+            where = client.tracking_uri
+            raise FinalistError(f"no run {', '.join(map(repr, missing))} in {where}; pass trial (child) run ids "
+                                "as MLflow shows them, or choose with --experiment NAME --top N")  # fmt: skip
+        return ids
+    if experiment is None:
+        raise FinalistError("choose the runs: --run-id ID [ID …], or --experiment NAME --top N")
+    from analysis.load import AnalysisError, canonical_metric, load_sweep
+
+    try:
+        sweep = load_sweep(experiment, tracking_uri=client.tracking_uri, client=client)
+    except AnalysisError as err:
+        raise FinalistError(str(err)) from None
+    metric = canonical_metric(objective) if objective else sweep.headline
+    direction = mode or sweep.direction(metric)
+    trials = sweep.trials
+    if metric not in trials:
+        known = ", ".join(m for m in sweep.metrics if not m.startswith(M.FINALIST_PREFIX)) or "none"
+        raise FinalistError(f"no finished trial of experiment {experiment!r} has the metric {metric!r}; "
+                            f"its metrics: {known}")  # fmt: skip
+    ranked = trials[trials[metric].notna()].sort_values(metric, ascending=direction == "min", kind="stable")
+    if ranked.empty:
+        raise FinalistError(f"experiment {experiment!r} has no finished trial with a value of {metric!r}")
+    return list(ranked["run_id"][:top])
+
+
+# --------------------------------------------------------------------------- chunked AutoAttack with resume
+
+
+def state_path(state_dir: str | Path, run_id: str, eps: float) -> Path:
+    return Path(state_dir) / f"{run_id}-eps{M.format_eps(eps)}.json"
+
+
+def _bits(flags: torch.Tensor) -> str:
+    return "".join("1" if f else "0" for f in flags.tolist())
+
+
+def _unbits(text: str) -> torch.Tensor:
+    import torch
+
+    return torch.tensor([c == "1" for c in text], dtype=torch.bool)
+
+
+def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _read_state(path: Path, key: dict[str, Any]) -> dict[str, Any]:
+    """The chunks saved under the same settings `key`; none when the file is missing, unreadable or other."""
+    fresh: dict[str, Any] = {"version": STATE_VERSION, "key": key, "chunks": {}}
+    if not path.is_file():
+        return fresh
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        print(f"pclc evaluate: note: ignoring unreadable state file {path}", file=sys.stderr)
+        return fresh
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION or state.get("key") != key:
+        print(f"pclc evaluate: note: {path} was written with other settings; scoring from the start", file=sys.stderr)
+        return fresh
+    return state
+
+
+_scored_here = 0  # chunks scored by this process (for KILL_AFTER_ENV)
+
+
+def chunked_autoattack(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: AttackSuite, *, path: Path, key: dict[str, Any],
+    chunk_size: int, note: str = "",
+) -> tuple[torch.Tensor, torch.Tensor, int, int]:  # fmt: skip
+    """(clean_correct, robust, chunks reused, chunks scored) of standard AutoAttack at the suite's one eps.
+
+    Chunks are [i, i + chunk_size) from sample 0; each is one `run_suite` call, saved to `path` when done.
+    A chunk found in `path` with the same settings `key` and the same bounds is not scored again.
+    """
+    global _scored_here
+    import torch
+
+    from pclc.attacks import run_suite
+
+    (eps,) = suite.eps
+    n = len(y)
+    state = _read_state(path, key)
+    clean, robust = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
+    reused = scored = 0
+    starts = list(range(0, n, chunk_size))
+    for i, start in enumerate(starts):
+        end = min(start + chunk_size, n)
+        saved = state["chunks"].get(str(start))
+        if saved is not None and saved.get("end") == end:
+            clean[start:end], robust[start:end] = _unbits(saved["clean"]), _unbits(saved["robust"])
+            reused += 1
+            continue
+        began = time.perf_counter()
+        result = run_suite(model, x[start:end], y[start:end], suite)
+        clean[start:end], robust[start:end] = result.clean_correct, result.robust(ATTACK, eps)
+        state["chunks"][str(start)] = {
+            "end": end, "clean": _bits(clean[start:end]), "robust": _bits(robust[start:end]),
+            "pid": os.getpid(), "seconds": round(time.perf_counter() - began, 3),
+        }  # fmt: skip
+        _write_atomic(path, state)
+        scored += 1
+        _scored_here += 1
+        print(f"pclc evaluate: {note}eps={M.format_eps(eps)} chunk {i + 1}/{len(starts)} "
+              f"({end}/{n} samples): {int(robust[:end].sum())} robust so far", file=sys.stderr, flush=True)  # fmt: skip
+        kill_after = os.environ.get(KILL_AFTER_ENV)
+        if kill_after and _scored_here >= int(kill_after):
+            os.kill(os.getpid(), signal.SIGKILL)
+    return clean, robust, reused, scored
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def config_label(cfg: TrialConfig) -> str:
+    """'pclc ξ=0.995 λ=0.05 seed=0': the loss and the paper's knobs it uses, and the seed."""
+    from analysis.load import IGNORED_BY_LOSS, SYMBOL
+
+    knobs = [k for k in ("margin", "lc_weight") if k not in IGNORED_BY_LOSS.get(cfg.loss, frozenset())]
+    return " ".join([cfg.loss, *(f"{SYMBOL[k]}={getattr(cfg, k):g}" for k in knobs), f"seed={cfg.seed}"])
+
+
+def _download(client: MlflowClient, run_id: str, artifact: str, folder: str) -> Path | None:
+    from sweeps.tracking import retrying
+
+    parent = str(Path(artifact).parent) if "/" in artifact else None
+    listed = {a.path for a in retrying(client.list_artifacts, run_id, parent)}
+    if artifact not in listed:
+        return None
+    return Path(retrying(client.download_artifacts, run_id, artifact, folder))
+
+
+def _trial_config(path: Path, run_id: str) -> TrialConfig:
+    from pclc.config import TrialConfig, make_config
+
+    try:
+        payload = json.loads(path.read_text())
+        values = payload["config"]
+        assert isinstance(values, dict)
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        raise FinalistError(f"run {run_id}: {EVALUATION} holds no resolved trial config ('config')") from None
+    unknown = sorted(set(values) - set(TrialConfig.model_fields))
+    if unknown:  # a run logged by an older version: the fields that matter here are all still there
+        print(f"pclc evaluate: note: run {run_id}: ignoring config fields this version lacks: {unknown}", file=sys.stderr)
+    known = {k: v for k, v in values.items() if k in TrialConfig.model_fields}
+    return make_config(known, source=f"run {run_id} {EVALUATION}")
+
+
+def _done_settings(tags: dict[str, str]) -> dict[str, Any] | None:
+    if tags.get(FINALIST) != "1":
+        return None
+    try:
+        settings = json.loads(tags.get(FINALIST_SETTINGS, ""))
+    except ValueError:
+        return None
+    return settings if isinstance(settings, dict) else None
+
+
+def evaluate_run(run_id: str, settings: Settings) -> Finalist:
+    """Re-score one finished trial run with standard AutoAttack and log the result into it.
+
+    Example:
+        >>> s = Settings(tracking_uri="sqlite:////work/mlflow.db", limit=1000, state_dir="/work/runs/finalists")
+        >>> evaluate_run("0f3c…", s).metrics["finalist/robust_acc"]
+    """
+    from mlflow.entities import Metric, RunTag
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from pclc.attacks import AttackSuite
+    from pclc.data import load_dataset
+    from pclc.models import create_model
+    from pclc.train import load_checkpoint, select_device
+    from sweeps.tracking import FINAL, ROLE, retrying
+
+    client = MlflowClient(settings.tracking_uri)
+    try:
+        run = retrying(client.get_run, run_id)
+    except MlflowException:
+        raise FinalistError(f"no run {run_id!r} in {settings.tracking_uri}") from None
+    tags = run.data.tags
+    if tags.get(ROLE) == "sweep":
+        raise FinalistError(f"run {run_id} is a sweep's parent run, not a trial: pass a trial (child) run id")
+    if run.info.status != "FINISHED" or tags.get(FINAL, "1") != "1":
+        raise FinalistError(f"run {run_id} is {run.info.status} without its final evaluation: "
+                            "only a finished trial has final weights to re-score")  # fmt: skip
+
+    with tempfile.TemporaryDirectory(prefix="pclc-finalist-") as tmp:
+        weights = _download(client, run_id, WEIGHTS, tmp)
+        if weights is None:
+            raise FinalistError(f"run {run_id} has no weights artifact ({WEIGHTS}): its trial ran with "
+                                "save_weights: false. Set `save_weights: true` in the sweep file's trial: block "
+                                "(or --set save_weights=true) and run the trial again to re-score it")  # fmt: skip
+        evaluation = _download(client, run_id, EVALUATION, tmp)
+        if evaluation is None:
+            raise FinalistError(f"run {run_id} has no {EVALUATION}: its final evaluation was never logged")
+        cfg = _trial_config(evaluation, run_id)
+        state_dict = load_checkpoint(weights)
+
+    eps_list = tuple(sorted({float(e) for e in (settings.eps or (cfg.headline_eps,))}))
+    out = Finalist(run_id=run_id, label=config_label(cfg), trial_robust_acc=run.data.metrics.get(M.ROBUST_ACC),
+                   headline_eps=cfg.headline_eps, eps=eps_list)  # fmt: skip
+    data = load_dataset(cfg.dataset, data_root=cfg.data_root, download=cfg.download)
+    n = len(data.y_test) if settings.limit is None else min(settings.limit, len(data.y_test))
+    out.n = n
+    done = _done_settings(tags)
+    same = done is not None and all(done.get(k) == v for k, v in
+                                    (("n", n), ("aa_steps", settings.aa_steps), ("square_queries", settings.square_queries)))  # fmt: skip
+    covered = set(map(float, done.get("eps", []))) if same and done else set()
+    todo = eps_list if settings.force else tuple(e for e in eps_list if e not in covered)
+    if not todo:
+        out.skipped = True
+        out.metrics = {M.from_mlflow(k): v for k, v in run.data.metrics.items() if k.startswith(M.FINALIST_PREFIX)}
+        return out
+
+    device = select_device(settings.device)
+    model = create_model(cfg.model, input_shape=data.input_shape, num_classes=data.num_classes)
+    model.load_state_dict(state_dict)
+    model.to(device).eval()
+    x, y = data.x_test[:n], data.y_test[:n]
+    batch_size = settings.batch_size or cfg.eval_batch_size
+    metrics: dict[str, float] = {}
+    for eps in todo:
+        suite = AttackSuite(attacks=(ATTACK,), eps=(eps,), aa_limit=None, aa_eps=None, batch_size=batch_size,
+                            seed=cfg.seed, aa_steps=settings.aa_steps, square_queries=settings.square_queries)  # fmt: skip
+        key = {"attack": ATTACK, "eps": eps, "seed": cfg.seed, "chunk_size": settings.chunk_size,
+               "batch_size": batch_size, "aa_steps": settings.aa_steps, "square_queries": settings.square_queries,
+               "n_test": len(data.y_test)}  # fmt: skip
+        path = state_path(settings.state_dir, run_id, eps)
+        if settings.force:
+            path.unlink(missing_ok=True)
+        clean, robust, reused, scored = chunked_autoattack(
+            model, x, y, suite, path=path, key=key, chunk_size=settings.chunk_size, note=f"run {run_id[:8]} "
+        )
+        out.chunks_reused += reused
+        out.chunks_scored += scored
+        metrics[M.finalist_key(M.CLEAN_ACC)] = clean.float().mean().item()
+        metrics[M.finalist_key(M.robust_key(ATTACK, eps))] = robust.float().mean().item()
+        if eps == cfg.headline_eps:
+            metrics[M.finalist_key(M.ROBUST_ACC)] = robust.float().mean().item()
+    metrics[M.finalist_key("n_samples")] = float(n)
+
+    now = int(time.time() * 1000)
+    record = {"n": n, "aa_steps": settings.aa_steps, "square_queries": settings.square_queries,
+              "eps": sorted(covered | set(todo))}  # fmt: skip
+    retrying(client.log_batch, run_id,
+             metrics=[Metric(M.to_mlflow(k), v, now, 0) for k, v in metrics.items()],
+             tags=[RunTag(FINALIST_SETTINGS, json.dumps(record)), RunTag(FINALIST, "1")])  # fmt: skip
+    logged = retrying(client.get_run, run_id).data.metrics
+    out.metrics = {M.from_mlflow(k): v for k, v in logged.items() if k.startswith(M.FINALIST_PREFIX)}
+    return out
+
+
+def attempt(run_id: str, settings: Settings) -> Finalist:
+    """`evaluate_run`, with a problem the user can fix returned as the run's error instead of raised."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return evaluate_run(run_id, settings)
+    except (ValueError, FileNotFoundError, PermissionError, MlflowException) as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if not text.startswith(f"run {run_id}") and run_id not in text:
+            text = f"run {run_id}: {text}"
+        return Finalist(run_id=run_id, error=text)
+
+
+# --------------------------------------------------------------------------- many runs
+
+
+def run_local(run_ids: Iterable[str], settings: Settings) -> list[Finalist]:
+    """One run after the other in this process (no Ray)."""
+    return [attempt(rid, settings) for rid in run_ids]
+
+
+def run_ray(run_ids: list[str], settings: Settings, address: str) -> list[Finalist]:
+    """One Ray task per run (a GPU each when the cluster has GPUs and the device allows), gathered."""
+    import ray
+
+    try:
+        ray.init(address=address, include_dashboard=False, configure_logging=False)
+    except (ConnectionError, RuntimeError) as exc:
+        raise FinalistError(f"cannot join the Ray cluster at --address {address!r}: {exc}") from None
+    try:
+        gpus = float(ray.cluster_resources().get("GPU", 0))
+        num_gpus = 1 if gpus >= 1 and settings.device in ("auto", "cuda") else 0
+        task = ray.remote(num_cpus=1, num_gpus=num_gpus)(attempt)
+        refs = [task.remote(rid, settings) for rid in run_ids]
+        out = []
+        for rid, ref in zip(run_ids, refs):
+            try:
+                out.append(ray.get(ref))
+            except Exception as exc:  # the task crashed (after Ray's retries): keep the others' results
+                first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+                out.append(Finalist(run_id=rid, error=f"run {rid}: the Ray task failed: {first[:400]}"))
+        return out
+    finally:
+        ray.shutdown()
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None or not math.isfinite(v) else f"{v:.4f}"
+
+
+def format_table(results: list[Finalist]) -> str:
+    """run id, trial config, trial robust_acc, finalist robust_acc (headline eps), other eps, n."""
+    extra = sorted({e for r in results if not r.error for e in r.eps if e != r.headline_eps})
+    head = ["run", "config", "trial robust_acc", "finalist robust_acc",
+            *(f"finalist eps={M.format_eps(e)}" for e in extra), "n", "note"]  # fmt: skip
+    rows = []
+    for r in results:
+        if r.error:
+            rows.append([r.run_id, "-", "-", "-", *("-" for _ in extra), "-", "failed (see above)"])
+            continue
+        per_eps = [r.metrics.get(M.finalist_key(M.robust_key(ATTACK, e))) if e in r.eps else None for e in extra]
+        note = "already scored" if r.skipped else (f"resumed ({r.chunks_reused} chunks kept)" if r.chunks_reused else "")
+        rows.append([r.run_id, r.label, _fmt(r.trial_robust_acc), _fmt(r.metrics.get(M.finalist_key(M.ROBUST_ACC))),
+                     *map(_fmt, per_eps), str(r.n), note])  # fmt: skip
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *rows]]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def settings_from_args(args: argparse.Namespace, tracking_uri: str) -> Settings:
+    if args.eps is not None:
+        bad = [e for e in args.eps if not 0.0 < e <= 1.0]
+        if bad:
+            raise FinalistError(f"--eps {bad}: every eps must be in (0, 1] (pixels in [0, 1])")
+    state_dir = Path(args.state_dir).expanduser().resolve() if args.state_dir else Path.cwd().resolve() / "runs" / "finalists"
+    return Settings(
+        tracking_uri=tracking_uri, limit=args.limit, eps=tuple(args.eps) if args.eps else None,
+        batch_size=args.batch_size, device=args.device, chunk_size=args.chunk_size, aa_steps=args.aa_steps,
+        square_queries=args.square_queries, state_dir=str(state_dir), force=args.force,
+    )  # fmt: skip
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    """`pclc evaluate`: choose, re-score, log, print the table; 2 when a run could not be re-scored."""
+    added = [k for k in _QUIET_MLFLOW if k not in os.environ]  # for this call only: main may run in a longer process
+    os.environ.update({k: _QUIET_MLFLOW[k] for k in added})
+    try:
+        return _evaluate(args)
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from mlflow.tracking import MlflowClient
+
+    uri = resolve_uri(args.tracking_uri)
+    settings = settings_from_args(args, uri)
+    client = MlflowClient(uri)
+    run_ids = select_runs(client, run_ids=args.run_id, experiment=args.experiment, top=args.top,
+                          objective=args.objective, mode=args.mode)  # fmt: skip
+    if not args.run_id:
+        print(f"pclc evaluate: the top {len(run_ids)} of {args.experiment!r}: {', '.join(run_ids)}", file=sys.stderr)
+    results = run_ray(run_ids, settings, args.address) if args.address else run_local(run_ids, settings)
+    for r in results:
+        if r.error:
+            print(f"pclc evaluate: error: {r.error}", file=sys.stderr)
+    print(format_table(results))
+    print(f"state files: {settings.state_dir}", file=sys.stderr)
+    failed = [r.run_id for r in results if r.error]
+    if failed:
+        print(f"pclc evaluate: error: {len(failed)} of {len(results)} runs could not be re-scored: "
+              f"{', '.join(failed)}", file=sys.stderr)  # fmt: skip
+        return 2
+    return 0
