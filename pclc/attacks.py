@@ -273,6 +273,13 @@ def _apgd(model: nn.Module, eps: float, suite: AttackSuite, loss: str) -> Attack
     )
 
 
+def _apgd_targeted(model: nn.Module, eps: float, suite: AttackSuite, targets: int) -> APGDAttack_targeted:
+    return APGDAttack_targeted(
+        model, n_iter=suite.aa_steps, norm="Linf", n_restarts=1, eps=float(eps), seed=suite.seed,
+        n_target_classes=targets, logger=logging.getLogger(AA_LOGGER),
+    )
+
+
 @ATTACK_BUILDERS.register("apgd_ce")
 def build_apgd_ce(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """Auto-PGD on cross-entropy (Croce & Hein 2020): step size adapted, no tuning."""
@@ -288,10 +295,7 @@ def build_apgd_dlr(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
 @ATTACK_BUILDERS.register("apgd_t")
 def build_apgd_t(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """Auto-PGD on the targeted DLR loss, one run per top-min(9, K−1) false class: what breaks PC-LC."""
-    return _Lazy(lambda x: APGDAttack_targeted(
-        model, n_iter=suite.aa_steps, norm="Linf", n_restarts=1, eps=float(eps), seed=suite.seed,
-        n_target_classes=_n_targets(model, x, suite), logger=logging.getLogger(AA_LOGGER),
-    ), model)
+    return _Lazy(lambda x: _apgd_targeted(model, eps, suite, _n_targets(model, x, suite)), model)
 
 
 @ATTACK_BUILDERS.register("fab_t")
@@ -322,14 +326,12 @@ class _StandardAutoAttack:
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         aa = AutoAttack(self.model, eps=self.eps, norm="Linf", version="standard", seed=self.suite.seed, device=x.device)
         aa.logger = logging.getLogger(AA_LOGGER)
-        for attack in (aa.apgd, aa.apgd_targeted):
-            attack.n_iter = attack.n_iter_orig = self.suite.aa_steps
-            attack.n_iter_2 = max(int(0.22 * attack.n_iter), 1)
-            attack.n_iter_min = max(int(0.06 * attack.n_iter), 1)
-            attack.size_decr = max(int(0.03 * attack.n_iter), 1)
-            attack.logger = aa.logger
-        aa.fab.n_iter = self.suite.aa_steps
-        aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = _n_targets(self.model, x, self.suite)
+        targets = _n_targets(self.model, x, self.suite)
+        # The standard version's APGDs, built by the same builders as the standalone attacks (same settings,
+        # with the suite's iterations); the ensemble's order and its robust-points bookkeeping stay the reference's.
+        aa.apgd = _apgd(self.model, self.eps, self.suite, "ce")
+        aa.apgd_targeted = _apgd_targeted(self.model, self.eps, self.suite, targets)
+        aa.fab.n_iter, aa.fab.n_target_classes = self.suite.aa_steps, targets
         aa.square.n_queries = self.suite.square_queries
         x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(x))
         return x_adv

@@ -291,20 +291,25 @@ def objective_metrics(trial: TrialConfig) -> list[str]:
     names += [M.robust_key(M.WORST, eps) for eps in trial.eps]
     families = ((M.WORST_CLASSIC, M.ROBUST_ACC_CLASSIC, M.CLASSIC), (M.WORST_AA, M.ROBUST_ACC_AA, M.AUTOATTACK))
     for aggregate, headline, family in families:
-        ran = {eps for a in trial.attacks if a in family for eps in suite.eps_for(a)}
+        ran = family_eps(trial, family)
         names += [M.robust_key(aggregate, eps) for eps in sorted(ran)]
         names += [headline] if trial.headline_eps in ran else []
     names += [M.second_class_key(a) for a in trial.attacks]
     return names
 
 
-def unchecked_robust_metric(metric: str, trial: TrialConfig) -> str | None:
-    """Why optimising `metric` would reward fooling weak attacks, or None when AutoAttack-grade attacks
-    check it. Softmax-saturating losses (PC) flatten CE gradients: a classic-only number is a claim."""
+def family_eps(trial: TrialConfig, family: tuple[str, ...]) -> set[float]:
+    """The radii at which some attack of `family` runs in this trial (AutoAttack-grade ones only at aa_eps)."""
     from pclc.attacks import AttackSuite
 
     suite = AttackSuite.from_config(trial)
-    aa_eps = {eps for a in trial.attacks if a in M.AUTOATTACK for eps in suite.eps_for(a)}
+    return {eps for a in trial.attacks if a in family for eps in suite.eps_for(a)}
+
+
+def unchecked_robust_metric(metric: str, trial: TrialConfig) -> str | None:
+    """Why optimising `metric` would reward fooling weak attacks, or None when AutoAttack-grade attacks
+    check it. Softmax-saturating losses (PC) flatten CE gradients: a classic-only number is a claim."""
+    aa_eps = family_eps(trial, M.AUTOATTACK)
     if metric == M.ROBUST_ACC_CLASSIC:
         return "it is the paper's classic attacks alone"
     parsed = M.parse_robust_key(metric)
