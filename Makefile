@@ -14,11 +14,15 @@ demo: $(STAMP)
 	$(VENV)/bin/pclc sweep sweeps/configs/quickstart.yaml
 	$(VENV)/bin/pclc analyze --experiment quickstart
 
+# Two workers, a test file each at a time (module fixtures such as a private Ray stay per file): about
+# half of the suite waits on Ray, servers and subprocesses, so two workers roughly halve its wall time.
+PYTEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

@@ -22,7 +22,12 @@ SLOW_TIMEOUT_S = 900  # an end-to-end test (real sweeps, cluster, browser) witho
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Nothing hangs CI: slow tests get a longer explicit timeout than the global one, never none."""
+    """Nothing hangs CI: slow tests get a longer explicit timeout than the global one, never none.
+
+    Files holding slow tests run first, so that under `pytest -n 2 --dist loadfile` (make test) the
+    long end-to-end files start early and the short ones fill in around them instead of trailing."""
     for item in items:
         if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within a file is kept
