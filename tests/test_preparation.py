@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from pclc.config import TrialConfig, make_config
+from pclc.data import DataError
 from pclc.experiment import Prepared, prepare
 from sweeps.preparation import cache_file, preparation_key, prepare_on_cluster, read_cache, write_cache
 
@@ -118,6 +119,12 @@ def test_preparation_runs_on_a_worker_and_a_second_call_reads_the_cache(tmp_path
         assert second.from_cache and second.node_id == worker.node_id and second.path == first.path
         assert first.path.read_bytes() == stored and first.path.stat().st_mtime_ns == written  # not rewritten
         assert_same(second.prepared, first.prepared)
+
+        # bad data found on the worker is the library's own error, not a Ray traceback
+        np.savez(tmp_path / "bad.npz", x=np.zeros((20, 8, 8), np.uint8), y=-np.ones(20, np.int64))
+        with pytest.raises(DataError, match="negative labels") as err:
+            prepare_on_cluster(make_config({**SMALL, "dataset": f"npz:{tmp_path / 'bad.npz'}"}), cpu=1, gpu=0)
+        assert type(err.value) is DataError
     finally:
         ray.shutdown()
         cluster.shutdown()
