@@ -50,7 +50,9 @@ class Preparation:
 
 def preparation_key(trial: TrialConfig, *, gpu: float = 0.0) -> dict[str, Any]:
     """Exactly the fields that decide `prepare(trial)`: the data, its subset, and the substitute's training."""
-    key: dict[str, Any] = {"format": CACHE_FORMAT, "dataset": trial.dataset, "train_limit": trial.train_limit}
+    # data_root too: another folder may hold another copy (a subset, a re-packed archive) under the same name
+    key: dict[str, Any] = {"format": CACHE_FORMAT, "dataset": trial.dataset, "data_root": trial.data_root,
+                           "train_limit": trial.train_limit}  # fmt: skip
     if trial.dataset.startswith("npz:"):  # a user file: a new file under the same name is new data
         path = Path(trial.dataset[4:])
         stat = path.stat() if path.is_file() else None

@@ -47,14 +47,14 @@ def test_the_key_holds_exactly_what_decides_the_preparation() -> None:
         return preparation_key(base.model_copy(update=update)) != key
 
     # the data, its subset and everything the substitute's training reads
-    for update in [{"dataset": "mnist"}, {"train_limit": 100}, {"substitute_epochs": 3}, {"substitute_seed": 7},
+    for update in [{"dataset": "mnist"}, {"data_root": "/elsewhere"}, {"train_limit": 100}, {"substitute_epochs": 3}, {"substitute_seed": 7},
                    {"substitute_model": "lenet5"}, {"lr": 0.01}, {"weight_decay": 1e-4}, {"batch_size": 32},
                    {"augment": True}, {"attacks": ["fgsm"]}]:  # fmt: skip
         assert changed(**update), update
     assert preparation_key(base, gpu=0.5) != key  # trained on a GPU: other weights
     # what only the trials read: the loss and its knobs, the trial seed, the attacks' settings, outputs
     for update in [{"margin": 0.9}, {"lc_weight": 0.5}, {"loss": "ce"}, {"seed": 5}, {"eps": [0.1, 0.2]},
-                   {"attack_steps": 3}, {"eval_limit": 64}, {"out_dir": "/tmp/x"}, {"epochs": 5}]:  # fmt: skip
+                   {"attack_steps": 3}, {"eval_limit": 64}, {"out_dir": "/tmp/x"}, {"epochs": 5}, {"download": True}]:  # fmt: skip
         assert not changed(**update), update
     # without a transfer attack there is no substitute: its model and optimiser no longer matter
     plain = make_config({**SMALL, "attacks": ["fgsm"]})
