@@ -70,10 +70,11 @@ def main(argv: list[str] | None = None) -> None:
                      "how": "measured (ray.put)"})  # fmt: skip
         g = torch.Generator().manual_seed(0)
         n_train, n_test = 2000, 500
-        sample = Dataset("cifar10-shaped sample", torch.randint(0, 256, (n_train, 3, 32, 32), dtype=torch.uint8, generator=g),
-                         torch.randint(0, 10, (n_train,), generator=g),
-                         torch.randint(0, 256, (n_test, 3, 32, 32), dtype=torch.uint8, generator=g),
-                         torch.randint(0, 10, (n_test,), generator=g), num_classes=10)  # fmt: skip
+        def images(n: int) -> torch.Tensor:
+            return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+
+        sample = Dataset("cifar10-shaped sample", images(n_train), torch.randint(0, 10, (n_train,), generator=g),
+                         images(n_test), torch.randint(0, 10, (n_test,), generator=g), num_classes=10)  # fmt: skip
         before, after = measured(sample.as_float()), measured(sample)
         rows.append({"dataset": f"cifar10-shaped, {n_train}+{n_test}", "before": before, "after": after,
                      "how": "measured (ray.put)", "computed": list(computed(n_train, n_test, 3, 32, 32))})  # fmt: skip

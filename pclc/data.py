@@ -58,7 +58,7 @@ def pixels(x: Tensor) -> Tensor:
 
 @dataclass
 class Dataset:
-    """A train/test pair held as tensors: x N×C×H×W (uint8 as stored, or float32 in [0, 1]), y int64 class indices."""
+    """A train/test pair held as tensors: x N×C×H×W (uint8 as stored, or float32 in [0, 1]), y int64 labels."""
 
     name: str
     x_train: Tensor
@@ -392,7 +392,9 @@ def tiny_imagenet(*, data_root: str | Path | None = None, download: bool = False
         if not line.strip():
             continue
         if len(fields) < 2 or fields[1] not in label:
-            raise DataError(f"{annotations}:{number}: expected 'FILE<TAB>WNID…' with a wnid of wnids.txt, got {line!r}")
+            raise DataError(
+                f"{annotations}:{number}: expected 'FILE<TAB>WNID…' with a wnid of wnids.txt, got {line!r}"
+            )
         path = base / "val" / "images" / fields[0]
         if not path.is_file():
             raise DataError(f"{annotations}:{number} names {fields[0]}, which is not in {path.parent}")

@@ -165,6 +165,7 @@ def prepare_for_sweep(cfg: Any, *, storage_root: str, out: TextIO | None = None)
     if prep.from_cache:
         said = f"read from {prep.path}"
     else:
-        said = f"prepared on node {prep.node_id[:12]}, " + (f"kept at {prep.path}" if prep.path else "not kept (set cache_dir)")
+        kept = f"kept at {prep.path}" if prep.path else "not kept (set cache_dir)"
+        said = f"prepared on node {prep.node_id[:12]}, {kept}"
     print(f"pclc sweep: data and substitute {said}", file=out or sys.stdout)
     return prep.prepared

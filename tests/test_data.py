@@ -12,7 +12,17 @@ import pytest
 import scipy.io
 import torch
 
-from pclc.data import DATASETS, SPLIT_SEED, DataError, Dataset, batches, load_dataset, load_npz, load_stored, pixels
+from pclc.data import (
+    DATASETS,
+    SPLIT_SEED,
+    DataError,
+    Dataset,
+    batches,
+    load_dataset,
+    load_npz,
+    load_stored,
+    pixels,
+)
 
 TORCHVISION_SETS = ["mnist", "fashion_mnist", "kmnist", "cifar10", "cifar100", "svhn"]
 
@@ -351,9 +361,11 @@ def test_8bit_sources_are_kept_uint8_and_batches_make_the_float_pixels(tmp_path:
     assert as_float.x_train.dtype == torch.float32 and torch.equal(stored.as_float().x_train, as_float.x_train)
     # batches cut from the uint8 tensor are exactly the float ones, shuffled or not
     for shuffle in (False, True):
-        a = list(batches(stored.x_train, stored.y_train, 4, shuffle=shuffle, generator=torch.Generator().manual_seed(1)))
-        b = list(batches(as_float.x_train, as_float.y_train, 4, shuffle=shuffle, generator=torch.Generator().manual_seed(1)))
-        assert all(xa.dtype == torch.float32 and torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
+        a, b = (list(batches(d.x_train, d.y_train, 4, shuffle=shuffle, generator=torch.Generator().manual_seed(1)))
+                for d in (stored, as_float))  # fmt: skip
+        assert len(a) == len(b) == 2
+        for (xa, ya), (xb, yb) in zip(a, b):
+            assert xa.dtype == torch.float32 and torch.equal(xa, xb) and torch.equal(ya, yb)
     assert load_stored("digits").x_train.dtype == torch.float32  # values k/16: kept float at the source
 
 
