@@ -50,12 +50,23 @@ def rows(smoke: bool, tmp: Path) -> list[tuple[str, float, str, bool]]:
     ]  # fmt: skip
 
 
+def object_store_rows(smoke: bool, tmp: Path) -> list[tuple[str, float, str, bool]]:
+    """One row per dataset: its bytes in the object store as stored / as float32 (uint8 sources: 0.25)."""
+    table = []
+    for r in run("object_store.py", smoke, tmp / "store.json")["rows"]:
+        kept_float = r["dataset"] == "digits"  # float32 at the source (values k/16): ratio 1 by design
+        name = f"object store, {r['dataset']}: {r['after'] / 1e6:.1f} MB stored / {r['before'] / 1e6:.1f} MB float32"
+        ratio = r["after"] / r["before"]
+        table.append((name, ratio, "(info)" if kept_float else "≤ 0.30", kept_float or ratio <= 0.30))
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke-test", action="store_true", help="small sizes: checks that every benchmark runs")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="pclc-bench-all-") as tmp:
-        table = rows(args.smoke_test, Path(tmp))
+        table = rows(args.smoke_test, Path(tmp)) + object_store_rows(args.smoke_test, Path(tmp))
     load = os.getloadavg()[0]
     print(f"\npclc-sweeps benchmarks ({'smoke test' if args.smoke_test else 'full'}; "
           f"{os.cpu_count()} CPUs, load {load:.1f})")  # fmt: skip

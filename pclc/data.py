@@ -1,9 +1,14 @@
-"""Datasets by name, held whole as tensors: x float32 N×C×H×W in [0, 1], y int64.
+"""Datasets by name, held whole as tensors: x N×C×H×W, y int64.
 
-`digits` (scikit-learn's bundled 8×8 digits) needs nothing on disk; the torchvision sets read
-`data_root` and download only when asked; `npz:PATH` reads a user file. The data sets here are
-small enough to live on the device, so `batches` slices tensors instead of running a DataLoader.
-Held-out splits use `SPLIT_SEED`, never the trial seed: every trial is scored on the same test set.
+Images are kept as their source stores them: 8-bit sources (MNIST-type, CIFAR, SVHN, Tiny ImageNet,
+uint8 .npz) as uint8 (pixel = value / 255), a quarter of float32's bytes in the object store, the
+cache and device memory; the rest as float32 in [0, 1]. `pixels` makes model inputs, where batches
+are cut, on the trial's device; `load_dataset` hands back float32 throughout.
+`digits` (scikit-learn's bundled 8×8 digits) needs nothing on disk; the torchvision sets and Tiny
+ImageNet read `data_root` and download only when asked; `npz:PATH` reads a user file. The data sets
+here are small enough to live on the device, so `batches` slices tensors instead of running a
+DataLoader. Held-out splits use `SPLIT_SEED`, never the trial seed: every trial is scored on the same
+test set.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ __all__ = [
     "check_npz",
     "load_dataset",
     "load_npz",
+    "load_stored",
+    "pixels",
 ]
 
 SPLIT_SEED = 20210202  # fixed seed of every held-out split (independent of the trial seed)
@@ -41,9 +48,17 @@ class DataError(ValueError):
     """A data set that cannot be loaded; the message says what is wrong and what to do."""
 
 
+PIXEL_SCALE = 255.0  # a stored uint8 value v is the pixel v / 255, as torchvision's ToTensor reads it
+
+
+def pixels(x: Tensor) -> Tensor:
+    """Model inputs from stored images: uint8 → float32 v / 255 on x's device; float32 as it is (no copy)."""
+    return x.float().div_(PIXEL_SCALE) if x.dtype == torch.uint8 else x
+
+
 @dataclass
 class Dataset:
-    """A train/test pair held as tensors: x float32 N×C×H×W in [0, 1], y int64 class indices."""
+    """A train/test pair held as tensors: x N×C×H×W (uint8 as stored, or float32 in [0, 1]), y int64 labels."""
 
     name: str
     x_train: Tensor
@@ -55,8 +70,10 @@ class Dataset:
     def __post_init__(self) -> None:
         for split in ("train", "test"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
-            if x.dim() != 4 or x.dtype != torch.float32:
-                raise DataError(f"{self.name}: x_{split} must be float32 N×C×H×W, got {x.dtype} {tuple(x.shape)}")
+            if x.dim() != 4 or x.dtype not in (torch.float32, torch.uint8):
+                raise DataError(
+                    f"{self.name}: x_{split} must be uint8 or float32 N×C×H×W, got {x.dtype} {tuple(x.shape)}"
+                )
             if y.dim() != 1 or y.dtype != torch.int64 or len(y) != len(x):
                 raise DataError(
                     f"{self.name}: y_{split} must be int64 of length {len(x)}, got {y.dtype} {tuple(y.shape)}"
@@ -74,7 +91,7 @@ class Dataset:
         return int(c), int(h), int(w)
 
     def to(self, device: torch.device | str) -> Dataset:
-        """A copy with every tensor on `device`."""
+        """A copy with every tensor on `device`, images as stored (uint8 stays uint8: `pixels` per batch)."""
         return dataclasses.replace(
             self,
             x_train=self.x_train.to(device),
@@ -82,6 +99,10 @@ class Dataset:
             x_test=self.x_test.to(device),
             y_test=self.y_test.to(device),
         )
+
+    def as_float(self) -> Dataset:
+        """A copy whose images are float32 pixels in [0, 1] (what `load_dataset` hands back)."""
+        return dataclasses.replace(self, x_train=pixels(self.x_train), x_test=pixels(self.x_test))
 
     def subset_train(self, n: int, seed: int) -> Dataset:
         """A copy keeping `n` training samples drawn at random with `seed` (test set untouched)."""
@@ -97,7 +118,7 @@ class Dataset:
 def batches(
     x: Tensor, y: Tensor, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """(x, y) mini-batches by tensor slicing; the last one may be smaller.
+    """(x, y) mini-batches by tensor slicing, x as float32 pixels (`pixels`); the last one may be smaller.
 
     With `shuffle`, the order is `torch.randperm(len(x), generator=generator)`, so a seeded
     generator gives a reproducible epoch.
@@ -112,10 +133,10 @@ def batches(
         order = torch.randperm(n, generator=generator, device=device).to(x.device)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            yield x[idx], y[idx.to(y.device)]
+            yield pixels(x[idx]), y[idx.to(y.device)]
     else:
         for start in range(0, n, batch_size):
-            yield x[start : start + batch_size], y[start : start + batch_size]
+            yield pixels(x[start : start + batch_size]), y[start : start + batch_size]
 
 
 # --- helpers shared by the loaders
@@ -135,13 +156,13 @@ def _stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[n
 
 
 def _images(array: np.ndarray | Tensor, layout: str) -> Tensor:
-    """uint8 images in `layout` ("NHW", "NHWC" or "NCHW") → float32 N×C×H×W in [0, 1]."""
+    """uint8 images in `layout` ("NHW", "NHWC" or "NCHW") → uint8 N×C×H×W, kept as stored."""
     x = torch.as_tensor(np.asarray(array)) if not isinstance(array, Tensor) else array
     if layout == "NHW":
         x = x.unsqueeze(1)
     elif layout == "NHWC":
         x = x.permute(0, 3, 1, 2)
-    return x.contiguous().float().div_(255.0)
+    return x.contiguous()
 
 
 def _labels(values: Any) -> Tensor:
@@ -155,7 +176,10 @@ DATASETS: Registry[Dataset] = Registry("dataset")
 
 @DATASETS.register("digits")
 def digits(**_: Any) -> Dataset:
-    """scikit-learn's bundled 8×8 handwritten digits (1797 images, 10 classes), 80/20 stratified."""
+    """scikit-learn's bundled 8×8 handwritten digits (1797 images, 10 classes), 80/20 stratified.
+
+    Kept float32 (values k/16, which uint8 / 255 cannot hold exactly); it is 0.46 MB in all.
+    """
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -287,6 +311,106 @@ for _name in _TORCHVISION:
     DATASETS.register(_name)(_torchvision_builder(_name))
 
 
+# --- Tiny ImageNet: the official archive's folder layout under data_root
+
+TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+TINY_IMAGENET_DIR = "tiny-imagenet-200"
+
+
+def _jpegs(paths: list[Path]) -> Tensor:
+    """uint8 N×3×H×W from JPEG files (grayscale ones made RGB), decoded in threads (PIL frees the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    def read(path: Path) -> np.ndarray:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        arrays = list(pool.map(read, paths))
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise DataError(f"images differ in size ({sorted(shapes)[:3]} …); Tiny ImageNet's are all 64×64")
+    return _images(np.stack(arrays), "NHWC")
+
+
+def _tiny_imagenet_missing(base: Path) -> list[str]:
+    """What the official layout needs and `base` lacks (empty when complete enough to load)."""
+    needed = [base / "wnids.txt", base / "train", base / "val" / "images", base / "val" / "val_annotations.txt"]
+    return [str(p) for p in needed if not p.exists()]
+
+
+@DATASETS.register("tiny_imagenet")
+def tiny_imagenet(*, data_root: str | Path | None = None, download: bool = False, **_: Any) -> Dataset:
+    """Tiny ImageNet (200 classes, 64×64 RGB): train/<wnid>/images, scored on the official val split.
+
+    Reads `data_root/tiny-imagenet-200` as the official zip unpacks it; `download=True` fetches and
+    unpacks that zip there first. Class k is the k-th line of wnids.txt.
+    """
+    name = "tiny_imagenet"
+    if data_root is None:
+        raise DataError(
+            f"dataset {name!r} reads files from data_root, which is not set; give a folder "
+            f"(--set data_root=/abs/path) that holds {TINY_IMAGENET_DIR}/, or download=true to fetch it there"
+        )
+    root = Path(data_root).expanduser().resolve()
+    base = root / TINY_IMAGENET_DIR
+    missing = _tiny_imagenet_missing(base)
+    if missing and download:
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        try:
+            download_and_extract_archive(TINY_IMAGENET_URL, download_root=str(root))
+        except Exception as exc:  # network and archive errors vary
+            raise DataError(f"could not download {TINY_IMAGENET_URL} into {root}: {type(exc).__name__}: {exc}") from exc
+        missing = _tiny_imagenet_missing(base)
+    if missing:
+        raise DataError(
+            f"dataset {name!r} not found under {root} (missing: {', '.join(missing)}); unzip the official "
+            f"archive {TINY_IMAGENET_URL} in {root} so that {base}/wnids.txt exists, pass download=true "
+            f"(--set download=true) to fetch it there, or point data_root at the folder that holds {TINY_IMAGENET_DIR}/"
+        )
+
+    wnids = [w.strip() for w in (base / "wnids.txt").read_text().splitlines() if w.strip()]
+    if len(wnids) < 2:
+        raise DataError(f"{base / 'wnids.txt'} lists {len(wnids)} class(es); expected one wnid per line (200)")
+    label = {w: k for k, w in enumerate(wnids)}
+    train_files: list[Path] = []
+    train_labels: list[int] = []
+    for wnid in wnids:
+        files = sorted((base / "train" / wnid / "images").glob("*.JPEG"))
+        if not files:
+            raise DataError(f"no training images for class {wnid} in {base / 'train' / wnid / 'images'}")
+        train_files += files
+        train_labels += [label[wnid]] * len(files)
+    test_files: list[Path] = []
+    test_labels: list[int] = []
+    annotations = base / "val" / "val_annotations.txt"
+    for number, line in enumerate(annotations.read_text().splitlines(), 1):
+        fields = line.split("\t")
+        if not line.strip():
+            continue
+        if len(fields) < 2 or fields[1] not in label:
+            raise DataError(
+                f"{annotations}:{number}: expected 'FILE<TAB>WNID…' with a wnid of wnids.txt, got {line!r}"
+            )
+        path = base / "val" / "images" / fields[0]
+        if not path.is_file():
+            raise DataError(f"{annotations}:{number} names {fields[0]}, which is not in {path.parent}")
+        test_files.append(path)
+        test_labels.append(label[fields[1]])
+    if not test_files:
+        raise DataError(f"{annotations} lists no validation image; it is Tiny ImageNet's test split here")
+    try:
+        x_train, x_test = _jpegs(train_files), _jpegs(test_files)
+    except DataError:
+        raise
+    except Exception as exc:  # PIL raises assorted errors on damaged files
+        raise DataError(f"could not read the Tiny ImageNet images under {base}: {type(exc).__name__}: {exc}") from exc
+    return Dataset(name, x_train, _labels(train_labels), x_test, _labels(test_labels), num_classes=len(wnids))
+
+
 # --- npz: a user file with x, y (and optionally x_test, y_test)
 
 
@@ -383,7 +507,7 @@ def check_npz(path: str | Path) -> None:
 
 
 def load_npz(path: str | Path) -> Dataset:
-    """A data set from an .npz file with `x`, `y` and optionally `x_test`, `y_test`.
+    """A data set from an .npz file with `x`, `y` and optionally `x_test`, `y_test` (images as float32).
 
     Without a test split, TEST_FRACTION of every class is held out with SPLIT_SEED.
 
@@ -392,6 +516,11 @@ def load_npz(path: str | Path) -> Dataset:
         >>> load_npz("/tmp/mine.npz").input_shape
         (1, 8, 8)
     """
+    return _npz_dataset(path).as_float()
+
+
+def _npz_dataset(path: str | Path) -> Dataset:
+    """`load_npz` with the images as stored (uint8 stays uint8)."""
     path = Path(path).expanduser()
     with _open_npz(path) as archive:
         keys = set(archive.files)
@@ -427,7 +556,7 @@ def load_npz(path: str | Path) -> Dataset:
 def load_dataset(
     name: str, *, data_root: str | Path | None = None, download: bool = False, seed: int = 0
 ) -> Dataset:
-    """The data set `name` (a DATASETS name or "npz:/path/file.npz") as tensors on the CPU.
+    """The data set `name` (a DATASETS name or "npz:/path/file.npz") as tensors on the CPU, images float32.
 
     `seed` is accepted for API stability but changes nothing: held-out splits use SPLIT_SEED
     so every trial of a sweep is scored on the same test set.
@@ -438,10 +567,20 @@ def load_dataset(
         ((1, 8, 8), 10)
     """
     del seed  # see the docstring: splits are fixed on purpose
+    return load_stored(name, data_root=data_root, download=download).as_float()
+
+
+def load_stored(name: str, *, data_root: str | Path | None = None, download: bool = False) -> Dataset:
+    """The data set `name` as its source stores it (uint8 images stay uint8): what a sweep ships and caches.
+
+    Example:
+        >>> load_stored("digits").x_train.dtype  # digits is float32 at the source
+        torch.float32
+    """
     if name.startswith("npz:"):
         if not name[4:]:
             raise DataError("dataset 'npz:' names no file; write npz:/abs/path/to/file.npz")
-        return load_npz(name[4:])
+        return _npz_dataset(name[4:])
     if name not in DATASETS:
         raise DataError(
             f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS.names())}, or npz:/path/to/file.npz"

@@ -21,7 +21,7 @@ from torch import nn
 from pclc import metrics as M
 from pclc.attacks import AttackSuite
 from pclc.config import TrialConfig
-from pclc.data import Dataset, load_dataset
+from pclc.data import Dataset, load_stored, pixels
 from pclc.evaluate import epoch_robust_acc, evaluate
 from pclc.models import create_model
 from pclc.train import (
@@ -109,8 +109,12 @@ def train_substitute(cfg: TrialConfig, data: Dataset) -> dict[str, torch.Tensor]
 
 
 def prepare(cfg: TrialConfig) -> Prepared:
-    """Load the data and train the substitute: done once per sweep, shared with every trial."""
-    data = load_dataset(cfg.dataset, data_root=cfg.data_root, download=cfg.download)
+    """Load the data and train the substitute: done once per sweep, shared with every trial.
+
+    The data stays as stored (uint8 images: a quarter of float32's bytes in the object store and
+    the cache); each trial makes float pixels batch by batch on its own device.
+    """
+    data = load_stored(cfg.dataset, data_root=cfg.data_root, download=cfg.download)
     if cfg.train_limit is not None:
         data = data.subset_train(cfg.train_limit, seed=0)
     substitute = None
@@ -143,7 +147,7 @@ def run_trial(
     prepared = prepared or prepare(cfg)
     generator = seed_everything(cfg.seed)  # after preparing: the same draws whoever prepared, whatever the attacks
     data = prepared.data.to(device)
-    x_eval, y_eval = data.x_test[: cfg.eval_limit], data.y_test[: cfg.eval_limit]
+    x_eval, y_eval = pixels(data.x_test[: cfg.eval_limit]), data.y_test[: cfg.eval_limit]
     x_epoch, y_epoch = x_eval[: cfg.epoch_eval_samples], y_eval[: cfg.epoch_eval_samples]
 
     # ---- model (and the substitute for transfer attacks)

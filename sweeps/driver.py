@@ -278,7 +278,7 @@ def run_sweep(
         >>> result = run_sweep(cfg)  # doctest: +SKIP
         >>> print(result.ui_command)  # doctest: +SKIP
     """
-    from pclc.experiment import prepare
+    from sweeps.preparation import prepare_for_sweep
 
     out = out or sys.stdout
     # Trials report the objective only with their final evaluation (see FinalMetricOptunaSearch).
@@ -314,7 +314,7 @@ def run_sweep(
     target = tracker.target
     try:
         # ---- data and the transfer substitute: once per sweep, shared through the object store
-        prepared = prepared if prepared is not None else prepare(cfg.trial)
+        prepared = prepared if prepared is not None else prepare_for_sweep(cfg, storage_root=root, out=out)
         setup = TrialSetup(
             base=cfg.trial.model_dump(),
             outputs_root=_outputs_root(exp_path, cfg.name),

@@ -12,7 +12,17 @@ import pytest
 import scipy.io
 import torch
 
-from pclc.data import DATASETS, SPLIT_SEED, DataError, Dataset, batches, load_dataset, load_npz
+from pclc.data import (
+    DATASETS,
+    SPLIT_SEED,
+    DataError,
+    Dataset,
+    batches,
+    load_dataset,
+    load_npz,
+    load_stored,
+    pixels,
+)
 
 TORCHVISION_SETS = ["mnist", "fashion_mnist", "kmnist", "cifar10", "cifar100", "svhn"]
 
@@ -202,7 +212,7 @@ def test_damaged_file_is_a_data_error(tmp_path: Path) -> None:
 def test_unknown_dataset_lists_choices_and_npz() -> None:
     with pytest.raises(DataError, match="digits.*npz:"):
         load_dataset("imagenet")
-    assert set(DATASETS.names()) == {"digits", *TORCHVISION_SETS}
+    assert set(DATASETS.names()) == {"digits", "tiny_imagenet", *TORCHVISION_SETS}
 
 
 # --- npz files
@@ -333,3 +343,105 @@ def test_npz_object_array_is_refused(tmp_path: Path) -> None:
     path = npz(tmp_path, x=GOOD_X, y=np.array([{"label": 1}] * 20, dtype=object))
     with pytest.raises(DataError, match="cannot read its arrays"):
         load_npz(path)
+
+
+# --- images kept as stored: uint8 in the object store and the cache, float pixels per batch
+
+
+def test_8bit_sources_are_kept_uint8_and_batches_make_the_float_pixels(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, size=(6, 28, 28), dtype=np.uint8)
+    raw = tmp_path / "MNIST" / "raw"
+    for split in ("train", "t10k"):
+        write_idx(raw / f"{split}-images-idx3-ubyte", images)
+        write_idx(raw / f"{split}-labels-idx1-ubyte", np.arange(6) % 3)
+    stored = load_stored("mnist", data_root=tmp_path)
+    assert stored.x_train.dtype == torch.uint8 and torch.equal(stored.x_train[:, 0], torch.from_numpy(images))
+    as_float = load_dataset("mnist", data_root=tmp_path)
+    assert as_float.x_train.dtype == torch.float32 and torch.equal(stored.as_float().x_train, as_float.x_train)
+    # batches cut from the uint8 tensor are exactly the float ones, shuffled or not
+    for shuffle in (False, True):
+        a, b = (list(batches(d.x_train, d.y_train, 4, shuffle=shuffle, generator=torch.Generator().manual_seed(1)))
+                for d in (stored, as_float))  # fmt: skip
+        assert len(a) == len(b) == 2
+        for (xa, ya), (xb, yb) in zip(a, b):
+            assert xa.dtype == torch.float32 and torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert load_stored("digits").x_train.dtype == torch.float32  # values k/16: kept float at the source
+
+
+def test_pixels_equal_torchvision_to_tensor_for_every_byte() -> None:
+    from PIL import Image
+    from torchvision.transforms.functional import to_tensor
+
+    every = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    rgb = np.stack([every, every[::-1], every.T], axis=-1)
+    expected = to_tensor(Image.fromarray(rgb))  # what a torchvision pipeline feeds a model
+    stored = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0).contiguous()
+    assert torch.equal(pixels(stored)[0], expected)
+    same = torch.rand(2, 1, 3, 3)
+    assert pixels(same) is same  # float images pass through untouched
+
+
+# --- Tiny ImageNet: the official folder layout with real JPEG files
+
+TINY_WNIDS = ["n01443537", "n01629819", "n01641577"]
+
+
+def write_tiny_imagenet(root: Path, per_class: int = 4, val_per_class: int = 2) -> None:
+    """The layout of tiny-imagenet-200.zip, unpacked: wnids.txt, train/<wnid>/images, val/images + annotations."""
+    from PIL import Image
+
+    base = root / "tiny-imagenet-200"
+    rng = np.random.default_rng(7)
+    (base / "val" / "images").mkdir(parents=True)
+    (base / "wnids.txt").write_text("\n".join(TINY_WNIDS) + "\n")
+    annotations = []
+    for k, wnid in enumerate(TINY_WNIDS):
+        folder = base / "train" / wnid / "images"
+        folder.mkdir(parents=True)
+        (base / "train" / wnid / f"{wnid}_boxes.txt").write_text("")
+        for i in range(per_class):
+            array = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+            image = Image.fromarray(array) if i else Image.fromarray(array[..., 0], mode="L")  # some are grayscale
+            image.save(folder / f"{wnid}_{i}.JPEG", format="JPEG")
+        for i in range(val_per_class):
+            name = f"val_{k * val_per_class + i}.JPEG"
+            Image.fromarray(rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)).save(base / "val" / "images" / name)
+            annotations.append(f"{name}\t{wnid}\t0\t0\t63\t63")
+    (base / "val" / "val_annotations.txt").write_text("\n".join(annotations) + "\n")
+
+
+def test_tiny_imagenet_reads_the_official_layout(tmp_path: Path) -> None:
+    from PIL import Image
+
+    write_tiny_imagenet(tmp_path)
+    stored = load_stored("tiny_imagenet", data_root=tmp_path)
+    assert stored.name == "tiny_imagenet" and stored.num_classes == 3 and stored.input_shape == (3, 64, 64)
+    assert stored.x_train.dtype == torch.uint8 and len(stored.x_train) == 12 and len(stored.x_test) == 6
+    assert stored.y_train.tolist() == [0] * 4 + [1] * 4 + [2] * 4  # class k: the k-th line of wnids.txt
+    assert stored.y_test.tolist() == [0, 0, 1, 1, 2, 2]  # from val_annotations.txt
+    base = tmp_path / "tiny-imagenet-200"
+    decoded = np.array(Image.open(base / "train" / TINY_WNIDS[1] / "images" / f"{TINY_WNIDS[1]}_2.JPEG").convert("RGB"))
+    assert torch.equal(stored.x_train[6], torch.from_numpy(decoded).permute(2, 0, 1))
+    gray = stored.x_train[0]  # a grayscale JPEG becomes three equal channels
+    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+    as_float = load_dataset("tiny_imagenet", data_root=tmp_path)
+    assert as_float.x_test.dtype == torch.float32 and torch.equal(as_float.x_test, stored.x_test.float() / 255)
+
+
+def test_tiny_imagenet_missing_files_say_where_to_put_them(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="data_root"):
+        load_dataset("tiny_imagenet")
+    with pytest.raises(DataError) as err:
+        load_dataset("tiny_imagenet", data_root=tmp_path)
+    message = str(err.value)
+    assert str(tmp_path / "tiny-imagenet-200" / "wnids.txt") in message and "download=true" in message
+    assert "http://cs231n.stanford.edu/tiny-imagenet-200.zip" in message
+
+
+def test_tiny_imagenet_bad_annotation_is_named(tmp_path: Path) -> None:
+    write_tiny_imagenet(tmp_path, per_class=1, val_per_class=1)
+    annotations = tmp_path / "tiny-imagenet-200" / "val" / "val_annotations.txt"
+    annotations.write_text(annotations.read_text() + "val_0.JPEG\tn99999999\t0\t0\t1\t1\n")
+    with pytest.raises(DataError, match=r"val_annotations.txt:4: .*n99999999"):
+        load_dataset("tiny_imagenet", data_root=tmp_path)

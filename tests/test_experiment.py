@@ -114,3 +114,21 @@ def test_weights_do_not_depend_on_the_attack_list_or_who_prepared() -> None:
     shared = prepare(make_config({**tiny, "attacks": ["fgsm", "transfer"]}))
     assert _weights_hash({**tiny, "attacks": ["fgsm", "transfer"]}, prepared=shared) == alone
     assert _weights_hash({**tiny, "attacks": ["fgsm"], "seed": 4}) != alone  # the hash can tell seeds apart
+
+
+def test_weights_from_uint8_images_equal_those_from_float_images(tmp_path: Path) -> None:
+    # A sweep ships 8-bit images as uint8 and makes float pixels per batch on the trial's device:
+    # the trained weights must be bit-identical to training on the float32 images (the former path).
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from pclc.experiment import Prepared
+
+    bunch = load_digits()
+    np.savez(tmp_path / "d8.npz", x=(bunch.images * 15).astype(np.uint8), y=bunch.target)
+    tiny = {**SMALL, "dataset": f"npz:{tmp_path / 'd8.npz'}", "epochs": 2, "eval_limit": 32, "epoch_eval_samples": 16,
+            "attacks": ["fgsm"], "eps": [0.1], "train_limit": 300, "augment": True}  # fmt: skip
+    stored = prepare(make_config(tiny))
+    assert stored.data.x_train.dtype == torch.uint8
+    as_float = Prepared(data=stored.data.as_float())
+    assert _weights_hash(tiny, prepared=stored) == _weights_hash(tiny, prepared=as_float)

@@ -25,7 +25,7 @@ SHIPPED = shipped_configs()
 def test_the_expected_files_are_shipped() -> None:
     names = {p.stem for p in SHIPPED}
     assert {"quickstart", "ablation_digits", "mnist_lenet5", "fashion_mnist_cnn3", "cifar10_vgg13",
-            "cifar10_resnet20"} <= names  # fmt: skip
+            "cifar10_resnet20", "tiny_imagenet_vgg13"} <= names  # fmt: skip
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
@@ -45,7 +45,7 @@ def test_paper_scale_files_use_gpus_and_start_from_the_authors_defaults(path: Pa
     assert 0 < cfg.resources.gpu <= 1
     assert cfg.trial.data_root is not None and Path(cfg.trial.data_root).is_absolute()
     assert {"margin": 0.995, "lc_weight": 0.05}.items() <= cfg.full_initial_points()[0].items()
-    natural = cfg.trial.dataset.startswith("cifar")
+    natural = cfg.trial.dataset.startswith(("cifar", "tiny_imagenet"))
     assert max(cfg.trial.eps) <= (8 / 255 + 1e-6 if natural else 0.3)
 
 
@@ -268,3 +268,13 @@ def test_missing_or_unreadable_file_is_named(tmp_path: Path) -> None:
 
 def test_searchable_fields_are_trial_fields() -> None:
     assert set(SEARCHABLE) <= set(TrialConfig.model_fields)
+
+
+def test_tiny_imagenet_follows_the_authors_notebook() -> None:
+    trial = load_sweep(Path(__file__).parents[1] / "sweeps/configs/tiny_imagenet_vgg13.yaml").trial
+    assert (trial.dataset, trial.model, trial.headline_eps) == ("tiny_imagenet", "vgg13", 0.015)
+    assert trial.eps == trial.aa_eps == [0.005, 0.01, 0.015]
+    assert (trial.optimizer, trial.lr, trial.batch_size, trial.schedule, trial.milestones, trial.gamma) == (
+        "adam", 0.01, 256, "step", [50, 100], 0.2)  # fmt: skip
+    assert (trial.warmup_epochs, trial.epochs, trial.reset_optimizer) == (150, 300, True)  # 150 CE, then 150 PC-LC
+    assert (trial.attack_steps, trial.step_scale) == (10, 1.0)  # 10 steps of eps/10 (step = step_scale · eps / steps)
