@@ -11,9 +11,9 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Collection
 from typing import Any, Callable
 
 import torch

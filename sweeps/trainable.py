@@ -1,7 +1,8 @@
 """The thin Ray Tune trainable: sampled params → TrialConfig → `pclc.experiment.run_trial`.
 
 It only reads the config and reports: every epoch goes to MLflow (per-epoch metrics) and to Tune
-(with a checkpoint, so a retried or resumed trial continues from its last epoch); the final
+(with a checkpoint every `checkpoint_every` epochs, at ASHA's rungs and at the last epoch, so a retried
+or resumed trial continues from its last checkpoint); the final
 evaluation goes to MLflow (metrics, evaluation.json, weights) before Tune hears of it, so a kill
 at any point leaves nothing half-recorded that a retry would duplicate. Metrics the tracking
 server could not take (it was down) wait in the trial's output folder (`PENDING_FILE`).

@@ -107,9 +107,8 @@ def test_fp32_precision_is_ieee_inside_and_restored_after(tf32_everywhere: tuple
 
 
 def test_fp32_precision_is_restored_after_an_exception(tf32_everywhere: tuple[object, ...]) -> None:
-    with pytest.raises(RuntimeError, match="mid-attack"):
-        with fp32_precision():
-            raise RuntimeError("mid-attack")
+    with pytest.raises(RuntimeError, match="mid-attack"), fp32_precision():
+        raise RuntimeError("mid-attack")
     assert _settings() == tf32_everywhere
 
 

@@ -15,7 +15,7 @@ import ray
 import torch
 from sweep_util import history, runs, tiny_optimize
 
-from sweeps.driver import build_scheduler, rung_epochs, run_sweep
+from sweeps.driver import build_scheduler, run_sweep, rung_epochs
 from sweeps.trainable import trial_device
 
 
