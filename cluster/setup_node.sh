@@ -6,6 +6,8 @@
 #   2. ~/.pclc_env, sourced from ~/.bashrc, so every later Ray command on this node (start commands,
 #      `ray down`'s `ray stop`, and the jobs Ray starts) finds that environment and the settings below.
 # Idempotent: a second `ray up` reinstalls the project only (pip skips what is already there).
+# On a GPU node it also checks that the NVIDIA driver runs the CUDA that torch was built for
+# (torch 2.14: CUDA 13.0, driver >= 580), and fails naming both versions if it does not.
 #
 # Settings (environment variables; the cluster YAML sets them in its `metadata` block at the top):
 #   PCLC_HOME             the project on this node                    (default ~/pclc-sweeps)
@@ -52,6 +54,11 @@ if [ "$PCLC_INSTALL" = 1 ]; then
 fi
 "$PCLC_VENV/bin/python" -c 'import pclc, sweeps, ray, mlflow' || {
     echo "setup_node: $PCLC_VENV cannot import pclc, sweeps, ray and mlflow" >&2
+    exit 2
+}
+# A driver too old for torch's CUDA leaves torch without CUDA: every GPU trial would fail. Say so now.
+"$PCLC_VENV/bin/python" -m pclc.gpu || {
+    echo "setup_node: this node's NVIDIA driver cannot run the CUDA of the installed torch (see above)" >&2
     exit 2
 }
 

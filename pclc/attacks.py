@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Protocol
 import torch
 from torch import nn
 
+from pclc.gpu import fp32_precision
 from pclc.registry import Registry
 
 if TYPE_CHECKING:
@@ -415,9 +416,12 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-def _fp32(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    # Attacks run in fp32 even when called inside a training loop's bf16 autocast.
-    return torch.autocast(device.type, enabled=False)
+@contextlib.contextmanager
+def _fp32(device: torch.device) -> Iterator[None]:
+    # Attacks run in fp32 even when called inside a training loop's bf16 autocast, and in IEEE fp32:
+    # no TF32 convolutions or matmuls (SPSA's finite differences and the masking checks read small gaps).
+    with torch.autocast(device.type, enabled=False), fp32_precision():
+        yield
 
 
 @torch.no_grad()

@@ -57,7 +57,10 @@ class TrialConfig(BaseModel):
     augment: bool = False  # flip/shift augmentation (natural images only)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: cuda → mps → cpu
-    bf16: bool = True  # bf16 autocast for training on CUDA; attacks always run in fp32
+    bf16: bool = True  # bf16 autocast for training on a CUDA GPU with native bf16 (not a T4); attacks run in IEEE fp32
+    channels_last: bool = False  # channels-last memory format for model and batches (faster convolutions on GPUs)
+    compile: bool = False  # torch.compile the training forward pass (attacks and evaluation run the plain model)
+    checkpoint_every: int = Field(1, ge=1)  # epochs between checkpoints; also at the last epoch and ASHA's rungs
     threads: int | None = Field(None, ge=1)  # torch CPU threads; None leaves torch's default
 
     # --- evaluation: the attack suite

@@ -11,6 +11,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -23,10 +24,12 @@ from pclc.attacks import AttackSuite
 from pclc.config import TrialConfig
 from pclc.data import Dataset, load_stored, pixels
 from pclc.evaluate import epoch_robust_acc, evaluate
+from pclc.gpu import fp32_precision
 from pclc.models import create_model
 from pclc.train import (
     Trainer,
     accuracy,
+    checkpoint_due,
     fit,
     isolated_rng,
     load_checkpoint,
@@ -35,6 +38,8 @@ from pclc.train import (
     select_device,
 )
 
+# report(metrics, state): after every epoch with the trainer's checkpoint (`{}` on an epoch that takes none:
+# see `checkpoint_every`), and once at the end with the final evaluation and state None.
 Report = Callable[[dict[str, float], "dict[str, Any] | None"], None]
 
 
@@ -135,13 +140,21 @@ def run_trial(
     *,
     prepared: Prepared | None = None,
     resume: dict[str, Any] | None = None,
+    device: str | None = None,
+    checkpoint_at: Collection[int] = (),
 ) -> dict[str, float]:
-    """Train and score one configuration; returns the final metrics (DESIGN.md schema)."""
+    """Train and score one configuration; returns the final metrics (DESIGN.md schema).
+
+    `device` overrides `cfg.device` (a sweep passes "cpu" for a trial given no GPU); `checkpoint_at`
+    adds epochs that report a checkpoint to `cfg.checkpoint_every` and the last one (a scheduler's rungs).
+    """
     # ---- set-up: device, seeds, threads, data shared by the sweep
     started = time.perf_counter()
     if cfg.out_dir:
         ensure_writable(cfg.out_dir)
-    device = select_device(cfg.device)
+    device = select_device(device or cfg.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels (not bit-reproducible)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     prepared = prepared or prepare(cfg)
@@ -158,26 +171,30 @@ def run_trial(
             substitute = _build(cfg.substitute_model or cfg.model, data, device)
         substitute.load_state_dict(prepared.substitute_state)
 
-    # ---- train: CE warm-up, then the configured loss; report every epoch with a checkpoint
+    # ---- train: CE warm-up, then the configured loss; report every epoch, with a checkpoint when due
     trainer = Trainer(cfg, model, device, generator)
     if resume is not None:
         trainer.load_state_dict(resume)
     train_loss = float("nan")
     while trainer.epoch < cfg.epochs:
         train_loss = trainer.train_epoch(data.x_train, data.y_train)
-        epoch_metrics = {M.EPOCH: trainer.epoch, M.TRAIN_LOSS: train_loss, M.CLEAN_ACC: accuracy(model, x_eval, y_eval)}
-        if len(y_epoch):
-            epoch_metrics[M.EPOCH_ROBUST_ACC] = epoch_robust_acc(
-                model, x_epoch, y_epoch, eps=cfg.headline_eps, steps=cfg.epoch_attack_steps
-            )
-        report(epoch_metrics, trainer.state_dict())
+        with fp32_precision():  # scored in IEEE fp32, as the final evaluation is
+            epoch_metrics = {M.EPOCH: trainer.epoch, M.TRAIN_LOSS: train_loss,
+                             M.CLEAN_ACC: accuracy(model, x_eval, y_eval)}  # fmt: skip
+            if len(y_epoch):
+                epoch_metrics[M.EPOCH_ROBUST_ACC] = epoch_robust_acc(
+                    model, x_epoch, y_epoch, eps=cfg.headline_eps, steps=cfg.epoch_attack_steps
+                )
+        due = checkpoint_due(trainer.epoch, every=cfg.checkpoint_every, last=cfg.epochs, also=checkpoint_at)
+        report(epoch_metrics, trainer.state_dict() if due else {})
 
-    # ---- evaluate: the attack suite, robust accuracy, probability gap, masking checks
+    # ---- evaluate: the attack suite, robust accuracy, probability gap, masking checks (IEEE fp32, no TF32)
     evaluation_started = time.perf_counter()
-    result = evaluate(
-        model, x_eval, y_eval, AttackSuite.from_config(cfg),
-        substitute=substitute, headline_eps=cfg.headline_eps, masking_eps=cfg.masking_eps,
-    )
+    with fp32_precision():
+        result = evaluate(
+            model, x_eval, y_eval, AttackSuite.from_config(cfg),
+            substitute=substitute, headline_eps=cfg.headline_eps, masking_eps=cfg.masking_eps,
+        )
     now = time.perf_counter()
     final = {**result.metrics, M.EPOCH: cfg.epochs, "done": 1.0, "trial_seconds": now - started,
              M.EVAL_SECONDS: now - evaluation_started}

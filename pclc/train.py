@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import random
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,6 +22,7 @@ from torch import nn
 
 from pclc.config import TrialConfig
 from pclc.data import Dataset, batches
+from pclc.gpu import bf16_native
 from pclc.losses import build_loss
 
 
@@ -79,16 +82,29 @@ def make_scheduler(cfg: TrialConfig, opt: torch.optim.Optimizer, epochs: int) ->
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random horizontal flip and a shift of up to 1/8 of the side, per sample, on x's device."""
+    """Random horizontal flip and a shift of up to 1/8 of the side, per sample, drawn and applied on x's
+    device (`generator` lives there too: no per-batch copy from the CPU)."""
     n = x.shape[0]
-    flip = torch.rand(n, generator=generator) < 0.5
-    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * 0.25  # grid units: 0.25 = 1/8 of the side
-    theta = torch.zeros(n, 2, 3)
+    flip = torch.rand(n, generator=generator, device=x.device) < 0.5
+    shift = (torch.rand(n, 2, generator=generator, device=x.device) * 2 - 1) * 0.25  # 0.25 = 1/8 of the side
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
     theta[:, 0, 0] = torch.where(flip, -1.0, 1.0)
     theta[:, 1, 1] = 1.0
     theta[:, :, 2] = shift
-    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, padding_mode="reflection", align_corners=False)
+
+
+def augment_generator(seed: int, device: torch.device) -> torch.Generator:
+    """The augmentation's own generator, on the trial's device, seeded apart from the batch order's."""
+    stream = int(np.random.SeedSequence((seed % 2**32, 1)).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return torch.Generator(device=device).manual_seed(stream)
+
+
+def checkpoint_due(epoch: int, *, every: int, last: int, also: Collection[int] = ()) -> bool:
+    """Whether epoch `epoch` reports a checkpoint: every `every` epochs, at the `last` one, and at `also`
+    (a scheduler's decision epochs)."""
+    return epoch % every == 0 or epoch == last or epoch in also
 
 
 @torch.no_grad()
@@ -114,8 +130,15 @@ class Trainer:
     optimizer: torch.optim.Optimizer = field(init=False)
     scheduler: torch.optim.lr_scheduler.LRScheduler = field(init=False)
     loss_fn: nn.Module = field(init=False)
+    augment_generator: torch.Generator = field(init=False)
+    forward: nn.Module = field(init=False)  # the training forward pass: the model, compiled if cfg.compile
 
     def __post_init__(self) -> None:
+        self.augment_generator = augment_generator(self.cfg.seed, self.device)
+        if self.cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        # Compiled for training only: attacks and evaluation call the plain model (other shapes, modes, grads).
+        self.forward = torch.compile(self.model) if self.cfg.compile else self.model
         self._enter_phase(self.phase_of(1))
 
     @property
@@ -137,31 +160,39 @@ class Trainer:
             self.scheduler = make_scheduler(self.cfg, self.optimizer, length)
 
     def train_epoch(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """One pass over (x, y); returns the mean training loss. Raises on a non-finite loss."""
+        """One pass over (x, y); returns the mean training loss. Raises on a non-finite loss.
+
+        The loss stays on the device until the epoch ends: one host sync per epoch, not one per step
+        (a NaN or inf in any step makes the epoch's sum non-finite).
+        """
         epoch = self.epoch + 1
         if self.phase_of(epoch) != self.phase:
             self._enter_phase(self.phase_of(epoch))
         self.model.train()
-        use_bf16 = self.cfg.bf16 and self.device.type == "cuda"
+        use_bf16 = self.cfg.bf16 and self.device.type == "cuda" and bf16_native()
+        channels_last = self.cfg.channels_last and x.dim() == 4
         total, count = torch.zeros((), device=self.device), 0
-        for step, (xb, yb) in enumerate(batches(x, y, self.cfg.batch_size, shuffle=True, generator=self.generator)):
+        for xb, yb in batches(x, y, self.cfg.batch_size, shuffle=True, generator=self.generator):
             if self.cfg.augment:
-                xb = augment(xb, self.generator)
+                xb = augment(xb, self.augment_generator)
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss = self.loss_fn(self.model(xb), yb)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"training loss became {loss.item()} at epoch {epoch}, step {step} "
-                    f"(loss={self.loss_fn.__class__.__name__}, lr={self.cfg.lr}); lower lr or check the data"
-                )
+                loss = self.loss_fn(self.forward(xb), yb)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             total += loss.detach() * len(yb)
             count += len(yb)
+        mean = float(total) / max(1, count)  # the epoch's one sync
+        if not math.isfinite(mean):
+            raise NonFiniteLossError(
+                f"training loss became {mean} at epoch {epoch} "
+                f"(loss={self.loss_fn.__class__.__name__}, lr={self.cfg.lr}); lower lr or check the data"
+            )
         self.scheduler.step()
         self.epoch = epoch
-        return float(total) / max(1, count)
+        return mean
 
     def state_dict(self) -> dict[str, Any]:
         """A picklable checkpoint: resuming from it continues at the next epoch, same batches."""
@@ -173,6 +204,7 @@ class Trainer:
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "scheduler": copy.deepcopy(self.scheduler.state_dict()),
             "generator": self.generator.get_state(),
+            "augment_generator": self.augment_generator.get_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -183,6 +215,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
+        if "augment_generator" in state:  # checkpoints from before augmentation had its own generator
+            self.augment_generator.set_state(state["augment_generator"])
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:

@@ -106,9 +106,23 @@ def build_scheduler(cfg: SweepConfig) -> ASHAScheduler | None:
     if s.type == "none":
         return None
     return ASHAScheduler(
-        time_attr="epoch", metric=s.metric, mode=s.mode, max_t=max(cfg.trial.epochs - 1, s.grace_period),
+        time_attr="epoch", metric=s.metric, mode=s.mode, max_t=_asha_max_t(cfg),
         grace_period=s.grace_period, reduction_factor=s.reduction_factor, stop_last_trials=False,
     )  # fmt: skip
+
+
+def _asha_max_t(cfg: SweepConfig) -> int:
+    return max(cfg.trial.epochs - 1, cfg.scheduler.grace_period)
+
+
+def rung_epochs(cfg: SweepConfig) -> tuple[int, ...]:
+    """The epochs at which ASHA compares trials (its rungs, as Ray's one bracket lays them out): trials
+    report a checkpoint there whatever their `checkpoint_every`."""
+    s = cfg.scheduler
+    if s.type == "none":
+        return ()
+    rungs = int(math.log(_asha_max_t(cfg) / s.grace_period) / math.log(s.reduction_factor) + 1)
+    return tuple(sorted({math.ceil(s.grace_period * s.reduction_factor**k) for k in range(rungs)}))
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -325,6 +339,7 @@ def run_sweep(
             extra_tags={"pclc.sweep": cfg.name},
             experiment_path=exp_path,
             skip_recorded_failures=restorable and not retry_failed,
+            checkpoint_epochs=rung_epochs(cfg),
         )
         fn = tune.with_resources(
             restoring_from_storage(tune.with_parameters(trainable, prepared=prepared, setup=setup)),

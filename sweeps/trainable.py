@@ -1,7 +1,8 @@
 """The thin Ray Tune trainable: sampled params → TrialConfig → `pclc.experiment.run_trial`.
 
 It only reads the config and reports: every epoch goes to MLflow (per-epoch metrics) and to Tune
-(with a checkpoint, so a retried or resumed trial continues from its last epoch); the final
+(with a checkpoint every `checkpoint_every` epochs, at ASHA's rungs and at the last epoch, so a retried
+or resumed trial continues from its last checkpoint); the final
 evaluation goes to MLflow (metrics, evaluation.json, weights) before Tune hears of it, so a kill
 at any point leaves nothing half-recorded that a retry would duplicate. Metrics the tracking
 server could not take (it was down) wait in the trial's output folder (`PENDING_FILE`).
@@ -26,6 +27,7 @@ import torch
 from ray import tune
 
 from pclc.config import TrialConfig, make_config
+from pclc.gpu import check_gpus_usable, cuda_info
 from pclc.train import load_checkpoint, save_checkpoint
 from sweeps.tracking import TrackingTarget, TrialRun
 
@@ -50,6 +52,7 @@ class TrialSetup:
     extra_tags: dict[str, str] = field(default_factory=dict)
     experiment_path: str = ""  # <storage_path>/<name>: named in errors when the storage is full
     skip_recorded_failures: bool = False  # resumed sweep: a deterministic failure is not re-run (`--retry-failed`)
+    checkpoint_epochs: tuple[int, ...] = ()  # the scheduler's rungs: trials checkpoint there besides checkpoint_every
 
 
 class RecordedFailure(RuntimeError):
@@ -84,6 +87,21 @@ def _node_tags() -> dict[str, str]:
     }
 
 
+def assigned_gpu_ids() -> list[str]:
+    """The GPUs Ray assigned to this worker (it also sets CUDA_VISIBLE_DEVICES to them); [] for none."""
+    ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+    return [str(i) for i in ids]
+
+
+def trial_device(preference: str, *, gpu_ids: list[str]) -> str:
+    """The device preference a trial runs with: `auto` means the CPU when Ray gave it no GPU.
+
+    Ray no longer hides the GPUs from a worker that asked for none, so `auto` alone would pick a GPU
+    nobody reserved (a CPU sweep on a GPU node). An explicit choice stays as it is.
+    """
+    return "cpu" if preference == "auto" and not gpu_ids else preference
+
+
 def _load_resume() -> dict[str, Any] | None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
@@ -98,7 +116,12 @@ def trainable(config: dict[str, Any], *, prepared: Any, setup: TrialSetup) -> No
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_config(setup, config, trial_id)
     torch.set_num_threads(cfg.threads or 1)
-    tags = {**_node_tags(), **setup.extra_tags, "pclc.searched": json.dumps(list(setup.searched))}
+    gpu_ids = assigned_gpu_ids()
+    device = trial_device(cfg.device, gpu_ids=gpu_ids)
+    cuda = cuda_info()
+    on_gpu = cuda.available and device in ("auto", "cuda")
+    tags = {**_node_tags(), **setup.extra_tags, "pclc.searched": json.dumps(list(setup.searched)),
+            **cuda.tags(device=torch.device("cuda" if on_gpu else "cpu"))}  # fmt: skip
     variant = config.get(GRID_KEY, {}).get(VARIANT)
     if variant is not None:
         tags["pclc.variant"] = str(variant)
@@ -120,9 +143,12 @@ def trainable(config: dict[str, Any], *, prepared: Any, setup: TrialSetup) -> No
 
     def report(metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         nonlocal last_epoch
-        if state is not None:  # an epoch: MLflow first, then Tune with the checkpoint
+        if state is not None:  # an epoch: MLflow first, then Tune with the checkpoint (when one is due)
             run.log_epoch(metrics)
             last_epoch = dict(metrics)
+            if not state:  # between checkpoints (`checkpoint_every`): a resume starts from the last one
+                tune.report(dict(metrics))
+                return
             with tempfile.TemporaryDirectory(prefix="pclc-ckpt-") as folder:
                 with _naming(Path(folder) / CHECKPOINT_FILE):
                     save_checkpoint(state, Path(folder) / CHECKPOINT_FILE)
@@ -141,8 +167,11 @@ def trainable(config: dict[str, Any], *, prepared: Any, setup: TrialSetup) -> No
     if run_fn is None:
         from pclc.experiment import run_trial as run_fn
     try:
+        # A trial Ray gave a GPU that torch cannot use fails now, not after hours of training on 2 threads.
+        check_gpus_usable(gpu_ids=gpu_ids, cuda_available=cuda.available, driver=cuda.driver, torch_cuda=cuda.torch_cuda)
         with _naming(out, "writing the trial's outputs under"):
-            run_fn(cfg, report, prepared=prepared, resume=_load_resume())  # a corrupt checkpoint fails here too
+            run_fn(cfg, report, prepared=prepared, resume=_load_resume(),  # a corrupt checkpoint fails here too
+                   device=device, checkpoint_at=setup.checkpoint_epochs)  # fmt: skip
     except Exception as exc:  # not SystemExit: that is Tune stopping the trial (ASHA), not a failure
         # Tune may retry (the run reopens); the driver gives the final word when retries run out.
         try:

@@ -136,7 +136,7 @@ def notes(path: Path) -> list[dict[str, Any]]:
 
 
 def failing_after_first_epoch(
-    cfg: TrialConfig, report: Any, *, prepared: Any = None, resume: Any = None, notes_file: str
+    cfg: TrialConfig, report: Any, *, prepared: Any = None, resume: Any = None, notes_file: str, **options: Any
 ) -> dict[str, float]:
     """Trials with loss 'pc' raise after each epoch they train; every attempt is noted in `notes_file`
     (bind it with functools.partial)."""
@@ -145,19 +145,19 @@ def failing_after_first_epoch(
         "resume_epoch": None if resume is None else resume["epoch"],
     })  # fmt: skip
     if cfg.loss != "pc":
-        return run_trial(cfg, report, prepared=prepared, resume=resume)
+        return run_trial(cfg, report, prepared=prepared, resume=resume, **options)
 
     def report_then_fail(metrics: dict[str, float], state: Any) -> None:
         report(metrics, state)
         if state is not None:
             raise RuntimeError(f"injected failure after epoch {int(metrics['epoch'])}")
 
-    return run_trial(cfg, report_then_fail, prepared=prepared, resume=resume)
+    return run_trial(cfg, report_then_fail, prepared=prepared, resume=resume, **options)
 
 
 def killed_once_mid_trial(
     cfg: TrialConfig, report: Any, *, prepared: Any = None, resume: Any = None, notes_file: str, marker: str,
-    kill_epoch: int,
+    kill_epoch: int, **options: Any,
 ) -> dict[str, float]:  # fmt: skip
     """SIGKILL of the trial's own worker process once, when epoch `kill_epoch` has trained but before it is
     reported (the epoch's work is lost mid-way); `marker` makes it happen to the first attempt only."""
@@ -171,12 +171,12 @@ def killed_once_mid_trial(
                 os.kill(os.getpid(), signal.SIGKILL)
         report(metrics, state)
 
-    return run_trial(cfg, report_or_die, prepared=prepared, resume=resume)
+    return run_trial(cfg, report_or_die, prepared=prepared, resume=resume, **options)
 
 
 def noting_reports(
     cfg: TrialConfig, report: Any, *, prepared: Any = None, resume: Any = None, notes_dir: str,
-    go_file: str | None = None,
+    go_file: str | None = None, **options: Any,
 ) -> dict[str, float]:  # fmt: skip
     """Note every report of the trial (after it went through) in `<notes_dir>/<trial>.jsonl`, so a test
     can compare MLflow with what the trial really reported. With `go_file`, wait after epoch 1 until that
@@ -192,11 +192,11 @@ def noting_reports(
             while not os.path.exists(go_file) and time.monotonic() < deadline:
                 time.sleep(0.2)
 
-    return run_trial(cfg, report_and_note, prepared=prepared, resume=resume)
+    return run_trial(cfg, report_and_note, prepared=prepared, resume=resume, **options)
 
 
 def filling_disk_after_first_epoch(
-    cfg: TrialConfig, report: Any, *, prepared: Any = None, resume: Any = None, fill_dir: str,
+    cfg: TrialConfig, report: Any, *, prepared: Any = None, resume: Any = None, fill_dir: str, **options: Any,
 ) -> dict[str, float]:  # fmt: skip
     """After epoch 1 is reported, fill the file system of `fill_dir` to the last byte (disk full)."""
     def report_then_fill(metrics: dict[str, float], state: Any) -> None:
@@ -210,7 +210,7 @@ def filling_disk_after_first_epoch(
                     if exc.errno != errno.ENOSPC:
                         raise
 
-    return run_trial(cfg, report_then_fill, prepared=prepared, resume=resume)
+    return run_trial(cfg, report_then_fill, prepared=prepared, resume=resume, **options)
 
 
 # --------------------------------------------------------------------------- a real MLflow server

@@ -18,6 +18,7 @@ from pclc.attacks import (
     zero_gradients,
 )
 from pclc.config import make_config
+from pclc.gpu import _precision_flags
 from pclc.metrics import ATTACKS
 
 STEPS = 5
@@ -203,6 +204,30 @@ def test_runs_under_no_grad_and_autocast(digits, model) -> None:
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         got = run_suite(model, x, y, suite(("fgsm",), (0.2,))).pred("fgsm", 0.2)
     assert torch.equal(got, expected)
+
+
+class PrecisionProbe(torch.nn.Module):
+    """The model, noting the fp32 precision of convolutions and matmuls at every forward pass."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.seen = inner, set()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.add(tuple(getattr(owner, name) for owner, name in _precision_flags()))
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("name", ["fgsm", "spsa", "apgd_ce"])
+def test_attacks_run_in_ieee_fp32_and_put_the_settings_back(name: str, digits, model) -> None:
+    # TF32 (cuDNN's default for convolutions) would blur SPSA's finite differences: every forward pass
+    # of an attack, clean scoring included, sees IEEE fp32; the caller's settings come back afterwards.
+    before = tuple(getattr(owner, attr) for owner, attr in _precision_flags())
+    probe = PrecisionProbe(model)
+    run_suite(probe, digits[2][:16], digits[3][:16], suite((name,), (0.1,), aa_limit=None))
+    ieee = "ieee" if hasattr(torch.backends.cudnn, "conv") else False
+    assert probe.seen == {(ieee, ieee)}
+    assert tuple(getattr(owner, attr) for owner, attr in _precision_flags()) == before
 
 
 def test_transfer_without_substitute_is_a_clear_error(digits, model) -> None:

@@ -283,3 +283,23 @@ def test_the_docs_use_commands_flags_files_and_sweeps_that_exist() -> None:
                 if path.startswith("sweeps/configs/"):
                     load_sweep(REPO / path)  # a config the docs send to the cluster must be valid
     assert {"ray", "pclc", "ssh"} <= seen
+
+
+
+@pytest.mark.skipif(os.path.exists("/proc/driver/nvidia/version"), reason="a real NVIDIA driver is installed here")
+def test_setup_node_refuses_a_gpu_node_whose_driver_is_too_old_for_torch(tmp_path: Path) -> None:
+    """torch 2.14 is built for CUDA 13.0 (driver >= 580): an older driver (from a stand-in nvidia-smi)
+    is named before any trial runs."""
+    import torch
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "nvidia-smi").write_text("#!/bin/sh\necho 550.54.15\n")
+    (tmp_path / "bin" / "nvidia-smi").chmod(0o755)
+    env = {**os.environ, "HOME": str(tmp_path), "PCLC_HOME": str(REPO), "PCLC_VENV": sys.prefix, "PCLC_INSTALL": "0",
+           "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}  # fmt: skip
+    proc = subprocess.run(["bash", str(REPO / "cluster" / "setup_node.sh")], env=env, capture_output=True, text=True)
+    if (torch.version.cuda or "").startswith("13."):
+        assert proc.returncode == 2, proc.stderr
+        assert "NVIDIA driver 550.54.15" in proc.stderr and "needs a driver >= 580" in proc.stderr
+    else:  # a CPU-only torch, or one built for CUDA 12 (which runs on 550)
+        assert proc.returncode == 0, proc.stderr

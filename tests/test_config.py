@@ -38,6 +38,8 @@ def test_unknown_key_names_the_key_and_the_allowed_ones() -> None:
         ("attacks=[pgd_ce, deepfool]", "attacks", "unknown attack"),
         ("headline_eps=0.25", "(config)", "not in the eps grid"),
         ("warmup_epochs=40", "(config)", "exceeds epochs"),
+        ("checkpoint_every=0", "checkpoint_every = 0", "greater than or equal to 1"),
+        ("compile=maybe", "compile = 'maybe'", "valid boolean"),
     ],
 )
 def test_bad_values_name_field_value_and_allowed(override: str, field: str, hint: str) -> None:

@@ -132,3 +132,30 @@ def test_weights_from_uint8_images_equal_those_from_float_images(tmp_path: Path)
     assert stored.data.x_train.dtype == torch.uint8
     as_float = Prepared(data=stored.data.as_float())
     assert _weights_hash(tiny, prepared=stored) == _weights_hash(tiny, prepared=as_float)
+
+
+def test_checkpoint_every_two_epochs_resumes_exactly(prepared) -> None:
+    # Epochs between checkpoints report {} (no state); a trial killed after epoch 3 resumes from epoch 2's
+    # checkpoint and ends with the uninterrupted run's weights, bit for bit.
+    cfg = make_config({**SMALL, "epochs": 4, "attacks": ["fgsm"], "eps": [0.1], "checkpoint_every": 2,
+                       "epoch_eval_samples": 0, "device": "cpu"})  # fmt: skip
+    straight = Recorder()
+    run_trial(cfg, straight, prepared=prepared)
+    epochs = [(m[M.EPOCH], bool(s)) for m, s in straight.calls if s is not None]
+    assert epochs == [(1, False), (2, True), (3, False), (4, True)]
+    after_2 = next(s for m, s in straight.calls if s and s["epoch"] == 2)
+    resumed = Recorder()
+    run_trial(cfg, resumed, prepared=prepared, resume=after_2)
+    assert [m[M.EPOCH] for m, s in resumed.calls if s is not None] == [3, 4]
+    final_straight, final_resumed = straight.calls[-2][1]["model"], resumed.calls[-2][1]["model"]
+    for key, value in final_straight.items():
+        assert torch.equal(final_resumed[key], value), key
+    assert resumed.calls[-1][0][M.CLEAN_ACC] == straight.calls[-1][0][M.CLEAN_ACC]
+
+
+def test_rung_epochs_checkpoint_besides_the_interval(prepared) -> None:
+    cfg = make_config({**SMALL, "epochs": 3, "attacks": ["fgsm"], "eps": [0.1], "checkpoint_every": 5,
+                       "epoch_eval_samples": 0, "eval_limit": 32})  # fmt: skip
+    rec = Recorder()
+    run_trial(cfg, rec, prepared=prepared, checkpoint_at=(1,), device="cpu")
+    assert [(m[M.EPOCH], bool(s)) for m, s in rec.calls if s is not None] == [(1, True), (2, False), (3, True)]

@@ -14,9 +14,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sweep_util
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 from ray import cloudpickle
@@ -34,6 +36,8 @@ from sweep_util import (  # noqa: F401  (local_ray is a fixture)
 )
 
 from pclc.config import TrialConfig
+from pclc.experiment import run_trial
+from pclc.train import load_checkpoint
 from sweeps.driver import StorageError, run_sweep
 from sweeps.tracking import SweepTracker, TrackingUnavailable, TrialRun
 from sweeps.trainable import PENDING_FILE
@@ -82,6 +86,35 @@ def test_a_trial_killed_mid_epoch_is_retried_from_its_last_checkpoint(local_ray:
     for key in EPOCH_KEYS:
         assert [s for s, _ in history(uri, child, key)] == [1, 2, 3], key
     assert set(final_metric_names(cfg.trial)) <= set(child.data.metrics)
+
+
+@pytest.mark.slow
+def test_a_trial_killed_between_checkpoints_resumes_from_the_last_one_with_the_same_weights(
+    local_ray: None, tmp_path: Path
+) -> None:
+    # checkpoint_every 2 over 5 epochs: checkpoints after epochs 2, 4 and 5. Killed once epoch 4 has trained
+    # (before its checkpoint), the retry resumes from epoch 2 and ends with an uninterrupted run's weights.
+    notes_file, marker = tmp_path / "attempts.jsonl", tmp_path / "killed_once"
+    trial = {"epochs": 5, "checkpoint_every": 2, "save_weights": True, "device": "cpu"}
+    cfg = tiny_ablation("interval", tmp_path, variants=[{"loss": "pclc"}], seeds=[0], max_retries=1,
+                        trial={**sweep_util.TINY_TRIAL, **trial})  # fmt: skip
+    run_fn = functools.partial(sweep_util.killed_once_mid_trial, notes_file=str(notes_file), marker=str(marker),
+                               kill_epoch=4)  # fmt: skip
+    result = run_sweep(cfg, run_fn=run_fn, out=io.StringIO())
+    assert marker.exists() and result.failed == [] and len(result.finished) == 1
+    starts = [a["resume_epoch"] for a in notes(notes_file) if "resume_epoch" in a]
+    assert starts == [None, 2]  # epoch 3 reported no checkpoint: the newest one is epoch 2's
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _, (child,) = runs(uri, "interval")
+    assert [s for s, _ in history(uri, child, "epoch")] == [1, 2, 3, 4, 5]  # each epoch once
+    (weights,) = (tmp_path / "ray_results" / "interval" / "outputs").glob("*/model.pt")
+    straight: list[dict[str, Any]] = []
+    run_trial(cfg.trial_config({"loss": "pclc", "seed": 0, "out_dir": None}),
+              lambda m, s: straight.append(s) if s else None)  # fmt: skip
+    swept = load_checkpoint(weights)
+    for key, value in straight[-1]["model"].items():
+        assert torch.equal(swept[key], value), key
 
 
 # --------------------------------------------------------------------------- the tracking server down

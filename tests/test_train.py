@@ -14,6 +14,8 @@ from pclc.train import (
     NonFiniteLossError,
     Trainer,
     accuracy,
+    augment,
+    checkpoint_due,
     load_checkpoint,
     save_checkpoint,
     seed_everything,
@@ -118,3 +120,50 @@ def test_step_and_cosine_schedules_change_the_learning_rate(digits) -> None:
 def test_sgd_and_augmentation_run(digits) -> None:
     trainer, losses = _train(digits, epochs=1, loss="ce", optimizer="sgd", lr=0.05, augment=True)
     assert isinstance(trainer.optimizer, torch.optim.SGD) and losses[0] > 0
+
+
+def test_resume_with_augmentation_gives_the_same_weights(digits) -> None:
+    # Augmentation draws from its own generator on the trial's device; the checkpoint carries its state.
+    straight, _ = _train(digits, epochs=2, augment=True, warmup_epochs=1)
+    first, _ = _train(digits, epochs=1, augment=True, warmup_epochs=1)
+    resumed = _trainer(digits, augment=True, warmup_epochs=1)
+    resumed.load_state_dict(first.state_dict())
+    resumed.train_epoch(digits.x_train, digits.y_train)
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+
+
+def test_augmentation_draws_only_from_its_own_generator(digits) -> None:
+    trainer = _trainer(digits, augment=True)
+    global_before = torch.random.get_rng_state()
+    order_before = trainer.generator.get_state()
+    x = augment(digits.x_train[:32], trainer.augment_generator)
+    assert x.shape == digits.x_train[:32].shape and x.device == digits.x_train.device
+    assert torch.equal(torch.random.get_rng_state(), global_before)  # neither the global RNG ...
+    assert torch.equal(trainer.generator.get_state(), order_before)  # ... nor the batch order's generator
+
+
+@pytest.mark.parametrize(
+    ("every", "also", "due"),
+    [(1, (), [1, 2, 3, 4, 5]), (2, (), [2, 4, 5]), (3, (), [3, 5]), (10, (), [5]), (2, (1, 3), [1, 2, 3, 4, 5])],
+)
+def test_checkpoints_every_k_epochs_at_the_rungs_and_at_the_end(every: int, also: tuple[int, ...], due: list[int]) -> None:
+    assert [e for e in range(1, 6) if checkpoint_due(e, every=every, last=5, also=also)] == due
+
+
+def test_channels_last_trains(digits) -> None:
+    trainer, losses = _train(digits, epochs=1, loss="ce", channels_last=True)
+    conv = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.isfinite(torch.tensor(losses)).all() and accuracy(trainer.model, digits.x_test, digits.y_test) > 0.2
+
+
+def test_compile_wraps_the_training_forward_only(digits) -> None:
+    # Compiling itself takes about a minute on this 2-core CPU (measured 65 s for one digits epoch), so
+    # the test checks the wiring, not a compiled step: the plain model (attacks, checkpoints) is untouched.
+    trainer = _trainer(digits, compile=True)
+    assert trainer.forward is not trainer.model and isinstance(trainer.forward, torch.nn.Module)
+    assert getattr(trainer.forward, "_orig_mod", None) is trainer.model
+    assert set(trainer.state_dict()["model"]) == set(trainer.model.state_dict())
+    plain = _trainer(digits)
+    assert plain.forward is plain.model
