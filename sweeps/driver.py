@@ -370,6 +370,7 @@ def run_sweep(
 
         # ---- MLflow agrees with Tune: one run per trial, none RUNNING
         result = _collect(cfg, grid, tracker, exp_path, restorable)
+        tracker.log_cost_totals()
     except BaseException as exc:
         tracker.finish_parent("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", reason=repr(exc))
         raise
