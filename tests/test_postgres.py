@@ -17,7 +17,7 @@ from sweeps.tracking import SweepTracker
 pytestmark = pytest.mark.slow
 
 WRITERS = 32
-EPOCHS = 6
+EPOCHS = 4
 
 
 def test_32_writers_through_start_mlflow_on_postgresql_survive_a_restart(tmp_path: Path) -> None:
@@ -28,7 +28,7 @@ def test_32_writers_through_start_mlflow_on_postgresql_survive_a_restart(tmp_pat
     notes_dir = tmp_path / "notes"
     notes_dir.mkdir()
     trial = tiny_optimize("pg", tmp_path).trial
-    with throwaway_postgres(home) as pg, HeadMlflow(home, pg.uri).running() as server:
+    with throwaway_postgres(home) as pg, HeadMlflow(home, pg.uri, workers=1).running() as server:
         assert ":" not in pg.uri.split("@")[0].removeprefix("postgresql://")  # no password in the URI
         tracker = SweepTracker(server.uri)
         tracker.start_parent(name="pg", mode="optimize", headline_metric="robust_acc", objective=[],

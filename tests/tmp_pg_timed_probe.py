@@ -1,0 +1,78 @@
+"""The cluster's PostgreSQL path, proven: `cluster/start_mlflow.sh` over a real PostgreSQL (the password in
+~/.pgpass only), 32 trial writers at once through the server, the server restarted mid-write with
+`stop_mlflow.sh` / `start_mlflow.sh`, and afterwards every run and every metric there exactly once."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from pathlib import Path
+
+import pytest
+from postgres import HeadMlflow, psycopg2_missing, throwaway_postgres
+from sweep_util import assert_mlflow_holds_every_report, final_metric_names, notes, runs, tiny_optimize, write_like_a_trial
+
+from sweeps.tracking import SweepTracker
+
+pytestmark = pytest.mark.slow
+
+WRITERS = 32
+EPOCHS = 6
+
+
+def test_32_writers_through_start_mlflow_on_postgresql_survive_a_restart(tmp_path: Path) -> None:
+    if reason := psycopg2_missing():
+        pytest.skip(reason)
+    home = tmp_path / "home"
+    home.mkdir()
+    notes_dir = tmp_path / "notes"
+    notes_dir.mkdir()
+    trial = tiny_optimize("pg", tmp_path).trial
+    T0=time.monotonic()
+    with throwaway_postgres(home) as pg:
+      print("pg up", time.monotonic()-T0, flush=True)
+      with HeadMlflow(home, pg.uri).running() as server:
+        print("mlflow up", time.monotonic()-T0, flush=True)
+        assert ":" not in pg.uri.split("@")[0].removeprefix("postgresql://")  # no password in the URI
+        tracker = SweepTracker(server.uri)
+        tracker.start_parent(name="pg", mode="optimize", headline_metric="robust_acc", objective=[],
+                             experiment_path=str(tmp_path / "pg"), resolved_config="name: pg\n", resume=False)  # fmt: skip
+        names = final_metric_names(trial)
+        fork = multiprocessing.get_context("fork")
+        writers = [
+            fork.Process(target=write_like_a_trial, args=(tracker.target, f"t{i:02d}", {**trial.to_dict(), "seed": i}, names),
+                         kwargs={"epochs": EPOCHS, "notes_dir": str(notes_dir), "pause_s": 1.0})
+            for i in range(WRITERS)
+        ]  # fmt: skip
+        for w in writers:
+            w.start()
+        print("writers started", time.monotonic()-T0, flush=True)
+
+        # every writer is past its second epoch: restart the server while they go on writing
+        deadline = time.monotonic() + 300
+        while sum(any(n.get("metrics", {}).get("epoch") == 2 for n in notes(p)) for p in notes_dir.glob("*.jsonl")) < WRITERS:
+            assert time.monotonic() < deadline, "the writers did not reach epoch 2"
+            assert all(w.exitcode in (None, 0) for w in writers), [w.exitcode for w in writers]
+            time.sleep(0.2)
+        print("epoch 2", time.monotonic()-T0, flush=True)
+        assert "stopped the MLflow server" in server.stop()
+        assert not server.answers()
+        time.sleep(2)  # writes meet a server that is down: they wait in the trials' buffers
+        server.start()
+        print("restarted", time.monotonic()-T0, flush=True)
+
+        for w in writers:
+            w.join(timeout=300)
+        assert [w.exitcode for w in writers] == [0] * WRITERS
+        print("joined", time.monotonic()-T0, flush=True)
+
+        assert_mlflow_holds_every_report(server.uri, "pg", notes_dir, trial)  # every param and metric, once each
+        print("checked", time.monotonic()-T0, flush=True)
+        parent, children = runs(server.uri, "pg")
+        assert len(children) == WRITERS and sorted(c.data.tags["pclc.trial_id"] for c in children) == [
+            f"t{i:02d}" for i in range(WRITERS)
+        ]
+        # and it is PostgreSQL that holds them
+        assert pg.sql("SELECT count(*) FROM runs", database="mlflow") == str(WRITERS + 1)
+        rows = pg.sql("SELECT count(*) FROM metrics WHERE key = 'epoch'", database="mlflow")
+        assert rows == str(WRITERS * EPOCHS)
