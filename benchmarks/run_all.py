@@ -35,7 +35,8 @@ def rows(smoke: bool, tmp: Path) -> list[tuple[str, float, str, bool]]:
     sweep = run("sweep_overhead.py", smoke, tmp / "sweep.json")
     over, speed = sweep["overhead"], sweep["speedup"]
     worst = max(attack["rows"], key=lambda r: r["ratio"])
-    return [
+    writes = run("tracking_writes.py", smoke, tmp / "writes.json")
+    return tracking_rows(writes) + [
         (f"PGD-k time / k input-gradient passes (worst, k={worst['k']})", attack["worst_ratio"], "≤ 1.30",
          attack["worst_ratio"] <= 1.30),
         ("APGD-CE time / k input-gradient passes (worst k)", attack["worst_apgd_ratio"], "≤ 1.30",
@@ -47,6 +48,19 @@ def rows(smoke: bool, tmp: Path) -> list[tuple[str, float, str, bool]]:
         ("Ray Tune + MLflow trial / direct run_trial", over["ratio"], "≤ 1.10", over["ratio"] <= 1.10),
         ("whole sweep per trial / direct run_trial", over["sweep_ratio"], "(info)", True),
         ("quickstart: 2 concurrent trials vs 1 (speed-up)", speed["speedup"], "≥ 1.70", speed["speedup"] >= 1.70),
+    ]  # fmt: skip
+
+
+def tracking_rows(writes: dict) -> list[tuple[str, float, str, bool]]:
+    """MLflow server writes/s, PostgreSQL over SQLite, per writer count (none when psycopg2 is missing)."""
+    if "skipped" in writes:
+        print(f"tracking_writes.py skipped: {writes['skipped']}", file=sys.stderr)
+        return []
+    rate = {(r["backend"], r["writers"]): r["writes_per_s"] for r in writes["rows"]}
+    return [
+        (f"MLflow server writes/s, PostgreSQL / SQLite, {n} writers ({rate['postgresql', n]:.0f} vs "
+         f"{rate['sqlite', n]:.0f}/s)", ratio, "(info)", True)
+        for n, ratio in ((int(k), v) for k, v in writes["pg_over_sqlite"].items())
     ]  # fmt: skip
 
 

@@ -89,6 +89,14 @@ def test_the_mlflow_ui_shows_the_sweep_its_trials_and_a_plot(swept: Path, tmp_pa
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         exp = f"{url}/#/experiments/{experiment.experiment_id}"
 
+        # Opening the experiment itself lands on its runs (the experiment is tagged as model training),
+        # not on MLflow 3's GenAI "Overview / Traces" page.
+        assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"
+        page.goto(exp, wait_until="load")
+        page.get_by_text(parent.info.run_name).first.wait_for(timeout=60_000)
+        page.wait_for_url("**/runs**", timeout=30_000)
+        page.screenshot(path=str(tmp_path / "landing.png"))
+
         # The experiment's runs: the parent, expanded to show one child run per trial.
         page.goto(f"{exp}/runs", wait_until="load")
         page.get_by_text(parent.info.run_name).first.wait_for(timeout=60_000)
@@ -112,7 +120,7 @@ def test_the_mlflow_ui_shows_the_sweep_its_trials_and_a_plot(swept: Path, tmp_pa
         page.screenshot(path=str(tmp_path / "plot.png"))
         browser.close()
 
-    for shot in ("runs.png", "trial.png", "plot.png"):
+    for shot in ("landing.png", "runs.png", "trial.png", "plot.png"):
         assert (tmp_path / shot).stat().st_size > 10_000
 
 

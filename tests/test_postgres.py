@@ -58,8 +58,10 @@ def test_32_writers_through_start_mlflow_on_postgresql_survive_a_restart(tmp_pat
             w.join(timeout=300)
         assert [w.exitcode for w in writers] == [0] * WRITERS
 
-        assert_mlflow_holds_every_report(server.uri, "pg", notes_dir, trial)  # every param and metric, once each
-        parent, children = runs(server.uri, "pg")
+        # read back from PostgreSQL itself (the server's own store, no HTTP hop): every param and metric, once each
+        store = pg.uri.replace("postgresql://", "postgresql+psycopg2://")
+        assert_mlflow_holds_every_report(store, "pg", notes_dir, trial)
+        parent, children = runs(store, "pg")
         assert len(children) == WRITERS and sorted(c.data.tags["pclc.trial_id"] for c in children) == [
             f"t{i:02d}" for i in range(WRITERS)
         ]
