@@ -40,8 +40,15 @@ DETERMINISTIC = "pclc.failure_deterministic"  # "1": the failure would repeat (N
 FINAL = "pclc.final"  # "1" once the final evaluation is logged
 EXPERIMENT_PATH = "pclc.experiment_path"
 STOPPED_EARLY = "pclc.stopped_early"
-# The MLflow UI (3.x) opens an experiment on the view this tag names: runs, not the GenAI traces overview.
+# MLflow 3's experiment kind: model training (runs), not a GenAI app (traces). The 3.17 UI itself picks the
+# view from its workflow switch instead (default GenAI), so the link we print names it: `experiment_ui_path`.
 EXPERIMENT_KIND, CUSTOM_MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
+
+
+def experiment_ui_path(experiment_id: str) -> str:
+    """The MLflow UI's address of an experiment's runs (append to http://host:port): its runs table, not the
+    GenAI "Overview / Traces" page the 3.17 UI opens by default."""
+    return f"/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 _LOCKED = ("database is locked", "database is busy", "database table is locked")
 # How a tracking server that is down (or restarting) shows through MLflow's REST client.
