@@ -58,8 +58,8 @@ def tracking_rows(writes: dict) -> list[tuple[str, float, str, bool]]:
         return []
     rate = {(r["backend"], r["writers"]): r["writes_per_s"] for r in writes["rows"]}
     return [
-        (f"MLflow server writes/s, PostgreSQL / SQLite, {n} writers ({rate['postgresql', n]:.0f} vs "
-         f"{rate['sqlite', n]:.0f}/s)", ratio, "(info)", True)
+        (f"MLflow server writes/s, PostgreSQL / SQLite, {n} writers ({rate['postgresql', n]:.1f} vs "
+         f"{rate['sqlite', n]:.1f}/s)", ratio, "(info)", True)
         for n, ratio in ((int(k), v) for k, v in writes["pg_over_sqlite"].items())
     ]  # fmt: skip
 
