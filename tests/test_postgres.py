@@ -20,7 +20,9 @@ WRITERS = 32
 EPOCHS = 4
 
 
-def test_32_writers_through_start_mlflow_on_postgresql_survive_a_restart(tmp_path: Path) -> None:
+def test_32_writers_through_start_mlflow_on_postgresql_survive_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if reason := psycopg2_missing():
         pytest.skip(reason)
     home = tmp_path / "home"
@@ -61,6 +63,7 @@ def test_32_writers_through_start_mlflow_on_postgresql_survive_a_restart(tmp_pat
 
         # read back from PostgreSQL itself (the server's own store, no HTTP hop): every param and metric, once each
         store = pg.uri.replace("postgresql://", "postgresql+psycopg2://")
+        monkeypatch.setenv("PGPASSFILE", str(home / ".pgpass"))  # this process's HOME is not the head's
         assert_mlflow_holds_every_report(store, "pg", notes_dir, trial)
         parent, children = runs(store, "pg")
         assert len(children) == WRITERS and sorted(c.data.tags["pclc.trial_id"] for c in children) == [
