@@ -26,6 +26,7 @@ from pclc.config import TrialConfig
 # --- tags of the MLflow layout (CONTRACT.md; sweeps.tracking writes them)
 ROLE, MODE, HEADLINE, OBJECTIVE = "pclc.role", "pclc.mode", "pclc.headline_metric", "pclc.objective"
 PARENT, TRIAL_ID, VARIANT, FAILURE = "mlflow.parentRunId", "pclc.trial_id", "pclc.variant", "pclc.failure_reason"
+STOPPED_EARLY = "pclc.stopped_early"  # "true" on a trial the scheduler (ASHA) stopped before its final evaluation
 
 # Params that change between trials without defining a configuration: seeds, per-trial paths, resources.
 NOT_CONFIG = frozenset(
@@ -202,6 +203,7 @@ class Sweep:
     config_params: list[str]  # params that vary between analysed runs and define a configuration
     other_parents: list[str] = field(default_factory=list)  # other sweeps in the experiment, newest first
     notes: list[str] = field(default_factory=list)  # plain-English remarks for the report
+    _histories: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
 
     @property
     def trials(self) -> pd.DataFrame:
@@ -248,6 +250,23 @@ class Sweep:
     def masking_flags(self) -> list[str]:
         return [M.masking_key(f) for f in MASKING_FLAGS if M.masking_key(f) in self.metrics]
 
+    def epoch_history(self, metric: str) -> pd.DataFrame:
+        """Every trial run's per-epoch `metric` (MLflow history, step = epoch): run_id, epoch, value.
+
+        Read from the store on first use and kept: the learning curves are the only figure that needs it.
+        """
+        if metric not in self._histories:
+            client = MlflowClient(self.tracking_uri)
+            rows = [
+                {"run_id": run_id, "epoch": int(m.step), "value": float(m.value)}
+                for run_id in self.runs["run_id"]
+                for m in client.get_metric_history(run_id, M.to_mlflow(metric))
+            ]
+            frame = pd.DataFrame(rows, columns=["run_id", "epoch", "value"])
+            # one point per epoch: the value an epoch reported (a final re-log at the last step is the same)
+            self._histories[metric] = frame.drop_duplicates(["run_id", "epoch"], keep="first").sort_values(["run_id", "epoch"])
+        return self._histories[metric]
+
     def finalist_metrics(self) -> list[str]:
         """The `finalist/*` re-scores some analysed runs carry (`pclc evaluate`), in metric order."""
         return [m for m in self.metrics if is_finalist(m) and self.trials[m].notna().any()]
@@ -263,6 +282,7 @@ def _run_row(run: Run) -> tuple[dict[str, Any], dict[str, str], dict[str, float]
         "failure_reason": tags.get(FAILURE),
         "start_time": pd.Timestamp(run.info.start_time, unit="ms", tz="UTC") if run.info.start_time else pd.NaT,
         "_variant_tag": tags.get(VARIANT),
+        "stopped_early": tags.get(STOPPED_EARLY) == "true",
     }
     metrics = {canonical_metric(k): float(v) for k, v in data.metrics.items()}
     return info, dict(data.params), metrics
@@ -394,7 +414,7 @@ def _table(child_runs: list[Run]) -> tuple[pd.DataFrame, list[str], list[str], l
     param_names = sorted({k for p in raw_params for k in p}, key=lambda k: (fields.index(k) if k in fields else len(fields), k))
     metric_names = sorted({k for m in raw_metrics for k in m})
     info_cols = ["run_id", "trial_id", "variant", "config", "status", "outcome", "failure_reason", "start_time"]
-    frame = pd.DataFrame(list(infos), columns=info_cols[:2] + info_cols[4:] + ["_variant_tag"])
+    frame = pd.DataFrame(list(infos), columns=info_cols[:2] + info_cols[4:] + ["_variant_tag", "stopped_early"])
     columns: dict[str, pd.Series] = {}
     for name in param_names:
         if name in info_cols or name in metric_names:  # a param never hides a column; it keeps a prefix

@@ -19,9 +19,11 @@ matplotlib.use("Agg")  # before anything draws: PNG files only, no display
 
 import numpy as np
 import pandas as pd
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from analysis.load import SEED, SYMBOL, Sweep, fmt_value, is_finalist, variant_label, variant_sort_key
+from analysis.load import FINISHED, SEED, STOPPED, SYMBOL, Sweep, fmt_value, is_finalist, variant_label, variant_sort_key
 from analysis.stats import best_configs, pareto_mask, summarize
 from pclc import metrics as M
 from pclc.config import TrialConfig
@@ -542,6 +544,114 @@ def gap_and_second_class(sweep: Sweep) -> Figure:
     return fig
 
 
+# --------------------------------------------------------------------------- what W&B and Optuna's dashboard show first
+
+
+def _axis_values(col: pd.Series) -> tuple[np.ndarray, list[str], bool]:
+    """A knob's values mapped to [0, 1] (log where it spans decades; categories evenly), the end labels, and
+    whether the axis is logarithmic."""
+    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+        x = col.astype(float).to_numpy()
+        lo, hi = float(np.nanmin(x)), float(np.nanmax(x))
+        log = lo > 0 and hi / lo >= 20
+        if log:
+            x, lo_t, hi_t = np.log10(x), math.log10(lo), math.log10(hi)
+        else:
+            lo_t, hi_t = lo, hi
+        span = hi_t - lo_t or 1.0
+        return (x - lo_t) / span, [fmt_value(lo), fmt_value(hi)], log
+    names = sorted({str(v) for v in col})
+    codes = {n: i for i, n in enumerate(names)}
+    return np.array([codes[str(v)] / max(1, len(names) - 1) for v in col]), names, False
+
+
+def parallel_coordinates(sweep: Sweep) -> Figure:
+    """Each finished trial as a line through its searched knobs to the objective, coloured by the objective."""
+    headline, trials = sweep.headline, sweep.trials
+    knobs = [p for p in sweep.config_params if trials[p].notna().all()]
+    if trials["variant"].nunique() > 1:
+        knobs = ["variant", *knobs]
+    if not knobs:
+        raise NotApplicable("no knob varies between the finished trials")
+    if len(trials) < 2:
+        raise NotApplicable(f"needs two or more finished trials; there are {len(trials)}")
+    axes_data = [_axis_values(trials[k]) for k in knobs] + [_axis_values(trials[headline] * scale(headline))]
+    names = [knob_label(k, log=log) for k, (_, _, log) in zip(knobs, axes_data)] + [metric_label(sweep, headline)]
+    ys = np.vstack([v for v, _, _ in axes_data])  # axes × trials
+    objective = trials[headline].to_numpy(float)
+    fig = _new_figure(1.9 * len(names) + 2.0, 4.6)
+    ax = fig.add_subplot()
+    cmap = matplotlib.colormaps["viridis"]
+    lo, hi = float(np.nanmin(objective)), float(np.nanmax(objective))
+    norm = Normalize(lo * scale(headline), (hi if hi > lo else lo + 1e-9) * scale(headline))
+    best_first = np.argsort(objective if sweep.direction(headline) == "max" else -objective)  # best drawn last, on top
+    xs = np.arange(len(names))
+    for j in best_first:
+        ax.plot(xs, ys[:, j], color=cmap(norm(objective[j] * scale(headline))), alpha=0.75, lw=1.4)
+    for i, (_, ends, _) in enumerate(axes_data):
+        ax.axvline(i, color="0.3", lw=0.8)
+        numeric = i == len(knobs) or pd.api.types.is_numeric_dtype(trials[knobs[i]])
+        if numeric:  # a range: its ends at the axis' ends
+            ax.text(i, -0.04, ends[0], ha="center", va="top", fontsize="small")
+            ax.text(i, 1.04, ends[1], ha="center", va="bottom", fontsize="small")
+        else:  # categories: each name where its lines cross the axis
+            for k, name in enumerate(ends):
+                ax.text(i + 0.04, k / max(1, len(ends) - 1), name, ha="left", va="center", fontsize="small")
+    ax.set_xticks(xs, names, rotation=15, ha="right")
+    ax.set_yticks([])
+    ax.set_ylim(-0.12, 1.12)
+    ax.set_xlim(-0.2, len(names) - 0.8)
+    ax.set_ylabel("each axis from its lowest to its highest value")
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=metric_label(sweep, headline))
+    ax.set_title(f"Searched knobs against {headline} ({len(trials)} finished trials; best on top)")
+    return fig
+
+
+def stop_points(history: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Where each trial the scheduler stopped early stopped: run_id, epoch, value (its last reported epoch).
+
+    A stopped trial is a KILLED run with the tag `pclc.stopped_early` = true; a run killed any other way
+    (a user's Ctrl-C, a failure) is not marked.
+    """
+    stopped = runs.loc[(runs["outcome"] == STOPPED) & runs["stopped_early"].astype(bool), "run_id"]
+    last = history[history["run_id"].isin(set(stopped))].sort_values("epoch").groupby("run_id").tail(1)
+    return last[["run_id", "epoch", "value"]].reset_index(drop=True)
+
+
+def learning_curves(sweep: Sweep) -> Figure:
+    """The per-epoch signal the scheduler reads, per trial; trials ASHA stopped end in a red ×."""
+    metric = next((m for m in (M.EPOCH_ROBUST_ACC, M.CLEAN_ACC) if m in sweep.metrics), None)
+    if metric is None:
+        raise NotApplicable(f"the runs hold no per-epoch {M.EPOCH_ROBUST_ACC} or {M.CLEAN_ACC}")
+    history = sweep.epoch_history(metric)
+    if history.empty or history["epoch"].nunique() < 2:
+        raise NotApplicable(f"needs {metric} over two or more epochs")
+    runs = sweep.runs[sweep.runs["outcome"].isin([FINISHED, STOPPED])]
+    history = history[history["run_id"].isin(set(runs["run_id"]))]
+    stops = stop_points(history, runs)
+    colors = variant_colors(sorted(runs["variant"].unique(), key=variant_sort_key))
+    variant = dict(zip(runs["run_id"], runs["variant"]))
+    k = scale(metric)
+    fig = _new_figure(7.5, 4.4)
+    ax = fig.add_subplot()
+    for run_id, curve in history.groupby("run_id"):
+        stopped = run_id in set(stops["run_id"])
+        ax.plot(curve["epoch"], curve["value"] * k, color=colors[variant[run_id]], alpha=0.45 if stopped else 0.85,
+                lw=1.0 if stopped else 1.6, ls="--" if stopped else "-")  # fmt: skip
+    if len(stops):
+        ax.scatter(stops["epoch"], stops["value"] * k, marker="x", s=60, color="tab:red", zorder=5,
+                   label=f"stopped by the scheduler ({len(stops)})")  # fmt: skip
+    for v in colors:
+        ax.plot([], [], color=colors[v], label=v)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric_label(sweep, metric))
+    ax.grid(alpha=0.3)
+    n_finished = int((runs["outcome"] == FINISHED).sum())
+    ax.set_title(f"Learning curves of {metric}: {n_finished} finished, {len(stops)} stopped early")
+    _legend(fig, title="variant")
+    return fig
+
+
 # --------------------------------------------------------------------------- all of them
 
 
@@ -554,6 +664,8 @@ PLOTS: list[tuple[str, str, Callable[[Sweep], Figure]]] = [
     ("heatmap_margin_lc_weight", "ξ × λ heatmap of the headline metric", heatmap_margin_lc),
     ("importance", "Parameter importance (fANOVA)", importance),
     ("prob_gap_second_class", "Probability gap and second-class rate", gap_and_second_class),
+    ("parallel_coordinates", "Searched knobs against the objective (parallel coordinates)", parallel_coordinates),
+    ("learning_curves", "Learning curves of the per-epoch signal, early-stopped trials marked", learning_curves),
 ]
 
 

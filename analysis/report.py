@@ -280,6 +280,31 @@ def _runs_section(sweep: Sweep, counts: dict[str, int]) -> list[Block]:
     return blocks
 
 
+def _cost_section(sweep: Sweep) -> list[Block]:
+    """What the sweep cost: its trials' GPU-hours, and their time split into training and evaluation."""
+    blocks: list[Block] = [Heading("What the sweep cost")]
+    present = [m for m in M.COST if m in sweep.runs and sweep.runs[m].notna().any()]
+    if not present:
+        return blocks + [Para("The runs record no cost metrics (`gpu_hours`, `train_seconds`): a sweep from before "
+                              "they were logged.")]  # fmt: skip
+    counted = sweep.runs[sweep.runs[present].notna().any(axis=1)]
+    unit = {M.GPU_HOURS: ("GPU-hours", 1.0, "{:.3f}")}
+    rows = []
+    for m in present:
+        label, factor, form = unit.get(m, ("hours", 1 / 3600, "{:.2f}"))
+        total = float(counted[m].sum()) * factor
+        mean = float(counted[m].mean()) * factor
+        rows.append([f"`{m}`", label, form.format(total), form.format(mean)])
+    return blocks + [
+        Para(
+            f"Summed over the {len(counted)} trial runs that recorded them (finished and stopped early; a stopped "
+            "trial counts up to its last epoch). The sweep's parent run holds the same sums as `total_<metric>`. "
+            "GPU-hours are the trial's GPU share × its wall time (0 on a CPU); evaluation is the final attack suite."
+        ),
+        Table(["metric", "unit", "sweep total", "mean per trial"], rows),
+    ]
+
+
 def _fired_where(check: Check, fired: pd.DataFrame) -> str:
     """'pc (ξ=0.995, λ=0.05) ×3: classic 37.1 % vs AutoAttack 29.0 %': per configuration, runs and mean numbers."""
     parts = []
@@ -459,6 +484,7 @@ def build_blocks(sweep: Sweep, plots: list[Plot], client: MlflowClient | None = 
     return [
         *_overview(sweep, counts),
         *_runs_section(sweep, counts),
+        *_cost_section(sweep),
         *_masking_section(sweep, client),
         *_best_section(sweep),
         *_ablation_section(sweep),

@@ -35,7 +35,8 @@ def rows(smoke: bool, tmp: Path) -> list[tuple[str, float, str, bool]]:
     sweep = run("sweep_overhead.py", smoke, tmp / "sweep.json")
     over, speed = sweep["overhead"], sweep["speedup"]
     worst = max(attack["rows"], key=lambda r: r["ratio"])
-    return [
+    writes = run("tracking_writes.py", smoke, tmp / "writes.json")
+    return tracking_rows(writes) + [
         (f"PGD-k time / k input-gradient passes (worst, k={worst['k']})", attack["worst_ratio"], "≤ 1.30",
          attack["worst_ratio"] <= 1.30),
         ("APGD-CE time / k input-gradient passes (worst k)", attack["worst_apgd_ratio"], "≤ 1.30",
@@ -59,6 +60,19 @@ def object_store_rows(smoke: bool, tmp: Path) -> list[tuple[str, float, str, boo
         ratio = r["after"] / r["before"]
         table.append((name, ratio, "(info)" if kept_float else "≤ 0.30", kept_float or ratio <= 0.30))
     return table
+
+
+def tracking_rows(writes: dict) -> list[tuple[str, float, str, bool]]:
+    """MLflow server writes/s, PostgreSQL over SQLite, per writer count (none when psycopg2 is missing)."""
+    if "skipped" in writes:
+        print(f"tracking_writes.py skipped: {writes['skipped']}", file=sys.stderr)
+        return []
+    rate = {(r["backend"], r["writers"]): r["writes_per_s"] for r in writes["rows"]}
+    return [
+        (f"MLflow server writes/s, PostgreSQL / SQLite, {n} writers ({rate['postgresql', n]:.1f} vs "
+         f"{rate['sqlite', n]:.1f}/s)", ratio, "(info)", True)
+        for n, ratio in ((int(k), v) for k, v in writes["pg_over_sqlite"].items())
+    ]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,8 @@ set -euo pipefail
 STATE=$HOME/pclc-mlflow
 PORT=${PCLC_MLFLOW_PORT:-5000}
 BACKEND=${PCLC_MLFLOW_BACKEND:-sqlite:///$STATE/mlflow.db}
+# SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; the nodes install psycopg2-binary (README).
+case "$BACKEND" in postgresql://*) BACKEND="postgresql+psycopg2://${BACKEND#postgresql://}" ;; esac
 ARTIFACTS=${PCLC_MLFLOW_ARTIFACTS:-$STATE/artifacts}
 WORKERS=${PCLC_MLFLOW_WORKERS:-4}
 # The address Ray itself uses for this node: the private IP on a cloud VM (the default route's source).

@@ -134,6 +134,11 @@ def _build(name: str, data: Dataset, device: torch.device) -> nn.Module:
     return create_model(name, input_shape=data.input_shape, num_classes=data.num_classes).to(device)
 
 
+def gpu_hours(device: torch.device, seconds: float) -> float:
+    """GPU-hours of `seconds` on `device`, counting a whole GPU (a sweep scales it to the trial's share): 0 on a CPU."""
+    return seconds / 3600.0 if device.type == "cuda" else 0.0
+
+
 def run_trial(
     cfg: TrialConfig,
     report: Report,
@@ -176,7 +181,9 @@ def run_trial(
     if resume is not None:
         trainer.load_state_dict(resume)
     train_loss = float("nan")
+    train_seconds = 0.0  # this attempt's training epochs and their per-epoch signal, not the reporting
     while trainer.epoch < cfg.epochs:
+        epoch_started = time.perf_counter()
         train_loss = trainer.train_epoch(data.x_train, data.y_train)
         with fp32_precision():  # scored in IEEE fp32, as the final evaluation is
             epoch_metrics = {M.EPOCH: trainer.epoch, M.TRAIN_LOSS: train_loss,
@@ -185,6 +192,10 @@ def run_trial(
                 epoch_metrics[M.EPOCH_ROBUST_ACC] = epoch_robust_acc(
                     model, x_epoch, y_epoch, eps=cfg.headline_eps, steps=cfg.epoch_attack_steps
                 )
+        # the cost so far, every epoch: a trial the scheduler stops early still says what it cost
+        train_seconds += time.perf_counter() - epoch_started
+        epoch_metrics[M.TRAIN_SECONDS] = train_seconds
+        epoch_metrics[M.GPU_HOURS] = gpu_hours(device, time.perf_counter() - started)
         due = checkpoint_due(trainer.epoch, every=cfg.checkpoint_every, last=cfg.epochs, also=checkpoint_at)
         report(epoch_metrics, trainer.state_dict() if due else {})
 
@@ -196,8 +207,9 @@ def run_trial(
             substitute=substitute, headline_eps=cfg.headline_eps, masking_eps=cfg.masking_eps,
         )
     now = time.perf_counter()
-    final = {**result.metrics, M.EPOCH: cfg.epochs, "done": 1.0, "trial_seconds": now - started,
-             M.EVAL_SECONDS: now - evaluation_started}
+    final = {**result.metrics, M.EPOCH: cfg.epochs, "done": 1.0, M.TRIAL_SECONDS: now - started,
+             M.EVAL_SECONDS: now - evaluation_started, M.TRAIN_SECONDS: train_seconds,
+             M.GPU_HOURS: gpu_hours(device, now - started)}
     if math.isfinite(train_loss):  # a trial resumed after its last epoch trained no epoch here
         final[M.TRAIN_LOSS] = train_loss
     if cfg.out_dir:

@@ -29,6 +29,11 @@ ROBUST_ACC_CLASSIC = "robust_acc_classic"  # worst classic attack at the headlin
 ROBUST_ACC_AA = "robust_acc_aa"  # worst AutoAttack-grade attack at the headline eps
 PROB_GAP = "prob_gap"
 EVAL_SECONDS = "eval_seconds"  # wall time of the final evaluation (the attack suite), within trial_seconds
+TRIAL_SECONDS = "trial_seconds"  # wall time of the whole trial (this attempt): set-up, training, evaluation
+TRAIN_SECONDS = "train_seconds"  # wall time of the training epochs (with their per-epoch signal), within trial_seconds
+GPU_HOURS = "gpu_hours"  # the trial's GPU share × trial_seconds / 3600: what it costs on a GPU (0 on a CPU)
+# What a trial costs; the sweep's parent run holds each summed over its trials as `total_key(name)`.
+COST: tuple[str, ...] = (GPU_HOURS, TRIAL_SECONDS, TRAIN_SECONDS, EVAL_SECONDS)
 EPOCH_ROBUST_ACC = "epoch_robust_acc"  # cheap per-epoch APGD-CE + APGD-T on a subset, for ASHA
 FINALIST_PREFIX = "finalist/"  # `pclc evaluate`: the full AutoAttack re-score of a chosen trial
 MASKING_PREFIX = "masking/"
@@ -49,6 +54,11 @@ def format_eps(eps: float) -> str:
 
 def robust_key(attack: str, eps: float) -> str:
     return f"robust_acc/{attack}/eps={format_eps(eps)}"
+
+
+def total_key(key: str) -> str:
+    """The parent run's sum over a sweep's trials of the per-trial metric `key` (e.g. `total_gpu_hours`)."""
+    return f"total_{key}"
 
 
 def finalist_key(key: str) -> str:

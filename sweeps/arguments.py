@@ -20,3 +20,8 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         help="override a sweep-file field, dotted for nesting (num_trials=4, trial.epochs=3); repeatable",
     )  # fmt: skip
     parser.add_argument("--smoke-test", action="store_true", help="2 trials of 2 epochs on a data subset: checks the plumbing")
+    parser.add_argument(
+        "--dry-run", action="store_true",
+        help="start nothing: print the trial count, resources per trial, and the wall time and GPU-hours "
+        "estimated from one epoch measured here",
+    )  # fmt: skip

@@ -56,6 +56,11 @@ def _preflight_sweep(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    if args.dry_run:  # no MLflow probe, no Ray: only the sweep file and one measured epoch
+        from sweeps.config import load_sweep
+        from sweeps.estimate import dry_run
+
+        return dry_run(load_sweep(args.config, list(args.set or [])), sys.stdout)
     _preflight_sweep(args)
     from sweeps.driver import sweep_command
 

@@ -43,6 +43,7 @@ from sweeps.tracking import (
     SweepTracker,
     TrialOutcome,
     default_tracking_uri,
+    experiment_ui_path,
     failure_reason,
 )
 from sweeps.trainable import GRID_KEY, VARIANT, RunTrial, TrialSetup, restoring_from_storage, trainable
@@ -385,6 +386,7 @@ def run_sweep(
 
         # ---- MLflow agrees with Tune: one run per trial, none RUNNING
         result = _collect(cfg, grid, tracker, exp_path, restorable)
+        tracker.log_cost_totals()
     except BaseException as exc:
         tracker.finish_parent("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", reason=repr(exc))
         raise
@@ -532,7 +534,8 @@ def print_summary(cfg: SweepConfig, result: SweepResult, out: TextIO) -> None:
         print(f"  failed: trial {tid}: {result.trials[tid].error}", file=out)
     print(f"Ray results: {result.experiment_path}", file=out)
     print(f"MLflow: experiment '{cfg.name}' (parent run {result.parent_run_id}) in {result.tracking_uri}", file=out)
-    print(f"MLflow UI: {result.ui_command}   (then open http://127.0.0.1:5000)", file=out)
+    print(f"MLflow UI: {result.ui_command}   (then open http://127.0.0.1:5000{experiment_ui_path(result.experiment_id)})",
+          file=out)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the command

@@ -40,6 +40,15 @@ DETERMINISTIC = "pclc.failure_deterministic"  # "1": the failure would repeat (N
 FINAL = "pclc.final"  # "1" once the final evaluation is logged
 EXPERIMENT_PATH = "pclc.experiment_path"
 STOPPED_EARLY = "pclc.stopped_early"
+# MLflow 3's experiment kind: model training (runs), not a GenAI app (traces). The 3.17 UI itself picks the
+# view from its workflow switch instead (default GenAI), so the link we print names it: `experiment_ui_path`.
+EXPERIMENT_KIND, CUSTOM_MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
+
+
+def experiment_ui_path(experiment_id: str) -> str:
+    """The MLflow UI's address of an experiment's runs (append to http://host:port): its runs table, not the
+    GenAI "Overview / Traces" page the 3.17 UI opens by default."""
+    return f"/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 _LOCKED = ("database is locked", "database is busy", "database table is locked")
 # How a tracking server that is down (or restarting) shows through MLflow's REST client.
@@ -235,7 +244,21 @@ class SweepTracker:
             if exp.lifecycle_stage == "deleted":
                 self._call(self.client.restore_experiment, exp.experiment_id)
             self.experiment_id = exp.experiment_id
+        self._call(self.client.set_experiment_tag, self.experiment_id, EXPERIMENT_KIND, CUSTOM_MODEL_DEVELOPMENT)
         return self.experiment_id
+
+    def log_cost_totals(self) -> dict[str, float]:
+        """Sum each trial's cost metrics (GPU-hours, trial, training and evaluation time) into the parent run."""
+        totals = {M.total_key(name): 0.0 for name in M.COST}
+        for run in self.child_runs():
+            for name in M.COST:
+                value = run.data.metrics.get(name)
+                if value is not None and math.isfinite(value):
+                    totals[M.total_key(name)] += value
+        now = int(time.time() * 1000)
+        self._call(self.client.log_batch, self.parent_run_id,
+                   metrics=[Metric(k, v, now, 0) for k, v in totals.items()])  # fmt: skip
+        return totals
 
     def find_parent(self, experiment_path: str) -> Run | None:
         """The parent run of an earlier (interrupted) run of the same Ray experiment, if any."""

@@ -26,6 +26,7 @@ import ray
 import torch
 from ray import tune
 
+from pclc import metrics as M
 from pclc.config import TrialConfig, make_config
 from pclc.gpu import check_gpus_usable, cuda_info
 from pclc.train import load_checkpoint, save_checkpoint
@@ -102,6 +103,11 @@ def trial_device(preference: str, *, gpu_ids: list[str]) -> str:
     return "cpu" if preference == "auto" and not gpu_ids else preference
 
 
+def gpu_share() -> float:
+    """The fraction of a GPU Ray gave this trial (0 when it asked for none)."""
+    return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
+
+
 def _load_resume() -> dict[str, Any] | None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
@@ -141,8 +147,12 @@ def trainable(config: dict[str, Any], *, prepared: Any, setup: TrialSetup) -> No
 
     last_epoch: dict[str, float] = {}
 
+    share = gpu_share()
+
     def report(metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         nonlocal last_epoch
+        if metrics.get(M.GPU_HOURS):  # run_trial counts a whole GPU; the trial holds the share Ray gave it
+            metrics = {**metrics, M.GPU_HOURS: metrics[M.GPU_HOURS] * share}
         if state is not None:  # an epoch: MLflow first, then Tune with the checkpoint (when one is due)
             run.log_epoch(metrics)
             last_epoch = dict(metrics)

@@ -280,3 +280,35 @@ def local_ray() -> Iterator[None]:
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
     yield
     ray.shutdown()
+
+
+# --------------------------------------------------------------------------- trial writers without training
+
+
+def write_like_a_trial(
+    target: Any, trial_id: str, params: dict[str, Any], final_names: list[str], *, epochs: int, notes_dir: str,
+    pause_s: float = 0.0, barrier: Any = None,
+) -> None:  # fmt: skip
+    """What a trial writes to MLflow, through the project's own writer (`TrialRun`), minus the training:
+    open its run, log `epochs` epochs (`pause_s` apart), then the final metrics, each noted after it went
+    through as `noting_reports` notes them. With `barrier`, start the epochs together with the other writers."""
+    from sweeps.tracking import TrialRun
+
+    path = os.path.join(notes_dir, f"{trial_id}.jsonl")
+    _note(path, {"params": params})
+    run = TrialRun.open(target, trial_id=trial_id, params=params, buffer_path=Path(notes_dir) / f"{trial_id}.pending")
+    if barrier is not None:
+        barrier.wait()
+    seed = sum(map(ord, trial_id))
+    epoch_metrics: dict[str, float] = {}
+    for epoch in range(1, epochs + 1):
+        epoch_metrics = {M.EPOCH: epoch, M.TRAIN_LOSS: 1.0 / epoch + seed % 97 / 1000, M.CLEAN_ACC: 0.5 + epoch / 100,
+                         M.EPOCH_ROBUST_ACC: 0.25 + epoch / 200 + seed % 13 / 1000}  # fmt: skip
+        if epoch == 1:
+            _note(path, {"start": time.time()})
+        run.log_epoch(epoch_metrics)
+        _note(path, {"final": False, "metrics": epoch_metrics, "time": time.time()})
+        time.sleep(pause_s)
+    final = {**epoch_metrics, **{M.from_mlflow(n): 0.1 + (seed % 89) / 1000 for n in final_names if n not in epoch_metrics}}
+    run.log_final(final, {"metrics": final}, None)
+    _note(path, {"final": True, "metrics": final, "time": time.time()})

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
@@ -129,9 +130,11 @@ def log_sweep(
         status = t.get("status", "FINISHED")
         metrics: list[Metric] = []
         rng = np.random.default_rng([list(BASE).index(cfg.loss), int(cfg.margin * 1e4), int(cfg.lc_weight * 1e4), cfg.seed])
-        for epoch in range(1, EPOCHS + 1):  # per-epoch metrics, step = epoch
+        if t.get("stopped_at"):  # ASHA stopped it after that epoch: KILLED, tagged, no final evaluation
+            client.set_tag(rid, "pclc.stopped_early", "true")
+        for epoch in range(1, t.get("stopped_at", EPOCHS) + 1):  # per-epoch metrics, step = epoch
             for k, v in {M.EPOCH: epoch, M.TRAIN_LOSS: 1.0 / epoch, M.CLEAN_ACC: 0.5 + 0.1 * epoch,
-                         M.EPOCH_ROBUST_ACC: 0.1 * epoch}.items():  # fmt: skip
+                         M.EPOCH_ROBUST_ACC: 0.1 * epoch + t.get("signal_offset", 0.0)}.items():  # fmt: skip
                 metrics.append(Metric(M.to_mlflow(k), float(v), now, epoch))
         if status == "FINISHED":
             final = fake_metrics(cfg, rng, autoattack=autoattack)
@@ -202,6 +205,19 @@ def optimize_trials(n: int = 16) -> list[dict[str, Any]]:
     return out
 
 
+def asha_trials() -> list[dict[str, Any]]:
+    """A small ASHA search: 4 trials finished, 2 stopped by the scheduler after epoch 2, 1 killed by the user."""
+    out: list[dict[str, Any]] = [
+        {"cfg": {"loss": "pclc", "margin": m, "lc_weight": lam}, "signal_offset": 0.05 * i,
+         "metrics": {M.GPU_HOURS: 0.1, M.TRIAL_SECONDS: 1000.0, M.TRAIN_SECONDS: 600.0, M.EVAL_SECONDS: 300.0}}
+        for i, (m, lam) in enumerate([(0.9, 0.01), (0.95, 0.05), (0.99, 0.1), (0.995, 0.5)])
+    ]
+    out += [{"cfg": {"loss": "pclc", "margin": m, "lc_weight": 0.02}, "status": "KILLED", "stopped_at": 2,
+             "signal_offset": -0.05} for m in (0.92, 0.97)]  # fmt: skip
+    out.append({"cfg": {"loss": "pclc", "margin": 0.93, "lc_weight": 0.03}, "status": "KILLED"})  # Ctrl-C: not marked
+    return out
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """One SQLite store with every experiment the tests read.
@@ -225,6 +241,7 @@ def _build_store(root: Path) -> dict[str, Any]:
     info["optimize"] = log_sweep(client, root, "optimize", optimize_trials(), mode="optimize",
                                  objective=[(M.ROBUST_ACC, "max"), (M.CLEAN_ACC, "max")])  # fmt: skip
     info["ragged"] = log_sweep(client, root, "ragged", ragged_trials())
+    info["asha"] = log_sweep(client, root, "asha", asha_trials(), mode="optimize")
     single = [{"cfg": {"loss": loss, "seed": 0}} for loss in ("ce", "pc", "lc", "pclc")]
     info["single"] = log_sweep(client, root, "single_seed", single, autoattack=False)  # an older sweep
     holes = [{"cfg": {"loss": loss, "seed": s}} for loss in ("ce", "pclc") for s in (0, 1, 2)]
@@ -540,6 +557,46 @@ def test_optimize_layout_plots(optimize) -> None:
     assert set(names) == {"ξ (margin)", "λ (lc_weight)", "lr", "warmup_epochs"}
     assert "authors' default (pclc, ξ=0.995, λ=0.05), 1 trials" in _legend_texts(figure(report, "clean_vs_robust"))
     assert report.skipped == {}
+
+
+def test_stop_points_mark_only_the_trials_the_scheduler_stopped() -> None:
+    runs = pd.DataFrame({"run_id": ["fin", "asha", "ctrl_c", "failed"],
+                         "outcome": ["finished", "stopped", "stopped", "failed"],
+                         "stopped_early": [False, True, False, False]})  # fmt: skip
+    history = pd.DataFrame(
+        [("fin", e, 0.1 * e) for e in (1, 2, 3)] + [("asha", 2, 0.25), ("asha", 1, 0.2)]
+        + [("ctrl_c", 1, 0.3), ("failed", 1, 0.1)], columns=["run_id", "epoch", "value"],
+    )  # fmt: skip
+    assert plots.stop_points(history, runs).to_dict("records") == [{"run_id": "asha", "epoch": 2, "value": 0.25}]
+    assert plots.stop_points(history, runs.assign(stopped_early=False)).empty
+
+
+def test_learning_curves_and_parallel_coordinates_from_a_real_store(store, tmp_path) -> None:
+    sweep = load_sweep("asha", tracking_uri=store["uri"])
+    report = write_report(sweep, tmp_path / "asha", client=store["client"])
+    for name in ("learning_curves", "parallel_coordinates"):
+        assert (tmp_path / "asha" / f"{name}.png").stat().st_size > 10_000
+    curves = figure(report, "learning_curves").axes[0]
+    drawn = [line for line in curves.lines if len(line.get_xdata())]
+    assert len(drawn) == 7  # 4 finished, 2 stopped by ASHA, 1 killed by its user: every curve, as far as it went
+    assert sorted(len(line.get_xdata()) for line in drawn) == [2, 2, 3, 3, 3, 3, 3]
+    marks = curves.collections[0].get_offsets()  # the red crosses: where ASHA stopped them (not the user's kill), in %
+    assert np.allclose(sorted(map(tuple, marks)), [(2, 15.0), (2, 15.0)])
+    assert "2 stopped early" in curves.get_title()
+    assert "stopped by the scheduler (2)" in _legend_texts(figure(report, "learning_curves"))
+
+    cost = {r["metric"]: r for r in md_table(report.markdown.read_text(), "What the sweep cost")}
+    assert cost["`gpu_hours`"]["sweep total"] == "0.400" and cost["`gpu_hours`"]["mean per trial"] == "0.100"
+    assert cost["`train_seconds`"]["sweep total"] == "0.67" and cost["`eval_seconds`"]["sweep total"] == "0.33"
+    assert cost["`trial_seconds`"]["unit"] == "hours" and cost["`trial_seconds`"]["sweep total"] == "1.11"
+
+    coords = figure(report, "parallel_coordinates").axes[0]
+    labels = [t.get_text() for t in coords.get_xticklabels()]
+    assert labels[0].startswith("PC margin ξ") and labels[1].startswith("logit-constraint weight λ")
+    assert labels[1].endswith("log scale") and "robust accuracy" in labels[-1]  # λ spans 0.01 … 0.5
+    traces = [line for line in coords.lines if len(line.get_xdata()) == len(labels)]  # not the axes themselves
+    assert len(traces) == 4  # one per finished trial
+    assert traces[-1].get_ydata()[-1] == pytest.approx(1.0)  # drawn last (on top): the best trial, at the top
 
 
 def test_plots_that_do_not_apply_say_why(store) -> None:

@@ -19,6 +19,8 @@ from mlflow.tracking import MlflowClient
 
 from machine import ensure_debian_packages, free_ports, listening_addresses
 
+from sweeps.tracking import experiment_ui_path
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +41,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("journey")
     out = pclc("sweep", str(REPO / "sweeps/configs/quickstart.yaml"), "--smoke-test", cwd=work).stdout
     assert "MLflow UI: mlflow ui --backend-store-uri sqlite:///" in out
+    assert "?workflowType=machine_learning)" in out  # the printed link opens the runs, not GenAI traces
     report = pclc("analyze", "--experiment", "quickstart-smoke", cwd=work).stdout
     assert "report.html" in report
     return work
@@ -89,6 +92,15 @@ def test_the_mlflow_ui_shows_the_sweep_its_trials_and_a_plot(swept: Path, tmp_pa
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         exp = f"{url}/#/experiments/{experiment.experiment_id}"
 
+        # The experiment's address the sweep prints opens on its runs (the experiment is tagged as model
+        # training), not on MLflow 3's GenAI "Overview / Traces" page.
+        assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"
+        page.goto(url + experiment_ui_path(experiment.experiment_id), wait_until="load")
+        page.wait_for_url("**/runs?**", timeout=60_000)
+        page.get_by_text(parent.info.run_name).first.wait_for(timeout=60_000)
+        assert "/overview" not in page.url
+        page.screenshot(path=str(tmp_path / "landing.png"))
+
         # The experiment's runs: the parent, expanded to show one child run per trial.
         page.goto(f"{exp}/runs", wait_until="load")
         page.get_by_text(parent.info.run_name).first.wait_for(timeout=60_000)
@@ -112,7 +124,7 @@ def test_the_mlflow_ui_shows_the_sweep_its_trials_and_a_plot(swept: Path, tmp_pa
         page.screenshot(path=str(tmp_path / "plot.png"))
         browser.close()
 
-    for shot in ("runs.png", "trial.png", "plot.png"):
+    for shot in ("landing.png", "runs.png", "trial.png", "plot.png"):
         assert (tmp_path / shot).stat().st_size > 10_000
 
 

@@ -3,6 +3,7 @@ CLI, a local Ray started by the command, MLflow, and the closing summary, end to
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,3 +28,27 @@ def test_quickstart_smoke_test_runs_from_the_command_line(tmp_path: Path) -> Non
     parent, children = runs(uri, "quickstart-smoke")
     assert parent.info.status == "FINISHED" and len(children) == 2
     assert all(c.info.status == "FINISHED" and c.data.params["epochs"] == "2" for c in children)
+    # what each trial cost, and the sweep's sums in the parent run (CPU trials: no GPU-hours)
+    for child in children:
+        cost = child.data.metrics
+        assert cost["train_seconds"] > 0 and cost["eval_seconds"] > 0 and cost["gpu_hours"] == 0.0
+        assert cost["train_seconds"] + cost["eval_seconds"] <= cost["trial_seconds"]
+    totals = parent.data.metrics
+    for name in ("trial_seconds", "train_seconds", "eval_seconds", "gpu_hours"):
+        assert totals[f"total_{name}"] == pytest.approx(sum(c.data.metrics[name] for c in children))
+
+
+@pytest.mark.slow
+def test_dry_run_prints_the_trial_count_resources_and_an_estimate_and_starts_nothing(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "sweeps", str(QUICKSTART), "--dry-run", "--set", "resources.gpu=0.25"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if ": " in line)
+    assert lines["trials"] == "16"  # quickstart.yaml: num_trials 16
+    assert lines["resources per trial"] == "1 CPU, 0.25 GPU" and lines["trials at once"] == "2"
+    per_trial = float(re.match(r"([0-9.]+) s \(10 epochs", lines["per trial"])[1])
+    wall = float(re.match(r"([0-9.]+) s", lines["estimated wall time"])[1])
+    gpu_hours = float(lines["estimated GPU-hours"])
+    assert per_trial > 0 and wall >= 8 * per_trial  # 16 trials, 2 at a time: 8 waves (plus preparation)
+    assert gpu_hours == pytest.approx(16 * per_trial * 0.25 / 3600, rel=0.02, abs=2e-3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no mlflow.db, no ray_results: nothing started

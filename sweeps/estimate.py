@@ -1,0 +1,115 @@
+"""`pclc sweep CONFIG --dry-run`: what a sweep will cost, from one epoch measured here, before any is run.
+
+Runs the real trial code (`pclc.experiment.run_trial`) on this machine for one epoch of the sweep's base
+trial, then its final evaluation on a small probe of the test samples, scaled to the config's sizes.
+No Ray, no MLflow, no files: nothing of a sweep starts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from pclc import metrics as M
+from pclc.config import TrialConfig
+from sweeps.config import SweepConfig
+
+PROBE_SAMPLES = 32  # test samples the evaluation probe attacks; its time is scaled up to eval_limit
+
+
+class _OneEpoch(Exception):
+    """Raised by the report callback once the first epoch is measured: the dry run trains no more."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A sweep's cost, from one measured epoch and one scaled evaluation probe (seconds on this machine)."""
+
+    trials: int
+    cpu: float
+    gpu: float
+    concurrent: int
+    prepare_s: float  # data and the transfer substitute: once per sweep
+    epoch_s: float  # one training epoch with its per-epoch signal
+    eval_s: float  # the final evaluation, scaled from the probe to the config's sample counts
+    epochs: int
+
+    @property
+    def trial_s(self) -> float:
+        """One trial, trained to its last epoch (a scheduler that stops trials early only lowers it)."""
+        return self.epochs * self.epoch_s + self.eval_s
+
+    @property
+    def wall_s(self) -> float:
+        """Preparation, then the trials in waves of `concurrent` (the cluster assumed to fit that many)."""
+        return self.prepare_s + math.ceil(self.trials / self.concurrent) * self.trial_s
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.trials * self.trial_s * self.gpu / 3600.0
+
+
+def _probe(trial: TrialConfig, n_test: int) -> tuple[TrialConfig, float]:
+    """The trial with its evaluation cut to about PROBE_SAMPLES test samples, and the factor that scales it back."""
+    n_eval = min(trial.eval_limit or n_test, n_test)
+    fraction = min(1.0, PROBE_SAMPLES / n_eval)
+    changes: dict[str, Any] = {"eval_limit": max(1, math.ceil(n_eval * fraction))}
+    if trial.aa_limit:
+        changes["aa_limit"] = max(1, math.ceil(min(trial.aa_limit, n_eval) * fraction))
+    return trial.model_copy(update=changes), 1.0 / fraction
+
+
+def measure(cfg: SweepConfig) -> Estimate:
+    """Time the preparation, one epoch and a scaled evaluation of the base trial, here and now."""
+    from pclc.experiment import prepare, run_trial
+
+    trial = cfg.trial.model_copy(update={"out_dir": None, "save_weights": False, "epochs": 1, "warmup_epochs": 0,
+                                         "threads": cfg.trial.threads or max(1, math.floor(cfg.resources.cpu))})
+    started = time.perf_counter()
+    prepared = prepare(cfg.trial)  # the sweep's own preparation: its substitute trains for its own epochs
+    prepare_s = time.perf_counter() - started
+
+    measured: dict[str, Any] = {}
+
+    def first_epoch(metrics: dict[str, float], state: Any) -> None:
+        if state is not None:
+            measured.update(metrics=metrics, state=state)
+            raise _OneEpoch
+
+    try:
+        run_trial(trial, first_epoch, prepared=prepared)
+    except _OneEpoch:
+        pass
+    # the evaluation alone: resumed after its one epoch, the trial trains nothing more
+    probe, scale = _probe(trial, len(prepared.data.y_test))
+    final = run_trial(probe, lambda metrics, state: None, prepared=prepared, resume=measured["state"])
+    return Estimate(
+        trials=cfg.total_trials(), cpu=cfg.resources.cpu, gpu=cfg.resources.gpu, concurrent=cfg.max_concurrent,
+        prepare_s=prepare_s, epoch_s=measured["metrics"][M.TRAIN_SECONDS], eval_s=final[M.EVAL_SECONDS] * scale,
+        epochs=cfg.trial.epochs,
+    )  # fmt: skip
+
+
+def print_estimate(cfg: SweepConfig, est: Estimate, out: TextIO) -> None:
+    """The dry run's answer, one fact a line (the test reads these lines back)."""
+    print(f"pclc sweep --dry-run: {cfg.name} (nothing was started)", file=out)
+    print(f"trials: {est.trials}", file=out)
+    print(f"resources per trial: {est.cpu:g} CPU, {est.gpu:g} GPU", file=out)
+    print(f"trials at once: {est.concurrent}", file=out)
+    print(f"measured here: preparation {est.prepare_s:.2f} s, one epoch {est.epoch_s:.2f} s, "
+          f"final evaluation {est.eval_s:.2f} s (scaled from {PROBE_SAMPLES} samples)", file=out)  # fmt: skip
+    print(f"per trial: {est.trial_s:.1f} s ({est.epochs} epochs + evaluation)", file=out)
+    print(f"estimated wall time: {est.wall_s:.1f} s ({est.wall_s / 3600:.2f} h)", file=out)
+    print(f"estimated GPU-hours: {est.gpu_hours:.3f}", file=out)
+    notes = ["timed on this machine; a GPU trains faster than this"]
+    if cfg.scheduler.type == "asha":
+        notes.append(f"ASHA may stop trials from epoch {cfg.scheduler.grace_period} on: an upper bound")
+    print(f"note: {'; '.join(notes)}", file=out)
+
+
+def dry_run(cfg: SweepConfig, out: TextIO) -> int:
+    """Measure and print; exit code 0."""
+    print_estimate(cfg, measure(cfg), out)
+    return 0
