@@ -7,7 +7,7 @@ in its own process: it opens its run, then all writers log their per-epoch metri
 first writer's first epoch to the last writer's last.
 
     python benchmarks/tracking_writes.py                # 20 epochs per writer
-    python benchmarks/tracking_writes.py --smoke-test   # 3 epochs per writer
+    python benchmarks/tracking_writes.py --smoke-test   # 3 epochs per writer, 2 and 4 writers
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from sweep_util import final_metric_names, notes, runs, tiny_optimize, write_lik
 from sweeps.tracking import SweepTracker  # noqa: E402
 
 WRITERS = (8, 32)
+SMOKE_WRITERS = (2, 4)  # --smoke-test: the same path, a fraction of the wall time (the suite runs it)
 SERVER_WORKERS = 2  # the machine's cores; start_mlflow.sh's default (4) is for the cluster's head
 
 
@@ -64,7 +65,7 @@ def writes_per_second(server_uri: str, name: str, n: int, epochs: int, work: Pat
     return n * epochs / (max(ends) - min(starts))
 
 
-def measure(epochs: int, work: Path) -> list[dict[str, object]]:
+def measure(epochs: int, work: Path, writers: tuple[int, ...] = WRITERS) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for backend in ("sqlite", "postgresql"):
         home = work / f"home-{backend}"
@@ -72,7 +73,7 @@ def measure(epochs: int, work: Path) -> list[dict[str, object]]:
         with (throwaway_postgres(home) if backend == "postgresql" else contextlib.nullcontext()) as pg:
             server = HeadMlflow(home, pg.uri if pg else None, workers=SERVER_WORKERS)
             with server.running():
-                for n in WRITERS:
+                for n in writers:
                     rate = writes_per_second(server.uri, f"{backend}-{n}", n, epochs, work)
                     rows.append({"backend": backend, "writers": n, "writes_per_s": rate})
                     print(f"{backend:>10}, {n:2d} writers: {rate:7.1f} writes/s", flush=True)
@@ -81,20 +82,21 @@ def measure(epochs: int, work: Path) -> list[dict[str, object]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke-test", action="store_true", help="3 epochs per writer")
+    parser.add_argument("--smoke-test", action="store_true", help="3 epochs per writer, 2 and 4 writers")
     parser.add_argument("--json", type=Path, help="write the numbers here as JSON (benchmarks/run_all.py)")
     args = parser.parse_args(argv)
+    writers = SMOKE_WRITERS if args.smoke_test else WRITERS
     reason = psycopg2_missing()
     if reason is not None:
         print(f"skipped: {reason}")
         result: dict[str, object] = {"skipped": reason}
     else:
         with tempfile.TemporaryDirectory(prefix="pclc-bench-writes-") as tmp:
-            rows = measure(3 if args.smoke_test else 20, Path(tmp))
+            rows = measure(3 if args.smoke_test else 20, Path(tmp), writers)
         rate = {(r["backend"], r["writers"]): r["writes_per_s"] for r in rows}
         result = {"rows": rows, "load": os.getloadavg()[0],
-                  "pg_over_sqlite": {str(n): rate["postgresql", n] / rate["sqlite", n] for n in WRITERS}}  # fmt: skip
-        for n in WRITERS:
+                  "pg_over_sqlite": {str(n): rate["postgresql", n] / rate["sqlite", n] for n in writers}}  # fmt: skip
+        for n in writers:
             print(f"{n} writers: PostgreSQL / SQLite = {result['pg_over_sqlite'][str(n)]:.2f}")
     if args.json:
         args.json.write_text(json.dumps(result))
