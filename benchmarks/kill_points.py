@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # 3 trials, 2 at a time: the kills also land between trials (one ended, the third not yet started)
     trials, epochs = (3, 2) if args.smoke_test else (4, 4)
-    fractions = [0.25, 0.4, 0.55, 0.7, 0.8, 0.9] if args.smoke_test else [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9]
+    fractions = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7] if args.smoke_test else [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9]
     rows = []
     with tempfile.TemporaryDirectory(prefix="pclc-kill-") as tmp:
         base = Path(tmp) / "uninterrupted"
