@@ -1,7 +1,7 @@
 """A sweep's MLflow runs as one tidy pandas table: one row per trial run, one column per param and metric.
 
-Metric names are read back through `pclc.metrics.from_mlflow`, the inverse of the function that wrote
-them, and params are parsed back to numbers. Failed, stopped and unfinished runs stay in the table with
+Metric names are read back through `pclc.metrics.canonical_metric`, the inverse of the function that wrote
+them, and params through `pclc.contract.parse_param`, the inverse of the writer's `param_value`. Failed, stopped and unfinished runs stay in the table with
 their outcome, so they are counted and reported, never silently dropped.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +19,11 @@ from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pclc import contract as C
 from pclc import metrics as M
 from pclc.config import TrialConfig
-
-# --- tags of the MLflow layout (CONTRACT.md; sweeps.tracking writes them)
-ROLE, MODE, HEADLINE, OBJECTIVE = "pclc.role", "pclc.mode", "pclc.headline_metric", "pclc.objective"
-PARENT, TRIAL_ID, VARIANT, FAILURE = "mlflow.parentRunId", "pclc.trial_id", "pclc.variant", "pclc.failure_reason"
+from pclc.contract import FAILURE, HEADLINE, MODE, OBJECTIVE, PARENT, ROLE, TRIAL_ID, VARIANT, parse_param
+from pclc.metrics import canonical_metric
 
 # Params that change between trials without defining a configuration: seeds, per-trial paths, resources.
 NOT_CONFIG = frozenset(
@@ -65,7 +63,7 @@ def resolve_tracking_uri(uri: str | None, *, cwd: str | Path | None = None) -> s
     """
     base = Path(cwd or Path.cwd()).resolve()
     if uri is None:
-        uri = f"sqlite:///{base / 'mlflow.db'}"
+        uri = C.default_tracking_uri(base)
     elif "://" not in uri and uri.endswith(".db"):
         uri = f"sqlite:///{(base / Path(uri).expanduser()).resolve()}"
     if uri.startswith("sqlite:"):
@@ -80,10 +78,8 @@ def resolve_tracking_uri(uri: str | None, *, cwd: str | Path | None = None) -> s
         if path.stat().st_size == 0:
             raise AnalysisError(f"{path} is an empty file, not an MLflow database")
         return f"sqlite:///{path}"
-    if uri.startswith("file:") or "://" not in uri:
-        raise AnalysisError(
-            f"tracking URI {uri!r}: MLflow 3 has no file store; use sqlite:////abs/path/mlflow.db or http(s)://host:port"
-        )
+    if C.is_file_store(uri):
+        raise AnalysisError(f"tracking URI {uri!r}: {C.NO_FILE_STORE}")
     return uri
 
 
@@ -104,33 +100,6 @@ def experiment_names(client: MlflowClient) -> list[str]:
 
 
 # --------------------------------------------------------------------------- parsing
-
-
-_INT = re.compile(r"[+-]?\d+")
-
-
-def parse_param(text: str | None) -> Any:
-    """An MLflow param string back to a value: '0.995' → 0.995, '3' → 3, 'True' → True, '[0.1]' → (0.1,)."""
-    if text is None:
-        return None
-    t = text.strip()
-    if t in ("None", "null", ""):
-        return None
-    if t in ("True", "true", "False", "false"):
-        return t in ("True", "true")
-    if _INT.fullmatch(t):
-        return int(t)
-    try:
-        return float(t)
-    except ValueError:
-        pass
-    if t[:1] == "[":  # lists are JSON-encoded (sweeps.tracking.param_value); tuples keep rows hashable
-        try:
-            value = json.loads(t)
-        except ValueError:
-            return t
-        return tuple(value) if isinstance(value, list) else t
-    return t
 
 
 def _column(values: list[Any]) -> pd.Series:
@@ -155,16 +124,6 @@ def fmt_value(value: Any) -> str:
 def variant_sort_key(name: str) -> tuple[int, str]:
     """ce, pc, lc, pclc first (the paper's order), then any other label alphabetically."""
     return (VARIANT_ORDER.index(name) if name in VARIANT_ORDER else len(VARIANT_ORDER), name)
-
-
-def canonical_metric(name: str) -> str:
-    """A metric name in the schema's canonical spelling ('eps=0.10' → 'eps=0.1', MLflow '_' → '='),
-    a `finalist/` re-score included (its key is the trial's own key behind the prefix)."""
-    if name.startswith(M.FINALIST_PREFIX):
-        return M.finalist_key(canonical_metric(name.removeprefix(M.FINALIST_PREFIX)))
-    name = M.from_mlflow(name)
-    parsed = M.parse_robust_key(name)
-    return M.robust_key(*parsed) if parsed else name
 
 
 def is_finalist(metric: str) -> bool:
@@ -345,7 +304,7 @@ def load_sweep(
     if exp is None:
         raise AnalysisError(f"no run {parent_run_id!r} in {tracking_uri}")
 
-    parents = _search(client, exp.experiment_id, f"tags.`{ROLE}` = 'sweep'", order="DESC")
+    parents = _search(client, exp.experiment_id, f"tags.`{ROLE}` = '{C.ROLE_SWEEP}'", order="DESC")
     notes: list[str] = []
     if parent_run_id is not None:
         if parent is None or parent.info.experiment_id != exp.experiment_id:
@@ -368,7 +327,7 @@ def load_sweep(
         child_runs = _search(client, exp.experiment_id, f"tags.`{PARENT}` = '{parent.info.run_id}'")
         parent_tags = parent.data.tags
     else:  # runs logged without a sweep parent: analyse them all, but there is nowhere to log artifacts
-        child_runs = [r for r in _search(client, exp.experiment_id, "") if r.data.tags.get(ROLE) != "sweep"]
+        child_runs = [r for r in _search(client, exp.experiment_id, "") if r.data.tags.get(ROLE) != C.ROLE_SWEEP]
         parent_tags = {}
         notes.append("No sweep parent run (tag pclc.role=sweep) in the experiment: every run is analysed as a trial.")
 
@@ -504,13 +463,13 @@ def _metric_list(names: list[str], limit: int = 4) -> str:
     return f"Metric {shown} is" if len(names) == 1 else f"Metrics {shown}{more} are"
 
 
-def fetch_warnings(sweep: Sweep, client: MlflowClient, run_ids: list[str], *, limit: int = 20) -> dict[str, list[str]]:
+def fetch_warnings(client: MlflowClient, run_ids: list[str], *, limit: int = 20) -> dict[str, list[str]]:
     """The plain-English warnings in evaluation.json of (at most `limit` of) these runs; runs without one are skipped."""
     out: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="pclc-analysis-") as tmp:
         for rid in run_ids[:limit]:
             try:
-                path = client.download_artifacts(rid, "evaluation.json", tmp)
+                path = client.download_artifacts(rid, C.EVALUATION_ARTIFACT, tmp)
                 data = json.loads(Path(path).read_text())
             except (MlflowException, OSError, ValueError):
                 continue

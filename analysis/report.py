@@ -324,7 +324,7 @@ def _masking_section(sweep: Sweep, client: MlflowClient | None) -> list[Block]:
         blocks.append(Para("No check fired: no sign of gradient masking in these runs."))
     elif client is not None:
         ordered = [r for r in trials["run_id"] if r in fired_runs]
-        texts = fetch_warnings(sweep, client, ordered, limit=10)
+        texts = fetch_warnings(client, ordered, limit=10)
         if texts:
             rid, first = next(iter(texts.items()))
             blocks += [Para(f"What evaluation.json of run `{rid[:8]}` says:"), Bullets(first)]

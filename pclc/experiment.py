@@ -175,7 +175,7 @@ def run_trial(
         substitute=substitute, headline_eps=cfg.headline_eps, masking_eps=cfg.masking_eps,
     )
     now = time.perf_counter()
-    final = {**result.metrics, M.EPOCH: cfg.epochs, "done": 1.0, "trial_seconds": now - started,
+    final = {**result.metrics, M.EPOCH: cfg.epochs, "done": 1.0, M.TRIAL_SECONDS: now - started,
              M.EVAL_SECONDS: now - evaluation_started}
     if math.isfinite(train_loss):  # a trial resumed after its last epoch trained no epoch here
         final[M.TRAIN_LOSS] = train_loss

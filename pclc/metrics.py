@@ -1,7 +1,8 @@
 """The one metric-name schema shared by pclc, sweeps (MLflow) and analysis.
 
 Names follow DESIGN.md (`robust_acc/<attack>/eps=<eps>`). MLflow forbids `=` in metric
-names, so `to_mlflow`/`from_mlflow` map it once, here, in both directions.
+names, so `to_mlflow`/`from_mlflow` map it once, here, in both directions, and `canonical_metric`
+reads any spelling back. The rest of the MLflow contract (tags, params, tracking URI) is `pclc.contract`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ ROBUST_ACC_CLASSIC = "robust_acc_classic"  # worst classic attack at the headlin
 ROBUST_ACC_AA = "robust_acc_aa"  # worst AutoAttack-grade attack at the headline eps
 PROB_GAP = "prob_gap"
 EVAL_SECONDS = "eval_seconds"  # wall time of the final evaluation (the attack suite), within trial_seconds
+TRIAL_SECONDS = "trial_seconds"  # wall time of the whole trial (data to evaluation)
 EPOCH_ROBUST_ACC = "epoch_robust_acc"  # cheap per-epoch APGD-CE + APGD-T on a subset, for ASHA
 FINALIST_PREFIX = "finalist/"  # `pclc evaluate`: the full AutoAttack re-score of a chosen trial
 MASKING_PREFIX = "masking/"
@@ -68,6 +70,20 @@ def parse_robust_key(key: str) -> tuple[str, float] | None:
     """(attack, eps) of a robust-accuracy key, or None for any other metric."""
     m = _ROBUST_RE.match(from_mlflow(key))
     return (m["attack"], float(m["eps"])) if m else None
+
+
+def canonical_metric(name: str) -> str:
+    """A metric name in the schema's canonical spelling ('eps=0.10' → 'eps=0.1', MLflow '_' → '='),
+    a `finalist/` re-score included (its key is the trial's own key behind the prefix).
+
+    >>> canonical_metric("robust_acc/fgsm/eps_0.10"), canonical_metric("finalist/robust_acc/worst/eps=0.20")
+    ('robust_acc/fgsm/eps=0.1', 'finalist/robust_acc/worst/eps=0.2')
+    """
+    if name.startswith(FINALIST_PREFIX):
+        return finalist_key(canonical_metric(name.removeprefix(FINALIST_PREFIX)))
+    name = from_mlflow(name)
+    parsed = parse_robust_key(name)
+    return robust_key(*parsed) if parsed else name
 
 
 def to_mlflow(key: str) -> str:

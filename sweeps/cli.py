@@ -42,7 +42,8 @@ def _preflight_sweep(args: argparse.Namespace) -> None:
     """What a sweep can get wrong before Ray starts, checked before Ray is even imported:
     the sweep file, an `npz:` data file, and the MLflow store (a dead server fails in seconds)."""
     from pclc.data import check_npz
-    from sweeps.config import check_tracking_store, load_sweep, normalize_tracking_uri
+    from pclc.contract import normalize_tracking_uri
+    from sweeps.config import check_tracking_store, load_sweep
     from sweeps.storage import experiment_path, read_metadata, storage_root
 
     cfg = load_sweep(args.config, list(getattr(args, "set", None) or []))

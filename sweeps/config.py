@@ -30,6 +30,7 @@ from pydantic import (
 
 from pclc import metrics as M
 from pclc.config import ConfigError, TrialConfig, parse_override, read_yaml
+from pclc.contract import normalize_tracking_uri
 
 # Fields a sweep may vary per trial. The rest are fixed per sweep because `prepare()` builds the
 # data and the transfer substitute once from them, or because they define what is measured
@@ -325,17 +326,12 @@ def unchecked_robust_metric(metric: str, trial: TrialConfig) -> str | None:
     return None
 
 
-def _canonical_metric(name: str) -> str:
-    parsed = M.parse_robust_key(name)
-    return M.robust_key(*parsed) if parsed else name
-
-
 def _problems(cfg: SweepConfig) -> list[str]:
     """Everything wrong with a parsed sweep that one field alone cannot say, as `field = value: why`."""
     out: list[str] = []
     allowed_metrics = objective_metrics(cfg.trial)
     for i, obj in enumerate(cfg.objective):
-        obj.metric = _canonical_metric(obj.metric)
+        obj.metric = M.canonical_metric(obj.metric)
         if obj.metric not in allowed_metrics:
             out.append(
                 f"objective[{i}].metric = {obj.metric!r}: not reported by this trial's attack suite; "
@@ -453,18 +449,6 @@ def _short(values: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- loading
-
-
-def normalize_tracking_uri(uri: str) -> str:
-    """An MLflow URI every process can use: sqlite paths made absolute; file stores refused."""
-    if uri.startswith("sqlite:///"):
-        path = uri.removeprefix("sqlite:///")
-        return "sqlite:///" + str(Path(path).expanduser().resolve())
-    if uri.startswith(("file:", "./", "/", "~")) or "://" not in uri:
-        raise ValueError(
-            f"{uri!r}: MLflow 3 has no file store; use sqlite:////abs/path/mlflow.db or http(s)://host:port"
-        )
-    return uri
 
 
 class TrackingStoreError(ValueError):

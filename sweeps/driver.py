@@ -21,12 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
 import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from analysis.stats import mean_sd, pareto_mask
+from pclc import contract as C
 from pclc.config import ConfigError
 from sweeps.config import SweepConfig, load_sweep, resolved_yaml
 from sweeps.storage import (  # noqa: F401  (StorageError: raised by run_sweep, imported from here by callers)
@@ -38,13 +41,7 @@ from sweeps.storage import (  # noqa: F401  (StorageError: raised by run_sweep, 
     read_metadata,
     storage_root,
 )
-from sweeps.tracking import (
-    STOPPED_EARLY,
-    SweepTracker,
-    TrialOutcome,
-    default_tracking_uri,
-    failure_reason,
-)
+from sweeps.tracking import SweepTracker, TrialOutcome, failure_reason
 from sweeps.trainable import GRID_KEY, VARIANT, RunTrial, TrialSetup, restoring_from_storage, trainable
 
 _IGNORED_ON_RESUME = ("storage_path", "tracking_uri")
@@ -297,7 +294,7 @@ def run_sweep(
     if restorable:
         _check_unchanged(cfg, exp_path)
     stored = read_metadata(exp_path) if restorable else {}
-    uri = tracking_uri or cfg.tracking_uri or stored.get("tracking_uri") or default_tracking_uri()
+    uri = tracking_uri or cfg.tracking_uri or stored.get("tracking_uri") or C.default_tracking_uri()
     if stored.get("tracking_uri") and uri != stored["tracking_uri"]:
         raise ConfigError(
             f"the sweep at {exp_path} is tracked in {stored['tracking_uri']}; resume with that "
@@ -322,7 +319,7 @@ def run_sweep(
             target=target,
             searched=tuple(cfg.space) if cfg.mode == "optimize" else _varied(cfg),
             run_fn=run_fn,
-            extra_tags={"pclc.sweep": cfg.name},
+            extra_tags={C.SWEEP: cfg.name},
             experiment_path=exp_path,
             skip_recorded_failures=restorable and not retry_failed,
         )
@@ -427,7 +424,7 @@ def _collect(cfg: SweepConfig, grid: Any, tracker: SweepTracker, exp_path: str, 
                     row[extra] = metrics[extra]
             rows.append(row)
     counts = tracker.reconcile(trials)
-    stopped = sum(1 for r in tracker.child_runs() if r.data.tags.get(STOPPED_EARLY) == "true")
+    stopped = sum(1 for r in tracker.child_runs() if r.data.tags.get(C.STOPPED_EARLY) == "true")
     return SweepResult(
         name=cfg.name, experiment_path=exp_path, tracking_uri=tracker.tracking_uri,
         experiment_id=tracker.target.experiment_id, parent_run_id=tracker.target.parent_run_id,
@@ -446,13 +443,10 @@ def best_rows(cfg: SweepConfig, rows: list[dict[str, Any]], top: int = 5) -> lis
     ranked = sorted(rows, key=score, reverse=True)
     if not cfg.multi_objective:
         return ranked[:top]
-    front = []
-    for row in ranked:
-        s = score(row)
-        dominated = any(all(a >= b for a, b in zip(score(o), s)) and score(o) != s for o in rows)
-        if not dominated:
-            front.append(row)
-    return front
+    if not ranked:
+        return []
+    keep = pareto_mask(np.array([score(r) for r in ranked]), [True] * len(sign))  # scores are signed: all max
+    return [row for row, kept in zip(ranked, keep) if kept]
 
 
 def ablation_table(cfg: SweepConfig, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -467,9 +461,7 @@ def ablation_table(cfg: SweepConfig, rows: list[dict[str, Any]]) -> list[dict[st
         for m in _metric_names(cfg):
             values = [_num(r[m]) for r in members if m in r]
             if values:
-                mean = sum(values) / len(values)
-                entry[m] = mean
-                entry[f"{m} sd"] = math.sqrt(sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1))
+                entry[m], entry[f"{m} sd"] = mean_sd(values)
         table.append(entry)
     return sorted(table, key=lambda e: _num(e.get(cfg.headline_metric)), reverse=True)
 
@@ -553,7 +545,7 @@ def sweep_command(args: argparse.Namespace) -> int:
         cfg = load_sweep(args.config, overrides + smoke_overrides(cfg))
     tracking_uri = args.tracking_uri
     if tracking_uri:
-        from sweeps.config import normalize_tracking_uri
+        from pclc.contract import normalize_tracking_uri
 
         tracking_uri = normalize_tracking_uri(tracking_uri)
 

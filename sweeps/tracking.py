@@ -1,4 +1,4 @@
-"""MLflow bookkeeping of a sweep, in the layout CONTRACT.md fixes (analysis reads it back).
+"""MLflow bookkeeping of a sweep, in the layout `pclc.contract` fixes (analysis reads it back).
 
 One parent run per sweep (created on the driver, with the resolved sweep file, git commit and
 package versions) and one child run per trial. A trial finds its child run by the tag
@@ -25,21 +25,27 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mlflow.entities import Metric, Param, Run, RunStatus, RunTag, ViewType
+from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from mlflow.tracking import MlflowClient
 
+from pclc import contract as C
 from pclc import metrics as M
+from pclc.contract import (  # noqa: F401  (re-exported: the writer's names, for callers of this module)
+    DETERMINISTIC,
+    EXPERIMENT_PATH,
+    FAILURE,
+    FINAL,
+    HEADLINE,
+    MODE,
+    PARENT,
+    ROLE,
+    STOPPED_EARLY,
+    TRIAL_ID,
+    default_tracking_uri,
+    param_value,
+)
 
 T = TypeVar("T")
-
-# Tags: the names analysis and the tests rely on.
-ROLE, MODE, HEADLINE, TRIAL_ID = "pclc.role", "pclc.mode", "pclc.headline_metric", "pclc.trial_id"
-PARENT = "mlflow.parentRunId"
-FAILURE = "pclc.failure_reason"
-DETERMINISTIC = "pclc.failure_deterministic"  # "1": the failure would repeat (NaN loss, refused config, bad data)
-FINAL = "pclc.final"  # "1" once the final evaluation is logged
-EXPERIMENT_PATH = "pclc.experiment_path"
-STOPPED_EARLY = "pclc.stopped_early"
 
 _LOCKED = ("database is locked", "database is busy", "database table is locked")
 # How a tracking server that is down (or restarting) shows through MLflow's REST client.
@@ -54,12 +60,6 @@ DEFAULT_PATIENCE_S = 600.0
 # a trial retries on its own terms instead, so the client gives up after a few seconds.
 _CLIENT_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}  # fmt: skip
-_NOT_LOGGED = {"done"}  # run_trial's end-of-trial flag: Tune's business, not a metric
-
-
-def default_tracking_uri(cwd: str | Path | None = None) -> str:
-    """`sqlite:///<abs cwd>/mlflow.db`: MLflow 3 has no file store, and every trial needs the same path."""
-    return f"sqlite:///{Path(cwd or Path.cwd()).resolve() / 'mlflow.db'}"
 
 
 def artifact_root(tracking_uri: str) -> str | None:
@@ -126,16 +126,11 @@ def patiently(fn: Callable[..., T], *args: Any, deadline: float, what: str, uri:
             delay = min(delay * 1.5, 5.0)
 
 
-def param_value(value: Any) -> str:
-    """A TrialConfig value as an MLflow param: lists and mappings JSON-encoded, the rest str()."""
-    return json.dumps(value) if isinstance(value, (list, dict, tuple)) else str(value)
-
-
 def _metrics(values: dict[str, float], step: int, now: int) -> list[Metric]:
     return [
         Metric(M.to_mlflow(k), float(v), now, step)
         for k, v in values.items()
-        if k not in _NOT_LOGGED and isinstance(v, (int, float))
+        if isinstance(v, (int, float))
     ]
 
 
@@ -242,7 +237,7 @@ class SweepTracker:
         runs = self._call(
             self.client.search_runs,
             [self.experiment_id],
-            filter_string=f"tags.`{ROLE}` = 'sweep' and tags.`{EXPERIMENT_PATH}` = '{experiment_path}'",
+            filter_string=f"tags.`{ROLE}` = '{C.ROLE_SWEEP}' and tags.`{EXPERIMENT_PATH}` = '{experiment_path}'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
@@ -258,23 +253,23 @@ class SweepTracker:
         if existing is not None:
             self.parent_run_id = existing.info.run_id
             self._call(self.client.update_run, self.parent_run_id, status="RUNNING")
-            self._call(self.client.set_tag, self.parent_run_id, "pclc.resumed", str(int(time.time())))
+            self._call(self.client.set_tag, self.parent_run_id, C.RESUMED, str(int(time.time())))
             return self.parent_run_id
         tags = {
-            ROLE: "sweep",
+            ROLE: C.ROLE_SWEEP,
             MODE: mode,
             HEADLINE: headline_metric,
-            "pclc.objective": json.dumps(objective),
+            C.OBJECTIVE: json.dumps(objective),
             EXPERIMENT_PATH: experiment_path,
-            "git_commit": git_commit(),
-            "versions": json.dumps(package_versions()),
+            C.GIT_COMMIT: git_commit(),
+            C.VERSIONS: json.dumps(package_versions()),
         }
         stale = self.find_parent(experiment_path)
         if stale is not None and stale.info.status == "RUNNING":
             # A driver killed before Tune saved anything: the sweep starts over under the same parent (one
             # parent per sweep); the trial runs it had begun are orphans, deleted by `reconcile` at the end.
             self.parent_run_id = stale.info.run_id
-            self._call(self.client.set_tag, self.parent_run_id, "pclc.resumed", str(int(time.time())))
+            self._call(self.client.set_tag, self.parent_run_id, C.RESUMED, str(int(time.time())))
             return self.parent_run_id
         run = self._call(self.client.create_run, self.experiment_id, tags=tags, run_name=f"sweep-{name}")
         self.parent_run_id = run.info.run_id
@@ -363,7 +358,7 @@ class SweepTracker:
 
 
 def _trial_tags(target: TrackingTarget, trial_id: str) -> dict[str, str]:
-    return {PARENT: target.parent_run_id, ROLE: "trial", TRIAL_ID: trial_id}
+    return {PARENT: target.parent_run_id, ROLE: C.ROLE_TRIAL, TRIAL_ID: trial_id}
 
 
 def find_trial_run(client: MlflowClient, target: TrackingTarget, trial_id: str) -> Run | None:
@@ -442,9 +437,9 @@ class TrialRun:
                 for stale in (FAILURE, DETERMINISTIC):  # a retry: the earlier attempt's reason no longer holds
                     if stale in run.data.tags:
                         call(client.delete_tag, run.info.run_id, stale)
-            attempts = int(run.data.tags.get("pclc.attempts", "1")) + 1
+            attempts = int(run.data.tags.get(C.ATTEMPTS, "1")) + 1
             call(client.log_batch, run.info.run_id,
-                 tags=[RunTag(k, v) for k, v in {**(tags or {}), "pclc.attempts": str(attempts)}.items()])  # fmt: skip
+                 tags=[RunTag(k, v) for k, v in {**(tags or {}), C.ATTEMPTS: str(attempts)}.items()])  # fmt: skip
             opened = cls(client, run, logged, reopened=True, buffer_path=buffer, patience_s=patience,
                        uri=target.tracking_uri)  # fmt: skip
         opened.pending = _read_buffer(buffer)
@@ -528,7 +523,7 @@ class TrialRun:
         def call(fn: Callable[..., Any], *args: Any) -> None:
             patiently(fn, *args, deadline=deadline, what=what, uri=self.uri)
 
-        call(self.client.log_dict, self.run_id, evaluation, "evaluation.json")
+        call(self.client.log_dict, self.run_id, evaluation, C.EVALUATION_ARTIFACT)
         if weights is not None and weights.is_file():
             call(self.client.log_artifact, self.run_id, str(weights), "weights")
         call(self.client.set_tag, self.run_id, FINAL, "1")
@@ -545,9 +540,6 @@ class TrialRun:
         tags = [RunTag(FAILURE, failure_reason(reason)), RunTag(DETERMINISTIC, "1" if deterministic else "0")]
         patiently(self.client.log_batch, self.run_id, tags=tags, deadline=deadline, what=what, uri=self.uri)
         patiently(self.client.set_terminated, self.run_id, "FAILED", deadline=deadline, what=what, uri=self.uri)
-
-    def set_tags(self, tags: dict[str, str]) -> None:
-        retrying(self.client.log_batch, self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
 
 def _read_buffer(path: Path | None) -> list[Metric]:
@@ -569,5 +561,5 @@ def _same(a: float, b: float) -> bool:
 __all__ = [
     "SweepTracker", "TrialRun", "TrackingTarget", "TrialOutcome", "TrackingUnavailable", "default_tracking_uri",
     "artifact_root", "retrying", "patiently", "unreachable", "tracking_patience", "limit_client_retries",
-    "failure_reason", "find_trial_run", "param_value", "RunStatus",
+    "failure_reason", "find_trial_run", "param_value",
 ]  # fmt: skip

@@ -25,6 +25,7 @@ import ray
 import torch
 from ray import tune
 
+from pclc import contract as C
 from pclc.config import TrialConfig, make_config
 from pclc.train import load_checkpoint, save_checkpoint
 from sweeps.tracking import TrackingTarget, TrialRun
@@ -98,10 +99,10 @@ def trainable(config: dict[str, Any], *, prepared: Any, setup: TrialSetup) -> No
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_config(setup, config, trial_id)
     torch.set_num_threads(cfg.threads or 1)
-    tags = {**_node_tags(), **setup.extra_tags, "pclc.searched": json.dumps(list(setup.searched))}
+    tags = {**_node_tags(), **setup.extra_tags, C.SEARCHED: json.dumps(list(setup.searched))}
     variant = config.get(GRID_KEY, {}).get(VARIANT)
     if variant is not None:
-        tags["pclc.variant"] = str(variant)
+        tags[C.VARIANT] = str(variant)
     out = Path(cfg.out_dir)  # type: ignore[arg-type]
     run = TrialRun.open(setup.target, trial_id=trial_id, params=cfg.to_dict(), tags=tags, buffer_path=out / PENDING_FILE,
                         keep_recorded_failure=setup.skip_recorded_failures)  # fmt: skip

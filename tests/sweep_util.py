@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from pclc import metrics as M
 from pclc.config import TrialConfig
+from pclc.contract import param_value
 from pclc.experiment import run_trial
 from sweeps.config import SweepConfig, objective_metrics, parse_sweep
 
@@ -77,7 +78,7 @@ def tiny_ablation(name: str, tmp: Path, variants: list[dict[str, Any]], seeds: l
 
 def final_metric_names(trial: TrialConfig) -> list[str]:
     """Every final metric the MLflow child run must hold (DESIGN.md schema, MLflow-mapped)."""
-    names = set(objective_metrics(trial)) | set(EPOCH_KEYS) | {M.PROB_GAP, "trial_seconds"}
+    names = set(objective_metrics(trial)) | set(EPOCH_KEYS) | {M.PROB_GAP, M.TRIAL_SECONDS}
     return sorted(M.to_mlflow(n) for n in names)
 
 
@@ -109,7 +110,7 @@ def assert_mlflow_holds_every_report(uri: str, experiment: str, notes_dir: Path,
         child = by_trial[trial_id]
         assert child.info.status == "FINISHED", child.data.tags.get("pclc.failure_reason")
         params = entries[0]["params"]
-        assert child.data.params == {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in params.items()}
+        assert child.data.params == {k: param_value(v) for k, v in params.items()}
         expected: dict[str, set[tuple[int, float]]] = {}
         for entry in (e for e in entries if "metrics" in e):
             step = int(entry["metrics"]["epoch"])

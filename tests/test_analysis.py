@@ -1,4 +1,4 @@
-"""analysis: hand-made MLflow runs in the CONTRACT.md layout → tidy table, figures, report, CLI.
+"""analysis: hand-made MLflow runs in the `pclc.contract` layout → tidy table, figures, report, CLI.
 
 One SQLite store per module holds several experiments (an ablation grid, an Optuna-like search and
 the edge cases); each is analysed once and the tests read what came out.
@@ -25,11 +25,14 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from analysis import cli, plots
-from analysis.load import AnalysisError, canonical_metric, load_sweep, parse_param, resolve_tracking_uri
+from analysis.load import AnalysisError, load_sweep, resolve_tracking_uri
 from analysis.report import write_report
 from analysis.stats import pareto_mask, t_halfwidth
 from pclc import metrics as M
 from pclc.config import TrialConfig
+from pclc import contract as C
+from pclc.contract import param_value, parse_param
+from pclc.metrics import canonical_metric
 
 ATTACKS = ["fgsm", "pgd_ce", "pgd_cw", "transfer"]
 AA_ATTACKS = ["apgd_ce", "autoattack"]  # AutoAttack-grade: at the headline eps only, pclc's default
@@ -45,10 +48,6 @@ FINALIST = {0: 0.30, 1: 0.32}  # `pclc evaluate` re-scored the best pclc configu
 
 
 # --------------------------------------------------------------------------- writing runs like sweeps does
-
-
-def param_text(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
 
 
 def fake_metrics(cfg: TrialConfig, rng: np.random.Generator, *, autoattack: bool = True) -> dict[str, float]:
@@ -101,7 +100,7 @@ def log_sweep(
     objective: list[tuple[str, str]] = ((M.ROBUST_ACC, "max"),),
     autoattack: bool = True,
 ) -> tuple[str, list[str]]:
-    """A parent run + one child run per trial, in the CONTRACT.md layout; returns (parent id, child ids).
+    """A parent run + one child run per trial, in the `pclc.contract` layout; returns (parent id, child ids).
 
     A trial is {"cfg": TrialConfig overrides, "status": ..., "variant": ..., "metrics": overrides of the
     fake evaluation (None deletes a metric), "warnings": [...], "reason": failure reason}.
@@ -110,8 +109,8 @@ def log_sweep(
     exp = client.get_experiment_by_name(name)
     exp_id = exp.experiment_id if exp else client.create_experiment(name, artifact_location=(root / "art" / name).as_uri())
     parent = client.create_run(exp_id, run_name=f"sweep-{name}", tags={
-        "pclc.role": "sweep", "pclc.mode": mode, "pclc.headline_metric": objective[0][0],
-        "pclc.objective": json.dumps([{"metric": m, "mode": d} for m, d in objective]),
+        C.ROLE: C.ROLE_SWEEP, C.MODE: mode, C.HEADLINE: objective[0][0],
+        C.OBJECTIVE: json.dumps([{"metric": m, "mode": d} for m, d in objective]),
     })  # fmt: skip
     pid = parent.info.run_id
     ids = []
@@ -119,13 +118,13 @@ def log_sweep(
         attacks = ATTACKS + AA_ATTACKS if autoattack else ATTACKS
         base = {"attacks": attacks, "eps": EPS, "headline_eps": HEADLINE_EPS, "epochs": EPOCHS, "warmup_epochs": 1}
         cfg = TrialConfig(**{**base, **t.get("cfg", {})})
-        tags = {"mlflow.parentRunId": pid, "pclc.role": "trial", "pclc.trial_id": f"t{i:03d}"}
+        tags = {C.PARENT: pid, C.ROLE: C.ROLE_TRIAL, C.TRIAL_ID: f"t{i:03d}"}
         if "variant" in t or mode == "ablation":
-            tags["pclc.variant"] = t.get("variant", cfg.loss)
+            tags[C.VARIANT] = t.get("variant", cfg.loss)
         run = client.create_run(exp_id, run_name=f"trial_{i}", tags=tags)
         rid = run.info.run_id
         now = int(time.time() * 1000)
-        params = [Param(k, param_text(v)) for k, v in cfg.to_dict().items()]
+        params = [Param(k, param_value(v)) for k, v in cfg.to_dict().items()]
         status = t.get("status", "FINISHED")
         metrics: list[Metric] = []
         rng = np.random.default_rng([list(BASE).index(cfg.loss), int(cfg.margin * 1e4), int(cfg.lc_weight * 1e4), cfg.seed])

@@ -112,14 +112,14 @@ def test_unsent_metrics_wait_in_the_buffer_file_and_a_retried_attempt_sends_them
     pending = json.loads(buffer.read_text())
     assert sorted((k, step) for k, _, _, step in pending) == [("epoch", 2), ("train_loss", 2)]
     with pytest.raises(TrackingUnavailable, match=f"{server.uri}.*final evaluation"):
-        first.log_final({"epoch": 2, "robust_acc": 0.25, "done": 1.0}, {"metrics": {}}, None)
+        first.log_final({"epoch": 2, "robust_acc": 0.25}, {"metrics": {}}, None)
     assert len(json.loads(buffer.read_text())) == 3  # the final metric waits with the rest
 
     server.start()
     second = TrialRun.open(tracker.target, trial_id="t1", params=TrialConfig().to_dict(), buffer_path=buffer)  # the retry
     assert second.run_id == first.run_id and 2 in second.logged_epochs and not buffer.exists()
     second.log_epoch({"epoch": 2, "train_loss": 0.5})  # the retry's checkpoint was epoch 1: not logged twice
-    second.log_final({"epoch": 2, "robust_acc": 0.5, "done": 1.0}, {"metrics": {}}, None)
+    second.log_final({"epoch": 2, "robust_acc": 0.5}, {"metrics": {}}, None)
 
     client = MlflowClient(server.uri)
     run = client.get_run(first.run_id)

@@ -12,7 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pclc.config import TrialConfig
-from sweeps.tracking import SweepTracker, TrialRun, failure_reason, param_value
+from pclc.contract import param_value
+from sweeps.tracking import SweepTracker, TrialRun, failure_reason
 
 
 def _tracker(tmp_path: Path) -> SweepTracker:
@@ -36,7 +37,7 @@ def test_a_retried_trial_reopens_its_run_and_logs_no_epoch_twice(tmp_path: Path)
     assert second.run_id == first.run_id and second.reopened
     for epoch in (2, 3):  # epoch 2 again: the checkpoint was older than the last logged epoch
         second.log_epoch({"epoch": epoch, "train_loss": 1.0 / epoch})
-    second.log_final({"epoch": 3, "train_loss": 1 / 3, "robust_acc": 0.5, "done": 1.0}, {"metrics": {}}, None)
+    second.log_final({"epoch": 3, "train_loss": 1 / 3, "robust_acc": 0.5}, {"metrics": {}}, None)
 
     client = MlflowClient(tracker.tracking_uri)
     run = client.get_run(first.run_id)
@@ -44,7 +45,7 @@ def test_a_retried_trial_reopens_its_run_and_logs_no_epoch_twice(tmp_path: Path)
     assert run.data.tags["pclc.attempts"] == "2"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch")] == [1, 2, 3]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3]
-    assert "done" not in run.data.metrics and run.data.metrics["robust_acc"] == 0.5
+    assert run.data.metrics["robust_acc"] == 0.5
     assert len(tracker.child_runs()) == 1
     # a third attempt after the run finished only reads the final metrics back
     third = TrialRun.open(tracker.target, trial_id="t1", params=params)
