@@ -23,6 +23,7 @@ from pclc import contract as C
 from pclc import metrics as M
 from pclc.config import TrialConfig
 from pclc.contract import FAILURE, HEADLINE, MODE, OBJECTIVE, PARENT, ROLE, TRIAL_ID, VARIANT, parse_param
+from pclc.losses import IGNORED_BY_LOSS  # the paper's knobs each loss ignores
 from pclc.metrics import canonical_metric
 
 # Params that change between trials without defining a configuration: seeds, per-trial paths, resources.
@@ -38,11 +39,6 @@ MASKING_FLAGS = M.MASKING_FLAGS
 # Run outcomes, from MLflow's status: FINISHED, FAILED, KILLED (stopped early by ASHA or the user), RUNNING/SCHEDULED.
 FINISHED, FAILED, STOPPED, RUNNING = "finished", "failed", "stopped", "running"
 _OUTCOME = {"FINISHED": FINISHED, "FAILED": FAILED, "KILLED": STOPPED, "RUNNING": RUNNING, "SCHEDULED": RUNNING}
-
-# The paper's knobs each loss ignores (pclc.losses: PC uses ξ, LC uses λ, PC-LC both).
-IGNORED_BY_LOSS: dict[str, frozenset[str]] = {
-    "ce": frozenset({"margin", "lc_weight"}), "pc": frozenset({"lc_weight"}), "lc": frozenset({"margin"}),
-}  # fmt: skip
 
 # Short names for the paper's knobs in labels and titles.
 SYMBOL = {"margin": "ξ", "lc_weight": "λ"}

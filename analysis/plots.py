@@ -207,7 +207,9 @@ def attack_rank(attack: str) -> tuple[int, int, str]:
     alphabetically, the aggregates (worst, worst_classic, worst_aa) last."""
     if attack in M.AGGREGATES:
         return (2, M.AGGREGATES.index(attack), attack)
-    return (0, M.ATTACKS.index(attack), attack) if attack in M.ATTACKS else (1, 0, attack)
+    from pclc.attacks import ATTACKS  # the registry's order (advertorch and the reference AutoAttack load here)
+
+    return (0, ATTACKS.index(attack), attack) if attack in ATTACKS else (1, 0, attack)
 
 
 def _attack_order(attacks: list[str]) -> list[str]:

@@ -18,7 +18,7 @@ import importlib
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Protocol
 
 import torch
 from torch import nn
@@ -72,12 +72,9 @@ from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted  # noqa: E
 from pyautoattack.fab_pt import FABAttack_PT  # noqa: E402
 from pyautoattack.square import SquareAttack  # noqa: E402
 
-from pclc.metrics import AUTOATTACK  # noqa: E402
-
 CLIP = (0.0, 1.0)  # pixels live in [0, 1]: no normalisation layer, as in the authors' code
 SPSA_DELTA = 0.01  # SPSA finite-difference scale, in pixels (advertorch's default)
 SPSA_CHUNK = 32  # SPSA perturbation samples evaluated per forward (memory ∝ chunk × batch)
-TRANSFER_ATTACKS = frozenset({"transfer"})  # crafted on the substitute model, scored on the target
 AA_SUBSET_SEED = 0  # every trial of every sweep scores AutoAttack on the same samples
 AA_LOGGER = "pclc.autoattack"  # the reference code's own warnings (zero gradients, Square) land here
 
@@ -128,7 +125,7 @@ class AttackSuite:
                 raise ValueError(f"aa_eps {list(self.aa_eps)} must be radii of the eps grid {list(self.eps)}")
         unknown = [a for a in self.attacks if a not in ATTACK_BUILDERS]
         if unknown:
-            raise ValueError(f"unknown attack(s) {unknown}; choose from {ATTACK_BUILDERS.names()}")
+            raise ValueError(f"unknown attack(s) {unknown}; choose from: {ATTACK_BUILDERS.choices()}")
         if len(set(self.attacks)) != len(self.attacks):
             raise ValueError(f"attacks listed twice in {list(self.attacks)}")
         if not self.eps or not all(0.0 < e <= 1.0 for e in self.eps):
@@ -176,8 +173,38 @@ class AttackSuite:
 
 
 # ------------------------------------------------------------------ attack builders
+@dataclass(frozen=True)
+class AttackInfo:
+    """What an attack is, registered with its builder: every list of attacks is derived from these."""
+
+    box: Literal["white", "black", "mixed"]  # uses the model's gradients / only its outputs / an ensemble of both
+    family: Literal["classic", "autoattack"]  # the paper's protocol, or AutoAttack-grade (aa_subset, aa_eps)
+    cost: Callable[[AttackSuite], int]  # model passes per sample per radius (a forward + backward is one)
+    substitute: bool = False  # crafted on a substitute model, scored on the target
+
+
+def _classic(box: Literal["white", "black"], cost: Callable[[AttackSuite], int], **kw: Any) -> AttackInfo:
+    return AttackInfo(box=box, family="classic", cost=cost, **kw)
+
+
+def _aa(box: Literal["white", "black", "mixed"], cost: Callable[[AttackSuite], int]) -> AttackInfo:
+    return AttackInfo(box=box, family="autoattack", cost=cost)
+
+
+def _steps(suite: AttackSuite) -> int:
+    return suite.steps
+
+
+def _aa_steps(suite: AttackSuite) -> int:
+    return suite.aa_steps
+
+
+def _aa_targeted(suite: AttackSuite) -> int:
+    return suite.aa_steps * suite.aa_targets
+
+
 ATTACK_BUILDERS: Registry[Attack] = Registry("attack")
-"""name → builder(model, eps, suite) returning an object with `perturb(x, y)`."""
+"""name → builder(model, eps, suite) returning an object with `perturb(x, y)`; info: its `AttackInfo`."""
 
 
 def _ce() -> nn.Module:
@@ -185,7 +212,7 @@ def _ce() -> nn.Module:
     return nn.CrossEntropyLoss(reduction="sum")
 
 
-@ATTACK_BUILDERS.register("fgsm")
+@ATTACK_BUILDERS.register("fgsm", info=_classic("white", lambda s: 1))
 def build_fgsm(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """One signed-gradient step of size eps on the CE loss (Goodfellow et al.)."""
     return GradientSignAttack(model, loss_fn=_ce(), eps=float(eps), clip_min=CLIP[0], clip_max=CLIP[1])
@@ -198,17 +225,13 @@ def _pgd(model: nn.Module, eps: float, suite: AttackSuite, loss_fn: nn.Module) -
     )
 
 
-@ATTACK_BUILDERS.register("pgd_ce")
+@ATTACK_BUILDERS.register("pgd_ce", info=_classic("white", _steps))
 def build_pgd_ce(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """PGD with random start on the CE loss (Madry et al.)."""
     return _pgd(model, eps, suite, _ce())
 
 
-# The transfer attack is PGD-CE on the substitute: the runner passes the substitute as `model`.
-ATTACK_BUILDERS.register("transfer")(build_pgd_ce)
-
-
-@ATTACK_BUILDERS.register("pgd_cw")
+@ATTACK_BUILDERS.register("pgd_cw", info=_classic("white", _steps))
 def build_pgd_cw(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """PGD with random start on the CW margin loss max_{j≠y} z_j − z_y: immune to a saturated softmax.
 
@@ -218,7 +241,7 @@ def build_pgd_cw(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     return _pgd(model, eps, suite, LogitMarginLoss(reduction="sum"))
 
 
-@ATTACK_BUILDERS.register("mim")
+@ATTACK_BUILDERS.register("mim", info=_classic("white", _steps))
 def build_mim(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """Momentum iterative attack (Dong et al.), CE summed over the batch as in the authors' notebook."""
     return MomentumIterativeAttack(
@@ -227,7 +250,7 @@ def build_mim(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     )
 
 
-@ATTACK_BUILDERS.register("bim")
+@ATTACK_BUILDERS.register("bim", info=_classic("white", _steps))
 def build_bim(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """Basic iterative attack: PGD without the random start (Kurakin et al.)."""
     return LinfBasicIterativeAttack(
@@ -236,7 +259,7 @@ def build_bim(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     )
 
 
-@ATTACK_BUILDERS.register("spsa")
+@ATTACK_BUILDERS.register("spsa", info=_classic("black", lambda s: s.steps * s.spsa_samples))
 def build_spsa(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """Gradient-free SPSA (Uesato et al.) on the margin loss; Adam's lr is the suite's step size."""
     return LinfSPSAAttack(
@@ -244,6 +267,11 @@ def build_spsa(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
         nb_sample=suite.spsa_samples, max_batch_size=min(suite.spsa_samples, SPSA_CHUNK),
         clip_min=CLIP[0], clip_max=CLIP[1],
     )
+
+
+# The transfer attack is PGD-CE on the substitute: the runner passes the substitute as `model`. Black box
+# from the target's side: it never sees the target's gradients.
+ATTACK_BUILDERS.register("transfer", info=_classic("black", _steps, substitute=True))(build_pgd_ce)
 
 
 # ------------------------------------------------------------------ AutoAttack-grade (pyautoattack)
@@ -280,25 +308,25 @@ def _apgd_targeted(model: nn.Module, eps: float, suite: AttackSuite, targets: in
     )
 
 
-@ATTACK_BUILDERS.register("apgd_ce")
+@ATTACK_BUILDERS.register("apgd_ce", info=_aa("white", _aa_steps))
 def build_apgd_ce(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """Auto-PGD on cross-entropy (Croce & Hein 2020): step size adapted, no tuning."""
     return _apgd(model, eps, suite, "ce")
 
 
-@ATTACK_BUILDERS.register("apgd_dlr")
+@ATTACK_BUILDERS.register("apgd_dlr", info=_aa("white", _aa_steps))
 def build_apgd_dlr(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """Auto-PGD on the DLR loss: a logit-ratio loss that is invariant to logit scale (no softmax to saturate)."""
     return _apgd(model, eps, suite, "dlr")
 
 
-@ATTACK_BUILDERS.register("apgd_t")
+@ATTACK_BUILDERS.register("apgd_t", info=_aa("white", _aa_targeted))
 def build_apgd_t(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """Auto-PGD on the targeted DLR loss, one run per top-min(9, K−1) false class: what breaks PC-LC."""
     return _Lazy(lambda x: _apgd_targeted(model, eps, suite, _n_targets(model, x, suite)), model)
 
 
-@ATTACK_BUILDERS.register("fab_t")
+@ATTACK_BUILDERS.register("fab_t", info=_aa("white", _aa_targeted))
 def build_fab_t(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """Targeted FAB (Croce & Hein 2020): minimal-norm adversarials, kept only when within eps."""
     return _Lazy(lambda x: FABAttack_PT(
@@ -307,7 +335,7 @@ def build_fab_t(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     ), model)
 
 
-@ATTACK_BUILDERS.register("square")
+@ATTACK_BUILDERS.register("square", info=_aa("black", lambda s: s.square_queries))
 def build_square(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """Square Attack (Andriushchenko et al.): score-based black box, `square_queries` queries per sample."""
     return SquareAttack(
@@ -337,10 +365,19 @@ class _StandardAutoAttack:
         return x_adv
 
 
-@ATTACK_BUILDERS.register("autoattack")
+@ATTACK_BUILDERS.register("autoattack", info=_aa("mixed", lambda s: s.aa_steps * (1 + 2 * s.aa_targets) + s.square_queries))
 def build_autoattack(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """Standard AutoAttack (Croce & Hein 2020), the per-sample worst of its four attacks."""
     return _StandardAutoAttack(model, eps, suite)
+
+
+# ------------------------------------------------------------------ lists derived from the registry
+CLASSIC: tuple[str, ...] = ATTACK_BUILDERS.select(lambda i: i.family == "classic")  # the paper's protocol
+AUTOATTACK: tuple[str, ...] = ATTACK_BUILDERS.select(lambda i: i.family == "autoattack")  # what a headline survives
+ATTACKS: tuple[str, ...] = CLASSIC + AUTOATTACK  # the order of tables and plots
+WHITE_BOX: tuple[str, ...] = ATTACK_BUILDERS.select(lambda i: i.box == "white")
+BLACK_BOX: tuple[str, ...] = ATTACK_BUILDERS.select(lambda i: i.box == "black")
+TRANSFER_ATTACKS: frozenset[str] = frozenset(ATTACK_BUILDERS.select(lambda i: i.substitute))
 
 
 class AAFlags(logging.Handler):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from pclc import metrics as M
-from pclc.attacks import AttackSuite, SuiteResult, run_suite
+from pclc.attacks import AUTOATTACK, BLACK_BOX, CLASSIC, WHITE_BOX, AttackSuite, SuiteResult, run_suite
 
 BLACKBOX_MARGIN = 0.02  # a black-box attack beating every white-box one by more than this is suspect
 CE_CW_MARGIN = 0.10  # PGD-CE leaving this much more accuracy than PGD-CW is suspect
@@ -83,8 +83,8 @@ def masking_checks(
     # 1. A black-box attack should never beat the best gradient attack at the same eps.
     gaps = []
     for eps in eps_grid:
-        white = {a: acc for (a, e), acc in accuracy.items() if e == eps and a in M.WHITE_BOX}
-        black = {a: acc for (a, e), acc in accuracy.items() if e == eps and a in M.BLACK_BOX}
+        white = {a: acc for (a, e), acc in accuracy.items() if e == eps and a in WHITE_BOX}
+        black = {a: acc for (a, e), acc in accuracy.items() if e == eps and a in BLACK_BOX}
         if white and black:
             best_white, best_black = min(white, key=white.get), min(black, key=black.get)  # type: ignore[arg-type]
             gaps.append((white[best_white] - black[best_black], eps, best_white, best_black, white, black))
@@ -239,7 +239,7 @@ def _scores(result: SuiteResult, headline_eps: float) -> dict[str, float]:
     for eps in result.eps:
         _, scope = result.worst(eps)  # the samples every attack scored: the AutoAttack subset, if any ran
         metrics[M.robust_key(M.WORST, eps)] = result.worst_accuracy(eps)
-        for aggregate, family in ((M.WORST_CLASSIC, M.CLASSIC), (M.WORST_AA, M.AUTOATTACK)):
+        for aggregate, family in ((M.WORST_CLASSIC, CLASSIC), (M.WORST_AA, AUTOATTACK)):
             ran = tuple(a for a in result.attacks if a in family and (a, eps) in result.adv_pred)
             if ran:
                 robust, _ = result.worst(eps, ran)

@@ -9,14 +9,7 @@ from __future__ import annotations
 
 import re
 
-# The paper's protocol (advertorch): kept for comparison, never trusted alone.
-CLASSIC: tuple[str, ...] = ("fgsm", "pgd_ce", "pgd_cw", "mim", "bim", "spsa", "transfer")
-# AutoAttack-grade (the reference code): what the headline must survive. `autoattack` is the standard
-# ensemble (APGD-CE → APGD-T → FAB-T → Square, each on the points still robust).
-AUTOATTACK: tuple[str, ...] = ("apgd_ce", "apgd_dlr", "apgd_t", "fab_t", "square", "autoattack")
-ATTACKS: tuple[str, ...] = CLASSIC + AUTOATTACK
-WHITE_BOX: tuple[str, ...] = ("fgsm", "pgd_ce", "pgd_cw", "mim", "bim", "apgd_ce", "apgd_dlr", "apgd_t", "fab_t")
-BLACK_BOX: tuple[str, ...] = ("spsa", "transfer", "square")
+# The attack names and their families (CLASSIC, AUTOATTACK, WHITE_BOX, …) live with the attacks: pclc.attacks.
 WORST = "worst"  # per-sample worst case over every attack run at an eps (on the AutoAttack subset)
 WORST_CLASSIC = "worst_classic"  # the same over the paper's attacks only: what a weak evaluation claims
 WORST_AA = "worst_aa"  # the same over the AutoAttack-grade attacks only

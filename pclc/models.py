@@ -1,8 +1,8 @@
 """Classifiers by name, built from the input shape and class count; they output logits.
 
 No normalisation layer: inputs are pixels in [0, 1] and the attacks clip to [0, 1], as the
-authors do. Each model records the input shape it was designed for in `NATIVE_INPUT_SHAPES`
-(the tests build every registered model at that shape).
+authors do. Each model is registered with the input shape it was designed for (`MODELS.info(name)`,
+collected in `NATIVE_INPUT_SHAPES`; the tests build every registered model at that shape).
 """
 
 from __future__ import annotations
@@ -21,17 +21,11 @@ Shape = tuple[int, int, int]  # (channels, height, width)
 Builder = Callable[..., nn.Module]
 
 MODELS: Registry[nn.Module] = Registry("model")
-NATIVE_INPUT_SHAPES: dict[str, Shape] = {}  # model name → the dataset shape it was designed for
 
 
 def _register(name: str, native: Shape) -> Callable[[Builder], Builder]:
-    """`MODELS.register(name)` that also records the model's native input shape."""
-
-    def decorator(builder: Builder) -> Builder:
-        NATIVE_INPUT_SHAPES[name] = native
-        return MODELS.register(name)(builder)
-
-    return decorator
+    """`MODELS.register(name)` with the input shape (C, H, W) the model was designed for as its info."""
+    return MODELS.register(name, info=native)
 
 
 def _require_min_size(name: str, input_shape: Shape, minimum: int) -> None:
@@ -280,3 +274,7 @@ def _resnet(name: str, depth: int) -> Builder:
 
 resnet20 = _resnet("resnet20", 20)
 resnet56 = _resnet("resnet56", 56)
+
+
+NATIVE_INPUT_SHAPES: dict[str, Shape] = {name: MODELS.info(name) for name in MODELS.names()}
+"""model name → the dataset shape it was designed for (derived from the registry)."""

@@ -290,7 +290,9 @@ def objective_metrics(trial: TrialConfig) -> list[str]:
     for attack in trial.attacks:
         names += [M.robust_key(attack, eps) for eps in suite.eps_for(attack)]
     names += [M.robust_key(M.WORST, eps) for eps in trial.eps]
-    families = ((M.WORST_CLASSIC, M.ROBUST_ACC_CLASSIC, M.CLASSIC), (M.WORST_AA, M.ROBUST_ACC_AA, M.AUTOATTACK))
+    from pclc.attacks import AUTOATTACK, CLASSIC
+
+    families = ((M.WORST_CLASSIC, M.ROBUST_ACC_CLASSIC, CLASSIC), (M.WORST_AA, M.ROBUST_ACC_AA, AUTOATTACK))
     for aggregate, headline, family in families:
         ran = family_eps(trial, family)
         names += [M.robust_key(aggregate, eps) for eps in sorted(ran)]
@@ -310,7 +312,9 @@ def family_eps(trial: TrialConfig, family: tuple[str, ...]) -> set[float]:
 def unchecked_robust_metric(metric: str, trial: TrialConfig) -> str | None:
     """Why optimising `metric` would reward fooling weak attacks, or None when AutoAttack-grade attacks
     check it. Softmax-saturating losses (PC) flatten CE gradients: a classic-only number is a claim."""
-    aa_eps = family_eps(trial, M.AUTOATTACK)
+    from pclc.attacks import AUTOATTACK, CLASSIC
+
+    aa_eps = family_eps(trial, AUTOATTACK)
     if metric == M.ROBUST_ACC_CLASSIC:
         return "it is the paper's classic attacks alone"
     parsed = M.parse_robust_key(metric)
@@ -319,7 +323,7 @@ def unchecked_robust_metric(metric: str, trial: TrialConfig) -> str | None:
     if parsed is None:
         return None
     attack, eps = parsed
-    if attack in M.CLASSIC or attack == M.WORST_CLASSIC:
+    if attack in CLASSIC or attack == M.WORST_CLASSIC:
         return f"{attack} is one of the paper's classic attacks, not AutoAttack-grade"
     if attack == M.WORST and eps not in aa_eps:
         return f"no AutoAttack-grade attack runs at eps={M.format_eps(eps)} (trial.attacks, trial.aa_eps)"

@@ -245,9 +245,10 @@ def chunked_autoattack(
 
 def config_label(cfg: TrialConfig) -> str:
     """'pclc ξ=0.995 λ=0.05 seed=0': the loss and the paper's knobs it uses, and the seed."""
-    from analysis.load import IGNORED_BY_LOSS, SYMBOL
+    from analysis.load import SYMBOL
+    from pclc.losses import IGNORED_BY_LOSS, KNOBS
 
-    knobs = [k for k in ("margin", "lc_weight") if k not in IGNORED_BY_LOSS.get(cfg.loss, frozenset())]
+    knobs = [k for k in KNOBS if k not in IGNORED_BY_LOSS.get(cfg.loss, frozenset())]
     return " ".join([cfg.loss, *(f"{SYMBOL[k]}={getattr(cfg, k):g}" for k in knobs), f"seed={cfg.seed}"])
 
 

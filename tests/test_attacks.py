@@ -11,6 +11,13 @@ from trained import digits, model, small_cnn, substitute, train  # noqa: F401  (
 
 from pclc.attacks import (
     ATTACK_BUILDERS,
+    ATTACKS,
+    AUTOATTACK,
+    BLACK_BOX,
+    CLASSIC,
+    TRANSFER_ATTACKS,
+    WHITE_BOX,
+    AttackInfo,
     AttackSuite,
     craft,
     frozen,
@@ -18,7 +25,6 @@ from pclc.attacks import (
     zero_gradients,
 )
 from pclc.config import make_config
-from pclc.metrics import ATTACKS
 
 STEPS = 5
 
@@ -58,8 +64,23 @@ def test_zero_gradients_zeroes_tensors_and_nested_iterables() -> None:
     assert torch.equal(c.grad, torch.zeros(2))
 
 
-def test_registry_covers_the_metric_schema() -> None:
-    assert set(ATTACK_BUILDERS.names()) == set(ATTACKS)
+def test_derived_lists_partition_the_registry() -> None:
+    assert sorted(ATTACKS) == ATTACK_BUILDERS.names() and len(set(ATTACKS)) == len(ATTACKS)
+    assert set(CLASSIC) | set(AUTOATTACK) == set(ATTACKS) and not set(CLASSIC) & set(AUTOATTACK)
+    assert not set(WHITE_BOX) & set(BLACK_BOX) and TRANSFER_ATTACKS <= set(BLACK_BOX)
+    assert ATTACKS.index("transfer") < ATTACKS.index("apgd_ce")  # classic first: the order of tables and plots
+
+
+@pytest.mark.parametrize("name", ATTACK_BUILDERS.names())
+def test_every_attack_says_what_it_is(name: str) -> None:
+    info = ATTACK_BUILDERS.info(name)
+    assert isinstance(info, AttackInfo) and info.box in ("white", "black", "mixed")
+    assert info.family in ("classic", "autoattack") and (name in AUTOATTACK) == (info.family == "autoattack")
+    s = AttackSuite(attacks=(name,), eps=(0.1,))
+    cost = info.cost(s)
+    assert isinstance(cost, int) and cost >= 1
+    assert cost <= info.cost(AttackSuite(attacks=(name,), eps=(0.1,), steps=2 * s.steps, aa_steps=2 * s.aa_steps,
+                                         spsa_samples=2 * s.spsa_samples, square_queries=2 * s.square_queries))
 
 
 # ------------------------------------------------------------------ the suite spec
@@ -119,7 +140,7 @@ def test_frozen_restores_requires_grad_and_mode_even_on_error() -> None:
     assert [m.training for m in net.modules()] == before_mode
 
 
-@pytest.mark.parametrize("name", ATTACKS)
+@pytest.mark.parametrize("name", ATTACK_BUILDERS.names())
 def test_attacks_leave_no_weight_gradients(name: str, digits, model, substitute) -> None:
     model.train()
     try:
@@ -137,7 +158,7 @@ def test_model_is_trained(digits, model) -> None:
     assert result.clean_correct.float().mean() > 0.9
 
 
-@pytest.mark.parametrize("name", ATTACKS)
+@pytest.mark.parametrize("name", ATTACK_BUILDERS.names())
 def test_every_attack_lowers_accuracy_and_stays_in_the_ball(name: str, digits, model, substitute) -> None:
     x, y = digits[2], digits[3]
     s = suite((name,), (0.2,))

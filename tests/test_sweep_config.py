@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from pclc.attacks import CLASSIC
 from pclc.config import TrialConfig
 from sweeps.config import (
     SEARCHABLE,
@@ -63,7 +64,7 @@ def test_shipped_files_score_with_autoattack_and_the_classic_attacks(path: Path)
     assert "autoattack" in trial.attacks and trial.headline_eps in (trial.aa_eps or [trial.headline_eps])
     assert {"fgsm", "pgd_ce", "pgd_cw", "mim", "transfer"} <= set(trial.attacks)  # the paper's protocol stays
     assert trial.save_weights  # `pclc evaluate` can re-score the finalists
-    assert set(trial.attacks) & set(M.CLASSIC) and trial.aa_limit is not None
+    assert set(trial.attacks) & set(CLASSIC) and trial.aa_limit is not None
 
 
 def test_quickstart_is_small_and_cpu_only() -> None:
@@ -181,7 +182,7 @@ BAD: list[tuple[str, dict[str, Any], list[str]]] = [
      ["space.lc_weight", "loguniform needs low > 0"]),
     ("choice without values", _optimize(space={"loss": {"type": "choice"}}), ["space.loss", "values"]),
     ("choice with a bad value", _optimize(space={"loss": {"type": "choice", "values": ["pc", "hinge"]}}),
-     ["loss='hinge'", "loss", "'ce', 'pc', 'pclc' or 'lc'"]),
+     ["loss='hinge'", "loss", "choose one of: ce, lc, pc, pclc"]),
     ("warm-up longer than training", _optimize(space={"warmup_epochs": {"type": "int", "low": 0, "high": 9}}),
      ["warmup_epochs=9", "warmup_epochs 9 exceeds epochs 4"]),
     ("space over a fixed field", _optimize(space={"model": {"type": "choice", "values": ["lenet5"]}}),
