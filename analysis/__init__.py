@@ -3,5 +3,5 @@
     load.load_sweep(...)  → Sweep: one tidy table of the trial runs + counts and notes
     plots.make_plots(sweep) → figures (or the reason each one does not apply)
     report.write_report(sweep, out_dir) → report.md, report.html, PNGs; logged to the parent run
-    cli.main(argv) → `pclc analyze` / `python -m analysis`
+    cli.main(argv) → `pclc analyze` / `python -m analysis` (the `pclc` command itself lives in `sweeps.cli`)
 """

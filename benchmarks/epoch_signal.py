@@ -31,7 +31,7 @@ def one_trial(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
     from pclc.attacks import AttackSuite, run_suite
     from pclc.config import make_config
     from pclc.evaluate import epoch_robust_acc
-    from pclc.experiment import _build, prepare, run_trial
+    from pclc.experiment import Silent, _build, prepare, run_trial
 
     values, variant = job
     torch.set_num_threads(1)
@@ -39,11 +39,11 @@ def one_trial(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
     prepared = prepare(cfg)
     last: dict[str, Any] = {}
 
-    def report(metrics: dict[str, float], state: dict[str, Any] | None) -> None:
-        if state is not None:
+    class KeepLastState(Silent):
+        def on_epoch(self, metrics: dict[str, float], state: dict[str, Any]) -> None:
             last["state"] = state
 
-    final = run_trial(cfg, report, prepared=prepared)
+    final = run_trial(cfg, KeepLastState(), prepared=prepared)
     model = _build(cfg.model, prepared.data, torch.device("cpu"))
     model.load_state_dict(last["state"]["model"])
     x = prepared.data.x_test[: cfg.eval_limit][: cfg.epoch_eval_samples]

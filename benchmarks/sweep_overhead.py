@@ -59,7 +59,7 @@ def overhead(work: Path, trial: dict[str, Any], k: int) -> dict[str, float]:
     """Per-trial wall time in a sequential K-trial sweep / the same trials run directly."""
     import torch
 
-    from pclc.experiment import prepare, run_trial
+    from pclc.experiment import Silent, prepare, run_trial
     from sweeps.driver import run_sweep
 
     cfg = _sweep("overhead", work, trial, seeds=list(range(k)))
@@ -70,7 +70,7 @@ def overhead(work: Path, trial: dict[str, Any], k: int) -> dict[str, float]:
         times = []
         for seed in range(k):
             t0 = time.perf_counter()
-            run_trial(cfg.trial_config({"seed": seed}), lambda m, s: None, prepared=prepared)
+            run_trial(cfg.trial_config({"seed": seed}), Silent(), prepared=prepared)
             times.append(time.perf_counter() - t0)
         return statistics.mean(times)
 
@@ -118,18 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args(argv)
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
+    from sweeps.driver import ray_session, set_tune_environment
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    try:
+    with ray_session("local", num_cpus=2, log_to_driver=False):
+        set_tune_environment()
         with tempfile.TemporaryDirectory(prefix="pclc-bench-") as tmp:
             work = Path(tmp)
             trial = TRIAL_SMOKE if args.smoke_test else TRIAL_20S
             over = overhead(work / "overhead", trial, 2 if args.smoke_test else args.trials)
             speed = speedup(work / "speedup", args.smoke_test)
-    finally:
-        ray.shutdown()
 
     def verdict(ok: bool) -> str:  # smoke trials are too short for the targets: fixed costs dominate
         return "(smoke test: not judged)" if args.smoke_test else ("OK" if ok else "MISSED")

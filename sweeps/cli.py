@@ -20,22 +20,28 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, P
 
 def _train(args: argparse.Namespace) -> int:
     from pclc.config import load_config
-    from pclc.experiment import run_trial
+    from pclc.experiment import Silent, run_trial
 
     cfg = load_config(args.config, args.set)
     if cfg.out_dir is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         cfg.out_dir = str(Path("runs") / f"train-{cfg.dataset.replace(':', '_').replace('/', '_')}-{cfg.model}-{cfg.loss}-{stamp}")
 
-    def report(metrics: dict[str, float], state: object) -> None:
-        if state is not None and not args.quiet:
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-            print(f"[epoch] {shown}", file=sys.stderr, flush=True)
-
-    final = run_trial(cfg, report)
+    final = run_trial(cfg, Silent() if args.quiet else EpochPrinter())
     print(json.dumps(final, indent=2, sort_keys=True))
     print(f"wrote {cfg.out_dir}/metrics.json", file=sys.stderr)
     return 0
+
+
+class EpochPrinter:
+    """`pclc train`'s reporter: one line per epoch on stderr (the final metrics go to stdout as JSON)."""
+
+    def on_epoch(self, metrics: dict[str, float], state: object) -> None:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        print(f"[epoch] {shown}", file=sys.stderr, flush=True)
+
+    def on_final(self, evaluation: object) -> None:
+        pass
 
 
 def _preflight_sweep(args: argparse.Namespace) -> None:
@@ -111,6 +117,24 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev.set_defaults(func=_evaluate, parser=ev)  # fmt: skip
 
 
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `pclc sweep` (and so of `python -m sweeps`, which is `pclc sweep`)."""
+    parser.add_argument("config", help="a sweep file, e.g. sweeps/configs/quickstart.yaml")
+    parser.add_argument("--resume", action="store_true", help="continue the sweep stored under storage_path")
+    parser.add_argument(
+        "--retry-failed", action="store_true",
+        help="on resume, also re-run trials that failed for a reason that would repeat (NaN loss, bad config or data)",
+    )  # fmt: skip
+    parser.add_argument("--address", default=None, help="Ray cluster address ('auto' joins a running cluster)")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow URI (default sqlite:///<cwd>/mlflow.db)")
+    parser.add_argument("--storage-path", default=None, help="Ray results folder or URI (default <cwd>/ray_results)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a sweep-file field, dotted for nesting (num_trials=4, trial.epochs=3); repeatable",
+    )  # fmt: skip
+    parser.add_argument("--smoke-test", action="store_true", help="2 trials of 2 epochs on a data subset: checks the plumbing")
+
+
 def _analyze(argv: list[str]) -> int:
     from analysis.cli import main as analyze_main
 
@@ -129,8 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     sweep = sub.add_parser("sweep", help="run a sweep file with Ray Tune (+ Optuna), tracked in MLflow")
-    from sweeps.arguments import add_sweep_arguments
-
     add_sweep_arguments(sweep)
     sweep.set_defaults(func=_sweep)
 

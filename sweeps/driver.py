@@ -5,18 +5,20 @@ Three layers, as the Ray Tune examples have them: `pclc.experiment.run_trial` ev
 OptunaSearch (TPE, one or several objectives) behind a ConcurrencyLimiter, or a plain grid for an
 ablation; optional ASHA; FailureConfig retries; data and substitute prepared once here and shared
 through the object store. An interrupted sweep is continued with `Tuner.restore`.
-`ray.init` happens only in `sweep_command` (the CLI); `run_sweep` uses whatever Ray is running.
+`ray.init` and the process-wide Tune settings happen only in `sweep_command` (the CLI: `ray_session`,
+`set_tune_environment`); `run_sweep` uses whatever Ray is running: plan → parent run → Tuner → fit → collect.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -41,7 +43,7 @@ from sweeps.storage import (  # noqa: F401  (StorageError: raised by run_sweep, 
     read_metadata,
     storage_root,
 )
-from sweeps.tracking import SweepTracker, TrialOutcome, failure_reason
+from sweeps.tracking import SweepTracker, TrackingTarget, TrialOutcome, failure_reason
 from sweeps.trainable import GRID_KEY, VARIANT, RunTrial, TrialSetup, restoring_from_storage, trainable
 
 _IGNORED_ON_RESUME = ("storage_path", "tracking_uri")
@@ -243,48 +245,20 @@ def _check_unchanged(cfg: SweepConfig, exp_path: str) -> None:
         )
 
 
-def run_sweep(
-    cfg: SweepConfig,
-    *,
-    resume: bool = False,
-    storage_path: str | None = None,
-    tracking_uri: str | None = None,
-    run_fn: RunTrial | None = None,
-    prepared: Any = None,
-    verbose: int = 0,
-    out: TextIO | None = None,
-    retry_failed: bool = False,
-) -> SweepResult:
-    """Run (or continue) the sweep `cfg` on the Ray cluster this process is connected to.
+@dataclass(frozen=True)
+class SweepPlan:
+    """Where a sweep runs and is tracked, decided before anything starts."""
 
-    Args:
-        cfg: a validated sweep (see `sweeps.config.load_sweep`).
-        resume: continue the stored experiment; it is also continued without this flag when
-            `<storage>/<name>` holds a restorable Tune experiment.
-        storage_path: Ray results root (default: the file's `storage_path`, else `<cwd>/ray_results`).
-        tracking_uri: MLflow URI (default: the file's, else the one the experiment was started with,
-            else `sqlite:///<cwd>/mlflow.db`).
-        run_fn: what a trial calls, `pclc.experiment.run_trial` by default (tests inject faults).
-        prepared: the `pclc.experiment.Prepared` of `cfg.trial` if the caller already has it.
-        verbose: Ray Tune's own verbosity (0: only this module's one line per trial … 3 detailed).
-        out: where the summary is printed (default stdout).
-        retry_failed: on resume, re-run trials whose failure was deterministic (by default they keep it).
+    root: str  # Ray results root (storage_path)
+    experiment_path: str  # <root>/<name>: Tune's experiment folder
+    tracking_uri: str
+    restorable: bool  # the folder holds a Tune experiment: it is continued, not started again
 
-    Example:
-        >>> cfg = load_sweep("sweeps/configs/quickstart.yaml")  # doctest: +SKIP
-        >>> result = run_sweep(cfg)  # doctest: +SKIP
-        >>> print(result.ui_command)  # doctest: +SKIP
-    """
-    from pclc.experiment import prepare
 
-    out = out or sys.stdout
-    # Trials report the objective only with their final evaluation (see FinalMetricOptunaSearch).
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    # Snapshot the experiment state often: less work is redone after the driver is killed.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
-    # with num_to_keep, Tune snapshots the experiment every few trial checkpoints: wanted here, not a warning
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-
+def plan_sweep(
+    cfg: SweepConfig, *, resume: bool, storage_path: str | None, tracking_uri: str | None, out: TextIO
+) -> SweepPlan:
+    """Storage, experiment folder and tracking store of the sweep; refuses a resume that would mix two sweeps."""
     root = storage_root(cfg, storage_path)
     check_storage(root)  # also done by sweep_command before Ray starts; here for callers of run_sweep
     exp_path = experiment_path(root, cfg.name)
@@ -300,73 +274,140 @@ def run_sweep(
             f"the sweep at {exp_path} is tracked in {stored['tracking_uri']}; resume with that "
             f"--tracking-uri (got {uri}) so its runs are not split over two stores"
         )
+    return SweepPlan(root=root, experiment_path=exp_path, tracking_uri=uri, restorable=restorable)
 
-    # ---- MLflow: experiment and parent run, created here on the driver
-    tracker = SweepTracker(uri)
+
+def open_parent_run(cfg: SweepConfig, plan: SweepPlan) -> SweepTracker:
+    """The MLflow experiment and the sweep's parent run, created (or reopened) here on the driver."""
+    tracker = SweepTracker(plan.tracking_uri)
     tracker.start_parent(
         name=cfg.name, mode=cfg.mode, headline_metric=cfg.headline_metric,
-        objective=[o.model_dump() for o in cfg.objective], experiment_path=exp_path,
-        resolved_config=resolved_yaml(cfg), resume=restorable,
+        objective=[o.model_dump() for o in cfg.objective], experiment_path=plan.experiment_path,
+        resolved_config=resolved_yaml(cfg), resume=plan.restorable,
     )  # fmt: skip
-    target = tracker.target
+    return tracker
+
+
+def build_tuner(
+    cfg: SweepConfig,
+    plan: SweepPlan,
+    target: TrackingTarget,
+    *,
+    run_fn: RunTrial | None = None,
+    prepared: Any = None,
+    verbose: int = 0,
+    retry_failed: bool = False,
+    out: TextIO,
+) -> tune.Tuner:
+    """The Tuner, fresh or restored with its trials and Optuna state, and the files a later resume reads.
+
+    The data and the transfer substitute are prepared here, once per sweep, and shared with every trial
+    through the object store.
+    """
+    from pclc.experiment import prepare
+
+    exp_path = plan.experiment_path
+    prepared = prepared if prepared is not None else prepare(cfg.trial)
+    setup = TrialSetup(
+        base=cfg.trial.model_dump(),
+        outputs_root=_outputs_root(exp_path, cfg.name),
+        threads=max(1, math.floor(cfg.resources.cpu)),
+        target=target,
+        searched=tuple(cfg.space) if cfg.mode == "optimize" else _varied(cfg),
+        run_fn=run_fn,
+        extra_tags={C.SWEEP: cfg.name},
+        experiment_path=exp_path,
+        skip_recorded_failures=plan.restorable and not retry_failed,
+    )
+    fn = tune.with_resources(
+        restoring_from_storage(tune.with_parameters(trainable, prepared=prepared, setup=setup)),
+        {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu},
+    )
+    if plan.restorable:
+        print(f"pclc sweep: resuming {exp_path}", file=out)
+        tuner = tune.Tuner.restore(exp_path, trainable=fn, resume_errored=True)
+    else:
+        param_space, search_alg, num_samples = build_searcher(cfg)
+        tuner = tune.Tuner(
+            fn,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                search_alg=search_alg,
+                scheduler=build_scheduler(cfg),
+                num_samples=num_samples,
+                max_concurrent_trials=cfg.max_concurrent if search_alg is None else None,
+                trial_dirname_creator=_trial_dirname,
+                reuse_actors=True,  # one worker process per concurrent slot: no re-import per trial
+            ),
+            run_config=tune.RunConfig(
+                name=cfg.name,
+                storage_path=plan.root,
+                failure_config=tune.FailureConfig(max_failures=cfg.max_retries),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                callbacks=[
+                    TrackingCallback(plan.tracking_uri, target.experiment_id, target.parent_run_id, exp_path),
+                    ProgressPrinter([o.metric for o in cfg.objective], cfg.total_trials()),
+                ],
+                verbose=verbose,
+            ),
+        )
+        _write_local(exp_path, CONFIG_COPY, resolved_yaml(cfg))
+    _write_local(exp_path, METADATA_FILE, json.dumps({"tracking_uri": plan.tracking_uri, **target.__dict__}, indent=2))
+    return tuner
+
+
+def fit(tuner: tune.Tuner, plan: SweepPlan) -> Any:
+    """Run the trials; Tune's ResultGrid. A storage folder that ran full is named (Ray's own error does not)."""
     try:
-        # ---- data and the transfer substitute: once per sweep, shared through the object store
-        prepared = prepared if prepared is not None else prepare(cfg.trial)
-        setup = TrialSetup(
-            base=cfg.trial.model_dump(),
-            outputs_root=_outputs_root(exp_path, cfg.name),
-            threads=max(1, math.floor(cfg.resources.cpu)),
-            target=target,
-            searched=tuple(cfg.space) if cfg.mode == "optimize" else _varied(cfg),
-            run_fn=run_fn,
-            extra_tags={C.SWEEP: cfg.name},
-            experiment_path=exp_path,
-            skip_recorded_failures=restorable and not retry_failed,
-        )
-        fn = tune.with_resources(
-            restoring_from_storage(tune.with_parameters(trainable, prepared=prepared, setup=setup)),
-            {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu},
-        )
+        return tuner.fit()
+    except Exception:
+        check_storage(plan.root)
+        raise
 
-        # ---- the Tuner: fresh, or restored with its trials and Optuna state
-        if restorable:
-            print(f"pclc sweep: resuming {exp_path}", file=out)
-            tuner = tune.Tuner.restore(exp_path, trainable=fn, resume_errored=True)
-        else:
-            param_space, search_alg, num_samples = build_searcher(cfg)
-            tuner = tune.Tuner(
-                fn,
-                param_space=param_space,
-                tune_config=tune.TuneConfig(
-                    search_alg=search_alg,
-                    scheduler=build_scheduler(cfg),
-                    num_samples=num_samples,
-                    max_concurrent_trials=cfg.max_concurrent if search_alg is None else None,
-                    trial_dirname_creator=_trial_dirname,
-                    reuse_actors=True,  # one worker process per concurrent slot: no re-import per trial
-                ),
-                run_config=tune.RunConfig(
-                    name=cfg.name,
-                    storage_path=root,
-                    failure_config=tune.FailureConfig(max_failures=cfg.max_retries),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                    callbacks=[
-                        TrackingCallback(uri, target.experiment_id, target.parent_run_id, exp_path),
-                        ProgressPrinter([o.metric for o in cfg.objective], cfg.total_trials()),
-                    ],
-                    verbose=verbose,
-                ),
-            )
-            _write_local(exp_path, CONFIG_COPY, resolved_yaml(cfg))
-        _write_local(exp_path, METADATA_FILE, json.dumps({"tracking_uri": uri, **target.__dict__}, indent=2))
-        try:
-            grid = tuner.fit()
-        except Exception:
-            check_storage(root)  # a storage folder that ran full is the cause Ray's own error does not name
-            raise
 
-        # ---- MLflow agrees with Tune: one run per trial, none RUNNING
-        result = _collect(cfg, grid, tracker, exp_path, restorable)
+def run_sweep(
+    cfg: SweepConfig,
+    *,
+    resume: bool = False,
+    storage_path: str | None = None,
+    tracking_uri: str | None = None,
+    run_fn: RunTrial | None = None,
+    prepared: Any = None,
+    verbose: int = 0,
+    out: TextIO | None = None,
+    retry_failed: bool = False,
+) -> SweepResult:
+    """Run (or continue) the sweep `cfg` on the Ray cluster this process is connected to:
+    plan → parent run → Tuner → fit → collect (MLflow made to agree with Tune) → summary.
+
+    The process must have Tune's settings (`set_tune_environment`, done by `sweep_command`).
+
+    Args:
+        cfg: a validated sweep (see `sweeps.config.load_sweep`).
+        resume: continue the stored experiment; it is also continued without this flag when
+            `<storage>/<name>` holds a restorable Tune experiment.
+        storage_path: Ray results root (default: the file's `storage_path`, else `<cwd>/ray_results`).
+        tracking_uri: MLflow URI (default: the file's, else the one the experiment was started with,
+            else `sqlite:///<cwd>/mlflow.db`).
+        run_fn: what a trial calls, `pclc.experiment.run_trial` by default (tests inject faults).
+        prepared: the `pclc.experiment.Prepared` of `cfg.trial` if the caller already has it.
+        verbose: Ray Tune's own verbosity (0: only this module's one line per trial … 3 detailed).
+        out: where the summary is printed (default stdout).
+        retry_failed: on resume, re-run trials whose failure was deterministic (by default they keep it).
+
+    Example (an illustration: it needs Ray running):
+        >>> cfg = load_sweep("sweeps/configs/quickstart.yaml")  # doctest: +SKIP
+        >>> result = run_sweep(cfg)  # doctest: +SKIP
+        >>> print(result.ui_command)  # doctest: +SKIP
+    """
+    out = out or sys.stdout
+    plan = plan_sweep(cfg, resume=resume, storage_path=storage_path, tracking_uri=tracking_uri, out=out)
+    tracker = open_parent_run(cfg, plan)
+    try:
+        tuner = build_tuner(cfg, plan, tracker.target, run_fn=run_fn, prepared=prepared, verbose=verbose,
+                            retry_failed=retry_failed, out=out)  # fmt: skip
+        grid = fit(tuner, plan)
+        result = _collect(cfg, grid, tracker, plan.experiment_path, plan.restorable)
     except BaseException as exc:
         tracker.finish_parent("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", reason=repr(exc))
         raise
@@ -537,6 +578,43 @@ def smoke_overrides(cfg: SweepConfig) -> list[str]:
     return sets
 
 
+def set_tune_environment() -> None:
+    """The process-wide settings a sweep needs from Tune, which reads them from the environment."""
+    # Trials report the objective only with their final evaluation (see FinalMetricOptunaSearch).
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # Snapshot the experiment state often: less work is redone after the driver is killed.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
+    # with num_to_keep, Tune snapshots the experiment every few trial checkpoints: wanted here, not a warning
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, **init: Any) -> Iterator[None]:
+    """Ray for one command: started (or joined, address 'auto') and shut down after, unless already running."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    started = not ray.is_initialized()
+    if started:
+        # address None: a local Ray on this machine; "auto": join the cluster started with `ray start`
+        try:
+            ray.init(address=address, include_dashboard=False, configure_logging=False, **init)
+        except OSError as exc:
+            if "AF_UNIX path length" not in str(exc):
+                raise
+            ray_tmp = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
+            raise SocketPathError(
+                f"Ray cannot start here: its socket paths under the temporary folder {ray_tmp} ({len(ray_tmp)} "
+                "characters, from TMPDIR or RAY_TMPDIR) exceed the 107-byte limit of Unix sockets. "
+                "Set a short TMPDIR, e.g. `TMPDIR=/tmp pclc sweep …`, or RAY_TMPDIR for Ray alone"
+            ) from None
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()  # workers stop now, quietly, rather than at interpreter exit
+
+
 def sweep_command(args: argparse.Namespace) -> int:
     """`pclc sweep CONFIG [--resume] [--address A] [--tracking-uri U] [--storage-path P] [--smoke-test]`."""
     overrides = list(getattr(args, "set", None) or [])
@@ -550,28 +628,8 @@ def sweep_command(args: argparse.Namespace) -> int:
         tracking_uri = normalize_tracking_uri(tracking_uri)
 
     check_storage(storage_root(cfg, args.storage_path))  # before Ray starts
-
-    import ray
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    started = not ray.is_initialized()
-    if started:
-        # address None: a local Ray on this machine; "auto": join the cluster started with `ray start`
-        try:
-            ray.init(address=args.address, include_dashboard=False, configure_logging=False)
-        except OSError as exc:
-            if "AF_UNIX path length" not in str(exc):
-                raise
-            ray_tmp = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
-            raise SocketPathError(
-                f"Ray cannot start here: its socket paths under the temporary folder {ray_tmp} ({len(ray_tmp)} "
-                "characters, from TMPDIR or RAY_TMPDIR) exceed the 107-byte limit of Unix sockets. "
-                "Set a short TMPDIR, e.g. `TMPDIR=/tmp pclc sweep …`, or RAY_TMPDIR for Ray alone"
-            ) from None
-    try:
+    with ray_session(args.address):
+        set_tune_environment()
         result = run_sweep(cfg, resume=args.resume, storage_path=args.storage_path, tracking_uri=tracking_uri,
                            retry_failed=getattr(args, "retry_failed", False))  # fmt: skip
-    finally:
-        if started:
-            ray.shutdown()  # workers stop now, quietly, rather than at interpreter exit
     return 1 if result.trials and len(result.failed) == len(result.trials) else 0

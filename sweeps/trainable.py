@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 import torch
@@ -30,12 +30,15 @@ from pclc.config import TrialConfig, make_config
 from pclc.train import load_checkpoint, save_checkpoint
 from sweeps.tracking import TrackingTarget, TrialRun
 
+if TYPE_CHECKING:
+    from pclc.experiment import Evaluation
+
 CHECKPOINT_FILE = "state.pt"
 PENDING_FILE = "mlflow_pending.json"  # in the trial's output folder: metrics MLflow has not taken yet
 VARIANT = "variant"  # ablation label carried in the trial's Tune config (not a TrialConfig field)
 GRID_KEY = "trial"  # ablation: Tune grid-searches over override dicts under this key
 
-RunTrial = Callable[..., dict[str, float]]  # pclc.experiment.run_trial's signature
+RunTrial = Callable[..., dict[str, float]]  # pclc.experiment.run_trial's signature: (cfg, reporter, *, prepared, resume)
 
 
 @dataclass(frozen=True)
@@ -117,33 +120,15 @@ def trainable(config: dict[str, Any], *, prepared: Any, setup: TrialSetup) -> No
         tune.report(done)
         return
 
-    last_epoch: dict[str, float] = {}
-
-    def report(metrics: dict[str, float], state: dict[str, Any] | None) -> None:
-        nonlocal last_epoch
-        if state is not None:  # an epoch: MLflow first, then Tune with the checkpoint
-            run.log_epoch(metrics)
-            last_epoch = dict(metrics)
-            with tempfile.TemporaryDirectory(prefix="pclc-ckpt-") as folder:
-                with _naming(Path(folder) / CHECKPOINT_FILE):
-                    save_checkpoint(state, Path(folder) / CHECKPOINT_FILE)
-                where = f"{setup.experiment_path}/trial_{trial_id}" if setup.experiment_path else "the storage_path"
-                with _naming(where, "saving the checkpoint into"):
-                    tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(folder))
-            return
-        final = {k: v for k, v in metrics.items() if k != "done"}
-        evaluation = _evaluation(out, final, cfg)
-        weights = out / "model.pt" if cfg.save_weights else None
-        run.log_final(final, evaluation, weights)
-        # Tune gets the last per-epoch values too (e.g. epoch_robust_acc for ASHA) under the final ones
-        tune.report({**last_epoch, **final})
-
     run_fn = setup.run_fn
     if run_fn is None:
         from pclc.experiment import run_trial as run_fn
+    reporter = TuneReporter(run, weights=out / "model.pt" if cfg.save_weights else None,
+                            checkpoint_dest=f"{setup.experiment_path}/trial_{trial_id}" if setup.experiment_path
+                            else "the storage_path")  # fmt: skip
     try:
         with _naming(out, "writing the trial's outputs under"):
-            run_fn(cfg, report, prepared=prepared, resume=_load_resume())  # a corrupt checkpoint fails here too
+            run_fn(cfg, reporter, prepared=prepared, resume=_load_resume())  # a corrupt checkpoint fails here too
     except Exception as exc:  # not SystemExit: that is Tune stopping the trial (ASHA), not a failure
         # Tune may retry (the run reopens); the driver gives the final word when retries run out.
         try:
@@ -221,14 +206,24 @@ def _naming(path: Path | str, doing: str = "writing") -> Iterator[None]:
         raise StorageFullError(errno.ENOSPC, f"No space left on device while {doing} {path}") from exc
 
 
-def _evaluation(out: Path, final: dict[str, float], cfg: TrialConfig) -> dict[str, Any]:
-    """evaluation.json: run_trial's metrics.json (metrics, warnings, config) when it wrote one."""
-    path = out / "metrics.json"
-    if path.is_file():
-        try:
-            payload = json.loads(path.read_text())
-            payload["metrics"] = final
-            return payload
-        except (OSError, ValueError):
-            pass
-    return {"metrics": final, "warnings": [], "config": cfg.to_dict()}
+class TuneReporter:
+    """A trial's reporter: each epoch to MLflow, then to Tune with a checkpoint; the final evaluation to
+    MLflow (metrics, evaluation.json, weights), then to Tune, so a kill never leaves half a record."""
+
+    def __init__(self, run: TrialRun, *, weights: Path | None, checkpoint_dest: str) -> None:
+        self.run, self.weights, self.checkpoint_dest = run, weights, checkpoint_dest
+        self.last_epoch: dict[str, float] = {}
+
+    def on_epoch(self, metrics: dict[str, float], state: dict[str, Any]) -> None:
+        self.run.log_epoch(metrics)
+        self.last_epoch = dict(metrics)
+        with tempfile.TemporaryDirectory(prefix="pclc-ckpt-") as folder:
+            with _naming(Path(folder) / CHECKPOINT_FILE):
+                save_checkpoint(state, Path(folder) / CHECKPOINT_FILE)
+            with _naming(self.checkpoint_dest, "saving the checkpoint into"):
+                tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(folder))
+
+    def on_final(self, evaluation: Evaluation) -> None:
+        self.run.log_final(evaluation.metrics, evaluation.to_dict(), self.weights)
+        # Tune gets the last per-epoch values too (e.g. epoch_robust_acc for ASHA) under the final ones
+        tune.report({**self.last_epoch, **evaluation.metrics})

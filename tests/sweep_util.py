@@ -16,7 +16,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,9 @@ from mlflow.tracking import MlflowClient
 from pclc import metrics as M
 from pclc.config import TrialConfig
 from pclc.contract import param_value
-from pclc.experiment import run_trial
+from pclc.experiment import Evaluation, Reporter, run_trial
 from sweeps.config import SweepConfig, objective_metrics, parse_sweep
+from sweeps.driver import ray_session, set_tune_environment
 
 EPOCH_KEYS = (M.EPOCH, M.TRAIN_LOSS, M.CLEAN_ACC, M.EPOCH_ROBUST_ACC)
 
@@ -115,8 +117,7 @@ def assert_mlflow_holds_every_report(uri: str, experiment: str, notes_dir: Path,
         for entry in (e for e in entries if "metrics" in e):
             step = int(entry["metrics"]["epoch"])
             for key, value in entry["metrics"].items():
-                if key != "done":
-                    expected.setdefault(M.to_mlflow(key), set()).add((step, float(value)))
+                expected.setdefault(M.to_mlflow(key), set()).add((step, float(value)))
         assert set(child.data.metrics) == set(expected)
         assert set(final_metric_names(trial)) <= set(expected)
         for key, points in expected.items():
@@ -136,8 +137,30 @@ def notes(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+@dataclass
+class Hooked:
+    """A reporter that passes everything on to `inner`, with a fault or a note around each report."""
+
+    inner: Reporter
+    before_epoch: Callable[[dict[str, float]], None] | None = None
+    after_epoch: Callable[[dict[str, float]], None] | None = None
+    after_final: Callable[[Evaluation], None] | None = None
+
+    def on_epoch(self, metrics: dict[str, float], state: dict[str, Any]) -> None:
+        if self.before_epoch is not None:
+            self.before_epoch(metrics)
+        self.inner.on_epoch(metrics, state)
+        if self.after_epoch is not None:
+            self.after_epoch(metrics)
+
+    def on_final(self, evaluation: Evaluation) -> None:
+        self.inner.on_final(evaluation)
+        if self.after_final is not None:
+            self.after_final(evaluation)
+
+
 def failing_after_first_epoch(
-    cfg: TrialConfig, report: Any, *, prepared: Any = None, resume: Any = None, notes_file: str
+    cfg: TrialConfig, report: Reporter, *, prepared: Any = None, resume: Any = None, notes_file: str
 ) -> dict[str, float]:
     """Trials with loss 'pc' raise after each epoch they train; every attempt is noted in `notes_file`
     (bind it with functools.partial)."""
@@ -148,35 +171,31 @@ def failing_after_first_epoch(
     if cfg.loss != "pc":
         return run_trial(cfg, report, prepared=prepared, resume=resume)
 
-    def report_then_fail(metrics: dict[str, float], state: Any) -> None:
-        report(metrics, state)
-        if state is not None:
-            raise RuntimeError(f"injected failure after epoch {int(metrics['epoch'])}")
+    def fail(metrics: dict[str, float]) -> None:
+        raise RuntimeError(f"injected failure after epoch {int(metrics['epoch'])}")
 
-    return run_trial(cfg, report_then_fail, prepared=prepared, resume=resume)
+    return run_trial(cfg, Hooked(report, after_epoch=fail), prepared=prepared, resume=resume)
 
 
 def killed_once_mid_trial(
-    cfg: TrialConfig, report: Any, *, prepared: Any = None, resume: Any = None, notes_file: str, marker: str,
+    cfg: TrialConfig, report: Reporter, *, prepared: Any = None, resume: Any = None, notes_file: str, marker: str,
     kill_epoch: int,
 ) -> dict[str, float]:  # fmt: skip
     """SIGKILL of the trial's own worker process once, when epoch `kill_epoch` has trained but before it is
     reported (the epoch's work is lost mid-way); `marker` makes it happen to the first attempt only."""
     _note(notes_file, {"pid": os.getpid(), "resume_epoch": None if resume is None else resume["epoch"]})
 
-    def report_or_die(metrics: dict[str, float], state: Any) -> None:
-        if state is not None:
-            _note(notes_file, {"pid": os.getpid(), "epoch": int(metrics["epoch"])})
-            if int(metrics["epoch"]) == kill_epoch and not os.path.exists(marker):
-                open(marker, "w").close()
-                os.kill(os.getpid(), signal.SIGKILL)
-        report(metrics, state)
+    def die(metrics: dict[str, float]) -> None:
+        _note(notes_file, {"pid": os.getpid(), "epoch": int(metrics["epoch"])})
+        if int(metrics["epoch"]) == kill_epoch and not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
 
-    return run_trial(cfg, report_or_die, prepared=prepared, resume=resume)
+    return run_trial(cfg, Hooked(report, before_epoch=die), prepared=prepared, resume=resume)
 
 
 def noting_reports(
-    cfg: TrialConfig, report: Any, *, prepared: Any = None, resume: Any = None, notes_dir: str,
+    cfg: TrialConfig, report: Reporter, *, prepared: Any = None, resume: Any = None, notes_dir: str,
     go_file: str | None = None,
 ) -> dict[str, float]:  # fmt: skip
     """Note every report of the trial (after it went through) in `<notes_dir>/<trial>.jsonl`, so a test
@@ -185,24 +204,26 @@ def noting_reports(
     path = os.path.join(notes_dir, os.path.basename(str(cfg.out_dir)) + ".jsonl")
     _note(path, {"params": cfg.to_dict()})
 
-    def report_and_note(metrics: dict[str, float], state: Any) -> None:
-        report(metrics, state)
-        _note(path, {"final": state is None, "metrics": metrics, "time": time.time()})
-        if go_file is not None and state is not None and int(metrics["epoch"]) == 1:
+    def note_epoch(metrics: dict[str, float]) -> None:
+        _note(path, {"final": False, "metrics": metrics, "time": time.time()})
+        if go_file is not None and int(metrics["epoch"]) == 1:
             deadline = time.monotonic() + 300
             while not os.path.exists(go_file) and time.monotonic() < deadline:
                 time.sleep(0.2)
 
-    return run_trial(cfg, report_and_note, prepared=prepared, resume=resume)
+    def note_final(evaluation: Evaluation) -> None:
+        _note(path, {"final": True, "metrics": evaluation.metrics, "time": time.time()})
+
+    return run_trial(cfg, Hooked(report, after_epoch=note_epoch, after_final=note_final), prepared=prepared,
+                     resume=resume)
 
 
 def filling_disk_after_first_epoch(
-    cfg: TrialConfig, report: Any, *, prepared: Any = None, resume: Any = None, fill_dir: str,
+    cfg: TrialConfig, report: Reporter, *, prepared: Any = None, resume: Any = None, fill_dir: str,
 ) -> dict[str, float]:  # fmt: skip
     """After epoch 1 is reported, fill the file system of `fill_dir` to the last byte (disk full)."""
-    def report_then_fill(metrics: dict[str, float], state: Any) -> None:
-        report(metrics, state)
-        if state is not None and int(metrics["epoch"]) == 1:
+    def fill(metrics: dict[str, float]) -> None:
+        if int(metrics["epoch"]) == 1:
             with open(os.path.join(fill_dir, "filler"), "ab", buffering=0) as f:
                 try:
                     while True:
@@ -211,7 +232,7 @@ def filling_disk_after_first_epoch(
                     if exc.errno != errno.ENOSPC:
                         raise
 
-    return run_trial(cfg, report_then_fill, prepared=prepared, resume=resume)
+    return run_trial(cfg, Hooked(report, after_epoch=fill), prepared=prepared, resume=resume)
 
 
 # --------------------------------------------------------------------------- a real MLflow server
@@ -278,6 +299,6 @@ class MlflowServer:
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
     """A private local Ray per test module: never a `ray start` cluster that may run on the machine."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
-    yield
-    ray.shutdown()
+    with ray_session("local", num_cpus=2):
+        set_tune_environment()
+        yield

@@ -255,14 +255,12 @@ def test_the_docs_use_commands_flags_files_and_sweeps_that_exist() -> None:
     from ray.scripts.scripts import cli as ray_cli
 
     from analysis.cli import build_parser as analyze_parser
-    from sweeps.arguments import add_sweep_arguments
     from sweeps.cli import build_parser
     from sweeps.config import load_sweep
 
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     pclc_commands = next(a for a in build_parser()._actions if a.dest == "command").choices
-    sweep_parser = argparse.ArgumentParser()
-    add_sweep_arguments(sweep_parser)
+    sweep_parser = pclc_commands["sweep"]  # `python -m sweeps` is `pclc sweep`: the same parser
     seen: set[str] = set()
     for w in doc_commands():
         seen.add(w[0])

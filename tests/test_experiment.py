@@ -10,7 +10,7 @@ import torch
 
 from pclc import metrics as M
 from pclc.config import make_config
-from pclc.experiment import prepare, run_trial, substitute_config, train_substitute
+from pclc.experiment import Evaluation, prepare, run_trial, substitute_config, train_substitute
 from pclc.train import load_checkpoint
 
 SMALL = {
@@ -23,9 +23,14 @@ SMALL = {
 class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[dict[str, float], dict[str, Any] | None]] = []
+        self.evaluation: Evaluation | None = None
 
-    def __call__(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+    def on_epoch(self, metrics: dict[str, float], state: dict[str, Any]) -> None:
         self.calls.append((dict(metrics), state))
+
+    def on_final(self, evaluation: Evaluation) -> None:  # recorded as the last call, without a state
+        self.evaluation = evaluation
+        self.calls.append((dict(evaluation.metrics), None))
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +57,7 @@ def test_trial_reports_every_epoch_then_the_full_evaluation(prepared, tmp_path: 
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert written["metrics"] == pytest.approx(final, nan_ok=True)
     assert written["config"]["loss"] == "pclc" and isinstance(written["warnings"], list)
+    assert written == json.loads(json.dumps(rec.evaluation.to_dict()))  # the reporter got what metrics.json holds
     assert set(load_checkpoint(tmp_path / "out" / "model.pt")) == set(rec.calls[0][1]["model"])
 
 
@@ -95,8 +101,9 @@ def _weights_hash(cfg_values: dict[str, Any], *, prepared=None) -> str:
     import hashlib
 
     cfg = make_config({**cfg_values, "device": "cpu"})
-    states: list[dict[str, Any]] = []
-    run_trial(cfg, lambda m, s: states.append(s) if s is not None else None, prepared=prepared)
+    recorder = Recorder()
+    run_trial(cfg, recorder, prepared=prepared)
+    states = [s for _, s in recorder.calls if s is not None]
     digest = hashlib.sha256()
     for name, tensor in sorted(states[-1]["model"].items()):
         digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from pclc import metrics as M
 from pclc.config import make_config
-from pclc.experiment import run_trial
+from pclc.experiment import Silent, run_trial
 from sweeps.cli import main
 from sweeps.finalists import FINALIST, KILL_AFTER_ENV, state_path
 from sweeps.tracking import SweepTracker, TrialRun
@@ -49,7 +49,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = {}
     for name, changes in TRIALS.items():
         cfg = make_config({**TRIAL, **changes, "out_dir": str(root / name)})
-        run_trial(cfg, lambda metrics, state: None)
+        run_trial(cfg, Silent())
         out[name] = root / name
     robust = {n: json.loads((p / "metrics.json").read_text())["metrics"]["robust_acc"] for n, p in out.items()}
     assert robust["strong"] > robust["weak"], robust
