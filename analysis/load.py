@@ -30,7 +30,7 @@ from pclc.metrics import canonical_metric
 NOT_CONFIG = frozenset(
     {"seed", "substitute_seed", "out_dir", "data_root", "download", "save_weights", "threads", "device", "bf16",
      "eval_batch_size"}
-)  # fmt: skip
+)
 SEED = "seed"
 
 # masking/* flags that pclc.evaluate sets to 1.0 when a check fires (the other masking/* metrics are the gaps).
@@ -230,7 +230,7 @@ def _search(client: MlflowClient, experiment_id: str, filter_string: str, order:
         page = client.search_runs(
             [experiment_id], filter_string=filter_string, run_view_type=ViewType.ACTIVE_ONLY,
             max_results=1000, order_by=[f"attributes.start_time {order}"], page_token=token,
-        )  # fmt: skip
+        )
         runs.extend(page)
         token = page.token
         if not token:
@@ -270,9 +270,9 @@ def load_sweep(
 ) -> Sweep:
     """The trial runs of one sweep: by default the experiment's latest parent run, or `parent_run_id`.
 
-    Example:
-        >>> sweep = load_sweep("ablation_digits", tracking_uri="sqlite:////work/mlflow.db")
-        >>> sweep.trials[["variant", "margin", "lc_weight", "robust_acc"]], sweep.counts()
+    Example (an illustration: it needs a trained model or a store):
+        >>> sweep = load_sweep("ablation_digits", tracking_uri="sqlite:////work/mlflow.db")  # doctest: +SKIP
+        >>> sweep.trials[["variant", "margin", "lc_weight", "robust_acc"]], sweep.counts()  # doctest: +SKIP
     """
     if client is None:
         client, tracking_uri = connect(tracking_uri)
@@ -337,7 +337,7 @@ def load_sweep(
         parent_run_id=parent.info.run_id if parent else None, mode=mode, headline=headline,
         objectives=objectives, runs=runs, params=params, metrics=metrics, config_params=config_params,
         other_parents=others, notes=notes,
-    )  # fmt: skip
+    )
     sweep.notes.extend(_data_notes(sweep, child_runs))
     return sweep
 
@@ -368,11 +368,11 @@ def _table(child_runs: list[Run]) -> tuple[pd.DataFrame, list[str], list[str], l
     config_params = [
         p for p in params
         if p not in NOT_CONFIG and p != "loss" and finished[p].map(_hashable).nunique(dropna=False) > 1
-    ]  # fmt: skip
+    ]
     if "loss" in frame and finished["loss"].nunique() > finished["variant"].nunique():
         config_params.insert(0, "loss")  # variants that mix losses (unusual): keep the loss visible
     varying = {v: {p for p in config_params if g[p].map(_hashable).nunique(dropna=False) > 1}
-               for v, g in finished.groupby("variant")}  # fmt: skip
+               for v, g in finished.groupby("variant")}
     labels = []
     for _, row in frame.iterrows():
         # a knob the loss ignores is left out of the label where the variant does not vary it (ce → "default")

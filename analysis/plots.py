@@ -166,7 +166,7 @@ def robust_vs_knob(sweep: Sweep, knob: str) -> Figure:
                 s = summarize(sub, ["variant"], headline).iloc[0]
                 n_max = max(n_max, int(s["n"]))
                 ax.axhline(s["mean"] * k, color=color, linestyle=":", linewidth=1.5,
-                           label=f"{variant} ({sym} not varied; n={int(s['n'])})")  # fmt: skip
+                           label=f"{variant} ({sym} not varied; n={int(s['n'])})")
                 if math.isfinite(s["ci"]):
                     ax.axhspan((s["mean"] - s["ci"]) * k, (s["mean"] + s["ci"]) * k, color=color, alpha=0.08)
             continue
@@ -174,7 +174,7 @@ def robust_vs_knob(sweep: Sweep, knob: str) -> Figure:
         groups = list(sub.groupby(others, sort=True)) if others else [((), sub)]
         if len(groups) > MAX_LINES:  # e.g. an Optuna search: every trial differs in other knobs too
             ax.scatter(sub[knob], sub[headline] * k, color=color, s=22, alpha=0.8,
-                       label=f"{variant}: single trials (other knobs vary too)")  # fmt: skip
+                       label=f"{variant}: single trials (other knobs vary too)")
             drew += 1
             continue
         for i, (key, part) in enumerate(groups):
@@ -184,7 +184,7 @@ def robust_vs_knob(sweep: Sweep, knob: str) -> Figure:
             extra = ", ".join(f"{SYMBOL.get(p, p)}={fmt_value(v)}" for p, v in zip(others, key))
             x = s[knob].to_numpy(dtype=float)
             ax.plot(x, s["mean"] * k, marker="o", color=color, linestyle=styles[i % len(styles)],
-                    label=f"{variant}" + (f" ({extra})" if extra else ""))  # fmt: skip
+                    label=f"{variant}" + (f" ({extra})" if extra else ""))
             _band(ax, x, s, k, color)
             drew += 1
     if drew == 0:
@@ -300,13 +300,13 @@ def claimed_vs_autoattack(sweep: Sweep) -> Figure:
         c, a, color = claimed.iloc[rows], real.iloc[rows], colors[variant]
         ax.hlines(y[rows], a["mean"] * 100, c["mean"] * 100, color=color, linewidth=2.5, alpha=0.45)
         ax.errorbar(c["mean"] * 100, y[rows], xerr=c["ci"].fillna(0) * 100, fmt="o", markerfacecolor="white",
-                    markeredgecolor=color, ecolor=color, capsize=3, label=f"_claimed {variant}")  # fmt: skip
+                    markeredgecolor=color, ecolor=color, capsize=3, label=f"_claimed {variant}")
         ax.errorbar(a["mean"] * 100, y[rows], xerr=a["ci"].fillna(0) * 100, fmt="o", color=color, capsize=3,
-                    label=variant)  # fmt: skip
+                    label=variant)
     for i, ((_, c), (_, a)) in enumerate(zip(claimed.iterrows(), real.iterrows())):
         right = max(c["mean"] + _finite_or_zero(c["ci"]), a["mean"] + _finite_or_zero(a["ci"])) * 100
         ax.annotate(f"{(c['mean'] - a['mean']) * 100:+.1f} pp", (right, i), xytext=(6, 0), textcoords="offset points",
-                    va="center", fontsize="x-small")  # fmt: skip
+                    va="center", fontsize="x-small")
     ax.plot([], [], "o", markerfacecolor="white", markeredgecolor="0.3", label=CLAIMED_LABEL)
     ax.plot([], [], "o", color="0.3", label=AA_LABEL)
     ax.set_yticks(y, [variant_label(v, c) for v, c in chosen])
@@ -356,17 +356,17 @@ def clean_vs_robust(sweep: Sweep) -> Figure:
     for variant in sweep.variants:
         part = data[data["variant"] == variant]
         ax.scatter(part[M.CLEAN_ACC] * kx, part[y_metric] * ky, color=colors[variant], s=26, alpha=0.8,
-                   label=f"{variant} ({len(part)} trials)")  # fmt: skip
+                   label=f"{variant} ({len(part)} trials)")
     points = data[[M.CLEAN_ACC, y_metric]].to_numpy(dtype=float)
     maximize = [sweep.direction(M.CLEAN_ACC) == "max", sweep.direction(y_metric) == "max"]
     front = data[pareto_mask(points, maximize)].sort_values(M.CLEAN_ACC)
     ax.plot(front[M.CLEAN_ACC] * kx, front[y_metric] * ky, color="black", linewidth=1.2, marker="o",
-            markerfacecolor="none", markersize=9, label=f"Pareto front ({len(front)} trials)")  # fmt: skip
+            markerfacecolor="none", markersize=9, label=f"Pareto front ({len(front)} trials)")
     default = data[_authors_default(data)]
     label = f"authors' default ({AUTHORS_LOSS}, ξ={AUTHORS_MARGIN:g}, λ={AUTHORS_LC_WEIGHT:g})"
     if len(default):
         ax.scatter(default[M.CLEAN_ACC] * kx, default[y_metric] * ky, marker="*", s=260, facecolor="gold",
-                   edgecolor="black", linewidth=0.8, zorder=5, label=f"{label}, {len(default)} trials")  # fmt: skip
+                   edgecolor="black", linewidth=0.8, zorder=5, label=f"{label}, {len(default)} trials")
     else:
         ax.plot([], [], marker="*", linestyle="none", color="gold", label=f"{label}: not in this sweep")
     ax.set_xlabel(metric_label(sweep, M.CLEAN_ACC))
@@ -397,7 +397,7 @@ def heatmap_margin_lc(sweep: Sweep) -> Figure:
     if not {"margin", "lc_weight"} <= set(trials.columns):
         raise NotApplicable("the runs have no margin/lc_weight params")
     both = [v for v in sweep.variants
-            if (p := trials[trials["variant"] == v])["margin"].nunique() > 1 and p["lc_weight"].nunique() > 1]  # fmt: skip
+            if (p := trials[trials["variant"] == v])["margin"].nunique() > 1 and p["lc_weight"].nunique() > 1]
     if not both:
         n_xi, n_lam = trials["margin"].nunique(), trials["lc_weight"].nunique()
         raise NotApplicable(
@@ -422,7 +422,7 @@ def heatmap_margin_lc(sweep: Sweep) -> Figure:
     for (y, x), v in np.ndenumerate(grid):
         text = "–" if not math.isfinite(v) else f"{v * k:.1f}\nn={count[y, x]}"
         ax.text(x, y, text, ha="center", va="center", fontsize="x-small",
-                color="white" if math.isfinite(v) and v <= np.nanmean(grid) else "black")  # fmt: skip
+                color="white" if math.isfinite(v) and v <= np.nanmean(grid) else "black")
     ax.set_xticks(range(len(xlabels)), xlabels, rotation=30 if len(xlabels) > 5 else 0)
     ax.set_yticks(range(len(ylabels)), ylabels)
     ax.set_xlabel(knob_label("lc_weight"))
@@ -496,7 +496,7 @@ def gap_and_second_class(sweep: Sweep) -> Figure:
     """Probability gap and second-most-probable-class rate per variant (best configuration each), ± 95% CI."""
     trials = sweep.trials
     second = sorted((m for m in sweep.metrics if m.startswith("second_class_rate/")),
-                    key=lambda m: attack_rank(m.split("/", 1)[1]))  # fmt: skip
+                    key=lambda m: attack_rank(m.split("/", 1)[1]))
     has_gap = M.PROB_GAP in trials and trials[M.PROB_GAP].notna().any()
     second = [m for m in second if trials[m].notna().any()]
     if not has_gap and not second:
@@ -514,7 +514,7 @@ def gap_and_second_class(sweep: Sweep) -> Figure:
         s = summarize(chosen, ["variant"], M.PROB_GAP).set_index("variant").reindex(variants)
         n_max = max(n_max, int(s["n"].max()))
         ax.bar(range(len(variants)), s["mean"], yerr=s["ci"].fillna(0), capsize=4,
-               color=[colors[v] for v in variants], label="_")  # fmt: skip
+               color=[colors[v] for v in variants], label="_")
         ax.set_xticks(range(len(variants)), variants)
         ax.set_xlabel("loss variant")
         ax.set_ylabel(metric_label(sweep, M.PROB_GAP))

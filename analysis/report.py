@@ -165,7 +165,7 @@ def render_html(blocks: list[Block], title: str) -> str:
     out = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         f"<title>{html.escape(title)}</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
-    ]  # fmt: skip
+    ]
     for b in blocks:
         if isinstance(b, Heading):
             out.append(f"<h{b.level}>{_inline(b.text)}</h{b.level}>")
@@ -243,7 +243,7 @@ def _overview(sweep: Sweep, counts: dict[str, int]) -> list[Block]:
 
 
 COMMON = ("dataset", "model", "epochs", "warmup_epochs", "optimizer", "lr", "margin", "lc_weight", "attacks", "eps",
-          "headline_eps", "attack_steps", "eval_limit")  # fmt: skip
+          "headline_eps", "attack_steps", "eval_limit")
 
 
 def _common_settings(sweep: Sweep) -> str:
@@ -403,7 +403,7 @@ def _ablation_section(sweep: Sweep) -> list[Block]:
         "`worst_aa`. AutoAttack-grade attacks run at the headline ε only unless the config's `aa_eps` adds more, "
         "so their columns appear at those ε alone."
         if {M.ROBUST_ACC_CLASSIC, M.ROBUST_ACC_AA} & set(scalars) else ""
-    )  # fmt: skip
+    )
     blocks += [
         Para(
             "Accuracy in %, mean ± std over seeds. Each variant at its best configuration by mean "

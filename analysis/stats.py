@@ -24,8 +24,8 @@ def t_halfwidth(std: float, n: int, confidence: float = CONFIDENCE) -> float:
 def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof 1; 0.0 for one value) of a few seeds' numbers, in plain Python.
 
-    >>> mean_sd([0.5, 0.7])
-    (0.6, 0.1414213562373095)
+    >>> mean_sd([1.0, 3.0])
+    (2.0, 1.4142135623730951)
     """
     mean = sum(values) / len(values)
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1))

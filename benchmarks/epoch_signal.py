@@ -54,12 +54,12 @@ def one_trial(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
         "before": run_suite(model, x, y, pgd).accuracy("pgd_ce", cfg.headline_eps),
         "after": epoch_robust_acc(model, x, y, eps=cfg.headline_eps, steps=cfg.epoch_attack_steps),
         **{k: final.get(k, float("nan")) for k in (M.CLEAN_ACC, M.ROBUST_ACC, M.ROBUST_ACC_CLASSIC, M.ROBUST_ACC_AA)},
-    }  # fmt: skip
+    }
 
 
 def label(row: dict[str, Any]) -> str:
     knobs = {"ce": "", "pc": f" ξ={row['margin']}", "lc": f" λ={row['lc_weight']}",
-             "pclc": f" ξ={row['margin']} λ={row['lc_weight']}"}  # fmt: skip
+             "pclc": f" ξ={row['margin']} λ={row['lc_weight']}"}
     return row["variant"] + knobs.get(row["variant"], "")
 
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke_test:
         sets += ["trial.epochs=3", "trial.warmup_epochs=1", "trial.eval_limit=64", "trial.aa_limit=32",
                  "trial.aa_steps=5", "trial.square_queries=50", "trial.substitute_epochs=1", "seeds=[0, 1]",
-                 "trial.epoch_eval_samples=32"]  # fmt: skip
+                 "trial.epoch_eval_samples=32"]
     sweep = load_sweep(args.config, sets)
     overrides = sweep.trial_overrides()
     if args.smoke_test:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 TRAIN_TARGET_S = 60.0
 SMOKE = ["epochs=2", "warmup_epochs=1", "eval_limit=32", "aa_limit=16", "aa_steps=5", "square_queries=50",
-         "substitute_epochs=1", "epoch_eval_samples=16"]  # fmt: skip
+         "substitute_epochs=1", "epoch_eval_samples=16"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         args.json.write_text(json.dumps({"train_wall_s": wall, "trial_s": metrics["trial_seconds"],
                                          "eval_s": metrics["eval_seconds"], "eval_share": share,
-                                         "target_s": TRAIN_TARGET_S, "smoke_test": args.smoke_test}, indent=2))  # fmt: skip
+                                         "target_s": TRAIN_TARGET_S, "smoke_test": args.smoke_test}, indent=2))
 
 
 if __name__ == "__main__":

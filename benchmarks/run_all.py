@@ -47,7 +47,7 @@ def rows(smoke: bool, tmp: Path) -> list[tuple[str, float, str, bool]]:
         ("Ray Tune + MLflow trial / direct run_trial", over["ratio"], "≤ 1.10", over["ratio"] <= 1.10),
         ("whole sweep per trial / direct run_trial", over["sweep_ratio"], "(info)", True),
         ("quickstart: 2 concurrent trials vs 1 (speed-up)", speed["speedup"], "≥ 1.70", speed["speedup"] >= 1.70),
-    ]  # fmt: skip
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         table = rows(args.smoke_test, Path(tmp))
     load = os.getloadavg()[0]
     print(f"\npclc-sweeps benchmarks ({'smoke test' if args.smoke_test else 'full'}; "
-          f"{os.cpu_count()} CPUs, load {load:.1f})")  # fmt: skip
+          f"{os.cpu_count()} CPUs, load {load:.1f})")
     width = max(len(r[0]) for r in table)
     print(f"| {'measure':<{width}} | ratio | target | met |")
     print(f"| {'-' * width} | ----- | ------ | --- |")

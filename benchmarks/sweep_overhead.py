@@ -37,9 +37,9 @@ TRIAL_20S: dict[str, Any] = {
     "dataset": "digits", "model": "small_cnn", "epochs": 30, "warmup_epochs": 5, "eval_limit": None,
     "attacks": ["fgsm", "pgd_ce", "pgd_cw", "mim", "bim", "transfer", "apgd_ce"], "eps": [0.05, 0.1, 0.2],
     "headline_eps": 0.1, "attack_steps": 20, "substitute_epochs": 5, "save_weights": False, "threads": 1,
-}  # fmt: skip
+}
 TRIAL_SMOKE: dict[str, Any] = {**TRIAL_20S, "epochs": 3, "warmup_epochs": 1, "eval_limit": 128, "attack_steps": 5,
-                               "aa_steps": 5, "aa_limit": 32, "epoch_attack_steps": 3}  # fmt: skip
+                               "aa_steps": 5, "aa_limit": 32, "epoch_attack_steps": 3}
 
 
 def _sweep(name: str, work: Path, trial: dict[str, Any], seeds: list[int]) -> Any:
@@ -52,7 +52,7 @@ def _sweep(name: str, work: Path, trial: dict[str, Any], seeds: list[int]) -> An
             "tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
         },
         source=name,
-    )  # fmt: skip
+    )
 
 
 def overhead(work: Path, trial: dict[str, Any], k: int) -> dict[str, float]:
@@ -85,7 +85,7 @@ def overhead(work: Path, trial: dict[str, Any], k: int) -> dict[str, float]:
     return {
         "direct_s": plain, "tune_trial_s": trial, "ratio": trial / plain,
         "sweep_per_trial_s": sweep_per_trial, "sweep_ratio": sweep_per_trial / plain, "k": float(k),
-    }  # fmt: skip
+    }
 
 
 def speedup(work: Path, smoke: bool) -> dict[str, float]:
@@ -95,14 +95,14 @@ def speedup(work: Path, smoke: bool) -> dict[str, float]:
     from sweeps.driver import run_sweep
 
     sets = ["num_trials=2", "trial.epochs=6", "trial.eval_limit=128", "trial.aa_limit=16", "trial.aa_steps=5",
-            "trial.square_queries=50"] if smoke else []  # fmt: skip
+            "trial.square_queries=50"] if smoke else []
     times: dict[int, float] = {}
     prepared = None
     for concurrent in (1, 2):
         cfg = load_sweep(ROOT / "sweeps/configs/quickstart.yaml", sets + [
             f"name=quickstart-c{concurrent}", f"max_concurrent={concurrent}",
             f"storage_path={work / 'ray_results'}", f"tracking_uri=sqlite:///{work / 'mlflow.db'}",
-        ])  # fmt: skip
+        ])
         prepared = prepared or prepare(cfg.trial)
         t0 = time.perf_counter()
         result = run_sweep(cfg, prepared=prepared, out=io.StringIO())
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{over['sweep_ratio']:.3f}   (start-up and wrap-up spread over {int(over['k'])} trials)")
     print(f"  quickstart speed-up, 2 vs 1 trial : {speed['one_s']:.1f} s / {speed['two_s']:.1f} s = "
           f"{speed['speedup']:.2f}x  over {int(speed['trials'])} trials  (target ≥ {SPEEDUP_TARGET})  "
-          f"{verdict(speed['speedup'] >= SPEEDUP_TARGET)}")  # fmt: skip
+          f"{verdict(speed['speedup'] >= SPEEDUP_TARGET)}")
     if args.json:
         args.json.write_text(json.dumps({"overhead": over, "speedup": speed, "smoke_test": args.smoke_test}, indent=2))
     return 0

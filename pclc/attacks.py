@@ -17,8 +17,9 @@ import contextlib
 import importlib
 import logging
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 from torch import nn
@@ -589,9 +590,9 @@ def run_suite(
     clean-wrong samples are skipped (non-robust for free, as in AutoAttack). AutoAttack-grade attacks
     score only `suite.aa_subset`. 'transfer' needs `substitute`.
 
-    Example:
-        >>> result = run_suite(model, x, y, AttackSuite(attacks=("fgsm",), eps=(0.1,)))
-        >>> result.accuracy("fgsm", 0.1)
+    Example (an illustration: it needs a trained model or a store):
+        >>> result = run_suite(model, x, y, AttackSuite(attacks=("fgsm",), eps=(0.1,)))  # doctest: +SKIP
+        >>> result.accuracy("fgsm", 0.1)  # doctest: +SKIP
     """
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"need as many labels as inputs, and at least one: got {len(x)} inputs, {len(y)} labels")

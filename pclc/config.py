@@ -14,7 +14,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
-
 class ConfigError(ValueError):
     """A config that cannot run; the message names the field, the value and what is allowed."""
 
@@ -212,7 +211,3 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         values[key] = value
     source = ", ".join(filter(None, [str(path) if path else "", "--set" if overrides else ""])) or "defaults"
     return make_config(values, source=source)
-
-
-def dumps(cfg: TrialConfig) -> str:
-    return json.dumps(cfg.to_dict(), indent=2, sort_keys=True)

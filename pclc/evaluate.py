@@ -200,9 +200,9 @@ def evaluate(
     where the rate is undefined); masking/* checks (see `masking_checks`), with one extra PGD-CE run at
     `masking_eps` (None skips that check). Each fired check adds a plain-English warning.
 
-    Example:
-        >>> ev = evaluate(model, x, y, suite, substitute=sub, headline_eps=0.1, masking_eps=0.5)
-        >>> ev.metrics["robust_acc"], ev.warnings
+    Example (an illustration: it needs a trained model or a store):
+        >>> ev = evaluate(model, x, y, suite, substitute=sub, headline_eps=0.1, masking_eps=0.5)  # doctest: +SKIP
+        >>> ev.metrics["robust_acc"], ev.warnings  # doctest: +SKIP
     """
     if float(headline_eps) not in suite.eps:
         raise ValueError(f"headline_eps {headline_eps} is not in the suite's eps grid {list(suite.eps)}")

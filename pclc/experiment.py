@@ -36,7 +36,6 @@ from pclc.train import (
 )
 
 
-
 @dataclass(frozen=True)
 class Evaluation:
     """A trial's end: the final metrics, the evaluation's plain-English warnings, the resolved config."""

@@ -7,7 +7,7 @@ collected in `NATIVE_INPUT_SHAPES`; the tests build every registered model at th
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -9,9 +9,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch

@@ -47,8 +47,8 @@ class EpochPrinter:
 def _preflight_sweep(args: argparse.Namespace) -> None:
     """What a sweep can get wrong before Ray starts, checked before Ray is even imported:
     the sweep file, an `npz:` data file, and the MLflow store (a dead server fails in seconds)."""
-    from pclc.data import check_npz
     from pclc.contract import normalize_tracking_uri
+    from pclc.data import check_npz
     from sweeps.config import check_tracking_store, load_sweep
     from sweeps.storage import experiment_path, read_metadata, storage_root
 
@@ -94,7 +94,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         description="Re-score the saved weights of chosen trials with the reference's standard AutoAttack "
         "(APGD-CE, APGD-T, FAB-T, Square) and log finalist/* metrics into the same MLflow child runs. "
         "Resumable: finished chunks are kept in --state-dir.",
-    )  # fmt: skip
+    )
     pick = ev.add_mutually_exclusive_group(required=True)
     pick.add_argument("--run-id", nargs="+", metavar="ID", help="MLflow child (trial) run ids")
     pick.add_argument("--experiment", metavar="NAME", help="a sweep's experiment: re-score the --top N of its latest sweep")
@@ -114,7 +114,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--state-dir", help="where chunks are saved (default <cwd>/runs/finalists)")
     ev.add_argument("--force", action="store_true", help="score again runs that already hold this re-score")
     ev.add_argument("--address", help="Ray cluster address: one Ray task per run (default: this process, no Ray)")
-    ev.set_defaults(func=_evaluate, parser=ev)  # fmt: skip
+    ev.set_defaults(func=_evaluate, parser=ev)
 
 
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,14 +124,14 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--retry-failed", action="store_true",
         help="on resume, also re-run trials that failed for a reason that would repeat (NaN loss, bad config or data)",
-    )  # fmt: skip
+    )
     parser.add_argument("--address", default=None, help="Ray cluster address ('auto' joins a running cluster)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow URI (default sqlite:///<cwd>/mlflow.db)")
     parser.add_argument("--storage-path", default=None, help="Ray results folder or URI (default <cwd>/ray_results)")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="override a sweep-file field, dotted for nesting (num_trials=4, trial.epochs=3); repeatable",
-    )  # fmt: skip
+    )
     parser.add_argument("--smoke-test", action="store_true", help="2 trials of 2 epochs on a data subset: checks the plumbing")
 
 

@@ -38,7 +38,7 @@ from pclc.contract import normalize_tracking_uri
 SEARCHABLE: tuple[str, ...] = (
     "loss", "margin", "lc_weight", "warmup_epochs", "reset_optimizer", "batch_size", "optimizer",
     "lr", "momentum", "weight_decay", "schedule", "milestones", "gamma", "augment", "seed",
-)  # fmt: skip
+)
 
 # Metrics reported after every epoch: what ASHA may cut on.
 EPOCH_METRICS: dict[str, Literal["max", "min"]] = {
@@ -372,12 +372,12 @@ def _problems(cfg: SweepConfig) -> list[str]:
             out.append(f"initial_points: {len(cfg.initial_points)} points but num_trials = {cfg.num_trials}")
         base = cfg.trial.model_dump()
         for key, param in cfg.space.items():
-            if key in SEARCHABLE and not any(key in p for p in cfg.initial_points) and cfg.initial_points:
-                if not param.contains(base[key]):
-                    out.append(
-                        f"initial_points: `{key}` is not given and the base trial's {key} = {base[key]!r} "
-                        f"is outside the space ({param.describe()}); set it in each initial point"
-                    )
+            given = any(key in p for p in cfg.initial_points)
+            if key in SEARCHABLE and not given and cfg.initial_points and not param.contains(base[key]):
+                out.append(
+                    f"initial_points: `{key}` is not given and the base trial's {key} = {base[key]!r} "
+                    f"is outside the space ({param.describe()}); set it in each initial point"
+                )
     else:
         if not cfg.variants:
             out.append("variants = []: mode ablation needs at least one variant, e.g. {loss: pclc, margin: [0.99, 0.995]}")

@@ -107,7 +107,7 @@ def build_scheduler(cfg: SweepConfig) -> ASHAScheduler | None:
     return ASHAScheduler(
         time_attr="epoch", metric=s.metric, mode=s.mode, max_t=max(cfg.trial.epochs - 1, s.grace_period),
         grace_period=s.grace_period, reduction_factor=s.reduction_factor, stop_last_trials=False,
-    )  # fmt: skip
+    )
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -168,7 +168,7 @@ class ProgressPrinter(tune.Callback):
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         print(f"trial {trial.trial_id} failed, retrying from its last checkpoint: "
-              f"{failure_reason(trial_error(trial))}", flush=True)  # fmt: skip
+              f"{failure_reason(trial_error(trial))}", flush=True)
 
 
 def trial_error(trial: Any) -> str:
@@ -284,7 +284,7 @@ def open_parent_run(cfg: SweepConfig, plan: SweepPlan) -> SweepTracker:
         name=cfg.name, mode=cfg.mode, headline_metric=cfg.headline_metric,
         objective=[o.model_dump() for o in cfg.objective], experiment_path=plan.experiment_path,
         resolved_config=resolved_yaml(cfg), resume=plan.restorable,
-    )  # fmt: skip
+    )
     return tracker
 
 
@@ -405,7 +405,7 @@ def run_sweep(
     tracker = open_parent_run(cfg, plan)
     try:
         tuner = build_tuner(cfg, plan, tracker.target, run_fn=run_fn, prepared=prepared, verbose=verbose,
-                            retry_failed=retry_failed, out=out)  # fmt: skip
+                            retry_failed=retry_failed, out=out)
         grid = fit(tuner, plan)
         result = _collect(cfg, grid, tracker, plan.experiment_path, plan.restorable)
     except BaseException as exc:
@@ -471,7 +471,7 @@ def _collect(cfg: SweepConfig, grid: Any, tracker: SweepTracker, exp_path: str, 
         experiment_id=tracker.target.experiment_id, parent_run_id=tracker.target.parent_run_id,
         resumed=resumed, trials=trials, finished=rows, best=best_rows(cfg, rows),
         stopped_early=stopped, reconcile=counts, grid=grid,
-    )  # fmt: skip
+    )
 
 
 def best_rows(cfg: SweepConfig, rows: list[dict[str, Any]], top: int = 5) -> list[dict[str, Any]]:
@@ -528,7 +528,7 @@ def print_summary(cfg: SweepConfig, result: SweepResult, out: TextIO) -> None:
     """The end of a sweep: counts, best configurations, where results are, the MLflow UI command."""
     n, failed = len(result.trials), len(result.failed)
     print(f"\nsweep {cfg.name}: {n} trials: {len(result.finished)} finished, {failed} failed, "
-          f"{result.stopped_early} stopped early", file=out)  # fmt: skip
+          f"{result.stopped_early} stopped early", file=out)
     objective = ", ".join(f"{o.metric} ({o.mode})" for o in cfg.objective)
     shown_metrics = _metric_names(cfg)
     if cfg.mode == "ablation":
@@ -536,7 +536,7 @@ def print_summary(cfg: SweepConfig, result: SweepResult, out: TextIO) -> None:
         for entry in ablation_table(cfg, result.finished):
             metrics = "  ".join(f"{m}={entry[m]:.4f}±{entry[m + ' sd']:.4f}" for m in shown_metrics if m in entry)
             point = " ".join(f"{k}={_fmt(v)}" for k, v in entry.items() if k not in shown_metrics
-                             and not k.endswith(" sd") and k != "seeds")  # fmt: skip
+                             and not k.endswith(" sd") and k != "seeds")
             print(f"  {point:<40} {metrics}   ({entry['seeds']} seeds)", file=out)
     title = "Pareto front" if cfg.multi_objective else "best configurations"
     print(f"{title} by {objective}:", file=out)
@@ -564,7 +564,7 @@ def smoke_overrides(cfg: SweepConfig) -> list[str]:
         "trial.substitute_epochs=1", "scheduler=none", f"name={cfg.name}-smoke",
         # AutoAttack still runs (the objective needs it), on a few samples with a small budget
         "trial.aa_limit=16", "trial.aa_steps=5", "trial.square_queries=50", "trial.epoch_attack_steps=2",
-    ]  # fmt: skip
+    ]
     if cfg.mode == "optimize":
         sets.append("num_trials=2")
         if "warmup_epochs" in cfg.space:
@@ -573,7 +573,7 @@ def smoke_overrides(cfg: SweepConfig) -> list[str]:
             sets.append(f"initial_points={json.dumps(points)}")
     else:
         first = [{k: (v[0] if isinstance(v, list) and k != "milestones" else v) for k, v in var.items()}
-                 for var in cfg.variants[:2]]  # fmt: skip
+                 for var in cfg.variants[:2]]
         sets += [f"variants={json.dumps(first)}", f"seeds=[{cfg.seeds[0]}]"]
     return sets
 
@@ -631,5 +631,5 @@ def sweep_command(args: argparse.Namespace) -> int:
     with ray_session(args.address):
         set_tune_environment()
         result = run_sweep(cfg, resume=args.resume, storage_path=args.storage_path, tracking_uri=tracking_uri,
-                           retry_failed=getattr(args, "retry_failed", False))  # fmt: skip
+                           retry_failed=getattr(args, "retry_failed", False))
     return 1 if result.trials and len(result.failed) == len(result.trials) else 0

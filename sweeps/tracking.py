@@ -12,6 +12,7 @@ the final evaluation waits for it at most `patience_s`. No Ray import here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -53,13 +54,13 @@ _UNREACHABLE = (
     "connection refused", "max retries exceeded", "failed to establish a new connection", "connection aborted",
     "connection reset", "remotedisconnected", "read timed out", "connecttimeout", "bad gateway",
     "service unavailable", "gateway timeout", "too many 502 error", "too many 503 error", "too many 504 error",
-)  # fmt: skip
+)
 PATIENCE_ENV = "PCLC_TRACKING_PATIENCE_S"  # how long a trial waits for MLflow at its end (seconds)
 DEFAULT_PATIENCE_S = 600.0
 # MLflow's client retries a refused request 7 times with back-off (minutes) before it raises:
 # a trial retries on its own terms instead, so the client gives up after a few seconds.
 _CLIENT_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}  # fmt: skip
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 
 
 def artifact_root(tracking_uri: str) -> str | None:
@@ -166,10 +167,8 @@ def package_versions() -> dict[str, str]:
     names = ("pclc-sweeps", "torch", "torchvision", "ray", "optuna", "mlflow", "advertorch", "numpy", "pydantic")
     out = {"python": platform.python_version()}
     for name in names:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
@@ -246,7 +245,7 @@ class SweepTracker:
     def start_parent(
         self, *, name: str, mode: str, headline_metric: str, objective: list[dict[str, str]],
         experiment_path: str, resolved_config: str, resume: bool,
-    ) -> str:  # fmt: skip
+    ) -> str:
         """Open (or, on resume, reopen) the sweep's parent run; returns its id."""
         self.ensure_experiment(name)
         existing = self.find_parent(experiment_path) if resume else None
@@ -302,7 +301,7 @@ class SweepTracker:
 
     def close_trial(
         self, trial_id: str, *, error: str | None = None, stopped: bool = False, params: dict[str, Any] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """The driver's last word on one trial: FAILED with a reason, KILLED when stopped early."""
         run = self._call(find_trial_run, self.client, self.target, trial_id)
         if run is None:
@@ -310,7 +309,7 @@ class SweepTracker:
                 return
             # the trial died before it could open its run: still one run per trial, with the reason
             run = self._call(self.client.create_run, self.experiment_id, tags=_trial_tags(self.target, trial_id),
-                           run_name=f"trial_{trial_id}")  # fmt: skip
+                           run_name=f"trial_{trial_id}")
             items = [Param(k, param_value(v)) for k, v in (params or {}).items()]
             for chunk in _batched(items, 100):
                 self._call(self.client.log_batch, run.info.run_id, params=chunk)
@@ -382,7 +381,7 @@ class TrialRun:
     def __init__(
         self, client: MlflowClient, run: Run, logged_epochs: set[int], reopened: bool, *,
         buffer_path: Path | None = None, patience_s: float | None = None, uri: str = "",
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.client = client
         self.run_id = run.info.run_id
         self.logged_epochs = logged_epochs  # steps already in MLflow or buffered: a retry does not log them twice
@@ -399,7 +398,7 @@ class TrialRun:
     def open(
         cls, target: TrackingTarget, *, trial_id: str, params: dict[str, Any], tags: dict[str, str] | None = None,
         buffer_path: str | Path | None = None, patience_s: float | None = None, keep_recorded_failure: bool = False,
-    ) -> TrialRun:  # fmt: skip
+    ) -> TrialRun:
         """Find the trial's run under the parent, or create it with every parameter.
 
         Metrics an earlier attempt left in `buffer_path` (the server was down) are sent first. With
@@ -413,7 +412,7 @@ class TrialRun:
 
         def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
             return patiently(fn, *args, deadline=deadline, what="opening the trial's run", uri=target.tracking_uri,
-                             **kwargs)  # fmt: skip
+                             **kwargs)
 
         buffer = Path(buffer_path) if buffer_path is not None else None
         run = call(find_trial_run, client, target, trial_id)
@@ -428,7 +427,7 @@ class TrialRun:
             for chunk in _batched(items, 100):
                 call(client.log_batch, run.info.run_id, params=chunk)
             opened = cls(client, run, set(), reopened=False, buffer_path=buffer, patience_s=patience,
-                       uri=target.tracking_uri)  # fmt: skip
+                       uri=target.tracking_uri)
         else:
             history = call(client.get_metric_history, run.info.run_id, M.EPOCH)
             logged = {int(m.step) for m in history}
@@ -439,9 +438,9 @@ class TrialRun:
                         call(client.delete_tag, run.info.run_id, stale)
             attempts = int(run.data.tags.get(C.ATTEMPTS, "1")) + 1
             call(client.log_batch, run.info.run_id,
-                 tags=[RunTag(k, v) for k, v in {**(tags or {}), C.ATTEMPTS: str(attempts)}.items()])  # fmt: skip
+                 tags=[RunTag(k, v) for k, v in {**(tags or {}), C.ATTEMPTS: str(attempts)}.items()])
             opened = cls(client, run, logged, reopened=True, buffer_path=buffer, patience_s=patience,
-                       uri=target.tracking_uri)  # fmt: skip
+                       uri=target.tracking_uri)
         opened.pending = _read_buffer(buffer)
         opened.logged_epochs |= {int(m.step) for m in opened.pending if m.key == M.EPOCH}
         opened.flush(deadline=deadline, what="sending the metrics an earlier attempt buffered")
@@ -464,7 +463,7 @@ class TrialRun:
                     retrying(self.client.log_batch, self.run_id, metrics=chunk)
                 else:
                     patiently(self.client.log_batch, self.run_id, metrics=chunk, deadline=deadline, what=what,
-                              uri=self.uri)  # fmt: skip
+                              uri=self.uri)
             except Exception as exc:
                 self._persist()
                 if deadline is None and unreachable(exc):
@@ -562,4 +561,4 @@ __all__ = [
     "SweepTracker", "TrialRun", "TrackingTarget", "TrialOutcome", "TrackingUnavailable", "default_tracking_uri",
     "artifact_root", "retrying", "patiently", "unreachable", "tracking_patience", "limit_client_retries",
     "failure_reason", "find_trial_run", "param_value",
-]  # fmt: skip
+]

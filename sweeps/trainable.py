@@ -108,7 +108,7 @@ def trainable(config: dict[str, Any], *, prepared: Any, setup: TrialSetup) -> No
         tags[C.VARIANT] = str(variant)
     out = Path(cfg.out_dir)  # type: ignore[arg-type]
     run = TrialRun.open(setup.target, trial_id=trial_id, params=cfg.to_dict(), tags=tags, buffer_path=out / PENDING_FILE,
-                        keep_recorded_failure=setup.skip_recorded_failures)  # fmt: skip
+                        keep_recorded_failure=setup.skip_recorded_failures)
     if run.recorded_failure is not None:
         raise RecordedFailure(
             f"not re-run: it failed before for a reason that would repeat ({run.recorded_failure}); "
@@ -125,7 +125,7 @@ def trainable(config: dict[str, Any], *, prepared: Any, setup: TrialSetup) -> No
         from pclc.experiment import run_trial as run_fn
     reporter = TuneReporter(run, weights=out / "model.pt" if cfg.save_weights else None,
                             checkpoint_dest=f"{setup.experiment_path}/trial_{trial_id}" if setup.experiment_path
-                            else "the storage_path")  # fmt: skip
+                            else "the storage_path")
     try:
         with _naming(out, "writing the trial's outputs under"):
             run_fn(cfg, reporter, prepared=prepared, resume=_load_resume())  # a corrupt checkpoint fails here too
@@ -160,7 +160,7 @@ def newest_checkpoint_on_storage(checkpoint: tune.Checkpoint) -> tune.Checkpoint
          if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_")
          and (fs.get_file_info(f"{info.path}/{CHECKPOINT_FILE}").type == pyarrow.fs.FileType.File)),
         key=lambda p: p.rsplit("/", 1)[-1],
-    )  # fmt: skip
+    )
     return tune.Checkpoint(names[-1], filesystem=fs) if names else None
 
 

@@ -7,6 +7,7 @@ The fault functions wrap the real `run_trial`; they are sent to Ray workers by v
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -22,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import ray
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
@@ -42,7 +42,7 @@ TINY_TRIAL: dict[str, Any] = {
     "eval_limit": 64, "epoch_eval_samples": 32, "attacks": ["fgsm", "apgd_ce"], "eps": [0.1, 0.2],
     "headline_eps": 0.1, "attack_steps": 3, "aa_steps": 5, "aa_limit": 32, "epoch_attack_steps": 3,
     "masking_eps": 0.5, "save_weights": False, "threads": 1,
-}  # fmt: skip
+}
 
 
 def tiny_optimize(name: str, tmp: Path, **changes: Any) -> SweepConfig:
@@ -167,7 +167,7 @@ def failing_after_first_epoch(
     _note(notes_file, {
         "seed": cfg.seed, "loss": cfg.loss, "prepared": prepared is not None,
         "resume_epoch": None if resume is None else resume["epoch"],
-    })  # fmt: skip
+    })
     if cfg.loss != "pc":
         return run_trial(cfg, report, prepared=prepared, resume=resume)
 
@@ -180,7 +180,7 @@ def failing_after_first_epoch(
 def killed_once_mid_trial(
     cfg: TrialConfig, report: Reporter, *, prepared: Any = None, resume: Any = None, notes_file: str, marker: str,
     kill_epoch: int,
-) -> dict[str, float]:  # fmt: skip
+) -> dict[str, float]:
     """SIGKILL of the trial's own worker process once, when epoch `kill_epoch` has trained but before it is
     reported (the epoch's work is lost mid-way); `marker` makes it happen to the first attempt only."""
     _note(notes_file, {"pid": os.getpid(), "resume_epoch": None if resume is None else resume["epoch"]})
@@ -197,7 +197,7 @@ def killed_once_mid_trial(
 def noting_reports(
     cfg: TrialConfig, report: Reporter, *, prepared: Any = None, resume: Any = None, notes_dir: str,
     go_file: str | None = None,
-) -> dict[str, float]:  # fmt: skip
+) -> dict[str, float]:
     """Note every report of the trial (after it went through) in `<notes_dir>/<trial>.jsonl`, so a test
     can compare MLflow with what the trial really reported. With `go_file`, wait after epoch 1 until that
     file exists (the test stops the tracking server meanwhile)."""
@@ -220,7 +220,7 @@ def noting_reports(
 
 def filling_disk_after_first_epoch(
     cfg: TrialConfig, report: Reporter, *, prepared: Any = None, resume: Any = None, fill_dir: str,
-) -> dict[str, float]:  # fmt: skip
+) -> dict[str, float]:
     """After epoch 1 is reported, fill the file system of `fill_dir` to the last byte (disk full)."""
     def fill(metrics: dict[str, float]) -> None:
         if int(metrics["epoch"]) == 1:
@@ -260,8 +260,8 @@ class MlflowServer:
             str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
             "--workers", "1", "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
             "--artifacts-destination", str(self.folder / "server_artifacts"),
-        ]  # fmt: skip
-        log = open(self.folder / f"server{self.starts}.log", "w")
+        ]
+        log = open(self.folder / f"server{self.starts}.log", "w")  # noqa: SIM115  (the server's, for its lifetime)
         self.proc = subprocess.Popen(command, cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while True:
@@ -283,10 +283,8 @@ class MlflowServer:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=20)
-        try:  # uvicorn's workers share the group: none may keep the port
+        with contextlib.suppress(ProcessLookupError):  # uvicorn's workers share the group: none may keep the port
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def answers(self) -> bool:
         try:

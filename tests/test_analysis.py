@@ -28,9 +28,9 @@ from analysis import cli, plots
 from analysis.load import AnalysisError, load_sweep, resolve_tracking_uri
 from analysis.report import write_report
 from analysis.stats import pareto_mask, t_halfwidth
+from pclc import contract as C
 from pclc import metrics as M
 from pclc.config import TrialConfig
-from pclc import contract as C
 from pclc.contract import param_value, parse_param
 from pclc.metrics import canonical_metric
 
@@ -111,7 +111,7 @@ def log_sweep(
     parent = client.create_run(exp_id, run_name=f"sweep-{name}", tags={
         C.ROLE: C.ROLE_SWEEP, C.MODE: mode, C.HEADLINE: objective[0][0],
         C.OBJECTIVE: json.dumps([{"metric": m, "mode": d} for m, d in objective]),
-    })  # fmt: skip
+    })
     pid = parent.info.run_id
     ids = []
     for i, t in enumerate(trials):
@@ -130,7 +130,7 @@ def log_sweep(
         rng = np.random.default_rng([list(BASE).index(cfg.loss), int(cfg.margin * 1e4), int(cfg.lc_weight * 1e4), cfg.seed])
         for epoch in range(1, EPOCHS + 1):  # per-epoch metrics, step = epoch
             for k, v in {M.EPOCH: epoch, M.TRAIN_LOSS: 1.0 / epoch, M.CLEAN_ACC: 0.5 + 0.1 * epoch,
-                         M.EPOCH_ROBUST_ACC: 0.1 * epoch}.items():  # fmt: skip
+                         M.EPOCH_ROBUST_ACC: 0.1 * epoch}.items():
                 metrics.append(Metric(M.to_mlflow(k), float(v), now, epoch))
         if status == "FINISHED":
             final = fake_metrics(cfg, rng, autoattack=autoattack)
@@ -165,14 +165,14 @@ def ablation_trials(seeds: tuple[int, ...] = (0, 1, 2)) -> list[dict[str, Any]]:
                     t: dict[str, Any] = {"cfg": {"loss": loss, "margin": margin, "lc_weight": lam, "seed": seed}}
                     if loss == "pc" and margin == 0.995 and lam == 0.5 and seed == 0:  # one masking flag fires
                         t["metrics"] = {M.masking_key("ce_weaker_than_cw"): 1.0, M.masking_key("ce_cw_gap"): 0.15,
-                                        M.masking_key("any"): 1.0}  # fmt: skip
+                                        M.masking_key("any"): 1.0}
                         t["warnings"] = [MASKING_TEXT]
                     if loss == "pclc" and margin == 0.99 and lam == 0.05 and seed == 1:  # the reference's own flag
                         t["metrics"] = {M.masking_key("aa_zero_gradient_points"): 2.0,
-                                        M.masking_key("aa_zero_gradients"): 1.0}  # fmt: skip
+                                        M.masking_key("aa_zero_gradients"): 1.0}
                     if loss == "pclc" and margin == 0.995 and lam == 0.5 and seed in FINALIST:  # re-scored later
                         rescore = {M.ROBUST_ACC: FINALIST[seed], M.CLEAN_ACC: 0.9,
-                                   M.robust_key("autoattack", HEADLINE_EPS): FINALIST[seed]}  # fmt: skip
+                                   M.robust_key("autoattack", HEADLINE_EPS): FINALIST[seed]}
                         t["metrics"] = {M.finalist_key(k): v for k, v in rescore.items()}
                     out.append(t)
     out.append({"cfg": {"loss": "pclc", "seed": 9}, "status": "FAILED", "reason": "ValueError: loss is NaN"})
@@ -197,7 +197,7 @@ def optimize_trials(n: int = 16) -> list[dict[str, Any]]:
         out.append({"cfg": {
             "loss": "pclc", "margin": float(rng.uniform(0.9, 0.999)), "lc_weight": float(10 ** rng.uniform(-2.3, -0.3)),
             "lr": float(10 ** rng.uniform(-3.3, -2)), "warmup_epochs": int(rng.integers(1, 3)),
-        }})  # fmt: skip
+        }})
     return out
 
 
@@ -222,7 +222,7 @@ def _build_store(root: Path) -> dict[str, Any]:
     info: dict[str, Any] = {"root": root, "uri": uri, "client": client}
     info["ablation"] = log_sweep(client, root, "ablation", ablation_trials())
     info["optimize"] = log_sweep(client, root, "optimize", optimize_trials(), mode="optimize",
-                                 objective=[(M.ROBUST_ACC, "max"), (M.CLEAN_ACC, "max")])  # fmt: skip
+                                 objective=[(M.ROBUST_ACC, "max"), (M.CLEAN_ACC, "max")])
     info["ragged"] = log_sweep(client, root, "ragged", ragged_trials())
     single = [{"cfg": {"loss": loss, "seed": 0}} for loss in ("ce", "pc", "lc", "pclc")]
     info["single"] = log_sweep(client, root, "single_seed", single, autoattack=False)  # an older sweep
@@ -441,7 +441,7 @@ def test_attack_order_puts_aggregates_last() -> None:
     shuffled = ["worst_aa", "square", M.WORST, "fgsm", "zz_new", M.WORST_CLASSIC, "apgd_ce", "transfer"]
     assert plots._attack_order(shuffled) == [
         "fgsm", "transfer", "apgd_ce", "square", "zz_new", M.WORST, M.WORST_CLASSIC, M.WORST_AA
-    ]  # fmt: skip
+    ]
 
 
 def test_claimed_vs_autoattack_dumbbells(ablation) -> None:
@@ -486,7 +486,7 @@ def test_clean_vs_robust_front_and_authors_default(ablation) -> None:
     fig = figure(report, "clean_vs_robust")
     ax = fig.axes[0]
     labels = _legend_texts(fig)
-    assert "clean accuracy (%)" == ax.get_xlabel() and "robust accuracy" in ax.get_ylabel()
+    assert ax.get_xlabel() == "clean accuracy (%)" and "robust accuracy" in ax.get_ylabel()
     assert any(t.startswith("Pareto front (") for t in labels)
     assert "authors' default (pclc, ξ=0.995, λ=0.05), 3 trials" in labels
     scatter_points = sum(len(c.get_offsets()) for c in ax.collections)
@@ -706,7 +706,7 @@ def test_cli_default_store_and_out_folder(store, tmp_path, capsys, monkeypatch) 
         (["--experiment", "two_sweeps", "--parent-run", "abc"], "no run 'abc' in experiment 'two_sweeps'"),
         (["--experiment", "empty"], "experiment 'empty' \\(sweep run \\w+\\) has no trial runs yet"),
     ],
-)  # fmt: skip
+)
 def test_cli_edge_cases_exit_2(store, capsys, args, message) -> None:
     code = cli.main(args + ["--tracking-uri", store["uri"]])
     err = capsys.readouterr().err

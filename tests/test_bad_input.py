@@ -196,7 +196,7 @@ MORE_BAD: list[tuple[str, Any, list[str]]] = [
      ["scheduler.reduction_factor = 1", "greater than 1"]),
     ("storage_path wrong type", _optimize(storage_path=["a"]), ["storage_path", "string"]),
     ("tracking_uri relative path", _optimize(tracking_uri="mlruns"), ["tracking_uri", "no file store"]),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("data", "expected"), [b[1:] for b in MORE_BAD], ids=[b[0] for b in MORE_BAD])
@@ -415,7 +415,7 @@ def test_a_long_tmpdir_is_named_with_the_fix(cwd: Path) -> None:
     long_tmp.mkdir()
     env = {**os.environ, "TMPDIR": str(long_tmp)}
     proc = subprocess.run([sys.executable, "-c", RUNNER, "sweep", str(QUICKSTART), "--smoke-test"], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+                          env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert proc.stderr.count(": error: ") == 1 and "TMPDIR" in proc.stderr and "107" in proc.stderr

@@ -14,11 +14,11 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +43,7 @@ def prepared(name: str) -> dict[str, Any]:
 
 def commands(config: dict[str, Any]) -> list[str]:
     keys = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
-            "head_start_ray_commands", "worker_start_ray_commands")  # fmt: skip
+            "head_start_ray_commands", "worker_start_ray_commands")
     return [cmd for key in keys for cmd in config.get(key, [])]
 
 
@@ -206,7 +206,7 @@ def test_start_mlflow_refuses_a_wildcard_address(tmp_path: Path) -> None:
 def test_setup_node_writes_the_node_settings_once(tmp_path: Path) -> None:
     """With PCLC_INSTALL=0 it uses an existing environment (this one) and only writes the settings."""
     env = {**os.environ, "HOME": str(tmp_path), "PCLC_HOME": str(REPO), "PCLC_VENV": sys.prefix, "PCLC_INSTALL": "0",
-           "PCLC_STORAGE": "s3://bucket/ray results", "PCLC_MLFLOW_PORT": "5001"}  # fmt: skip
+           "PCLC_STORAGE": "s3://bucket/ray results", "PCLC_MLFLOW_PORT": "5001"}
     (tmp_path / ".bashrc").write_text("# the user's own\n")
     for _ in range(2):  # a second `ray up` must not stack hooks
         proc = subprocess.run(["bash", str(REPO / "cluster" / "setup_node.sh")], env=env, capture_output=True, text=True)
@@ -215,7 +215,7 @@ def test_setup_node_writes_the_node_settings_once(tmp_path: Path) -> None:
     shown = subprocess.run(
         ["bash", "-c", '. ~/.pclc_env && echo "$PCLC_STORAGE|$PCLC_MLFLOW_PORT|${PCLC_MLFLOW_HOST-unset}" && command -v python'],
         env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, check=True,
-    ).stdout.splitlines()  # fmt: skip
+    ).stdout.splitlines()
     assert shown == ["s3://bucket/ray results|5001|unset", f"{sys.prefix}/bin/python"]
 
 

@@ -49,7 +49,7 @@ def test_eight_trials_logging_at_once_lose_nothing_and_duplicate_nothing(
     cfg = tiny_optimize(
         "parallel", tmp_path, num_trials=TRIALS, max_concurrent=TRIALS, resources={"cpu": 0.25},
         trial={"epochs": 2}, max_retries=0,
-    )  # fmt: skip
+    )
     run_fn = functools.partial(sweep_util.noting_reports, notes_dir=str(notes_dir))
     result = run_sweep(cfg, tracking_uri=tracking_uri, run_fn=run_fn, out=io.StringIO())
 

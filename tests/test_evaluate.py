@@ -15,9 +15,9 @@ from pclc import metrics as M
 from pclc.attacks import ATTACK_BUILDERS, CLASSIC, AttackSuite
 from pclc.evaluate import (
     Evaluation,
+    epoch_robust_acc,
     evaluate,
     masking_checks,
-    epoch_robust_acc,
     prob_gap,
     second_class_rate,
 )

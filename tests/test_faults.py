@@ -59,7 +59,7 @@ def test_a_trial_killed_mid_epoch_is_retried_from_its_last_checkpoint(local_ray:
     notes_file, marker = tmp_path / "attempts.jsonl", tmp_path / "killed_once"
     cfg = tiny_ablation("sigkill", tmp_path, variants=[{"loss": "pclc"}], seeds=[0], max_retries=1)
     run_fn = functools.partial(sweep_util.killed_once_mid_trial, notes_file=str(notes_file), marker=str(marker),
-                               kill_epoch=3)  # fmt: skip
+                               kill_epoch=3)
     result = run_sweep(cfg, run_fn=run_fn, out=io.StringIO())
 
     # ---- the worker really died (SIGKILL after training epoch 3), and a new one went on from epoch 2's checkpoint
@@ -92,7 +92,7 @@ def _tracker(uri: str, name: str, tmp_path: Path) -> SweepTracker:
     tracker.start_parent(
         name=name, mode="optimize", headline_metric="robust_acc", objective=[{"metric": "robust_acc", "mode": "max"}],
         experiment_path=str(tmp_path / "ray_results" / name), resolved_config=f"name: {name}\n", resume=False,
-    )  # fmt: skip
+    )
     return tracker
 
 
@@ -103,7 +103,7 @@ def test_unsent_metrics_wait_in_the_buffer_file_and_a_retried_attempt_sends_them
     tracker = _tracker(server.uri, "buffered", tmp_path)
     buffer = tmp_path / "trial" / PENDING_FILE
     first = TrialRun.open(tracker.target, trial_id="t1", params=TrialConfig().to_dict(), buffer_path=buffer,
-                          patience_s=1.0)  # fmt: skip
+                          patience_s=1.0)
     first.log_epoch({"epoch": 1, "train_loss": 1.0})
     assert not buffer.exists()  # sent at once
 
@@ -142,7 +142,7 @@ def test_trials_train_on_while_the_tracking_server_is_down_and_every_metric_arri
 
     def epochs_noted() -> list[set[int]]:
         return [{int(n["metrics"]["epoch"]) for n in notes(f) if "metrics" in n and not n["final"]}
-                for f in notes_dir.glob("*.jsonl")]  # fmt: skip
+                for f in notes_dir.glob("*.jsonl")]
 
     def outage() -> None:  # stop the server once both trials logged epoch 1; restart it once both trained on
         try:
@@ -239,7 +239,7 @@ def test_unwritable_storage_path_is_one_clear_error_before_ray_starts(tmp_path: 
     proc = subprocess.run(
         [sys.executable, "-m", "sweeps", str(_sweep_file(tmp_path)), "--storage-path", str(storage)],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    )
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert f"storage_path {storage} cannot be written ({reason})" in proc.stderr
@@ -280,7 +280,7 @@ def test_the_driver_wraps_up_a_sweep_through_a_tracking_server_outage(
     monkeypatch.setenv("PCLC_TRACKING_PATIENCE_S", "120")
     tracker = SweepTracker(server.uri)
     tracker.start_parent(name="outage-wrapup", mode="optimize", headline_metric="robust_acc", objective=[],
-                         experiment_path="/nowhere/outage-wrapup", resolved_config="name: x\n", resume=False)  # fmt: skip
+                         experiment_path="/nowhere/outage-wrapup", resolved_config="name: x\n", resume=False)
     target = TrackingTarget(server.uri, tracker.experiment_id, tracker.parent_run_id)
     run = TrialRun.open(target, trial_id="t1", params={"seed": 0})
     run.log_epoch({"epoch": 1, "clean_acc": 0.5})

@@ -35,7 +35,7 @@ TRIAL: dict[str, Any] = {
     "dataset": "digits", "model": "small_cnn", "epochs": 3, "warmup_epochs": 1, "lr": 0.003, "eval_limit": 64,
     "epoch_eval_samples": 0, "attacks": ["fgsm"], "eps": [0.1, 0.2], "headline_eps": 0.1, "masking_eps": 0.5,
     "save_weights": True, "threads": 1,
-}  # fmt: skip
+}
 TRIALS = {  # name → changes; `weak` hardly trains, so `strong` is the sweep's best by robust_acc
     "strong": {"seed": 0},
     "weak": {"seed": 1, "loss": "ce", "epochs": 1, "warmup_epochs": 0, "lr": 0.0003},
@@ -65,7 +65,7 @@ def store(tmp_path: Path, trained: dict[str, Path]) -> tuple[str, dict[str, str]
     tracker.start_parent(
         name=EXPERIMENT, mode="optimize", headline_metric="robust_acc", objective=[{"metric": "robust_acc", "mode": "max"}],
         experiment_path=str(tmp_path / "ray_results" / EXPERIMENT), resolved_config=f"name: {EXPERIMENT}\n", resume=False,
-    )  # fmt: skip
+    )
     ids = {}
     for name, folder in [("strong", trained["strong"]), ("weak", trained["weak"]), ("no_weights", trained["weak"])]:
         payload = json.loads((folder / "metrics.json").read_text())
@@ -92,7 +92,7 @@ def flags(path: Path) -> dict[str, tuple[int, str, str]]:
 @pytest.mark.timeout(240)
 def test_evaluate_logs_finalist_metrics_into_the_same_run_and_changes_nothing_else(
     store: tuple[str, dict[str, str]], capsys: pytest.CaptureFixture[str]
-) -> None:  # fmt: skip
+) -> None:
     uri, ids = store
     client = MlflowClient(uri)
     before = client.get_run(ids["strong"])
@@ -127,7 +127,7 @@ def test_evaluate_logs_finalist_metrics_into_the_same_run_and_changes_nothing_el
 @pytest.mark.timeout(240)
 def test_top_1_picks_the_best_finished_run_of_the_latest_sweep(
     store: tuple[str, dict[str, str]], capsys: pytest.CaptureFixture[str]
-) -> None:  # fmt: skip
+) -> None:
     uri, ids = store
     assert evaluate(uri, "--experiment", EXPERIMENT, "--top", "1", "--eps", "0.1", "0.2", *QUICK) == 0
     client = MlflowClient(uri)
@@ -142,13 +142,13 @@ def test_top_1_picks_the_best_finished_run_of_the_latest_sweep(
 @pytest.mark.timeout(300)
 def test_a_killed_evaluation_resumes_without_rescoring_its_finished_chunks(
     store: tuple[str, dict[str, str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:  # fmt: skip
+) -> None:
     uri, ids = store
     rid = ids["strong"]
     killed_dir, clean_dir, one_shot_dir = tmp_path / "killed", tmp_path / "uninterrupted", tmp_path / "one_shot"
     # 1. a real process, SIGKILLed right after it saved its first chunk (of two)
     command = [sys.executable, "-m", "sweeps.cli", "evaluate", "--tracking-uri", uri, "--run-id", rid,
-               "--state-dir", str(killed_dir), *QUICK]  # fmt: skip
+               "--state-dir", str(killed_dir), *QUICK]
     env = {**os.environ, KILL_AFTER_ENV: "1"}
     killed = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=240)
     assert killed.returncode == -9, killed.stderr[-2000:]
@@ -185,7 +185,7 @@ def test_a_killed_evaluation_resumes_without_rescoring_its_finished_chunks(
 @pytest.mark.timeout(240)
 def test_a_run_without_weights_exits_2_naming_it_and_the_other_runs_are_still_scored(
     store: tuple[str, dict[str, str]], capsys: pytest.CaptureFixture[str]
-) -> None:  # fmt: skip
+) -> None:
     uri, ids = store
     assert evaluate(uri, "--run-id", ids["no_weights"], ids["strong"], *QUICK) == 2
     err = capsys.readouterr().err
@@ -199,7 +199,7 @@ def test_a_run_without_weights_exits_2_naming_it_and_the_other_runs_are_still_sc
 @pytest.mark.timeout(120)
 def test_unknown_runs_and_stores_are_one_message_and_exit_2(
     store: tuple[str, dict[str, str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:  # fmt: skip
+) -> None:
     uri, ids = store
     assert evaluate(uri, "--run-id", ids["strong"], "deadbeef") == 2
     err = capsys.readouterr().err.strip().splitlines()

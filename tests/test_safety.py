@@ -141,7 +141,7 @@ def _run_and_check(cwd: Path, home: Path, tmp: Path) -> None:
         env.pop(var, None)
     py = [sys.executable, "-m", "sweeps.cli"]
     fast = ["--set", "epochs=1", "--set", "warmup_epochs=0", "--set", "eval_limit=32", "--set", "attack_steps=1",
-            "--set", "attacks=[fgsm]", "--set", "epoch_eval_samples=0", "--set", "train_limit=128"]  # fmt: skip
+            "--set", "attacks=[fgsm]", "--set", "epoch_eval_samples=0", "--set", "train_limit=128"]
     for argv in (
         ["train", "--quiet", *fast],
         ["sweep", str(QUICKSTART), "--smoke-test"],

@@ -26,7 +26,7 @@ SHIPPED = shipped_configs()
 def test_the_expected_files_are_shipped() -> None:
     names = {p.stem for p in SHIPPED}
     assert {"quickstart", "ablation_digits", "mnist_lenet5", "fashion_mnist_cnn3", "cifar10_vgg13",
-            "cifar10_resnet20"} <= names  # fmt: skip
+            "cifar10_resnet20"} <= names
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
@@ -40,7 +40,7 @@ def test_shipped_file_validates(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", [p for p in SHIPPED if p.stem not in ("quickstart", "ablation_digits")],
-                         ids=lambda p: p.stem)  # fmt: skip
+                         ids=lambda p: p.stem)
 def test_paper_scale_files_use_gpus_and_start_from_the_authors_defaults(path: Path) -> None:
     cfg = load_sweep(path)
     assert 0 < cfg.resources.gpu <= 1
@@ -58,7 +58,6 @@ def test_data_root_comes_from_an_environment_variable(monkeypatch: pytest.Monkey
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_shipped_files_score_with_autoattack_and_the_classic_attacks(path: Path) -> None:
-    from pclc import metrics as M
 
     trial = load_sweep(path).trial
     assert "autoattack" in trial.attacks and trial.headline_eps in (trial.aa_eps or [trial.headline_eps])
@@ -116,7 +115,7 @@ def _optimize(**changes: Any) -> dict[str, Any]:
         "name": "t",
         "mode": "optimize",
         "trial": {"dataset": "digits", "model": "small_cnn", "epochs": 4, "warmup_epochs": 1,
-                  "attacks": ["fgsm", "pgd_ce", "apgd_ce"], "eps": [0.1, 0.2], "headline_eps": 0.1},  # fmt: skip
+                  "attacks": ["fgsm", "pgd_ce", "apgd_ce"], "eps": [0.1, 0.2], "headline_eps": 0.1},
         "objective": [{"metric": "robust_acc", "mode": "max"}],
         "space": {
             "margin": {"type": "uniform", "low": 0.9, "high": 0.999},

@@ -21,7 +21,7 @@ def _tracker(tmp_path: Path) -> SweepTracker:
     tracker.start_parent(
         name="unit", mode="optimize", headline_metric="robust_acc", objective=[{"metric": "robust_acc", "mode": "max"}],
         experiment_path=str(tmp_path / "ray_results/unit"), resolved_config="name: unit\n", resume=False,
-    )  # fmt: skip
+    )
     return tracker
 
 

@@ -83,7 +83,7 @@ def test_optimize_sweep_logs_one_finished_child_per_trial_with_every_write(local
 def test_failing_trial_is_retried_from_its_checkpoint_then_recorded_failed(local_ray: None, tmp_path: Path) -> None:
     notes_file = tmp_path / "attempts.jsonl"
     cfg = tiny_ablation("faults", tmp_path, variants=[{"loss": "ce"}, {"loss": "pc", "margin": 0.99}], seeds=[0],
-                        max_retries=2)  # fmt: skip
+                        max_retries=2)
     run_fn = functools.partial(sweep_util.failing_after_first_epoch, notes_file=str(notes_file))
     result = run_sweep(cfg, run_fn=run_fn, out=io.StringIO())
 
@@ -151,7 +151,7 @@ def test_asha_stops_a_weak_trial_early_and_each_run_says_how_it_ended(local_ray:
         "asha", tmp_path, num_trials=4, max_concurrent=1, trial={"epochs": 4}, space=space,
         initial_points=[{"margin": 0.995, "lr": 0.003}, {"margin": 0.995, "lr": 1e-7}],
         scheduler={"type": "asha", "metric": "epoch_robust_acc", "grace_period": 1, "reduction_factor": 2},
-    )  # fmt: skip
+    )
     result = run_sweep(cfg, out=io.StringIO())
     uri = _uri(tmp_path)
     _, children = runs(uri, "asha")
