@@ -6,7 +6,6 @@ value is refused with the field, the value and what is allowed, before anything 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
