@@ -49,31 +49,25 @@ class Check:
     advice: str = MASKED_ADVICE  # what to do about it, after the warning
 
 
+# flag → (what it means when it fires, the number shown beside it, the masking/* metric of that number)
+_ONE_NUMBER = {
+    "blackbox_beats_whitebox": ("a black-box attack left less accuracy than every white-box attack: the gradients "
+                                "look masked", "black-box lead", "blackbox_gap"),
+    "ce_weaker_than_cw": ("PGD on cross-entropy is much weaker than PGD on the CW margin: a saturated softmax hides "
+                          "the gradient", "CE − CW gap", "ce_cw_gap"),
+    "no_collapse": ("PGD at a very large ε still leaves accuracy: the attack does not converge or the gradients are "
+                    "masked", "accuracy left", "large_eps_acc"),
+    "aa_zero_gradients": ("the reference AutoAttack met points whose input gradient is exactly zero: their robustness "
+                          "is unmeasured", "zero-gradient points", "aa_zero_gradient_points"),
+    "aa_square_beats_whitebox": ("in AutoAttack, the black-box Square attack still found points after the white-box "
+                                 "attacks had run", "Square's extra drop", "aa_square_gain"),
+}
 CHECKS: dict[str, Check] = {
-    "blackbox_beats_whitebox": Check(
-        "a black-box attack left less accuracy than every white-box attack: the gradients look masked",
-        (("black-box lead", M.masking_key("blackbox_gap")),),
-    ),
-    "ce_weaker_than_cw": Check(
-        "PGD on cross-entropy is much weaker than PGD on the CW margin: a saturated softmax hides the gradient",
-        (("CE − CW gap", M.masking_key("ce_cw_gap")),),
-    ),
-    "no_collapse": Check(
-        "PGD at a very large ε still leaves accuracy: the attack does not converge or the gradients are masked",
-        (("accuracy left", M.masking_key("large_eps_acc")),),
-    ),
+    **{flag: Check(meaning, ((what, M.masking_key(number)),)) for flag, (meaning, what, number) in _ONE_NUMBER.items()},
     "classic_overstates": Check(
         "the paper's classic attacks leave more accuracy than AutoAttack-grade attacks: the classic number overstates",
         (("classic", M.ROBUST_ACC_CLASSIC), ("AutoAttack", M.ROBUST_ACC_AA)),
         "Report the AutoAttack-grade number (the headline `robust_acc` already includes it), not the classic one.",
-    ),
-    "aa_zero_gradients": Check(
-        "the reference AutoAttack met points whose input gradient is exactly zero: their robustness is unmeasured",
-        (("zero-gradient points", M.masking_key("aa_zero_gradient_points")),),
-    ),
-    "aa_square_beats_whitebox": Check(
-        "in AutoAttack, the black-box Square attack still found points after the white-box attacks had run",
-        (("Square's extra drop", M.masking_key("aa_square_gain")),),
     ),
 }
 
