@@ -32,6 +32,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from analysis.stats import mean_sd, pareto_mask
 from pclc import contract as C
+from pclc import metrics as M
 from pclc.config import ConfigError
 from sweeps.config import SweepConfig, load_sweep, resolved_yaml
 from sweeps.storage import (  # noqa: F401  (StorageError: raised by run_sweep, imported from here by callers)
@@ -407,7 +408,7 @@ def run_sweep(
         tuner = build_tuner(cfg, plan, tracker.target, run_fn=run_fn, prepared=prepared, verbose=verbose,
                             retry_failed=retry_failed, out=out)
         grid = fit(tuner, plan)
-        result = _collect(cfg, grid, tracker, plan.experiment_path, plan.restorable)
+        result = collect(cfg, grid, tracker, plan)
     except BaseException as exc:
         tracker.finish_parent("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", reason=repr(exc))
         raise
@@ -418,8 +419,6 @@ def run_sweep(
 
 def _outputs_root(exp_path: str, name: str) -> str:
     if "://" in exp_path:  # remote storage: trial outputs stay on the trial's node
-        import tempfile
-
         return str(Path(tempfile.gettempdir()) / "pclc_outputs" / name)
     return str(Path(exp_path) / "outputs")
 
@@ -439,7 +438,8 @@ def _trial_id(result: Any) -> str | None:
     return name.removeprefix("trial_") if name.startswith("trial_") else None
 
 
-def _collect(cfg: SweepConfig, grid: Any, tracker: SweepTracker, exp_path: str, resumed: bool) -> SweepResult:
+def collect(cfg: SweepConfig, grid: Any, tracker: SweepTracker, plan: SweepPlan) -> SweepResult:
+    """How every trial ended, per Tune; MLflow made to agree (one run per trial, none RUNNING); the best rows."""
     trials: dict[str, TrialOutcome] = {}
     rows: list[dict[str, Any]] = []
     for res in grid:
@@ -460,16 +460,16 @@ def _collect(cfg: SweepConfig, grid: Any, tracker: SweepTracker, exp_path: str, 
             if VARIANT in sampled:
                 row[VARIANT] = sampled[VARIANT]
             row.update({o.metric: metrics[o.metric] for o in cfg.objective})
-            for extra in ("clean_acc", "robust_acc"):
+            for extra in (M.CLEAN_ACC, M.ROBUST_ACC):
                 if extra in metrics:
                     row[extra] = metrics[extra]
             rows.append(row)
     counts = tracker.reconcile(trials)
     stopped = sum(1 for r in tracker.child_runs() if r.data.tags.get(C.STOPPED_EARLY) == "true")
     return SweepResult(
-        name=cfg.name, experiment_path=exp_path, tracking_uri=tracker.tracking_uri,
+        name=cfg.name, experiment_path=plan.experiment_path, tracking_uri=tracker.tracking_uri,
         experiment_id=tracker.target.experiment_id, parent_run_id=tracker.target.parent_run_id,
-        resumed=resumed, trials=trials, finished=rows, best=best_rows(cfg, rows),
+        resumed=plan.restorable, trials=trials, finished=rows, best=best_rows(cfg, rows),
         stopped_early=stopped, reconcile=counts, grid=grid,
     )
 
@@ -509,7 +509,7 @@ def ablation_table(cfg: SweepConfig, rows: list[dict[str, Any]]) -> list[dict[st
 
 def _metric_names(cfg: SweepConfig) -> list[str]:
     names = [o.metric for o in cfg.objective]
-    return names + [m for m in ("clean_acc", "robust_acc") if m not in names]
+    return names + [m for m in (M.CLEAN_ACC, M.ROBUST_ACC) if m not in names]
 
 
 def _num(v: Any) -> float:
