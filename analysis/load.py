@@ -1,7 +1,7 @@
 """A sweep's MLflow runs as one tidy pandas table: one row per trial run, one column per param and metric.
 
-Metric names are read back through `pclc.metrics.from_mlflow`, the inverse of the function that wrote
-them, and params are parsed back to numbers. Failed, stopped and unfinished runs stay in the table with
+Metric names are read back through `pclc.metrics.canonical_metric`, the inverse of the function that wrote
+them, and params through `pclc.contract.parse_param`, the inverse of the writer's `param_value`. Failed, stopped and unfinished runs stay in the table with
 their outcome, so they are counted and reported, never silently dropped.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,19 +19,39 @@ from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pclc import contract as C
 from pclc import metrics as M
 from pclc.config import TrialConfig
-
-# --- tags of the MLflow layout (CONTRACT.md; sweeps.tracking writes them)
-ROLE, MODE, HEADLINE, OBJECTIVE = "pclc.role", "pclc.mode", "pclc.headline_metric", "pclc.objective"
-PARENT, TRIAL_ID, VARIANT, FAILURE = "mlflow.parentRunId", "pclc.trial_id", "pclc.variant", "pclc.failure_reason"
-STOPPED_EARLY = "pclc.stopped_early"  # "true" on a trial the scheduler (ASHA) stopped before its final evaluation
+from pclc.contract import (
+    FAILURE,
+    HEADLINE,
+    MODE,
+    OBJECTIVE,
+    PARENT,
+    ROLE,
+    STOPPED_EARLY,
+    TRIAL_ID,
+    VARIANT,
+    parse_param,
+)
+from pclc.losses import IGNORED_BY_LOSS  # the paper's knobs each loss ignores
+from pclc.metrics import canonical_metric
 
 # Params that change between trials without defining a configuration: seeds, per-trial paths, resources.
 NOT_CONFIG = frozenset(
-    {"seed", "substitute_seed", "out_dir", "data_root", "download", "save_weights", "threads", "device", "bf16",
-     "eval_batch_size"}
-)  # fmt: skip
+    {
+        "seed",
+        "substitute_seed",
+        "out_dir",
+        "data_root",
+        "download",
+        "save_weights",
+        "threads",
+        "device",
+        "bf16",
+        "eval_batch_size",
+    }
+)
 SEED = "seed"
 
 # masking/* flags that pclc.evaluate sets to 1.0 when a check fires (the other masking/* metrics are the gaps).
@@ -41,11 +60,6 @@ MASKING_FLAGS = M.MASKING_FLAGS
 # Run outcomes, from MLflow's status: FINISHED, FAILED, KILLED (stopped early by ASHA or the user), RUNNING/SCHEDULED.
 FINISHED, FAILED, STOPPED, RUNNING = "finished", "failed", "stopped", "running"
 _OUTCOME = {"FINISHED": FINISHED, "FAILED": FAILED, "KILLED": STOPPED, "RUNNING": RUNNING, "SCHEDULED": RUNNING}
-
-# The paper's knobs each loss ignores (pclc.losses: PC uses ξ, LC uses λ, PC-LC both).
-IGNORED_BY_LOSS: dict[str, frozenset[str]] = {
-    "ce": frozenset({"margin", "lc_weight"}), "pc": frozenset({"lc_weight"}), "lc": frozenset({"margin"}),
-}  # fmt: skip
 
 # Short names for the paper's knobs in labels and titles.
 SYMBOL = {"margin": "ξ", "lc_weight": "λ"}
@@ -66,7 +80,7 @@ def resolve_tracking_uri(uri: str | None, *, cwd: str | Path | None = None) -> s
     """
     base = Path(cwd or Path.cwd()).resolve()
     if uri is None:
-        uri = f"sqlite:///{base / 'mlflow.db'}"
+        uri = C.default_tracking_uri(base)
     elif "://" not in uri and uri.endswith(".db"):
         uri = f"sqlite:///{(base / Path(uri).expanduser()).resolve()}"
     if uri.startswith("sqlite:"):
@@ -81,10 +95,8 @@ def resolve_tracking_uri(uri: str | None, *, cwd: str | Path | None = None) -> s
         if path.stat().st_size == 0:
             raise AnalysisError(f"{path} is an empty file, not an MLflow database")
         return f"sqlite:///{path}"
-    if uri.startswith("file:") or "://" not in uri:
-        raise AnalysisError(
-            f"tracking URI {uri!r}: MLflow 3 has no file store; use sqlite:////abs/path/mlflow.db or http(s)://host:port"
-        )
+    if C.is_file_store(uri):
+        raise AnalysisError(f"tracking URI {uri!r}: {C.NO_FILE_STORE}")
     return uri
 
 
@@ -105,33 +117,6 @@ def experiment_names(client: MlflowClient) -> list[str]:
 
 
 # --------------------------------------------------------------------------- parsing
-
-
-_INT = re.compile(r"[+-]?\d+")
-
-
-def parse_param(text: str | None) -> Any:
-    """An MLflow param string back to a value: '0.995' → 0.995, '3' → 3, 'True' → True, '[0.1]' → (0.1,)."""
-    if text is None:
-        return None
-    t = text.strip()
-    if t in ("None", "null", ""):
-        return None
-    if t in ("True", "true", "False", "false"):
-        return t in ("True", "true")
-    if _INT.fullmatch(t):
-        return int(t)
-    try:
-        return float(t)
-    except ValueError:
-        pass
-    if t[:1] == "[":  # lists are JSON-encoded (sweeps.tracking.param_value); tuples keep rows hashable
-        try:
-            value = json.loads(t)
-        except ValueError:
-            return t
-        return tuple(value) if isinstance(value, list) else t
-    return t
 
 
 def _column(values: list[Any]) -> pd.Series:
@@ -156,16 +141,6 @@ def fmt_value(value: Any) -> str:
 def variant_sort_key(name: str) -> tuple[int, str]:
     """ce, pc, lc, pclc first (the paper's order), then any other label alphabetically."""
     return (VARIANT_ORDER.index(name) if name in VARIANT_ORDER else len(VARIANT_ORDER), name)
-
-
-def canonical_metric(name: str) -> str:
-    """A metric name in the schema's canonical spelling ('eps=0.10' → 'eps=0.1', MLflow '_' → '='),
-    a `finalist/` re-score included (its key is the trial's own key behind the prefix)."""
-    if name.startswith(M.FINALIST_PREFIX):
-        return M.finalist_key(canonical_metric(name.removeprefix(M.FINALIST_PREFIX)))
-    name = M.from_mlflow(name)
-    parsed = M.parse_robust_key(name)
-    return M.robust_key(*parsed) if parsed else name
 
 
 def is_finalist(metric: str) -> bool:
@@ -264,7 +239,9 @@ class Sweep:
             ]
             frame = pd.DataFrame(rows, columns=["run_id", "epoch", "value"])
             # one point per epoch: the value an epoch reported (a final re-log at the last step is the same)
-            self._histories[metric] = frame.drop_duplicates(["run_id", "epoch"], keep="first").sort_values(["run_id", "epoch"])
+            self._histories[metric] = frame.drop_duplicates(["run_id", "epoch"], keep="first").sort_values(
+                ["run_id", "epoch"]
+            )
         return self._histories[metric]
 
     def finalist_metrics(self) -> list[str]:
@@ -293,9 +270,13 @@ def _search(client: MlflowClient, experiment_id: str, filter_string: str, order:
     token = None
     while True:
         page = client.search_runs(
-            [experiment_id], filter_string=filter_string, run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=1000, order_by=[f"attributes.start_time {order}"], page_token=token,
-        )  # fmt: skip
+            [experiment_id],
+            filter_string=filter_string,
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+            order_by=[f"attributes.start_time {order}"],
+            page_token=token,
+        )
         runs.extend(page)
         token = page.token
         if not token:
@@ -335,9 +316,9 @@ def load_sweep(
 ) -> Sweep:
     """The trial runs of one sweep: by default the experiment's latest parent run, or `parent_run_id`.
 
-    Example:
-        >>> sweep = load_sweep("ablation_digits", tracking_uri="sqlite:////work/mlflow.db")
-        >>> sweep.trials[["variant", "margin", "lc_weight", "robust_acc"]], sweep.counts()
+    Example (an illustration: it needs a trained model or a store):
+        >>> sweep = load_sweep("ablation_digits", tracking_uri="sqlite:////work/mlflow.db")  # doctest: +SKIP
+        >>> sweep.trials[["variant", "margin", "lc_weight", "robust_acc"]], sweep.counts()  # doctest: +SKIP
     """
     if client is None:
         client, tracking_uri = connect(tracking_uri)
@@ -365,7 +346,7 @@ def load_sweep(
     if exp is None:
         raise AnalysisError(f"no run {parent_run_id!r} in {tracking_uri}")
 
-    parents = _search(client, exp.experiment_id, f"tags.`{ROLE}` = 'sweep'", order="DESC")
+    parents = _search(client, exp.experiment_id, f"tags.`{ROLE}` = '{C.ROLE_SWEEP}'", order="DESC")
     notes: list[str] = []
     if parent_run_id is not None:
         if parent is None or parent.info.experiment_id != exp.experiment_id:
@@ -388,7 +369,7 @@ def load_sweep(
         child_runs = _search(client, exp.experiment_id, f"tags.`{PARENT}` = '{parent.info.run_id}'")
         parent_tags = parent.data.tags
     else:  # runs logged without a sweep parent: analyse them all, but there is nowhere to log artifacts
-        child_runs = [r for r in _search(client, exp.experiment_id, "") if r.data.tags.get(ROLE) != "sweep"]
+        child_runs = [r for r in _search(client, exp.experiment_id, "") if r.data.tags.get(ROLE) != C.ROLE_SWEEP]
         parent_tags = {}
         notes.append("No sweep parent run (tag pclc.role=sweep) in the experiment: every run is analysed as a trial.")
 
@@ -398,11 +379,20 @@ def load_sweep(
     mode = parent_tags.get(MODE) or ("ablation" if runs["_variant_tag"].notna().any() else "optimize")
     runs = runs.drop(columns=["_variant_tag"])
     sweep = Sweep(
-        experiment=exp.name, experiment_id=exp.experiment_id, tracking_uri=tracking_uri,
-        parent_run_id=parent.info.run_id if parent else None, mode=mode, headline=headline,
-        objectives=objectives, runs=runs, params=params, metrics=metrics, config_params=config_params,
-        other_parents=others, notes=notes,
-    )  # fmt: skip
+        experiment=exp.name,
+        experiment_id=exp.experiment_id,
+        tracking_uri=tracking_uri,
+        parent_run_id=parent.info.run_id if parent else None,
+        mode=mode,
+        headline=headline,
+        objectives=objectives,
+        runs=runs,
+        params=params,
+        metrics=metrics,
+        config_params=config_params,
+        other_parents=others,
+        notes=notes,
+    )
     sweep.notes.extend(_data_notes(sweep, child_runs))
     return sweep
 
@@ -411,7 +401,9 @@ def _table(child_runs: list[Run]) -> tuple[pd.DataFrame, list[str], list[str], l
     """(runs table, param columns, metric columns, configuration params)."""
     infos, raw_params, raw_metrics = zip(*(_run_row(r) for r in child_runs)) if child_runs else ((), (), ())
     fields = list(TrialConfig.model_fields)  # the config's own order: ξ before λ
-    param_names = sorted({k for p in raw_params for k in p}, key=lambda k: (fields.index(k) if k in fields else len(fields), k))
+    param_names = sorted(
+        {k for p in raw_params for k in p}, key=lambda k: (fields.index(k) if k in fields else len(fields), k)
+    )
     metric_names = sorted({k for m in raw_metrics for k in m})
     info_cols = ["run_id", "trial_id", "variant", "config", "status", "outcome", "failure_reason", "start_time"]
     frame = pd.DataFrame(list(infos), columns=info_cols[:2] + info_cols[4:] + ["_variant_tag", "stopped_early"])
@@ -431,13 +423,16 @@ def _table(child_runs: list[Run]) -> tuple[pd.DataFrame, list[str], list[str], l
     finished = frame[frame["outcome"] == FINISHED]
     params = [c for c in columns if c not in metric_names]
     config_params = [
-        p for p in params
+        p
+        for p in params
         if p not in NOT_CONFIG and p != "loss" and finished[p].map(_hashable).nunique(dropna=False) > 1
-    ]  # fmt: skip
+    ]
     if "loss" in frame and finished["loss"].nunique() > finished["variant"].nunique():
         config_params.insert(0, "loss")  # variants that mix losses (unusual): keep the loss visible
-    varying = {v: {p for p in config_params if g[p].map(_hashable).nunique(dropna=False) > 1}
-               for v, g in finished.groupby("variant")}  # fmt: skip
+    varying = {
+        v: {p for p in config_params if g[p].map(_hashable).nunique(dropna=False) > 1}
+        for v, g in finished.groupby("variant")
+    }
     labels = []
     for _, row in frame.iterrows():
         # a knob the loss ignores is left out of the label where the variant does not vary it (ce → "default")
@@ -470,7 +465,9 @@ def _data_notes(sweep: Sweep, child_runs: list[Run]) -> list[str]:
             f"{_plural(len(lacking), 'finished run')} lack the headline metric {headline} and are left out "
             f"(no final evaluation logged): {_short_ids(lacking)}."
         )
-    nan_head = [rid for rid in finished["run_id"] if headline in present[rid] and not math.isfinite(present[rid][headline])]
+    nan_head = [
+        rid for rid in finished["run_id"] if headline in present[rid] and not math.isfinite(present[rid][headline])
+    ]
     if nan_head:
         notes.append(
             f"{_plural(len(nan_head), 'finished run')} have a NaN/inf headline metric {headline} and are left out: "
@@ -524,13 +521,13 @@ def _metric_list(names: list[str], limit: int = 4) -> str:
     return f"Metric {shown} is" if len(names) == 1 else f"Metrics {shown}{more} are"
 
 
-def fetch_warnings(sweep: Sweep, client: MlflowClient, run_ids: list[str], *, limit: int = 20) -> dict[str, list[str]]:
+def fetch_warnings(client: MlflowClient, run_ids: list[str], *, limit: int = 20) -> dict[str, list[str]]:
     """The plain-English warnings in evaluation.json of (at most `limit` of) these runs; runs without one are skipped."""
     out: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="pclc-analysis-") as tmp:
         for rid in run_ids[:limit]:
             try:
-                path = client.download_artifacts(rid, "evaluation.json", tmp)
+                path = client.download_artifacts(rid, C.EVALUATION_ARTIFACT, tmp)
                 data = json.loads(Path(path).read_text())
             except (MlflowException, OSError, ValueError):
                 continue

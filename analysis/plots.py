@@ -23,7 +23,17 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from analysis.load import FINISHED, SEED, STOPPED, SYMBOL, Sweep, fmt_value, is_finalist, variant_label, variant_sort_key
+from analysis.load import (
+    FINISHED,
+    SEED,
+    STOPPED,
+    SYMBOL,
+    Sweep,
+    fmt_value,
+    is_finalist,
+    variant_label,
+    variant_sort_key,
+)
 from analysis.stats import best_configs, pareto_mask, summarize
 from pclc import metrics as M
 from pclc.config import TrialConfig
@@ -167,16 +177,27 @@ def robust_vs_knob(sweep: Sweep, knob: str) -> Figure:
             if sub["config"].nunique() == 1:  # one configuration (e.g. ce): a reference level
                 s = summarize(sub, ["variant"], headline).iloc[0]
                 n_max = max(n_max, int(s["n"]))
-                ax.axhline(s["mean"] * k, color=color, linestyle=":", linewidth=1.5,
-                           label=f"{variant} ({sym} not varied; n={int(s['n'])})")  # fmt: skip
+                ax.axhline(
+                    s["mean"] * k,
+                    color=color,
+                    linestyle=":",
+                    linewidth=1.5,
+                    label=f"{variant} ({sym} not varied; n={int(s['n'])})",
+                )
                 if math.isfinite(s["ci"]):
                     ax.axhspan((s["mean"] - s["ci"]) * k, (s["mean"] + s["ci"]) * k, color=color, alpha=0.08)
             continue
         others = [p for p in sweep.config_params if p != knob and sub[p].nunique() > 1]
         groups = list(sub.groupby(others, sort=True)) if others else [((), sub)]
         if len(groups) > MAX_LINES:  # e.g. an Optuna search: every trial differs in other knobs too
-            ax.scatter(sub[knob], sub[headline] * k, color=color, s=22, alpha=0.8,
-                       label=f"{variant}: single trials (other knobs vary too)")  # fmt: skip
+            ax.scatter(
+                sub[knob],
+                sub[headline] * k,
+                color=color,
+                s=22,
+                alpha=0.8,
+                label=f"{variant}: single trials (other knobs vary too)",
+            )
             drew += 1
             continue
         for i, (key, part) in enumerate(groups):
@@ -185,8 +206,14 @@ def robust_vs_knob(sweep: Sweep, knob: str) -> Figure:
             key = key if isinstance(key, tuple) else (key,)
             extra = ", ".join(f"{SYMBOL.get(p, p)}={fmt_value(v)}" for p, v in zip(others, key))
             x = s[knob].to_numpy(dtype=float)
-            ax.plot(x, s["mean"] * k, marker="o", color=color, linestyle=styles[i % len(styles)],
-                    label=f"{variant}" + (f" ({extra})" if extra else ""))  # fmt: skip
+            ax.plot(
+                x,
+                s["mean"] * k,
+                marker="o",
+                color=color,
+                linestyle=styles[i % len(styles)],
+                label=f"{variant}" + (f" ({extra})" if extra else ""),
+            )
             _band(ax, x, s, k, color)
             drew += 1
     if drew == 0:
@@ -209,7 +236,9 @@ def attack_rank(attack: str) -> tuple[int, int, str]:
     alphabetically, the aggregates (worst, worst_classic, worst_aa) last."""
     if attack in M.AGGREGATES:
         return (2, M.AGGREGATES.index(attack), attack)
-    return (0, M.ATTACKS.index(attack), attack) if attack in M.ATTACKS else (1, 0, attack)
+    from pclc.attacks import ATTACKS  # the registry's order (advertorch and the reference AutoAttack load here)
+
+    return (0, ATTACKS.index(attack), attack) if attack in ATTACKS else (1, 0, attack)
 
 
 def _attack_order(attacks: list[str]) -> list[str]:
@@ -253,7 +282,7 @@ def robust_vs_eps(sweep: Sweep) -> Figure:
                 ax.plot([], [], color="0.3", linestyle=line, marker=marker, label=AGGREGATE_LABEL[attack])
         ax.set_title("worst case over attacks" if attacks[0] in M.AGGREGATES else attacks[0])
         ax.grid(alpha=0.3)
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     for i, ax in enumerate(axes[: len(panels)]):
         if i + ncols >= len(panels):  # no panel below: this one carries the ε axis
@@ -299,14 +328,30 @@ def claimed_vs_autoattack(sweep: Sweep) -> Figure:
         rows = [i for i, (v, _) in enumerate(chosen) if v == variant]
         c, a, color = claimed.iloc[rows], real.iloc[rows], colors[variant]
         ax.hlines(y[rows], a["mean"] * 100, c["mean"] * 100, color=color, linewidth=2.5, alpha=0.45)
-        ax.errorbar(c["mean"] * 100, y[rows], xerr=c["ci"].fillna(0) * 100, fmt="o", markerfacecolor="white",
-                    markeredgecolor=color, ecolor=color, capsize=3, label=f"_claimed {variant}")  # fmt: skip
-        ax.errorbar(a["mean"] * 100, y[rows], xerr=a["ci"].fillna(0) * 100, fmt="o", color=color, capsize=3,
-                    label=variant)  # fmt: skip
+        ax.errorbar(
+            c["mean"] * 100,
+            y[rows],
+            xerr=c["ci"].fillna(0) * 100,
+            fmt="o",
+            markerfacecolor="white",
+            markeredgecolor=color,
+            ecolor=color,
+            capsize=3,
+            label=f"_claimed {variant}",
+        )
+        ax.errorbar(
+            a["mean"] * 100, y[rows], xerr=a["ci"].fillna(0) * 100, fmt="o", color=color, capsize=3, label=variant
+        )
     for i, ((_, c), (_, a)) in enumerate(zip(claimed.iterrows(), real.iterrows())):
         right = max(c["mean"] + _finite_or_zero(c["ci"]), a["mean"] + _finite_or_zero(a["ci"])) * 100
-        ax.annotate(f"{(c['mean'] - a['mean']) * 100:+.1f} pp", (right, i), xytext=(6, 0), textcoords="offset points",
-                    va="center", fontsize="x-small")  # fmt: skip
+        ax.annotate(
+            f"{(c['mean'] - a['mean']) * 100:+.1f} pp",
+            (right, i),
+            xytext=(6, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize="x-small",
+        )
     ax.plot([], [], "o", markerfacecolor="white", markeredgecolor="0.3", label=CLAIMED_LABEL)
     ax.plot([], [], "o", color="0.3", label=AA_LABEL)
     ax.set_yticks(y, [variant_label(v, c) for v, c in chosen])
@@ -355,18 +400,41 @@ def clean_vs_robust(sweep: Sweep) -> Figure:
     ax = fig.add_subplot()
     for variant in sweep.variants:
         part = data[data["variant"] == variant]
-        ax.scatter(part[M.CLEAN_ACC] * kx, part[y_metric] * ky, color=colors[variant], s=26, alpha=0.8,
-                   label=f"{variant} ({len(part)} trials)")  # fmt: skip
+        ax.scatter(
+            part[M.CLEAN_ACC] * kx,
+            part[y_metric] * ky,
+            color=colors[variant],
+            s=26,
+            alpha=0.8,
+            label=f"{variant} ({len(part)} trials)",
+        )
     points = data[[M.CLEAN_ACC, y_metric]].to_numpy(dtype=float)
     maximize = [sweep.direction(M.CLEAN_ACC) == "max", sweep.direction(y_metric) == "max"]
     front = data[pareto_mask(points, maximize)].sort_values(M.CLEAN_ACC)
-    ax.plot(front[M.CLEAN_ACC] * kx, front[y_metric] * ky, color="black", linewidth=1.2, marker="o",
-            markerfacecolor="none", markersize=9, label=f"Pareto front ({len(front)} trials)")  # fmt: skip
+    ax.plot(
+        front[M.CLEAN_ACC] * kx,
+        front[y_metric] * ky,
+        color="black",
+        linewidth=1.2,
+        marker="o",
+        markerfacecolor="none",
+        markersize=9,
+        label=f"Pareto front ({len(front)} trials)",
+    )
     default = data[_authors_default(data)]
     label = f"authors' default ({AUTHORS_LOSS}, ξ={AUTHORS_MARGIN:g}, λ={AUTHORS_LC_WEIGHT:g})"
     if len(default):
-        ax.scatter(default[M.CLEAN_ACC] * kx, default[y_metric] * ky, marker="*", s=260, facecolor="gold",
-                   edgecolor="black", linewidth=0.8, zorder=5, label=f"{label}, {len(default)} trials")  # fmt: skip
+        ax.scatter(
+            default[M.CLEAN_ACC] * kx,
+            default[y_metric] * ky,
+            marker="*",
+            s=260,
+            facecolor="gold",
+            edgecolor="black",
+            linewidth=0.8,
+            zorder=5,
+            label=f"{label}, {len(default)} trials",
+        )
     else:
         ax.plot([], [], marker="*", linestyle="none", color="gold", label=f"{label}: not in this sweep")
     ax.set_xlabel(metric_label(sweep, M.CLEAN_ACC))
@@ -396,8 +464,11 @@ def heatmap_margin_lc(sweep: Sweep) -> Figure:
     headline, trials = sweep.headline, sweep.trials
     if not {"margin", "lc_weight"} <= set(trials.columns):
         raise NotApplicable("the runs have no margin/lc_weight params")
-    both = [v for v in sweep.variants
-            if (p := trials[trials["variant"] == v])["margin"].nunique() > 1 and p["lc_weight"].nunique() > 1]  # fmt: skip
+    both = [
+        v
+        for v in sweep.variants
+        if (p := trials[trials["variant"] == v])["margin"].nunique() > 1 and p["lc_weight"].nunique() > 1
+    ]
     if not both:
         n_xi, n_lam = trials["margin"].nunique(), trials["lc_weight"].nunique()
         raise NotApplicable(
@@ -421,8 +492,15 @@ def heatmap_margin_lc(sweep: Sweep) -> Figure:
     image = ax.imshow(np.ma.masked_invalid(grid * k), cmap="viridis", aspect="auto", origin="lower")
     for (y, x), v in np.ndenumerate(grid):
         text = "–" if not math.isfinite(v) else f"{v * k:.1f}\nn={count[y, x]}"
-        ax.text(x, y, text, ha="center", va="center", fontsize="x-small",
-                color="white" if math.isfinite(v) and v <= np.nanmean(grid) else "black")  # fmt: skip
+        ax.text(
+            x,
+            y,
+            text,
+            ha="center",
+            va="center",
+            fontsize="x-small",
+            color="white" if math.isfinite(v) and v <= np.nanmean(grid) else "black",
+        )
     ax.set_xticks(range(len(xlabels)), xlabels, rotation=30 if len(xlabels) > 5 else 0)
     ax.set_yticks(range(len(ylabels)), ylabels)
     ax.set_xlabel(knob_label("lc_weight"))
@@ -495,8 +573,9 @@ def importance(sweep: Sweep) -> Figure:
 def gap_and_second_class(sweep: Sweep) -> Figure:
     """Probability gap and second-most-probable-class rate per variant (best configuration each), ± 95% CI."""
     trials = sweep.trials
-    second = sorted((m for m in sweep.metrics if m.startswith("second_class_rate/")),
-                    key=lambda m: attack_rank(m.split("/", 1)[1]))  # fmt: skip
+    second = sorted(
+        (m for m in sweep.metrics if m.startswith("second_class_rate/")), key=lambda m: attack_rank(m.split("/", 1)[1])
+    )
     has_gap = M.PROB_GAP in trials and trials[M.PROB_GAP].notna().any()
     second = [m for m in second if trials[m].notna().any()]
     if not has_gap and not second:
@@ -513,8 +592,14 @@ def gap_and_second_class(sweep: Sweep) -> Figure:
         ax = axes[0]
         s = summarize(chosen, ["variant"], M.PROB_GAP).set_index("variant").reindex(variants)
         n_max = max(n_max, int(s["n"].max()))
-        ax.bar(range(len(variants)), s["mean"], yerr=s["ci"].fillna(0), capsize=4,
-               color=[colors[v] for v in variants], label="_")  # fmt: skip
+        ax.bar(
+            range(len(variants)),
+            s["mean"],
+            yerr=s["ci"].fillna(0),
+            capsize=4,
+            color=[colors[v] for v in variants],
+            label="_",
+        )
         ax.set_xticks(range(len(variants)), variants)
         ax.set_xlabel("loss variant")
         ax.set_ylabel(metric_label(sweep, M.PROB_GAP))
@@ -636,11 +721,24 @@ def learning_curves(sweep: Sweep) -> Figure:
     ax = fig.add_subplot()
     for run_id, curve in history.groupby("run_id"):
         stopped = run_id in set(stops["run_id"])
-        ax.plot(curve["epoch"], curve["value"] * k, color=colors[variant[run_id]], alpha=0.45 if stopped else 0.85,
-                lw=1.0 if stopped else 1.6, ls="--" if stopped else "-")  # fmt: skip
+        ax.plot(
+            curve["epoch"],
+            curve["value"] * k,
+            color=colors[variant[run_id]],
+            alpha=0.45 if stopped else 0.85,
+            lw=1.0 if stopped else 1.6,
+            ls="--" if stopped else "-",
+        )
     if len(stops):
-        ax.scatter(stops["epoch"], stops["value"] * k, marker="x", s=60, color="tab:red", zorder=5,
-                   label=f"stopped by the scheduler ({len(stops)})")  # fmt: skip
+        ax.scatter(
+            stops["epoch"],
+            stops["value"] * k,
+            marker="x",
+            s=60,
+            color="tab:red",
+            zorder=5,
+            label=f"stopped by the scheduler ({len(stops)})",
+        )
     for v in colors:
         ax.plot([], [], color=colors[v], label=v)
     ax.set_xlabel("epoch")

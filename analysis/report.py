@@ -49,31 +49,40 @@ class Check:
     advice: str = MASKED_ADVICE  # what to do about it, after the warning
 
 
-CHECKS: dict[str, Check] = {
-    "blackbox_beats_whitebox": Check(
+# flag → (what it means when it fires, the number shown beside it, the masking/* metric of that number)
+_ONE_NUMBER = {
+    "blackbox_beats_whitebox": (
         "a black-box attack left less accuracy than every white-box attack: the gradients look masked",
-        (("black-box lead", M.masking_key("blackbox_gap")),),
+        "black-box lead",
+        "blackbox_gap",
     ),
-    "ce_weaker_than_cw": Check(
+    "ce_weaker_than_cw": (
         "PGD on cross-entropy is much weaker than PGD on the CW margin: a saturated softmax hides the gradient",
-        (("CE − CW gap", M.masking_key("ce_cw_gap")),),
+        "CE − CW gap",
+        "ce_cw_gap",
     ),
-    "no_collapse": Check(
+    "no_collapse": (
         "PGD at a very large ε still leaves accuracy: the attack does not converge or the gradients are masked",
-        (("accuracy left", M.masking_key("large_eps_acc")),),
+        "accuracy left",
+        "large_eps_acc",
     ),
+    "aa_zero_gradients": (
+        "the reference AutoAttack met points whose input gradient is exactly zero: their robustness is unmeasured",
+        "zero-gradient points",
+        "aa_zero_gradient_points",
+    ),
+    "aa_square_beats_whitebox": (
+        "in AutoAttack, the black-box Square attack still found points after the white-box attacks had run",
+        "Square's extra drop",
+        "aa_square_gain",
+    ),
+}
+CHECKS: dict[str, Check] = {
+    **{flag: Check(meaning, ((what, M.masking_key(number)),)) for flag, (meaning, what, number) in _ONE_NUMBER.items()},
     "classic_overstates": Check(
         "the paper's classic attacks leave more accuracy than AutoAttack-grade attacks: the classic number overstates",
         (("classic", M.ROBUST_ACC_CLASSIC), ("AutoAttack", M.ROBUST_ACC_AA)),
         "Report the AutoAttack-grade number (the headline `robust_acc` already includes it), not the classic one.",
-    ),
-    "aa_zero_gradients": Check(
-        "the reference AutoAttack met points whose input gradient is exactly zero: their robustness is unmeasured",
-        (("zero-gradient points", M.masking_key("aa_zero_gradient_points")),),
-    ),
-    "aa_square_beats_whitebox": Check(
-        "in AutoAttack, the black-box Square attack still found points after the white-box attacks had run",
-        (("Square's extra drop", M.masking_key("aa_square_gain")),),
     ),
 }
 
@@ -163,9 +172,15 @@ figcaption{color:#555;font-size:.9em}
 def render_html(blocks: list[Block], title: str) -> str:
     """One file, nothing external: inline CSS, images as data: URIs."""
     out = [
-        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
-    ]  # fmt: skip
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
+        f"<style>{_CSS}</style>",
+        "</head>",
+        "<body>",
+    ]
     for b in blocks:
         if isinstance(b, Heading):
             out.append(f"<h{b.level}>{_inline(b.text)}</h{b.level}>")
@@ -207,7 +222,9 @@ def _cell(row: pd.Series, metric: str) -> str:
     if f"{metric}:mean" not in row:
         return "–"
     n = row[f"{metric}:n"]
-    return mean_std(row[f"{metric}:mean"], row[f"{metric}:std"], 0 if pd.isna(n) else int(n), percent=is_accuracy(metric))
+    return mean_std(
+        row[f"{metric}:mean"], row[f"{metric}:std"], 0 if pd.isna(n) else int(n), percent=is_accuracy(metric)
+    )
 
 
 def _header(metric: str) -> str:
@@ -242,8 +259,21 @@ def _overview(sweep: Sweep, counts: dict[str, int]) -> list[Block]:
     return blocks
 
 
-COMMON = ("dataset", "model", "epochs", "warmup_epochs", "optimizer", "lr", "margin", "lc_weight", "attacks", "eps",
-          "headline_eps", "attack_steps", "eval_limit")  # fmt: skip
+COMMON = (
+    "dataset",
+    "model",
+    "epochs",
+    "warmup_epochs",
+    "optimizer",
+    "lr",
+    "margin",
+    "lc_weight",
+    "attacks",
+    "eps",
+    "headline_eps",
+    "attack_steps",
+    "eval_limit",
+)
 
 
 def _common_settings(sweep: Sweep) -> str:
@@ -285,8 +315,11 @@ def _cost_section(sweep: Sweep) -> list[Block]:
     blocks: list[Block] = [Heading("What the sweep cost")]
     present = [m for m in M.COST if m in sweep.runs and sweep.runs[m].notna().any()]
     if not present:
-        return blocks + [Para("The runs record no cost metrics (`gpu_hours`, `train_seconds`): a sweep from before "
-                              "they were logged.")]  # fmt: skip
+        return blocks + [
+            Para(
+                "The runs record no cost metrics (`gpu_hours`, `train_seconds`): a sweep from before they were logged."
+            )
+        ]
     counted = sweep.runs[sweep.runs[present].notna().any(axis=1)]
     unit = {M.GPU_HOURS: ("GPU-hours", 1.0, "{:.3f}")}
     rows = []
@@ -349,7 +382,7 @@ def _masking_section(sweep: Sweep, client: MlflowClient | None) -> list[Block]:
         blocks.append(Para("No check fired: no sign of gradient masking in these runs."))
     elif client is not None:
         ordered = [r for r in trials["run_id"] if r in fired_runs]
-        texts = fetch_warnings(sweep, client, ordered, limit=10)
+        texts = fetch_warnings(client, ordered, limit=10)
         if texts:
             rid, first = next(iter(texts.items()))
             blocks += [Para(f"What evaluation.json of run `{rid[:8]}` says:"), Bullets(first)]
@@ -390,7 +423,9 @@ def _best_section(sweep: Sweep) -> list[Block]:
         ok = ~pd.isna(pts).any(axis=1)
         mask = pareto_mask(pts[ok], [d == "max" for _, d in objectives])
         front = table[ok][mask].sort_values(f"{headline}:mean", ascending=ascending)
-        rows = [[r["variant"], r["config"], str(r["runs"])] + [_cell(r, m) for m in metrics] for _, r in front.iterrows()]
+        rows = [
+            [r["variant"], r["config"], str(r["runs"])] + [_cell(r, m) for m in metrics] for _, r in front.iterrows()
+        ]
         names = " and ".join(f"`{m}` ({d})" for m, d in objectives)
         blocks += [
             Para(f"**Pareto set** over {names} (configuration means; none is beaten on every objective):"),
@@ -427,8 +462,9 @@ def _ablation_section(sweep: Sweep) -> list[Block]:
         "(what they claim) and over the AutoAttack-grade attacks only, at the headline ε; per ε, `worst_classic` and "
         "`worst_aa`. AutoAttack-grade attacks run at the headline ε only unless the config's `aa_eps` adds more, "
         "so their columns appear at those ε alone."
-        if {M.ROBUST_ACC_CLASSIC, M.ROBUST_ACC_AA} & set(scalars) else ""
-    )  # fmt: skip
+        if {M.ROBUST_ACC_CLASSIC, M.ROBUST_ACC_AA} & set(scalars)
+        else ""
+    )
     blocks += [
         Para(
             "Accuracy in %, mean ± std over seeds. Each variant at its best configuration by mean "
@@ -441,7 +477,9 @@ def _ablation_section(sweep: Sweep) -> list[Block]:
     table = config_table(sweep, candidates)
     if 1 < len(table) <= 100:
         metrics = [m for m in candidates if f"{m}:mean" in table]
-        rows = [[r["variant"], r["config"], str(r["runs"])] + [_cell(r, m) for m in metrics] for _, r in table.iterrows()]
+        rows = [
+            [r["variant"], r["config"], str(r["runs"])] + [_cell(r, m) for m in metrics] for _, r in table.iterrows()
+        ]
         blocks += [
             Heading("All configurations", 3),
             Table(["variant", "configuration", "runs"] + [_header(m) for m in metrics], rows),
@@ -518,5 +556,3 @@ def write_report(
         except (MlflowException, OSError) as exc:
             report.log_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return report
-
-

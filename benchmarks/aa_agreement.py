@@ -25,8 +25,17 @@ from pclc.train import Trainer, seed_everything
 
 
 def trained(loss: str, epochs: int, data) -> torch.nn.Module:
-    cfg = make_config({"loss": loss, "epochs": epochs, "warmup_epochs": min(3, epochs - 1), "lr": 0.003,
-                       "attacks": ["fgsm"], "seed": 0, "device": "cpu"})  # fmt: skip
+    cfg = make_config(
+        {
+            "loss": loss,
+            "epochs": epochs,
+            "warmup_epochs": min(3, epochs - 1),
+            "lr": 0.003,
+            "attacks": ["fgsm"],
+            "seed": 0,
+            "device": "cpu",
+        }
+    )
     generator = seed_everything(cfg.seed)
     model = _build(cfg.model, data, torch.device("cpu"))
     trainer = Trainer(cfg, model, torch.device("cpu"), generator)
@@ -72,8 +81,15 @@ def main(argv: list[str] | None = None) -> None:
         t_ours, t = time.perf_counter() - t, time.perf_counter()
         theirs = torchattacks_standard(model, x, y, args.eps, args.queries)
         t_theirs = time.perf_counter() - t
-        rows.append({"model": loss, "pyautoattack": ours, "torchattacks": theirs, "pyautoattack_s": t_ours,
-                     "torchattacks_s": t_theirs})  # fmt: skip
+        rows.append(
+            {
+                "model": loss,
+                "pyautoattack": ours,
+                "torchattacks": theirs,
+                "pyautoattack_s": t_ours,
+                "torchattacks_s": t_theirs,
+            }
+        )
         print(f"| {loss:<6} | {100 * ours:>11.1f}% | {100 * theirs:>11.1f}% | {100 * (theirs - ours):>+19.1f} |")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "eps": args.eps, "n": args.n}, indent=2))

@@ -16,8 +16,8 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -30,21 +30,30 @@ TARGET_RATIO = 1.3
 def cnn(channels: int, size: int, width: int, classes: int = 10) -> nn.Module:
     """A fixed VGG-style CNN (random weights: timing does not need training)."""
     return nn.Sequential(
-        nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(2 * width * (size // 4) ** 2, 128), nn.ReLU(), nn.Linear(128, classes),
+        nn.Conv2d(channels, width, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(width, 2 * width, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(2 * width * (size // 4) ** 2, 128),
+        nn.ReLU(),
+        nn.Linear(128, classes),
     )
 
 
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
     """Median wall time (s) of each fn, timed round-robin so machine-load drift hits all of them alike."""
+
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for name, fn in fns.items():  # warm-up
+    for fn in fns.values():  # warm-up
         fn()
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -96,20 +105,24 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():  # labels = the model's own predictions: every point starts correct, so APGD
         y = model(x).argmax(dim=1)  # attacks all of them (it skips points that are already misclassified)
 
-    print(f"device {device}, threads {torch.get_num_threads()}, batch {args.batch}×3×{args.size}×{args.size}, "
-          f"width {args.width}, median of {args.repeats}")
-    print(f"{'k':>4} {'floor ms':>10} {'craft ms':>10} {'ratio':>7} {'raw ms':>10} {'raw ratio':>9} "
-          f"{'apgd ms':>10} {'apgd ratio':>10}")
+    print(
+        f"device {device}, threads {torch.get_num_threads()}, batch {args.batch}×3×{args.size}×{args.size}, "
+        f"width {args.width}, median of {args.repeats}"
+    )
+    print(
+        f"{'k':>4} {'floor ms':>10} {'craft ms':>10} {'ratio':>7} {'raw ms':>10} {'raw ratio':>9} "
+        f"{'apgd ms':>10} {'apgd ratio':>10}"
+    )
     worst, worst_apgd, rows = 0.0, 0.0, []
     for k in args.steps:
         # APGD-CE with k iterations: k gradient passes plus one at the start, on every point (all start correct).
         suite = AttackSuite(attacks=("pgd_ce",), eps=(8 / 255,), steps=k, batch_size=args.batch, aa_steps=k)
         t = interleaved(
             {
-                "floor": lambda: floor(model, x, y, k),
-                "craft": lambda: craft("pgd_ce", model, x, y, eps=8 / 255, suite=suite),
-                "raw": lambda: raw_advertorch(model, x, y, suite),
-                "apgd": lambda: craft("apgd_ce", model, x, y, eps=8 / 255, suite=suite),
+                "floor": lambda k=k: floor(model, x, y, k),
+                "craft": lambda suite=suite: craft("pgd_ce", model, x, y, eps=8 / 255, suite=suite),
+                "raw": lambda suite=suite: raw_advertorch(model, x, y, suite),
+                "apgd": lambda suite=suite: craft("apgd_ce", model, x, y, eps=8 / 255, suite=suite),
             },
             args.repeats,
             device,
@@ -117,17 +130,38 @@ def main(argv: list[str] | None = None) -> None:
         t_floor, t_craft, t_raw, t_apgd = t["floor"], t["craft"], t["raw"], t["apgd"]
         ratio, apgd_ratio = t_craft / t_floor, t_apgd / t_floor
         worst, worst_apgd = max(worst, ratio), max(worst_apgd, apgd_ratio)
-        rows.append({"k": k, "floor_s": t_floor, "craft_s": t_craft, "raw_s": t_raw, "ratio": ratio,
-                     "apgd_s": t_apgd, "apgd_ratio": apgd_ratio})  # fmt: skip
-        print(f"{k:>4} {1e3 * t_floor:>10.1f} {1e3 * t_craft:>10.1f} {ratio:>7.2f} {1e3 * t_raw:>10.1f} "
-              f"{t_raw / t_floor:>9.2f} {1e3 * t_apgd:>10.1f} {apgd_ratio:>10.2f}")
+        rows.append(
+            {
+                "k": k,
+                "floor_s": t_floor,
+                "craft_s": t_craft,
+                "raw_s": t_raw,
+                "ratio": ratio,
+                "apgd_s": t_apgd,
+                "apgd_ratio": apgd_ratio,
+            }
+        )
+        print(
+            f"{k:>4} {1e3 * t_floor:>10.1f} {1e3 * t_craft:>10.1f} {ratio:>7.2f} {1e3 * t_raw:>10.1f} "
+            f"{t_raw / t_floor:>9.2f} {1e3 * t_apgd:>10.1f} {apgd_ratio:>10.2f}"
+        )
     note = " (smoke sizes: a fixed ~0.5 ms per call dominates, the ratio means little)" if args.smoke_test else ""
     for name, value in (("PGD craft", worst), ("APGD-CE craft", worst_apgd)):
         verdict = "within" if value <= TARGET_RATIO else "ABOVE"
         print(f"worst {name}/floor ratio {value:.2f}: {verdict} the {TARGET_RATIO} target{note}")
     if args.json:
-        args.json.write_text(json.dumps({"worst_ratio": worst, "worst_apgd_ratio": worst_apgd, "target": TARGET_RATIO,
-                                         "rows": rows, "smoke_test": args.smoke_test}, indent=2))  # fmt: skip
+        args.json.write_text(
+            json.dumps(
+                {
+                    "worst_ratio": worst,
+                    "worst_apgd_ratio": worst_apgd,
+                    "target": TARGET_RATIO,
+                    "rows": rows,
+                    "smoke_test": args.smoke_test,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

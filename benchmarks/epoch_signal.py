@@ -31,7 +31,7 @@ def one_trial(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
     from pclc.attacks import AttackSuite, run_suite
     from pclc.config import make_config
     from pclc.evaluate import epoch_robust_acc
-    from pclc.experiment import _build, prepare, run_trial
+    from pclc.experiment import Silent, _build, prepare, run_trial
 
     values, variant = job
     torch.set_num_threads(1)
@@ -39,27 +39,35 @@ def one_trial(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
     prepared = prepare(cfg)
     last: dict[str, Any] = {}
 
-    def report(metrics: dict[str, float], state: dict[str, Any] | None) -> None:
-        if state is not None:
-            last["state"] = state
+    class KeepLastState(Silent):
+        def on_epoch(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+            if state is not None:  # the last epoch always checkpoints
+                last["state"] = state
 
-    final = run_trial(cfg, report, prepared=prepared)
+    final = run_trial(cfg, KeepLastState(), prepared=prepared)
     model = _build(cfg.model, prepared.data, torch.device("cpu"))
     model.load_state_dict(last["state"]["model"])
     x = prepared.data.x_test[: cfg.eval_limit][: cfg.epoch_eval_samples]
     y = prepared.data.y_test[: cfg.eval_limit][: cfg.epoch_eval_samples]
     pgd = AttackSuite(attacks=("pgd_ce",), eps=(cfg.headline_eps,), steps=min(5, cfg.attack_steps))
     return {
-        "variant": variant, "seed": cfg.seed, "margin": cfg.margin, "lc_weight": cfg.lc_weight,
+        "variant": variant,
+        "seed": cfg.seed,
+        "margin": cfg.margin,
+        "lc_weight": cfg.lc_weight,
         "before": run_suite(model, x, y, pgd).accuracy("pgd_ce", cfg.headline_eps),
         "after": epoch_robust_acc(model, x, y, eps=cfg.headline_eps, steps=cfg.epoch_attack_steps),
         **{k: final.get(k, float("nan")) for k in (M.CLEAN_ACC, M.ROBUST_ACC, M.ROBUST_ACC_CLASSIC, M.ROBUST_ACC_AA)},
-    }  # fmt: skip
+    }
 
 
 def label(row: dict[str, Any]) -> str:
-    knobs = {"ce": "", "pc": f" ξ={row['margin']}", "lc": f" λ={row['lc_weight']}",
-             "pclc": f" ξ={row['margin']} λ={row['lc_weight']}"}  # fmt: skip
+    knobs = {
+        "ce": "",
+        "pc": f" ξ={row['margin']}",
+        "lc": f" λ={row['lc_weight']}",
+        "pclc": f" ξ={row['margin']} λ={row['lc_weight']}",
+    }
     return row["variant"] + knobs.get(row["variant"], "")
 
 
@@ -81,9 +89,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     sets = ["trial.save_weights=false"]
     if args.smoke_test:
-        sets += ["trial.epochs=3", "trial.warmup_epochs=1", "trial.eval_limit=64", "trial.aa_limit=32",
-                 "trial.aa_steps=5", "trial.square_queries=50", "trial.substitute_epochs=1", "seeds=[0, 1]",
-                 "trial.epoch_eval_samples=32"]  # fmt: skip
+        sets += [
+            "trial.epochs=3",
+            "trial.warmup_epochs=1",
+            "trial.eval_limit=64",
+            "trial.aa_limit=32",
+            "trial.aa_steps=5",
+            "trial.square_queries=50",
+            "trial.substitute_epochs=1",
+            "seeds=[0, 1]",
+            "trial.epoch_eval_samples=32",
+        ]
     sweep = load_sweep(args.config, sets)
     overrides = sweep.trial_overrides()
     if args.smoke_test:

@@ -19,8 +19,16 @@ import time
 from pathlib import Path
 
 TRAIN_TARGET_S = 60.0
-SMOKE = ["epochs=2", "warmup_epochs=1", "eval_limit=32", "aa_limit=16", "aa_steps=5", "square_queries=50",
-         "substitute_epochs=1", "epoch_eval_samples=16"]  # fmt: skip
+SMOKE = [
+    "epochs=2",
+    "warmup_epochs=1",
+    "eval_limit=32",
+    "aa_limit=16",
+    "aa_steps=5",
+    "square_queries=50",
+    "substitute_epochs=1",
+    "epoch_eval_samples=16",
+]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,14 +47,28 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"pclc train failed:\n{proc.stderr[-3000:]}")
         metrics = json.loads((Path(tmp) / "run" / "metrics.json").read_text())["metrics"]
     share = metrics["eval_seconds"] / metrics["trial_seconds"]
-    print(f"digits `pclc train` (default suite{', smoke sizes' if args.smoke_test else ''}): {wall:.1f} s wall, "
-          f"trial {metrics['trial_seconds']:.1f} s, evaluation {metrics['eval_seconds']:.1f} s ({share:.0%})")
-    print(f"  clean {metrics['clean_acc']:.3f}, classic worst {metrics.get('robust_acc_classic', float('nan')):.3f}, "
-          f"AutoAttack-grade worst {metrics.get('robust_acc_aa', float('nan')):.3f}, headline {metrics['robust_acc']:.3f}")
+    print(
+        f"digits `pclc train` (default suite{', smoke sizes' if args.smoke_test else ''}): {wall:.1f} s wall, "
+        f"trial {metrics['trial_seconds']:.1f} s, evaluation {metrics['eval_seconds']:.1f} s ({share:.0%})"
+    )
+    print(
+        f"  clean {metrics['clean_acc']:.3f}, classic worst {metrics.get('robust_acc_classic', float('nan')):.3f}, "
+        f"AutoAttack-grade worst {metrics.get('robust_acc_aa', float('nan')):.3f}, headline {metrics['robust_acc']:.3f}"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"train_wall_s": wall, "trial_s": metrics["trial_seconds"],
-                                         "eval_s": metrics["eval_seconds"], "eval_share": share,
-                                         "target_s": TRAIN_TARGET_S, "smoke_test": args.smoke_test}, indent=2))  # fmt: skip
+        args.json.write_text(
+            json.dumps(
+                {
+                    "train_wall_s": wall,
+                    "trial_s": metrics["trial_seconds"],
+                    "eval_s": metrics["eval_seconds"],
+                    "eval_share": share,
+                    "target_s": TRAIN_TARGET_S,
+                    "smoke_test": args.smoke_test,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -86,7 +86,9 @@ def check(work: Path, trials: int, epochs: int, done_before: dict[str, int]) -> 
     ended = {c.info.run_id: c.info.end_time for c in children}
     if {run_id: ended.get(run_id) for run_id in done_before} != done_before:
         problems.append("a trial that had finished before the kill was run again or replaced")
-    authors = [c for c in children if (c.data.params.get("margin"), c.data.params.get("lc_weight")) == ("0.995", "0.05")]
+    authors = [
+        c for c in children if (c.data.params.get("margin"), c.data.params.get("lc_weight")) == ("0.995", "0.05")
+    ]
     if len(authors) != 1:  # Optuna's state survived: its initial point was evaluated exactly once
         problems.append(f"the initial point was evaluated {len(authors)} times")
     for child in children:
@@ -135,8 +137,12 @@ def main(argv: list[str] | None = None) -> int:
             done_before = finished_runs(work)
             rc2, resume_s, log2 = run(work, "--resume")
             problems = check(work, trials, epochs, done_before) if rc2 == 0 else [f"resume exited {rc2}: {log2[-500:]}"]
-            rows.append({"at_s": f * total, "fraction": f, "killed": killed, "resume_s": resume_s, "problems": problems})
-            print(f"| {f * total:.0f} s | {f:.0%} | {state} | {resume_s:.0f} s | {'yes' if not problems else 'NO: ' + '; '.join(problems)} |")
+            rows.append(
+                {"at_s": f * total, "fraction": f, "killed": killed, "resume_s": resume_s, "problems": problems}
+            )
+            print(
+                f"| {f * total:.0f} s | {f:.0%} | {state} | {resume_s:.0f} s | {'yes' if not problems else 'NO: ' + '; '.join(problems)} |"
+            )
     survived = sum(not r["problems"] for r in rows)
     print(f"kill points survived: {survived} / {len(rows)}")
     if args.json:

@@ -66,18 +66,38 @@ def main(argv: list[str] | None = None) -> None:
     ray.init(num_cpus=1, include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
         digits = load_stored("digits")  # float32 at the source (values k/16): nothing to gain
-        rows.append({"dataset": "digits", "before": measured(digits.as_float()), "after": measured(digits),
-                     "how": "measured (ray.put)"})  # fmt: skip
+        rows.append(
+            {
+                "dataset": "digits",
+                "before": measured(digits.as_float()),
+                "after": measured(digits),
+                "how": "measured (ray.put)",
+            }
+        )
         g = torch.Generator().manual_seed(0)
         n_train, n_test = 2000, 500
+
         def images(n: int) -> torch.Tensor:
             return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
 
-        sample = Dataset("cifar10-shaped sample", images(n_train), torch.randint(0, 10, (n_train,), generator=g),
-                         images(n_test), torch.randint(0, 10, (n_test,), generator=g), num_classes=10)  # fmt: skip
+        sample = Dataset(
+            "cifar10-shaped sample",
+            images(n_train),
+            torch.randint(0, 10, (n_train,), generator=g),
+            images(n_test),
+            torch.randint(0, 10, (n_test,), generator=g),
+            num_classes=10,
+        )
         before, after = measured(sample.as_float()), measured(sample)
-        rows.append({"dataset": f"cifar10-shaped, {n_train}+{n_test}", "before": before, "after": after,
-                     "how": "measured (ray.put)", "computed": list(computed(n_train, n_test, 3, 32, 32))})  # fmt: skip
+        rows.append(
+            {
+                "dataset": f"cifar10-shaped, {n_train}+{n_test}",
+                "before": before,
+                "after": after,
+                "how": "measured (ray.put)",
+                "computed": list(computed(n_train, n_test, 3, 32, 32)),
+            }
+        )
     finally:
         ray.shutdown()
 
@@ -85,8 +105,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| {'dataset':<26} | {'float32 MB':>10} | {'stored MB':>9} | ratio | {'how':<20} |")
     print(f"| {'-' * 26} | {'-' * 10} | {'-' * 9} | ----- | {'-' * 20} |")
     for r in rows:
-        print(f"| {r['dataset']:<26} | {r['before'] / 1e6:10.1f} | {r['after'] / 1e6:9.1f} | "
-              f"{r['after'] / r['before']:5.2f} | {r['how']:<20} |")  # fmt: skip
+        print(
+            f"| {r['dataset']:<26} | {r['before'] / 1e6:10.1f} | {r['after'] / 1e6:9.1f} | "
+            f"{r['after'] / r['before']:5.2f} | {r['how']:<20} |"
+        )
     if args.json:
         args.json.write_text(json.dumps({"rows": rows}, indent=2))
 

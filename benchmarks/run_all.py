@@ -37,18 +37,30 @@ def rows(smoke: bool, tmp: Path) -> list[tuple[str, float, str, bool]]:
     worst = max(attack["rows"], key=lambda r: r["ratio"])
     writes = run("tracking_writes.py", smoke, tmp / "writes.json")
     return tracking_rows(writes) + [
-        (f"PGD-k time / k input-gradient passes (worst, k={worst['k']})", attack["worst_ratio"], "≤ 1.30",
-         attack["worst_ratio"] <= 1.30),
-        ("APGD-CE time / k input-gradient passes (worst k)", attack["worst_apgd_ratio"], "≤ 1.30",
-         attack["worst_apgd_ratio"] <= 1.30),
+        (
+            f"PGD-k time / k input-gradient passes (worst, k={worst['k']})",
+            attack["worst_ratio"],
+            "≤ 1.30",
+            attack["worst_ratio"] <= 1.30,
+        ),
+        (
+            "APGD-CE time / k input-gradient passes (worst k)",
+            attack["worst_apgd_ratio"],
+            "≤ 1.30",
+            attack["worst_apgd_ratio"] <= 1.30,
+        ),
         ("final evaluation / whole trial, digits pclc train", evaluation["eval_share"], "(info)", True),
-        ("digits pclc train wall time / 60 s", evaluation["train_wall_s"] / 60, "≤ 1.00",
-         evaluation["train_wall_s"] <= 60),
+        (
+            "digits pclc train wall time / 60 s",
+            evaluation["train_wall_s"] / 60,
+            "≤ 1.00",
+            evaluation["train_wall_s"] <= 60,
+        ),
         ("quickstart wall time (2 at a time) / 300 s", speed["two_s"] / 300, "≤ 1.00", speed["two_s"] <= 300),
         ("Ray Tune + MLflow trial / direct run_trial", over["ratio"], "≤ 1.10", over["ratio"] <= 1.10),
         ("whole sweep per trial / direct run_trial", over["sweep_ratio"], "(info)", True),
         ("quickstart: 2 concurrent trials vs 1 (speed-up)", speed["speedup"], "≥ 1.70", speed["speedup"] >= 1.70),
-    ]  # fmt: skip
+    ]
 
 
 def object_store_rows(smoke: bool, tmp: Path) -> list[tuple[str, float, str, bool]]:
@@ -69,10 +81,15 @@ def tracking_rows(writes: dict) -> list[tuple[str, float, str, bool]]:
         return []
     rate = {(r["backend"], r["writers"]): r["writes_per_s"] for r in writes["rows"]}
     return [
-        (f"MLflow server writes/s, PostgreSQL / SQLite, {n} writers ({rate['postgresql', n]:.1f} vs "
-         f"{rate['sqlite', n]:.1f}/s)", ratio, "(info)", True)
+        (
+            f"MLflow server writes/s, PostgreSQL / SQLite, {n} writers ({rate['postgresql', n]:.1f} vs "
+            f"{rate['sqlite', n]:.1f}/s)",
+            ratio,
+            "(info)",
+            True,
+        )
         for n, ratio in ((int(k), v) for k, v in writes["pg_over_sqlite"].items())
-    ]  # fmt: skip
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pclc-bench-all-") as tmp:
         table = rows(args.smoke_test, Path(tmp)) + object_store_rows(args.smoke_test, Path(tmp))
     load = os.getloadavg()[0]
-    print(f"\npclc-sweeps benchmarks ({'smoke test' if args.smoke_test else 'full'}; "
-          f"{os.cpu_count()} CPUs, load {load:.1f})")  # fmt: skip
+    print(
+        f"\npclc-sweeps benchmarks ({'smoke test' if args.smoke_test else 'full'}; "
+        f"{os.cpu_count()} CPUs, load {load:.1f})"
+    )
     width = max(len(r[0]) for r in table)
     print(f"| {'measure':<{width}} | ratio | target | met |")
     print(f"| {'-' * width} | ----- | ------ | --- |")

@@ -34,12 +34,29 @@ OVERHEAD_TARGET, SPEEDUP_TARGET = 1.10, 1.7
 # A ~20 s trial on one CPU thread: digits, 30 epochs, the full white-box suite plus transfer, 20 steps, and
 # APGD-CE (a sweep only optimises numbers an AutoAttack-grade attack checked).
 TRIAL_20S: dict[str, Any] = {
-    "dataset": "digits", "model": "small_cnn", "epochs": 30, "warmup_epochs": 5, "eval_limit": None,
-    "attacks": ["fgsm", "pgd_ce", "pgd_cw", "mim", "bim", "transfer", "apgd_ce"], "eps": [0.05, 0.1, 0.2],
-    "headline_eps": 0.1, "attack_steps": 20, "substitute_epochs": 5, "save_weights": False, "threads": 1,
-}  # fmt: skip
-TRIAL_SMOKE: dict[str, Any] = {**TRIAL_20S, "epochs": 3, "warmup_epochs": 1, "eval_limit": 128, "attack_steps": 5,
-                               "aa_steps": 5, "aa_limit": 32, "epoch_attack_steps": 3}  # fmt: skip
+    "dataset": "digits",
+    "model": "small_cnn",
+    "epochs": 30,
+    "warmup_epochs": 5,
+    "eval_limit": None,
+    "attacks": ["fgsm", "pgd_ce", "pgd_cw", "mim", "bim", "transfer", "apgd_ce"],
+    "eps": [0.05, 0.1, 0.2],
+    "headline_eps": 0.1,
+    "attack_steps": 20,
+    "substitute_epochs": 5,
+    "save_weights": False,
+    "threads": 1,
+}
+TRIAL_SMOKE: dict[str, Any] = {
+    **TRIAL_20S,
+    "epochs": 3,
+    "warmup_epochs": 1,
+    "eval_limit": 128,
+    "attack_steps": 5,
+    "aa_steps": 5,
+    "aa_limit": 32,
+    "epoch_attack_steps": 3,
+}
 
 
 def _sweep(name: str, work: Path, trial: dict[str, Any], seeds: list[int]) -> Any:
@@ -47,19 +64,25 @@ def _sweep(name: str, work: Path, trial: dict[str, Any], seeds: list[int]) -> An
 
     return parse_sweep(
         {
-            "name": name, "mode": "ablation", "trial": trial, "variants": [{"loss": "pclc"}], "seeds": seeds,
-            "max_concurrent": 1, "max_retries": 0, "storage_path": str(work / "ray_results"),
+            "name": name,
+            "mode": "ablation",
+            "trial": trial,
+            "variants": [{"loss": "pclc"}],
+            "seeds": seeds,
+            "max_concurrent": 1,
+            "max_retries": 0,
+            "storage_path": str(work / "ray_results"),
             "tracking_uri": f"sqlite:///{work / 'mlflow.db'}",
         },
         source=name,
-    )  # fmt: skip
+    )
 
 
 def overhead(work: Path, trial: dict[str, Any], k: int) -> dict[str, float]:
     """Per-trial wall time in a sequential K-trial sweep / the same trials run directly."""
     import torch
 
-    from pclc.experiment import prepare, run_trial
+    from pclc.experiment import Silent, prepare, run_trial
     from sweeps.driver import run_sweep
 
     cfg = _sweep("overhead", work, trial, seeds=list(range(k)))
@@ -70,7 +93,7 @@ def overhead(work: Path, trial: dict[str, Any], k: int) -> dict[str, float]:
         times = []
         for seed in range(k):
             t0 = time.perf_counter()
-            run_trial(cfg.trial_config({"seed": seed}), lambda m, s: None, prepared=prepared)
+            run_trial(cfg.trial_config({"seed": seed}), Silent(), prepared=prepared)
             times.append(time.perf_counter() - t0)
         return statistics.mean(times)
 
@@ -83,9 +106,13 @@ def overhead(work: Path, trial: dict[str, Any], k: int) -> dict[str, float]:
     trial = statistics.mean(r.metrics["time_total_s"] for r in result.grid)
     plain = statistics.mean([before, after])
     return {
-        "direct_s": plain, "tune_trial_s": trial, "ratio": trial / plain,
-        "sweep_per_trial_s": sweep_per_trial, "sweep_ratio": sweep_per_trial / plain, "k": float(k),
-    }  # fmt: skip
+        "direct_s": plain,
+        "tune_trial_s": trial,
+        "ratio": trial / plain,
+        "sweep_per_trial_s": sweep_per_trial,
+        "sweep_ratio": sweep_per_trial / plain,
+        "k": float(k),
+    }
 
 
 def speedup(work: Path, smoke: bool) -> dict[str, float]:
@@ -94,15 +121,31 @@ def speedup(work: Path, smoke: bool) -> dict[str, float]:
     from sweeps.config import load_sweep
     from sweeps.driver import run_sweep
 
-    sets = ["num_trials=2", "trial.epochs=6", "trial.eval_limit=128", "trial.aa_limit=16", "trial.aa_steps=5",
-            "trial.square_queries=50"] if smoke else []  # fmt: skip
+    sets = (
+        [
+            "num_trials=2",
+            "trial.epochs=6",
+            "trial.eval_limit=128",
+            "trial.aa_limit=16",
+            "trial.aa_steps=5",
+            "trial.square_queries=50",
+        ]
+        if smoke
+        else []
+    )
     times: dict[int, float] = {}
     prepared = None
     for concurrent in (1, 2):
-        cfg = load_sweep(ROOT / "sweeps/configs/quickstart.yaml", sets + [
-            f"name=quickstart-c{concurrent}", f"max_concurrent={concurrent}",
-            f"storage_path={work / 'ray_results'}", f"tracking_uri=sqlite:///{work / 'mlflow.db'}",
-        ])  # fmt: skip
+        cfg = load_sweep(
+            ROOT / "sweeps/configs/quickstart.yaml",
+            sets
+            + [
+                f"name=quickstart-c{concurrent}",
+                f"max_concurrent={concurrent}",
+                f"storage_path={work / 'ray_results'}",
+                f"tracking_uri=sqlite:///{work / 'mlflow.db'}",
+            ],
+        )
         prepared = prepared or prepare(cfg.trial)
         t0 = time.perf_counter()
         result = run_sweep(cfg, prepared=prepared, out=io.StringIO())
@@ -118,18 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args(argv)
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
+    from sweeps.driver import ray_session, set_tune_environment
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    try:
+    with ray_session("local", num_cpus=2, log_to_driver=False):
+        set_tune_environment()
         with tempfile.TemporaryDirectory(prefix="pclc-bench-") as tmp:
             work = Path(tmp)
             trial = TRIAL_SMOKE if args.smoke_test else TRIAL_20S
             over = overhead(work / "overhead", trial, 2 if args.smoke_test else args.trials)
             speed = speedup(work / "speedup", args.smoke_test)
-    finally:
-        ray.shutdown()
 
     def verdict(ok: bool) -> str:  # smoke trials are too short for the targets: fixed costs dominate
         return "(smoke test: not judged)" if args.smoke_test else ("OK" if ok else "MISSED")
@@ -137,13 +177,19 @@ def main(argv: list[str] | None = None) -> int:
     cpus = os.cpu_count()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\nsweep overhead ({'smoke test' if args.smoke_test else 'full'}; {cpus} CPUs, load {load:.1f}):")
-    print(f"  Ray Tune trial / direct run_trial : {over['tune_trial_s']:.2f} s / {over['direct_s']:.2f} s = "
-          f"{over['ratio']:.3f}   (target ≤ {OVERHEAD_TARGET})  {verdict(over['ratio'] <= OVERHEAD_TARGET)}")
-    print(f"  whole sweep per trial / direct    : {over['sweep_per_trial_s']:.2f} s / {over['direct_s']:.2f} s = "
-          f"{over['sweep_ratio']:.3f}   (start-up and wrap-up spread over {int(over['k'])} trials)")
-    print(f"  quickstart speed-up, 2 vs 1 trial : {speed['one_s']:.1f} s / {speed['two_s']:.1f} s = "
-          f"{speed['speedup']:.2f}x  over {int(speed['trials'])} trials  (target ≥ {SPEEDUP_TARGET})  "
-          f"{verdict(speed['speedup'] >= SPEEDUP_TARGET)}")  # fmt: skip
+    print(
+        f"  Ray Tune trial / direct run_trial : {over['tune_trial_s']:.2f} s / {over['direct_s']:.2f} s = "
+        f"{over['ratio']:.3f}   (target ≤ {OVERHEAD_TARGET})  {verdict(over['ratio'] <= OVERHEAD_TARGET)}"
+    )
+    print(
+        f"  whole sweep per trial / direct    : {over['sweep_per_trial_s']:.2f} s / {over['direct_s']:.2f} s = "
+        f"{over['sweep_ratio']:.3f}   (start-up and wrap-up spread over {int(over['k'])} trials)"
+    )
+    print(
+        f"  quickstart speed-up, 2 vs 1 trial : {speed['one_s']:.1f} s / {speed['two_s']:.1f} s = "
+        f"{speed['speedup']:.2f}x  over {int(speed['trials'])} trials  (target ≥ {SPEEDUP_TARGET})  "
+        f"{verdict(speed['speedup'] >= SPEEDUP_TARGET)}"
+    )
     if args.json:
         args.json.write_text(json.dumps({"overhead": over, "speedup": speed, "smoke_test": args.smoke_test}, indent=2))
     return 0

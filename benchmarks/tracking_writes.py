@@ -40,16 +40,26 @@ def writes_per_second(server_uri: str, name: str, n: int, epochs: int, work: Pat
     notes_dir.mkdir()
     trial = tiny_optimize(name, work).trial
     tracker = SweepTracker(server_uri)
-    tracker.start_parent(name=name, mode="optimize", headline_metric="robust_acc", objective=[],
-                         experiment_path=str(work / name), resolved_config=f"name: {name}\n", resume=False)  # fmt: skip
+    tracker.start_parent(
+        name=name,
+        mode="optimize",
+        headline_metric="robust_acc",
+        objective=[],
+        experiment_path=str(work / name),
+        resolved_config=f"name: {name}\n",
+        resume=False,
+    )
     fork = multiprocessing.get_context("fork")
     barrier = fork.Barrier(n)
     names = final_metric_names(trial)
     procs = [
-        fork.Process(target=write_like_a_trial, args=(tracker.target, f"w{i:02d}", {**trial.to_dict(), "seed": i}, names),
-                     kwargs={"epochs": epochs, "notes_dir": str(notes_dir), "barrier": barrier})
+        fork.Process(
+            target=write_like_a_trial,
+            args=(tracker.target, f"w{i:02d}", {**trial.to_dict(), "seed": i}, names),
+            kwargs={"epochs": epochs, "notes_dir": str(notes_dir), "barrier": barrier},
+        )
         for i in range(n)
-    ]  # fmt: skip
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -70,7 +80,7 @@ def measure(epochs: int, work: Path, writers: tuple[int, ...] = WRITERS) -> list
     for backend in ("sqlite", "postgresql"):
         home = work / f"home-{backend}"
         home.mkdir()
-        with (throwaway_postgres(home) if backend == "postgresql" else contextlib.nullcontext()) as pg:
+        with throwaway_postgres(home) if backend == "postgresql" else contextlib.nullcontext() as pg:
             server = HeadMlflow(home, pg.uri if pg else None, workers=SERVER_WORKERS)
             with server.running():
                 for n in writers:
@@ -94,8 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="pclc-bench-writes-") as tmp:
             rows = measure(3 if args.smoke_test else 20, Path(tmp), writers)
         rate = {(r["backend"], r["writers"]): r["writes_per_s"] for r in rows}
-        result = {"rows": rows, "load": os.getloadavg()[0],
-                  "pg_over_sqlite": {str(n): rate["postgresql", n] / rate["sqlite", n] for n in writers}}  # fmt: skip
+        result = {
+            "rows": rows,
+            "load": os.getloadavg()[0],
+            "pg_over_sqlite": {str(n): rate["postgresql", n] / rate["sqlite", n] for n in writers},
+        }
         for n in writers:
             print(f"{n} writers: PostgreSQL / SQLite = {result['pg_over_sqlite'][str(n)]:.2f}")
     if args.json:

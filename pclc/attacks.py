@@ -17,8 +17,9 @@ import contextlib
 import importlib
 import logging
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 from torch import nn
@@ -73,12 +74,9 @@ from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted  # noqa: E
 from pyautoattack.fab_pt import FABAttack_PT  # noqa: E402
 from pyautoattack.square import SquareAttack  # noqa: E402
 
-from pclc.metrics import AUTOATTACK  # noqa: E402
-
 CLIP = (0.0, 1.0)  # pixels live in [0, 1]: no normalisation layer, as in the authors' code
 SPSA_DELTA = 0.01  # SPSA finite-difference scale, in pixels (advertorch's default)
 SPSA_CHUNK = 32  # SPSA perturbation samples evaluated per forward (memory ∝ chunk × batch)
-TRANSFER_ATTACKS = frozenset({"transfer"})  # crafted on the substitute model, scored on the target
 AA_SUBSET_SEED = 0  # every trial of every sweep scores AutoAttack on the same samples
 AA_LOGGER = "pclc.autoattack"  # the reference code's own warnings (zero gradients, Square) land here
 
@@ -129,13 +127,20 @@ class AttackSuite:
                 raise ValueError(f"aa_eps {list(self.aa_eps)} must be radii of the eps grid {list(self.eps)}")
         unknown = [a for a in self.attacks if a not in ATTACK_BUILDERS]
         if unknown:
-            raise ValueError(f"unknown attack(s) {unknown}; choose from {ATTACK_BUILDERS.names()}")
+            raise ValueError(f"unknown attack(s) {unknown}; choose from: {ATTACK_BUILDERS.choices()}")
         if len(set(self.attacks)) != len(self.attacks):
             raise ValueError(f"attacks listed twice in {list(self.attacks)}")
         if not self.eps or not all(0.0 < e <= 1.0 for e in self.eps):
             raise ValueError(f"eps {list(self.eps)} must be non-empty radii in (0, 1] (pixels in [0, 1])")
-        for name, lo in (("steps", 1), ("spsa_samples", 1), ("batch_size", 1), ("aa_steps", 1),
-                         ("aa_targets", 1), ("square_queries", 1), ("aa_limit", 1)):
+        for name, lo in (
+            ("steps", 1),
+            ("spsa_samples", 1),
+            ("batch_size", 1),
+            ("aa_steps", 1),
+            ("aa_targets", 1),
+            ("square_queries", 1),
+            ("aa_limit", 1),
+        ):
             if getattr(self, name) is not None and getattr(self, name) < lo:
                 raise ValueError(f"{name} = {getattr(self, name)} must be ≥ {lo}")
         if self.step_scale <= 0:
@@ -177,8 +182,38 @@ class AttackSuite:
 
 
 # ------------------------------------------------------------------ attack builders
+@dataclass(frozen=True)
+class AttackInfo:
+    """What an attack is, registered with its builder: every list of attacks is derived from these."""
+
+    box: Literal["white", "black", "mixed"]  # uses the model's gradients / only its outputs / an ensemble of both
+    family: Literal["classic", "autoattack"]  # the paper's protocol, or AutoAttack-grade (aa_subset, aa_eps)
+    cost: Callable[[AttackSuite], int]  # model passes per sample per radius (a forward + backward is one)
+    substitute: bool = False  # crafted on a substitute model, scored on the target
+
+
+def _classic(box: Literal["white", "black"], cost: Callable[[AttackSuite], int], **kw: Any) -> AttackInfo:
+    return AttackInfo(box=box, family="classic", cost=cost, **kw)
+
+
+def _aa(box: Literal["white", "black", "mixed"], cost: Callable[[AttackSuite], int]) -> AttackInfo:
+    return AttackInfo(box=box, family="autoattack", cost=cost)
+
+
+def _steps(suite: AttackSuite) -> int:
+    return suite.steps
+
+
+def _aa_steps(suite: AttackSuite) -> int:
+    return suite.aa_steps
+
+
+def _aa_targeted(suite: AttackSuite) -> int:
+    return suite.aa_steps * suite.aa_targets
+
+
 ATTACK_BUILDERS: Registry[Attack] = Registry("attack")
-"""name → builder(model, eps, suite) returning an object with `perturb(x, y)`."""
+"""name → builder(model, eps, suite) returning an object with `perturb(x, y)`; info: its `AttackInfo`."""
 
 
 def _ce() -> nn.Module:
@@ -186,7 +221,7 @@ def _ce() -> nn.Module:
     return nn.CrossEntropyLoss(reduction="sum")
 
 
-@ATTACK_BUILDERS.register("fgsm")
+@ATTACK_BUILDERS.register("fgsm", info=_classic("white", lambda s: 1))
 def build_fgsm(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """One signed-gradient step of size eps on the CE loss (Goodfellow et al.)."""
     return GradientSignAttack(model, loss_fn=_ce(), eps=float(eps), clip_min=CLIP[0], clip_max=CLIP[1])
@@ -194,22 +229,24 @@ def build_fgsm(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
 
 def _pgd(model: nn.Module, eps: float, suite: AttackSuite, loss_fn: nn.Module) -> Attack:
     return LinfPGDAttack(
-        model, loss_fn=loss_fn, eps=float(eps), nb_iter=suite.steps, eps_iter=suite.step_size(eps),
-        rand_init=True, clip_min=CLIP[0], clip_max=CLIP[1],
+        model,
+        loss_fn=loss_fn,
+        eps=float(eps),
+        nb_iter=suite.steps,
+        eps_iter=suite.step_size(eps),
+        rand_init=True,
+        clip_min=CLIP[0],
+        clip_max=CLIP[1],
     )
 
 
-@ATTACK_BUILDERS.register("pgd_ce")
+@ATTACK_BUILDERS.register("pgd_ce", info=_classic("white", _steps))
 def build_pgd_ce(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """PGD with random start on the CE loss (Madry et al.)."""
     return _pgd(model, eps, suite, _ce())
 
 
-# The transfer attack is PGD-CE on the substitute: the runner passes the substitute as `model`.
-ATTACK_BUILDERS.register("transfer")(build_pgd_ce)
-
-
-@ATTACK_BUILDERS.register("pgd_cw")
+@ATTACK_BUILDERS.register("pgd_cw", info=_classic("white", _steps))
 def build_pgd_cw(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """PGD with random start on the CW margin loss max_{j≠y} z_j − z_y: immune to a saturated softmax.
 
@@ -219,32 +256,54 @@ def build_pgd_cw(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     return _pgd(model, eps, suite, LogitMarginLoss(reduction="sum"))
 
 
-@ATTACK_BUILDERS.register("mim")
+@ATTACK_BUILDERS.register("mim", info=_classic("white", _steps))
 def build_mim(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """Momentum iterative attack (Dong et al.), CE summed over the batch as in the authors' notebook."""
     return MomentumIterativeAttack(
-        model, loss_fn=_ce(), eps=float(eps), nb_iter=suite.steps, decay_factor=1.0,
-        eps_iter=suite.step_size(eps), clip_min=CLIP[0], clip_max=CLIP[1],
+        model,
+        loss_fn=_ce(),
+        eps=float(eps),
+        nb_iter=suite.steps,
+        decay_factor=1.0,
+        eps_iter=suite.step_size(eps),
+        clip_min=CLIP[0],
+        clip_max=CLIP[1],
     )
 
 
-@ATTACK_BUILDERS.register("bim")
+@ATTACK_BUILDERS.register("bim", info=_classic("white", _steps))
 def build_bim(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """Basic iterative attack: PGD without the random start (Kurakin et al.)."""
     return LinfBasicIterativeAttack(
-        model, loss_fn=_ce(), eps=float(eps), nb_iter=suite.steps, eps_iter=suite.step_size(eps),
-        clip_min=CLIP[0], clip_max=CLIP[1],
+        model,
+        loss_fn=_ce(),
+        eps=float(eps),
+        nb_iter=suite.steps,
+        eps_iter=suite.step_size(eps),
+        clip_min=CLIP[0],
+        clip_max=CLIP[1],
     )
 
 
-@ATTACK_BUILDERS.register("spsa")
+@ATTACK_BUILDERS.register("spsa", info=_classic("black", lambda s: s.steps * s.spsa_samples))
 def build_spsa(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """Gradient-free SPSA (Uesato et al.) on the margin loss; Adam's lr is the suite's step size."""
     return LinfSPSAAttack(
-        model, eps=float(eps), delta=SPSA_DELTA, lr=suite.step_size(eps), nb_iter=suite.steps,
-        nb_sample=suite.spsa_samples, max_batch_size=min(suite.spsa_samples, SPSA_CHUNK),
-        clip_min=CLIP[0], clip_max=CLIP[1],
+        model,
+        eps=float(eps),
+        delta=SPSA_DELTA,
+        lr=suite.step_size(eps),
+        nb_iter=suite.steps,
+        nb_sample=suite.spsa_samples,
+        max_batch_size=min(suite.spsa_samples, SPSA_CHUNK),
+        clip_min=CLIP[0],
+        clip_max=CLIP[1],
     )
+
+
+# The transfer attack is PGD-CE on the substitute: the runner passes the substitute as `model`. Black box
+# from the target's side: it never sees the target's gradients.
+ATTACK_BUILDERS.register("transfer", info=_classic("black", _steps, substitute=True))(build_pgd_ce)
 
 
 # ------------------------------------------------------------------ AutoAttack-grade (pyautoattack)
@@ -269,51 +328,81 @@ class _Lazy:
 
 def _apgd(model: nn.Module, eps: float, suite: AttackSuite, loss: str) -> Attack:
     return APGDAttack(
-        model, n_iter=suite.aa_steps, norm="Linf", n_restarts=1, eps=float(eps), seed=suite.seed, loss=loss,
-        eot_iter=1, rho=0.75, logger=logging.getLogger(AA_LOGGER),
+        model,
+        n_iter=suite.aa_steps,
+        norm="Linf",
+        n_restarts=1,
+        eps=float(eps),
+        seed=suite.seed,
+        loss=loss,
+        eot_iter=1,
+        rho=0.75,
+        logger=logging.getLogger(AA_LOGGER),
     )
 
 
 def _apgd_targeted(model: nn.Module, eps: float, suite: AttackSuite, targets: int) -> APGDAttack_targeted:
     return APGDAttack_targeted(
-        model, n_iter=suite.aa_steps, norm="Linf", n_restarts=1, eps=float(eps), seed=suite.seed,
-        n_target_classes=targets, logger=logging.getLogger(AA_LOGGER),
+        model,
+        n_iter=suite.aa_steps,
+        norm="Linf",
+        n_restarts=1,
+        eps=float(eps),
+        seed=suite.seed,
+        n_target_classes=targets,
+        logger=logging.getLogger(AA_LOGGER),
     )
 
 
-@ATTACK_BUILDERS.register("apgd_ce")
+@ATTACK_BUILDERS.register("apgd_ce", info=_aa("white", _aa_steps))
 def build_apgd_ce(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """Auto-PGD on cross-entropy (Croce & Hein 2020): step size adapted, no tuning."""
     return _apgd(model, eps, suite, "ce")
 
 
-@ATTACK_BUILDERS.register("apgd_dlr")
+@ATTACK_BUILDERS.register("apgd_dlr", info=_aa("white", _aa_steps))
 def build_apgd_dlr(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """Auto-PGD on the DLR loss: a logit-ratio loss that is invariant to logit scale (no softmax to saturate)."""
     return _apgd(model, eps, suite, "dlr")
 
 
-@ATTACK_BUILDERS.register("apgd_t")
+@ATTACK_BUILDERS.register("apgd_t", info=_aa("white", _aa_targeted))
 def build_apgd_t(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """Auto-PGD on the targeted DLR loss, one run per top-min(9, K−1) false class: what breaks PC-LC."""
     return _Lazy(lambda x: _apgd_targeted(model, eps, suite, _n_targets(model, x, suite)), model)
 
 
-@ATTACK_BUILDERS.register("fab_t")
+@ATTACK_BUILDERS.register("fab_t", info=_aa("white", _aa_targeted))
 def build_fab_t(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """Targeted FAB (Croce & Hein 2020): minimal-norm adversarials, kept only when within eps."""
-    return _Lazy(lambda x: FABAttack_PT(
-        model, norm="Linf", n_restarts=1, n_iter=suite.aa_steps, eps=float(eps), seed=suite.seed,
-        targeted=True, n_target_classes=_n_targets(model, x, suite), device=x.device,
-    ), model)
+    return _Lazy(
+        lambda x: FABAttack_PT(
+            model,
+            norm="Linf",
+            n_restarts=1,
+            n_iter=suite.aa_steps,
+            eps=float(eps),
+            seed=suite.seed,
+            targeted=True,
+            n_target_classes=_n_targets(model, x, suite),
+            device=x.device,
+        ),
+        model,
+    )
 
 
-@ATTACK_BUILDERS.register("square")
+@ATTACK_BUILDERS.register("square", info=_aa("black", lambda s: s.square_queries))
 def build_square(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """Square Attack (Andriushchenko et al.): score-based black box, `square_queries` queries per sample."""
     return SquareAttack(
-        model, norm="Linf", n_queries=suite.square_queries, eps=float(eps), p_init=0.8, n_restarts=1,
-        seed=suite.seed, resc_schedule=False,
+        model,
+        norm="Linf",
+        n_queries=suite.square_queries,
+        eps=float(eps),
+        p_init=0.8,
+        n_restarts=1,
+        seed=suite.seed,
+        resc_schedule=False,
     )
 
 
@@ -325,7 +414,9 @@ class _StandardAutoAttack:
         self.model, self.eps, self.suite = model, float(eps), suite
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        aa = AutoAttack(self.model, eps=self.eps, norm="Linf", version="standard", seed=self.suite.seed, device=x.device)
+        aa = AutoAttack(
+            self.model, eps=self.eps, norm="Linf", version="standard", seed=self.suite.seed, device=x.device
+        )
         aa.logger = logging.getLogger(AA_LOGGER)
         targets = _n_targets(self.model, x, self.suite)
         # The standard version's APGDs, built by the same builders as the standalone attacks (same settings,
@@ -338,10 +429,21 @@ class _StandardAutoAttack:
         return x_adv
 
 
-@ATTACK_BUILDERS.register("autoattack")
+@ATTACK_BUILDERS.register(
+    "autoattack", info=_aa("mixed", lambda s: s.aa_steps * (1 + 2 * s.aa_targets) + s.square_queries)
+)
 def build_autoattack(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """Standard AutoAttack (Croce & Hein 2020), the per-sample worst of its four attacks."""
     return _StandardAutoAttack(model, eps, suite)
+
+
+# ------------------------------------------------------------------ lists derived from the registry
+CLASSIC: tuple[str, ...] = ATTACK_BUILDERS.select(lambda i: i.family == "classic")  # the paper's protocol
+AUTOATTACK: tuple[str, ...] = ATTACK_BUILDERS.select(lambda i: i.family == "autoattack")  # what a headline survives
+ATTACKS: tuple[str, ...] = CLASSIC + AUTOATTACK  # the order of tables and plots
+WHITE_BOX: tuple[str, ...] = ATTACK_BUILDERS.select(lambda i: i.box == "white")
+BLACK_BOX: tuple[str, ...] = ATTACK_BUILDERS.select(lambda i: i.box == "black")
+TRANSFER_ATTACKS: frozenset[str] = frozenset(ATTACK_BUILDERS.select(lambda i: i.substitute))
 
 
 class AAFlags(logging.Handler):
@@ -529,7 +631,9 @@ class SuiteResult:
         on the samples all of them scored (per-sample worst case)."""
         names = [a for a in (attacks or self.attacks) if (a, float(eps)) in self.adv_pred]
         if not names:
-            raise ValueError(f"no attack of {list(attacks or self.attacks)} was run at eps={eps}; ran {sorted(self.adv_pred)}")
+            raise ValueError(
+                f"no attack of {list(attacks or self.attacks)} was run at eps={eps}; ran {sorted(self.adv_pred)}"
+            )
         robust = torch.stack([self.robust(a, eps) for a in names]).all(dim=0)
         scored = torch.stack([self.mask(a, eps) for a in names]).all(dim=0)
         return robust, scored
@@ -556,9 +660,9 @@ def run_suite(
     clean-wrong samples are skipped (non-robust for free, as in AutoAttack). AutoAttack-grade attacks
     score only `suite.aa_subset`. 'transfer' needs `substitute`.
 
-    Example:
-        >>> result = run_suite(model, x, y, AttackSuite(attacks=("fgsm",), eps=(0.1,)))
-        >>> result.accuracy("fgsm", 0.1)
+    Example (an illustration: it needs a trained model or a store):
+        >>> result = run_suite(model, x, y, AttackSuite(attacks=("fgsm",), eps=(0.1,)))  # doctest: +SKIP
+        >>> result.accuracy("fgsm", 0.1)  # doctest: +SKIP
     """
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"need as many labels as inputs, and at least one: got {len(x)} inputs, {len(y)} labels")
@@ -585,6 +689,9 @@ def run_suite(
                 adv_pred[(name, eps)] = pred
                 scored[(name, eps)] = mask
     ran_aa = any(a in AUTOATTACK for a in suite.attacks)
-    reference = {"aa_zero_gradients": float(flags.zero_gradients), "aa_square_gain": flags.square_gain} if ran_aa else {}
-    return SuiteResult(y=y_cpu, clean_logits=clean_logits, adv_pred=adv_pred, scored=scored,
-                       flags=reference, messages=flags.messages)
+    reference = (
+        {"aa_zero_gradients": float(flags.zero_gradients), "aa_square_gain": flags.square_gain} if ran_aa else {}
+    )
+    return SuiteResult(
+        y=y_cpu, clean_logits=clean_logits, adv_pred=adv_pred, scored=scored, flags=reference, messages=flags.messages
+    )

@@ -16,9 +16,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -218,8 +219,16 @@ def _mnist_files(folder: str) -> tuple[str, ...]:
 
 
 _CIFAR10_FILES = tuple(
-    f"cifar-10-batches-py/{n}" for n in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4",
-                                          "data_batch_5", "test_batch", "batches.meta"]
+    f"cifar-10-batches-py/{n}"
+    for n in [
+        "data_batch_1",
+        "data_batch_2",
+        "data_batch_3",
+        "data_batch_4",
+        "data_batch_5",
+        "test_batch",
+        "batches.meta",
+    ]
 )
 _CIFAR100_FILES = ("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta")
 
@@ -392,9 +401,7 @@ def tiny_imagenet(*, data_root: str | Path | None = None, download: bool = False
         if not line.strip():
             continue
         if len(fields) < 2 or fields[1] not in label:
-            raise DataError(
-                f"{annotations}:{number}: expected 'FILE<TAB>WNID…' with a wnid of wnids.txt, got {line!r}"
-            )
+            raise DataError(f"{annotations}:{number}: expected 'FILE<TAB>WNID…' with a wnid of wnids.txt, got {line!r}")
         path = base / "val" / "images" / fields[0]
         if not path.is_file():
             raise DataError(f"{annotations}:{number} names {fields[0]}, which is not in {path.parent}")
@@ -553,9 +560,7 @@ def _npz_dataset(path: str | Path) -> Dataset:
     return Dataset(f"npz:{path}", x_train, y_train, x_test, y_test, num_classes)
 
 
-def load_dataset(
-    name: str, *, data_root: str | Path | None = None, download: bool = False, seed: int = 0
-) -> Dataset:
+def load_dataset(name: str, *, data_root: str | Path | None = None, download: bool = False, seed: int = 0) -> Dataset:
     """The data set `name` (a DATASETS name or "npz:/path/file.npz") as tensors on the CPU, images float32.
 
     `seed` is accepted for API stability but changes nothing: held-out splits use SPLIT_SEED

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from pclc import metrics as M
-from pclc.attacks import AttackSuite, SuiteResult, run_suite
+from pclc.attacks import AUTOATTACK, BLACK_BOX, CLASSIC, WHITE_BOX, AttackSuite, SuiteResult, run_suite
 
 BLACKBOX_MARGIN = 0.02  # a black-box attack beating every white-box one by more than this is suspect
 CE_CW_MARGIN = 0.10  # PGD-CE leaving this much more accuracy than PGD-CW is suspect
@@ -80,28 +80,35 @@ def masking_checks(
     warnings: list[str] = []
     eps_grid = sorted({e for _, e in accuracy})
 
+    def record(number: str, value: float, flag: str, fired: bool, why: str) -> None:
+        """One check: the number behind it, its flag (1.0 when it fired) and, if it fired, the warning."""
+        out[M.masking_key(number)] = value
+        out[M.masking_key(flag)] = float(fired)
+        if fired:
+            warnings.append(f"Gradient masking suspected: {why}")
+
     # 1. A black-box attack should never beat the best gradient attack at the same eps.
     gaps = []
     for eps in eps_grid:
-        white = {a: acc for (a, e), acc in accuracy.items() if e == eps and a in M.WHITE_BOX}
-        black = {a: acc for (a, e), acc in accuracy.items() if e == eps and a in M.BLACK_BOX}
+        white = {a: acc for (a, e), acc in accuracy.items() if e == eps and a in WHITE_BOX}
+        black = {a: acc for (a, e), acc in accuracy.items() if e == eps and a in BLACK_BOX}
         if white and black:
             best_white, best_black = min(white, key=white.get), min(black, key=black.get)  # type: ignore[arg-type]
             gaps.append((white[best_white] - black[best_black], eps, best_white, best_black, white, black))
     if gaps:
         gap, eps, wb, bb, white, black = max(gaps, key=lambda g: g[0])
-        fired = gap > BLACKBOX_MARGIN
-        out[M.masking_key("blackbox_gap")] = gap
-        out[M.masking_key("blackbox_beats_whitebox")] = float(fired)
-        if fired:
-            warnings.append(
-                f"Gradient masking suspected: at eps={M.format_eps(eps)} the black-box attack {bb} leaves "
-                f"{black[bb]:.3f} accuracy, below the best white-box attack {wb} ({white[wb]:.3f}). Attacks "
-                "that see the gradients should be at least as strong as ones that do not, so this model's "
-                "gradients are probably masked or obfuscated (non-differentiable, saturating or randomised "
-                "layers). Treat the white-box numbers as upper bounds; trust the worst case, and use more "
-                "attack steps or an adaptive attack (BPDA, EOT) before claiming robustness."
-            )
+        record(
+            "blackbox_gap",
+            gap,
+            "blackbox_beats_whitebox",
+            gap > BLACKBOX_MARGIN,
+            f"at eps={M.format_eps(eps)} the black-box attack {bb} leaves "
+            f"{black[bb]:.3f} accuracy, below the best white-box attack {wb} ({white[wb]:.3f}). Attacks "
+            "that see the gradients should be at least as strong as ones that do not, so this model's "
+            "gradients are probably masked or obfuscated (non-differentiable, saturating or randomised "
+            "layers). Treat the white-box numbers as upper bounds; trust the worst case, and use more "
+            "attack steps or an adaptive attack (BPDA, EOT) before claiming robustness.",
+        )
 
     # 2. PGD on CE should be about as strong as PGD on the CW margin loss.
     ce_cw = [
@@ -111,67 +118,69 @@ def masking_checks(
     ]
     if ce_cw:
         gap, eps = max(ce_cw)
-        fired = gap > CE_CW_MARGIN
-        out[M.masking_key("ce_cw_gap")] = gap
-        out[M.masking_key("ce_weaker_than_cw")] = float(fired)
-        if fired:
-            warnings.append(
-                f"Gradient masking suspected: at eps={M.format_eps(eps)} PGD on the cross-entropy loss leaves "
-                f"{accuracy[('pgd_ce', eps)]:.3f} accuracy, {gap:.3f} more than PGD on the CW margin loss. A "
-                "saturated softmax (very confident logits, which probability-margin losses encourage) flattens "
-                "the cross-entropy gradient, so CE-based attacks (fgsm, pgd_ce, mim, bim) overstate robustness. "
-                "Report the pgd_cw and worst-case numbers, not the CE ones."
-            )
+        record(
+            "ce_cw_gap",
+            gap,
+            "ce_weaker_than_cw",
+            gap > CE_CW_MARGIN,
+            f"at eps={M.format_eps(eps)} PGD on the cross-entropy loss leaves "
+            f"{accuracy[('pgd_ce', eps)]:.3f} accuracy, {gap:.3f} more than PGD on the CW margin loss. A "
+            "saturated softmax (very confident logits, which probability-margin losses encourage) flattens "
+            "the cross-entropy gradient, so CE-based attacks (fgsm, pgd_ce, mim, bim) overstate robustness. "
+            "Report the pgd_cw and worst-case numbers, not the CE ones.",
+        )
 
     # 3. At a very large eps any working attack reaches ~0 % accuracy.
     if large_eps_acc is not None:
-        fired = large_eps_acc > COLLAPSE_ACC
-        out[M.masking_key("large_eps_acc")] = large_eps_acc
-        out[M.masking_key("no_collapse")] = float(fired)
-        if fired:
-            where = f"eps={M.format_eps(masking_eps)}" if masking_eps is not None else "a large eps"
-            warnings.append(
-                f"Gradient masking suspected: PGD-CE at {where} still leaves {large_eps_acc:.3f} accuracy. "
-                "A ball that large holds images of other classes, so an attack that follows working gradients "
-                f"should reach ~0 % (≤ {COLLAPSE_ACC:.2f}). Check for masked gradients; if there are none, "
-                "raise attack_steps or step_scale, since the attack is not converging."
-            )
+        where = f"eps={M.format_eps(masking_eps)}" if masking_eps is not None else "a large eps"
+        record(
+            "large_eps_acc",
+            large_eps_acc,
+            "no_collapse",
+            large_eps_acc > COLLAPSE_ACC,
+            f"PGD-CE at {where} still leaves {large_eps_acc:.3f} accuracy. "
+            "A ball that large holds images of other classes, so an attack that follows working gradients "
+            f"should reach ~0 % (≤ {COLLAPSE_ACC:.2f}). Check for masked gradients; if there are none, "
+            "raise attack_steps or step_scale, since the attack is not converging.",
+        )
 
     # 4. The paper's attacks should not claim more than AutoAttack-grade attacks find.
     if classic_vs_aa:
         eps, (classic, aa) = max(classic_vs_aa.items(), key=lambda item: item[1][0] - item[1][1])
-        fired = classic - aa > CLASSIC_AA_MARGIN
-        out[M.masking_key("classic_aa_gap")] = classic - aa
-        out[M.masking_key("classic_overstates")] = float(fired)
-        if fired:
-            warnings.append(
-                f"Gradient masking suspected: at eps={M.format_eps(eps)} the worst of the paper's attacks leaves "
-                f"{classic:.3f} accuracy but AutoAttack-grade attacks leave {aa:.3f} ({classic - aa:.3f} less, "
-                f"threshold {CLASSIC_AA_MARGIN:.2f}). The classic attacks overstate this model's robustness: "
-                "report the AutoAttack-grade number (the headline robust_acc already does)."
-            )
+        record(
+            "classic_aa_gap",
+            classic - aa,
+            "classic_overstates",
+            classic - aa > CLASSIC_AA_MARGIN,
+            f"at eps={M.format_eps(eps)} the worst of the paper's attacks leaves "
+            f"{classic:.3f} accuracy but AutoAttack-grade attacks leave {aa:.3f} ({classic - aa:.3f} less, "
+            f"threshold {CLASSIC_AA_MARGIN:.2f}). The classic attacks overstate this model's robustness: "
+            "report the AutoAttack-grade number (the headline robust_acc already does).",
+        )
 
     # 5. The reference AutoAttack's own flags.
     if reference:
         zero = reference.get("aa_zero_gradients", 0.0)
-        out[M.masking_key("aa_zero_gradient_points")] = zero
-        out[M.masking_key("aa_zero_gradients")] = float(zero > 0)
-        if zero > 0:
-            warnings.append(
-                f"Gradient masking suspected: APGD met {int(zero)} point(s) whose input gradient is exactly zero "
-                "(the reference AutoAttack's check). Gradient-based attacks cannot move those points, so their "
-                "robustness is unmeasured; look for saturated or non-differentiable layers."
-            )
+        record(
+            "aa_zero_gradient_points",
+            zero,
+            "aa_zero_gradients",
+            zero > 0,
+            f"APGD met {int(zero)} point(s) whose input gradient is exactly zero "
+            "(the reference AutoAttack's check). Gradient-based attacks cannot move those points, so their "
+            "robustness is unmeasured; look for saturated or non-differentiable layers.",
+        )
         gain = reference.get("aa_square_gain", 0.0)
-        out[M.masking_key("aa_square_gain")] = gain
-        out[M.masking_key("aa_square_beats_whitebox")] = float(gain > SQUARE_MARGIN)
-        if gain > SQUARE_MARGIN:
-            warnings.append(
-                f"Gradient masking suspected: in AutoAttack, the black-box Square Attack lowered robust accuracy "
-                f"by {gain:.3f} after the white-box attacks had run (the reference AutoAttack's check). A model "
-                "whose gradients work should leave Square nothing to find; run Square with more queries and "
-                "restarts, or an adaptive attack."
-            )
+        record(
+            "aa_square_gain",
+            gain,
+            "aa_square_beats_whitebox",
+            gain > SQUARE_MARGIN,
+            f"in AutoAttack, the black-box Square Attack lowered robust accuracy "
+            f"by {gain:.3f} after the white-box attacks had run (the reference AutoAttack's check). A model "
+            "whose gradients work should leave Square nothing to find; run Square with more queries and "
+            "restarts, or an adaptive attack.",
+        )
 
     flags = [v for k, v in out.items() if k in _FLAGS]
     if flags:
@@ -200,9 +209,9 @@ def evaluate(
     where the rate is undefined); masking/* checks (see `masking_checks`), with one extra PGD-CE run at
     `masking_eps` (None skips that check). Each fired check adds a plain-English warning.
 
-    Example:
-        >>> ev = evaluate(model, x, y, suite, substitute=sub, headline_eps=0.1, masking_eps=0.5)
-        >>> ev.metrics["robust_acc"], ev.warnings
+    Example (an illustration: it needs a trained model or a store):
+        >>> ev = evaluate(model, x, y, suite, substitute=sub, headline_eps=0.1, masking_eps=0.5)  # doctest: +SKIP
+        >>> ev.metrics["robust_acc"], ev.warnings  # doctest: +SKIP
     """
     if float(headline_eps) not in suite.eps:
         raise ValueError(f"headline_eps {headline_eps} is not in the suite's eps grid {list(suite.eps)}")
@@ -239,7 +248,7 @@ def _scores(result: SuiteResult, headline_eps: float) -> dict[str, float]:
     for eps in result.eps:
         _, scope = result.worst(eps)  # the samples every attack scored: the AutoAttack subset, if any ran
         metrics[M.robust_key(M.WORST, eps)] = result.worst_accuracy(eps)
-        for aggregate, family in ((M.WORST_CLASSIC, M.CLASSIC), (M.WORST_AA, M.AUTOATTACK)):
+        for aggregate, family in ((M.WORST_CLASSIC, CLASSIC), (M.WORST_AA, AUTOATTACK)):
             ran = tuple(a for a in result.attacks if a in family and (a, eps) in result.adv_pred)
             if ran:
                 robust, _ = result.worst(eps, ran)
@@ -259,6 +268,7 @@ def _scores(result: SuiteResult, headline_eps: float) -> dict[str, float]:
 def epoch_robust_acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int) -> float:
     """The cheap per-epoch signal ASHA stops trials on: per-sample worst of APGD-CE and APGD-T
     (top-3 targets, `steps` iterations). Plain PGD-CE here rewarded softmax saturation, i.e. masking."""
-    suite = AttackSuite(attacks=("apgd_ce", "apgd_t"), eps=(float(eps),), aa_steps=steps,
-                        aa_targets=EPOCH_TARGETS, aa_limit=None)
+    suite = AttackSuite(
+        attacks=("apgd_ce", "apgd_t"), eps=(float(eps),), aa_steps=steps, aa_targets=EPOCH_TARGETS, aa_limit=None
+    )
     return run_suite(model, x, y, suite).worst_accuracy(eps)

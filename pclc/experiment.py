@@ -1,7 +1,7 @@
 """One trial, top to bottom: data → model → train → evaluate. The only entry a sweep calls.
 
-`run_trial` knows nothing of Ray or MLflow: it hands every epoch's metrics and a checkpoint
-to a plain `report(metrics, state)` callback, and the final evaluation once at the end.
+`run_trial` knows nothing of Ray or MLflow: it hands every epoch's metrics and a checkpoint to a
+`Reporter` (`on_epoch(metrics, state)`), and the final evaluation once at the end (`on_final(evaluation)`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -38,9 +38,38 @@ from pclc.train import (
     select_device,
 )
 
-# report(metrics, state): after every epoch with the trainer's checkpoint (`{}` on an epoch that takes none:
-# see `checkpoint_every`), and once at the end with the final evaluation and state None.
-Report = Callable[[dict[str, float], "dict[str, Any] | None"], None]
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A trial's end: the final metrics, the evaluation's plain-English warnings, the resolved config."""
+
+    metrics: dict[str, float]
+    warnings: list[str]
+    config: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The payload of metrics.json (and of the sweep's evaluation.json)."""
+        return {"metrics": self.metrics, "warnings": self.warnings, "config": self.config}
+
+
+class Reporter(Protocol):
+    """Where `run_trial` reports: each trained epoch with a checkpoint, then the final evaluation once."""
+
+    def on_epoch(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        """An epoch's metrics, with the trainer's checkpoint when one is due (`checkpoint_every`, the
+        scheduler's rungs, the last epoch), else None."""
+
+    def on_final(self, evaluation: Evaluation) -> None: ...
+
+
+class Silent:
+    """A reporter that keeps nothing: for callers that only want `run_trial`'s return value."""
+
+    def on_epoch(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        pass
+
+    def on_final(self, evaluation: Evaluation) -> None:
+        pass
 
 
 class OutputError(ValueError):
@@ -141,7 +170,7 @@ def gpu_hours(device: torch.device, seconds: float) -> float:
 
 def run_trial(
     cfg: TrialConfig,
-    report: Report,
+    reporter: Reporter,
     *,
     prepared: Prepared | None = None,
     resume: dict[str, Any] | None = None,
@@ -186,8 +215,11 @@ def run_trial(
         epoch_started = time.perf_counter()
         train_loss = trainer.train_epoch(data.x_train, data.y_train)
         with fp32_precision():  # scored in IEEE fp32, as the final evaluation is
-            epoch_metrics = {M.EPOCH: trainer.epoch, M.TRAIN_LOSS: train_loss,
-                             M.CLEAN_ACC: accuracy(model, x_eval, y_eval)}  # fmt: skip
+            epoch_metrics = {
+                M.EPOCH: trainer.epoch,
+                M.TRAIN_LOSS: train_loss,
+                M.CLEAN_ACC: accuracy(model, x_eval, y_eval),
+            }
             if len(y_epoch):
                 epoch_metrics[M.EPOCH_ROBUST_ACC] = epoch_robust_acc(
                     model, x_epoch, y_epoch, eps=cfg.headline_eps, steps=cfg.epoch_attack_steps
@@ -197,24 +229,35 @@ def run_trial(
         epoch_metrics[M.TRAIN_SECONDS] = train_seconds
         epoch_metrics[M.GPU_HOURS] = gpu_hours(device, time.perf_counter() - started)
         due = checkpoint_due(trainer.epoch, every=cfg.checkpoint_every, last=cfg.epochs, also=checkpoint_at)
-        report(epoch_metrics, trainer.state_dict() if due else {})
+        reporter.on_epoch(epoch_metrics, trainer.state_dict() if due else None)
 
     # ---- evaluate: the attack suite, robust accuracy, probability gap, masking checks (IEEE fp32, no TF32)
     evaluation_started = time.perf_counter()
     with fp32_precision():
         result = evaluate(
-            model, x_eval, y_eval, AttackSuite.from_config(cfg),
-            substitute=substitute, headline_eps=cfg.headline_eps, masking_eps=cfg.masking_eps,
+            model,
+            x_eval,
+            y_eval,
+            AttackSuite.from_config(cfg),
+            substitute=substitute,
+            headline_eps=cfg.headline_eps,
+            masking_eps=cfg.masking_eps,
         )
     now = time.perf_counter()
-    final = {**result.metrics, M.EPOCH: cfg.epochs, "done": 1.0, M.TRIAL_SECONDS: now - started,
-             M.EVAL_SECONDS: now - evaluation_started, M.TRAIN_SECONDS: train_seconds,
-             M.GPU_HOURS: gpu_hours(device, now - started)}
+    final = {
+        **result.metrics,
+        M.EPOCH: cfg.epochs,
+        M.TRIAL_SECONDS: now - started,
+        M.EVAL_SECONDS: now - evaluation_started,
+        M.TRAIN_SECONDS: train_seconds,
+        M.GPU_HOURS: gpu_hours(device, now - started),
+    }
     if math.isfinite(train_loss):  # a trial resumed after its last epoch trained no epoch here
         final[M.TRAIN_LOSS] = train_loss
+    evaluation = Evaluation(metrics=final, warnings=list(result.warnings), config=cfg.to_dict())
     if cfg.out_dir:
-        write_outputs(cfg, final, result.warnings, model)
-    report(final, None)
+        write_outputs(cfg, final, evaluation.warnings, model)
+    reporter.on_final(evaluation)
     return final
 
 
@@ -222,7 +265,7 @@ def write_outputs(cfg: TrialConfig, final: dict[str, float], warnings: list[str]
     """metrics.json (metrics, warnings, resolved config) and, if asked, the final weights."""
     out = Path(cfg.out_dir)  # type: ignore[arg-type]
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"metrics": final, "warnings": warnings, "config": cfg.to_dict()}
+    payload = Evaluation(metrics=final, warnings=warnings, config=cfg.to_dict()).to_dict()
     (out / "metrics.json").write_text(json.dumps(payload, indent=2, sort_keys=True))
     if cfg.save_weights:
         save_checkpoint({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / "model.pt")

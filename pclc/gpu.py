@@ -55,8 +55,13 @@ def nvidia_driver_version() -> str | None:
     if smi is None:
         return None
     try:
-        out = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20, check=False)  # fmt: skip
+        out = subprocess.run(
+            [smi, "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     first = out.stdout.strip().splitlines()[:1]
@@ -65,8 +70,11 @@ def nvidia_driver_version() -> str | None:
 
 def cuda_info() -> CudaInfo:
     """This process's view: torch's CUDA build, the node's driver, whether CUDA works."""
-    return CudaInfo(torch_cuda=torch.version.cuda or NONE, driver=nvidia_driver_version() or NONE,
-                    available=torch.cuda.is_available())  # fmt: skip
+    return CudaInfo(
+        torch_cuda=torch.version.cuda or NONE,
+        driver=nvidia_driver_version() or NONE,
+        available=torch.cuda.is_available(),
+    )
 
 
 def required_driver(torch_cuda: str) -> int | None:
@@ -88,8 +96,10 @@ def driver_problem(*, driver: str, torch_cuda: str) -> str | None:
         return None
     if major >= need:
         return None
-    return (f"NVIDIA driver {driver} is too old for torch {torch.__version__}, built for CUDA {torch_cuda}: "
-            f"it needs a driver >= {need} (use a newer AMI or driver, or a torch wheel built for an older CUDA)")  # fmt: skip
+    return (
+        f"NVIDIA driver {driver} is too old for torch {torch.__version__}, built for CUDA {torch_cuda}: "
+        f"it needs a driver >= {need} (use a newer AMI or driver, or a torch wheel built for an older CUDA)"
+    )
 
 
 def check_gpus_usable(*, gpu_ids: Sequence[str | int], cuda_available: bool, driver: str, torch_cuda: str) -> None:
@@ -103,8 +113,10 @@ def check_gpus_usable(*, gpu_ids: Sequence[str | int], cuda_available: bool, dri
     if torch_cuda == NONE:
         why = f"this torch ({torch.__version__}) is a CPU-only build (torch.version.cuda is None); install a CUDA wheel"
     elif driver == NONE:
-        why = (f"no NVIDIA driver found (no {DRIVER_FILE}, no nvidia-smi); torch is built for CUDA {torch_cuda}, "
-               f"which needs a driver >= {required_driver(torch_cuda) or '?'}")  # fmt: skip
+        why = (
+            f"no NVIDIA driver found (no {DRIVER_FILE}, no nvidia-smi); torch is built for CUDA {torch_cuda}, "
+            f"which needs a driver >= {required_driver(torch_cuda) or '?'}"
+        )
     else:
         why = driver_problem(driver=driver, torch_cuda=torch_cuda) or (
             f"NVIDIA driver {driver}, torch built for CUDA {torch_cuda}; the driver is new enough, "
@@ -153,8 +165,10 @@ def fp32_precision() -> Iterator[None]:
 def main() -> int:
     """Print this node's GPU stack; exit 2 when its driver cannot run torch's CUDA."""
     info = cuda_info()
-    print(f"torch {torch.__version__} (CUDA {info.torch_cuda}), NVIDIA driver {info.driver}, "
-          f"CUDA usable: {info.available}")  # fmt: skip
+    print(
+        f"torch {torch.__version__} (CUDA {info.torch_cuda}), NVIDIA driver {info.driver}, "
+        f"CUDA usable: {info.available}"
+    )
     problem = driver_problem(driver=info.driver, torch_cuda=info.torch_cuda)
     if problem:
         print(f"pclc.gpu: {problem}", file=sys.stderr)

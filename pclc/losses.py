@@ -16,6 +16,8 @@ from torch import Tensor, nn
 from pclc.registry import Registry
 
 __all__ = [
+    "IGNORED_BY_LOSS",
+    "KNOBS",
     "LOSSES",
     "LogitConstraint",
     "PCLCLoss",
@@ -46,9 +48,7 @@ def _prepare(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     if logits.shape[1] < 2:
         raise ValueError(f"need at least 2 classes, got logits of shape {tuple(logits.shape)}")
     if target.dim() != 1 or target.shape[0] != logits.shape[0]:
-        raise ValueError(
-            f"target must be ({logits.shape[0]},) class indices, got shape {tuple(target.shape)}"
-        )
+        raise ValueError(f"target must be ({logits.shape[0]},) class indices, got shape {tuple(target.shape)}")
     if target.dtype.is_floating_point or target.dtype == torch.bool:
         raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
     z = logits.float()
@@ -125,35 +125,48 @@ class PCLCLoss(nn.Module):
         return f"margin={self.margin}, lc_weight={self.lc_weight}"
 
 
-# --- registry: the config's `loss` field names one of these
+# --- registry: the config's `loss` field names one of these; each member knows the paper's knobs it uses
+KNOBS: tuple[str, ...] = ("margin", "lc_weight")  # ξ (PC's margin) and λ (LC's weight)
 LOSSES: Registry[nn.Module] = Registry("loss")
+"""name → builder(**knobs); info: the knobs (of `KNOBS`) the loss uses."""
 
 
-@LOSSES.register("ce")
-def _ce(**_: float) -> nn.Module:
-    return nn.CrossEntropyLoss()  # margin and lc_weight do not apply
+@LOSSES.register("ce", info=())
+def _ce() -> nn.Module:
+    return nn.CrossEntropyLoss()
 
 
-@LOSSES.register("pc")
-def _pc(*, margin: float = 0.995, **_: float) -> nn.Module:
+@LOSSES.register("pc", info=("margin",))
+def _pc(*, margin: float = 0.995) -> nn.Module:
     return PCLoss(margin=margin)
 
 
-@LOSSES.register("lc")
-def _lc(**_: float) -> nn.Module:
-    return LogitConstraint()  # the constraint alone, for ablation
+@LOSSES.register("lc", info=("lc_weight",))
+def _lc(*, lc_weight: float = 0.05) -> nn.Module:
+    # The constraint alone, for ablation. It is unweighted (λ does not change it), yet λ stays LC's knob:
+    # the paper's ablation labels LC runs by λ, and analysis keeps it in their labels.
+    del lc_weight
+    return LogitConstraint()
 
 
-@LOSSES.register("pclc")
+@LOSSES.register("pclc", info=("margin", "lc_weight"))
 def _pclc(*, margin: float = 0.995, lc_weight: float = 0.05) -> nn.Module:
     return PCLCLoss(margin=margin, lc_weight=lc_weight)
 
 
+# The knobs each loss ignores: a sweep that varies them for that loss varies nothing (analysis leaves them out).
+IGNORED_BY_LOSS: dict[str, frozenset[str]] = {
+    name: frozenset(KNOBS) - set(LOSSES.info(name)) for name in LOSSES.names()
+}
+
+
 def build_loss(name: str, *, margin: float | None = None, lc_weight: float | None = None) -> nn.Module:
-    """The loss called `name` ("ce", "pc", "pclc", "lc"); None keeps the paper's default.
+    """The loss called `name` ("ce", "pc", "pclc", "lc"); None keeps the paper's default; a knob the loss
+    does not use is ignored.
 
     Example:
         >>> build_loss("pclc", margin=0.9, lc_weight=0.1)
         PCLCLoss(margin=0.9, lc_weight=0.1)
     """
-    return LOSSES.create(name, margin=margin, lc_weight=lc_weight)
+    knobs = {"margin": margin, "lc_weight": lc_weight}
+    return LOSSES.create(name, **{k: knobs[k] for k in LOSSES.info(name)})

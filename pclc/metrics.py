@@ -1,21 +1,15 @@
 """The one metric-name schema shared by pclc, sweeps (MLflow) and analysis.
 
 Names follow DESIGN.md (`robust_acc/<attack>/eps=<eps>`). MLflow forbids `=` in metric
-names, so `to_mlflow`/`from_mlflow` map it once, here, in both directions.
+names, so `to_mlflow`/`from_mlflow` map it once, here, in both directions, and `canonical_metric`
+reads any spelling back. The rest of the MLflow contract (tags, params, tracking URI) is `pclc.contract`.
 """
 
 from __future__ import annotations
 
 import re
 
-# The paper's protocol (advertorch): kept for comparison, never trusted alone.
-CLASSIC: tuple[str, ...] = ("fgsm", "pgd_ce", "pgd_cw", "mim", "bim", "spsa", "transfer")
-# AutoAttack-grade (the reference code): what the headline must survive. `autoattack` is the standard
-# ensemble (APGD-CE → APGD-T → FAB-T → Square, each on the points still robust).
-AUTOATTACK: tuple[str, ...] = ("apgd_ce", "apgd_dlr", "apgd_t", "fab_t", "square", "autoattack")
-ATTACKS: tuple[str, ...] = CLASSIC + AUTOATTACK
-WHITE_BOX: tuple[str, ...] = ("fgsm", "pgd_ce", "pgd_cw", "mim", "bim", "apgd_ce", "apgd_dlr", "apgd_t", "fab_t")
-BLACK_BOX: tuple[str, ...] = ("spsa", "transfer", "square")
+# The attack names and their families (CLASSIC, AUTOATTACK, WHITE_BOX, …) live with the attacks: pclc.attacks.
 WORST = "worst"  # per-sample worst case over every attack run at an eps (on the AutoAttack subset)
 WORST_CLASSIC = "worst_classic"  # the same over the paper's attacks only: what a weak evaluation claims
 WORST_AA = "worst_aa"  # the same over the AutoAttack-grade attacks only
@@ -39,9 +33,12 @@ FINALIST_PREFIX = "finalist/"  # `pclc evaluate`: the full AutoAttack re-score o
 MASKING_PREFIX = "masking/"
 # The gradient-masking checks that raise a warning (1.0 = fired); other masking/* are the numbers behind them.
 MASKING_FLAGS: tuple[str, ...] = (
-    "blackbox_beats_whitebox", "ce_weaker_than_cw", "no_collapse",
+    "blackbox_beats_whitebox",
+    "ce_weaker_than_cw",
+    "no_collapse",
     "classic_overstates",  # the worst classic attack leaves more accuracy than AutoAttack-grade ones
-    "aa_zero_gradients", "aa_square_beats_whitebox",  # the reference AutoAttack's own flags
+    "aa_zero_gradients",
+    "aa_square_beats_whitebox",  # the reference AutoAttack's own flags
 )
 
 _ROBUST_RE = re.compile(r"^robust_acc/(?P<attack>[a-z_]+)/eps=(?P<eps>[0-9.e+-]+)$")
@@ -78,6 +75,20 @@ def parse_robust_key(key: str) -> tuple[str, float] | None:
     """(attack, eps) of a robust-accuracy key, or None for any other metric."""
     m = _ROBUST_RE.match(from_mlflow(key))
     return (m["attack"], float(m["eps"])) if m else None
+
+
+def canonical_metric(name: str) -> str:
+    """A metric name in the schema's canonical spelling ('eps=0.10' → 'eps=0.1', MLflow '_' → '='),
+    a `finalist/` re-score included (its key is the trial's own key behind the prefix).
+
+    >>> canonical_metric("robust_acc/fgsm/eps_0.10"), canonical_metric("finalist/robust_acc/worst/eps=0.20")
+    ('robust_acc/fgsm/eps=0.1', 'finalist/robust_acc/worst/eps=0.2')
+    """
+    if name.startswith(FINALIST_PREFIX):
+        return finalist_key(canonical_metric(name.removeprefix(FINALIST_PREFIX)))
+    name = from_mlflow(name)
+    parsed = parse_robust_key(name)
+    return robust_key(*parsed) if parsed else name
 
 
 def to_mlflow(key: str) -> str:

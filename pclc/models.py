@@ -1,13 +1,13 @@
 """Classifiers by name, built from the input shape and class count; they output logits.
 
 No normalisation layer: inputs are pixels in [0, 1] and the attacks clip to [0, 1], as the
-authors do. Each model records the input shape it was designed for in `NATIVE_INPUT_SHAPES`
-(the tests build every registered model at that shape).
+authors do. Each model is registered with the input shape it was designed for (`MODELS.info(name)`,
+collected in `NATIVE_INPUT_SHAPES`; the tests build every registered model at that shape).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,17 +21,11 @@ Shape = tuple[int, int, int]  # (channels, height, width)
 Builder = Callable[..., nn.Module]
 
 MODELS: Registry[nn.Module] = Registry("model")
-NATIVE_INPUT_SHAPES: dict[str, Shape] = {}  # model name → the dataset shape it was designed for
 
 
 def _register(name: str, native: Shape) -> Callable[[Builder], Builder]:
-    """`MODELS.register(name)` that also records the model's native input shape."""
-
-    def decorator(builder: Builder) -> Builder:
-        NATIVE_INPUT_SHAPES[name] = native
-        return MODELS.register(name)(builder)
-
-    return decorator
+    """`MODELS.register(name)` with the input shape (C, H, W) the model was designed for as its info."""
+    return MODELS.register(name, info=native)
 
 
 def _require_min_size(name: str, input_shape: Shape, minimum: int) -> None:
@@ -56,107 +50,84 @@ def create_model(name: str, *, input_shape: tuple[int, int, int], num_classes: i
     return MODELS.create(name, input_shape=shape, num_classes=int(num_classes))
 
 
-# --- small CNN: the embedded default, for scikit-learn's 8×8 digits
+# --- small convolutional nets: conv/ReLU blocks and pools → fully connected head
 
 
-class SmallCNN(nn.Module):
-    """conv 32 → conv 64 (3×3, same padding) → max-pool 2 → FC 128 → K."""
+Layers = list["tuple[int, int, int] | str"]  # (out channels, kernel, padding) conv + ReLU, or "M": 2×2 max-pool
 
-    def __init__(self, input_shape: Shape, num_classes: int) -> None:
+
+def _features(in_channels: int, layers: Layers, *, batch_norm: bool = False) -> tuple[nn.Sequential, int]:
+    """The conv stack `layers` describes (each conv followed by BatchNorm if asked, then ReLU), and its width."""
+    blocks: list[nn.Module] = []
+    channels = in_channels
+    for layer in layers:
+        if layer == "M":
+            blocks.append(nn.MaxPool2d(2))
+            continue
+        out, kernel, padding = layer  # type: ignore[misc]
+        blocks.append(nn.Conv2d(channels, out, kernel, padding=padding))
+        blocks += [nn.BatchNorm2d(out), nn.ReLU()] if batch_norm else [nn.ReLU()]
+        channels = out
+    return nn.Sequential(*blocks), channels
+
+
+class ConvNet(nn.Module):
+    """`features` (convs with ReLU, max-pools) → flatten → `hidden` FC layers with ReLU → K logits."""
+
+    def __init__(self, in_channels: int, layers: Layers, flat: int, hidden: tuple[int, ...], num_classes: int) -> None:
         super().__init__()
-        c, h, w = input_shape
-        self.features = nn.Sequential(
-            nn.Conv2d(c, 32, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(32, 64, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(64 * (h // 2) * (w // 2), 128),
-            nn.ReLU(),
-            nn.Linear(128, num_classes),
-        )
+        self.features, _ = _features(in_channels, layers)
+        head: list[nn.Module] = [nn.Flatten()]
+        for width in hidden:
+            head += [nn.Linear(flat, width), nn.ReLU()]
+            flat = width
+        self.classifier = nn.Sequential(*head, nn.Linear(flat, num_classes))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
 
 
-@_register("small_cnn", (1, 8, 8))
-def small_cnn(input_shape: Shape, num_classes: int) -> nn.Module:
-    _require_min_size("small_cnn", input_shape, 2)
-    return SmallCNN(input_shape, num_classes)
+class SmallCNN(ConvNet):
+    """conv 32 → conv 64 (3×3, same padding) → max-pool 2 → FC 128 → K: the embedded default, for 8×8 digits."""
+
+    def __init__(self, input_shape: Shape, num_classes: int) -> None:
+        c, h, w = input_shape
+        super().__init__(c, [(32, 3, 1), (64, 3, 1), "M"], 64 * (h // 2) * (w // 2), (128,), num_classes)
 
 
-# --- MNIST-type models from the authors' repository (28×28; sizes computed, so 32×32 works)
-
-
-class LeNet5(nn.Module):
+# MNIST-type models from the authors' repository (28×28; sizes computed, so 32×32 works)
+class LeNet5(ConvNet):
     """conv 6@5×5 pad 2 → pool → conv 16@5×5 → pool → 120 → 84 → K."""
 
     def __init__(self, input_shape: Shape, num_classes: int) -> None:
-        super().__init__()
         c, h, w = input_shape
-        self.features = nn.Sequential(
-            nn.Conv2d(c, 6, 5, padding=2),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
-        fh, fw = (h // 2 - 4) // 2, (w // 2 - 4) // 2
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(16 * fh * fw, 120),
-            nn.ReLU(),
-            nn.Linear(120, 84),
-            nn.ReLU(),
-            nn.Linear(84, num_classes),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.features(x))
+        flat = 16 * ((h // 2 - 4) // 2) * ((w // 2 - 4) // 2)
+        super().__init__(c, [(6, 5, 2), "M", (16, 5, 0), "M"], flat, (120, 84), num_classes)
 
 
-@_register("lenet5", (1, 28, 28))
-def lenet5(input_shape: Shape, num_classes: int) -> nn.Module:
-    _require_min_size("lenet5", input_shape, 12)
-    return LeNet5(input_shape, num_classes)
-
-
-class CNN3(nn.Module):
+class CNN3(ConvNet):
     """conv 16 → conv 32 → pool → conv 64 → pool (all 5×5, same padding) → 100 → K."""
 
     def __init__(self, input_shape: Shape, num_classes: int) -> None:
-        super().__init__()
         c, h, w = input_shape
-        self.features = nn.Sequential(
-            nn.Conv2d(c, 16, 5, padding=2),
-            nn.ReLU(),
-            nn.Conv2d(16, 32, 5, padding=2),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 5, padding=2),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(64 * (h // 4) * (w // 4), 100),
-            nn.ReLU(),
-            nn.Linear(100, num_classes),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.features(x))
+        layers: Layers = [(16, 5, 2), (32, 5, 2), "M", (64, 5, 2), "M"]
+        super().__init__(c, layers, 64 * (h // 4) * (w // 4), (100,), num_classes)
 
 
-@_register("cnn3", (1, 28, 28))
-def cnn3(input_shape: Shape, num_classes: int) -> nn.Module:
-    _require_min_size("cnn3", input_shape, 4)
-    return CNN3(input_shape, num_classes)
+def _small(name: str, cls: type[ConvNet], native: Shape, min_size: int) -> None:
+    """Register `cls` as `name`, refusing inputs smaller than `min_size` pixels a side."""
+
+    def build(input_shape: Shape, num_classes: int) -> nn.Module:
+        _require_min_size(name, input_shape, min_size)
+        return cls(input_shape, num_classes)
+
+    build.__name__ = build.__qualname__ = name
+    _register(name, native)(build)
+
+
+_small("small_cnn", SmallCNN, (1, 8, 8), 2)
+_small("lenet5", LeNet5, (1, 28, 28), 12)
+_small("cnn3", CNN3, (1, 28, 28), 4)
 
 
 # --- VGG (CIFAR style: 3×3 convs with BatchNorm, five pools; 512 → dropout → 512 → K)
@@ -173,15 +144,8 @@ class VGG(nn.Module):
 
     def __init__(self, layers: list[int | str], in_channels: int, num_classes: int) -> None:
         super().__init__()
-        blocks: list[nn.Module] = []
-        c = in_channels
-        for v in layers:
-            if v == "M":
-                blocks.append(nn.MaxPool2d(2))
-            else:
-                blocks += [nn.Conv2d(c, int(v), 3, padding=1), nn.BatchNorm2d(int(v)), nn.ReLU()]
-                c = int(v)
-        self.features = nn.Sequential(*blocks)
+        convs: Layers = [v if v == "M" else (int(v), 3, 1) for v in layers]
+        self.features, c = _features(in_channels, convs, batch_norm=True)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(
             nn.Flatten(),
@@ -246,9 +210,7 @@ class CifarResNet(nn.Module):
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
         n = (depth - 2) // 6
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU()
-        )
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
         blocks: list[nn.Module] = []
         c = 16
         for stage, width in enumerate((16, 32, 64)):
@@ -280,3 +242,7 @@ def _resnet(name: str, depth: int) -> Builder:
 
 resnet20 = _resnet("resnet20", 20)
 resnet56 = _resnet("resnet56", 56)
+
+
+NATIVE_INPUT_SHAPES: dict[str, Shape] = {name: MODELS.info(name) for name in MODELS.names()}
+"""model name → the dataset shape it was designed for (derived from the registry)."""

@@ -1,8 +1,14 @@
 """sweeps: Ray Tune + Optuna + MLflow around `pclc.experiment.run_trial`. The only package that imports Ray.
 
+The `pclc` command lives here, in `sweeps.cli` (the composition root: the top of pclc → analysis → sweeps),
+not in the `pclc` package, which never imports Ray or MLflow. `python -m sweeps` is `pclc sweep`.
+
 - `sweeps.config`: the sweep file (`load_sweep(path, overrides) -> SweepConfig`), validated before Ray starts.
-- `sweeps.driver`: `run_sweep(cfg, ...) -> SweepResult` and `sweep_command(args)` behind `pclc sweep`.
-- `sweeps.trainable`: the thin Tune trainable; `sweeps.tracking`: the MLflow layout (parent + child runs).
+- `sweeps.cli`: the `pclc` command (train, sweep, evaluate, analyze): one parser per subcommand.
+- `sweeps.driver`: `run_sweep(cfg, ...) -> SweepResult` (plan → parent run → Tuner → fit → collect) and
+  `sweep_command(args)` behind `pclc sweep`.
+- `sweeps.trainable`: the thin Tune trainable (a `TuneReporter`); `sweeps.tracking`: the MLflow writer of the
+  layout `pclc.contract` names (parent + child runs).
 
 Nothing is imported here, so `import sweeps.config` stays cheap (no Ray, no MLflow).
 """

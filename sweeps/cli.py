@@ -20,29 +20,38 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, P
 
 def _train(args: argparse.Namespace) -> int:
     from pclc.config import load_config
-    from pclc.experiment import run_trial
+    from pclc.experiment import Silent, run_trial
 
     cfg = load_config(args.config, args.set)
     if cfg.out_dir is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        cfg.out_dir = str(Path("runs") / f"train-{cfg.dataset.replace(':', '_').replace('/', '_')}-{cfg.model}-{cfg.loss}-{stamp}")
+        cfg.out_dir = str(
+            Path("runs") / f"train-{cfg.dataset.replace(':', '_').replace('/', '_')}-{cfg.model}-{cfg.loss}-{stamp}"
+        )
 
-    def report(metrics: dict[str, float], state: object) -> None:
-        if state is not None and not args.quiet:
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-            print(f"[epoch] {shown}", file=sys.stderr, flush=True)
-
-    final = run_trial(cfg, report)
+    final = run_trial(cfg, Silent() if args.quiet else EpochPrinter())
     print(json.dumps(final, indent=2, sort_keys=True))
     print(f"wrote {cfg.out_dir}/metrics.json", file=sys.stderr)
     return 0
 
 
+class EpochPrinter:
+    """`pclc train`'s reporter: one line per epoch on stderr (the final metrics go to stdout as JSON)."""
+
+    def on_epoch(self, metrics: dict[str, float], state: object) -> None:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        print(f"[epoch] {shown}", file=sys.stderr, flush=True)
+
+    def on_final(self, evaluation: object) -> None:
+        pass
+
+
 def _preflight_sweep(args: argparse.Namespace) -> None:
     """What a sweep can get wrong before Ray starts, checked before Ray is even imported:
     the sweep file, an `npz:` data file, and the MLflow store (a dead server fails in seconds)."""
+    from pclc.contract import normalize_tracking_uri
     from pclc.data import check_npz
-    from sweeps.config import check_tracking_store, load_sweep, normalize_tracking_uri
+    from sweeps.config import check_tracking_store, load_sweep
     from sweeps.storage import experiment_path, read_metadata, storage_root
 
     cfg = load_sweep(args.config, list(getattr(args, "set", None) or []))
@@ -88,31 +97,76 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     from sweeps.finalists import DEFAULT_AA_STEPS, DEFAULT_CHUNK, DEFAULT_SQUARE_QUERIES
 
     ev = sub.add_parser(
-        "evaluate", help="re-score chosen trials' weights with the full standard AutoAttack, into their MLflow runs",
+        "evaluate",
+        help="re-score chosen trials' weights with the full standard AutoAttack, into their MLflow runs",
         description="Re-score the saved weights of chosen trials with the reference's standard AutoAttack "
         "(APGD-CE, APGD-T, FAB-T, Square) and log finalist/* metrics into the same MLflow child runs. "
         "Resumable: finished chunks are kept in --state-dir.",
-    )  # fmt: skip
+    )
     pick = ev.add_mutually_exclusive_group(required=True)
     pick.add_argument("--run-id", nargs="+", metavar="ID", help="MLflow child (trial) run ids")
-    pick.add_argument("--experiment", metavar="NAME", help="a sweep's experiment: re-score the --top N of its latest sweep")
+    pick.add_argument(
+        "--experiment", metavar="NAME", help="a sweep's experiment: re-score the --top N of its latest sweep"
+    )
     ev.add_argument("--top", type=_positive, metavar="N", help="with --experiment: how many runs (default 1)")
     ev.add_argument("--objective", help="with --experiment: the metric that ranks runs (default: the sweep's headline)")
-    ev.add_argument("--mode", choices=("max", "min"), help="with --experiment: which end is best (default: the objective's)")
+    ev.add_argument(
+        "--mode", choices=("max", "min"), help="with --experiment: which end is best (default: the objective's)"
+    )
     ev.add_argument("--tracking-uri", help="MLflow URI (default sqlite:///<cwd>/mlflow.db)")
     ev.add_argument("--limit", type=_positive, metavar="N", help="score the first N test samples (default: all)")
     ev.add_argument("--eps", type=float, nargs="+", help="L∞ radii (default: each trial's headline_eps)")
     ev.add_argument("--batch-size", type=_positive, help="attack batch size (default: the trial's eval_batch_size)")
     ev.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="auto: cuda → mps → cpu")
-    ev.add_argument("--aa-steps", type=_positive, default=DEFAULT_AA_STEPS, help="APGD / FAB iterations (%(default)s: standard)")
-    ev.add_argument("--square-queries", type=_positive, default=DEFAULT_SQUARE_QUERIES,
-                    help="Square Attack queries (%(default)s: standard)")
-    ev.add_argument("--chunk-size", type=_positive, default=DEFAULT_CHUNK,
-                    help="samples scored and saved at a time: the unit of resume (default %(default)s)")
+    ev.add_argument(
+        "--aa-steps", type=_positive, default=DEFAULT_AA_STEPS, help="APGD / FAB iterations (%(default)s: standard)"
+    )
+    ev.add_argument(
+        "--square-queries",
+        type=_positive,
+        default=DEFAULT_SQUARE_QUERIES,
+        help="Square Attack queries (%(default)s: standard)",
+    )
+    ev.add_argument(
+        "--chunk-size",
+        type=_positive,
+        default=DEFAULT_CHUNK,
+        help="samples scored and saved at a time: the unit of resume (default %(default)s)",
+    )
     ev.add_argument("--state-dir", help="where chunks are saved (default <cwd>/runs/finalists)")
     ev.add_argument("--force", action="store_true", help="score again runs that already hold this re-score")
     ev.add_argument("--address", help="Ray cluster address: one Ray task per run (default: this process, no Ray)")
-    ev.set_defaults(func=_evaluate, parser=ev)  # fmt: skip
+    ev.set_defaults(func=_evaluate, parser=ev)
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `pclc sweep` (and so of `python -m sweeps`, which is `pclc sweep`)."""
+    parser.add_argument("config", help="a sweep file, e.g. sweeps/configs/quickstart.yaml")
+    parser.add_argument("--resume", action="store_true", help="continue the sweep stored under storage_path")
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="on resume, also re-run trials that failed for a reason that would repeat (NaN loss, bad config or data)",
+    )
+    parser.add_argument("--address", default=None, help="Ray cluster address ('auto' joins a running cluster)")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow URI (default sqlite:///<cwd>/mlflow.db)")
+    parser.add_argument("--storage-path", default=None, help="Ray results folder or URI (default <cwd>/ray_results)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a sweep-file field, dotted for nesting (num_trials=4, trial.epochs=3); repeatable",
+    )
+    parser.add_argument(
+        "--smoke-test", action="store_true", help="2 trials of 2 epochs on a data subset: checks the plumbing"
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="start nothing: print the trial count, resources per trial, and the wall time and GPU-hours "
+        "estimated from one epoch measured here",
+    )
 
 
 def _analyze(argv: list[str]) -> int:
@@ -128,13 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train and score one configuration, no Ray; prints metrics as JSON")
     train.add_argument("--config", help="a YAML file of TrialConfig fields")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one field (repeatable)")
+    train.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override one field (repeatable)"
+    )
     train.add_argument("--quiet", action="store_true", help="no per-epoch lines on stderr")
     train.set_defaults(func=_train)
 
     sweep = sub.add_parser("sweep", help="run a sweep file with Ray Tune (+ Optuna), tracked in MLflow")
-    from sweeps.arguments import add_sweep_arguments
-
     add_sweep_arguments(sweep)
     sweep.set_defaults(func=_sweep)
 

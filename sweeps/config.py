@@ -30,14 +30,28 @@ from pydantic import (
 
 from pclc import metrics as M
 from pclc.config import ConfigError, TrialConfig, parse_override, read_yaml
+from pclc.contract import normalize_tracking_uri
 
 # Fields a sweep may vary per trial. The rest are fixed per sweep because `prepare()` builds the
 # data and the transfer substitute once from them, or because they define what is measured
 # (attack suite, eps grid, eval subset): trials that differ there could not be compared.
 SEARCHABLE: tuple[str, ...] = (
-    "loss", "margin", "lc_weight", "warmup_epochs", "reset_optimizer", "batch_size", "optimizer",
-    "lr", "momentum", "weight_decay", "schedule", "milestones", "gamma", "augment", "seed",
-)  # fmt: skip
+    "loss",
+    "margin",
+    "lc_weight",
+    "warmup_epochs",
+    "reset_optimizer",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "milestones",
+    "gamma",
+    "augment",
+    "seed",
+)
 
 # Metrics reported after every epoch: what ASHA may cut on.
 EPOCH_METRICS: dict[str, Literal["max", "min"]] = {
@@ -289,7 +303,9 @@ def objective_metrics(trial: TrialConfig) -> list[str]:
     for attack in trial.attacks:
         names += [M.robust_key(attack, eps) for eps in suite.eps_for(attack)]
     names += [M.robust_key(M.WORST, eps) for eps in trial.eps]
-    families = ((M.WORST_CLASSIC, M.ROBUST_ACC_CLASSIC, M.CLASSIC), (M.WORST_AA, M.ROBUST_ACC_AA, M.AUTOATTACK))
+    from pclc.attacks import AUTOATTACK, CLASSIC
+
+    families = ((M.WORST_CLASSIC, M.ROBUST_ACC_CLASSIC, CLASSIC), (M.WORST_AA, M.ROBUST_ACC_AA, AUTOATTACK))
     for aggregate, headline, family in families:
         ran = family_eps(trial, family)
         names += [M.robust_key(aggregate, eps) for eps in sorted(ran)]
@@ -309,7 +325,9 @@ def family_eps(trial: TrialConfig, family: tuple[str, ...]) -> set[float]:
 def unchecked_robust_metric(metric: str, trial: TrialConfig) -> str | None:
     """Why optimising `metric` would reward fooling weak attacks, or None when AutoAttack-grade attacks
     check it. Softmax-saturating losses (PC) flatten CE gradients: a classic-only number is a claim."""
-    aa_eps = family_eps(trial, M.AUTOATTACK)
+    from pclc.attacks import AUTOATTACK, CLASSIC
+
+    aa_eps = family_eps(trial, AUTOATTACK)
     if metric == M.ROBUST_ACC_CLASSIC:
         return "it is the paper's classic attacks alone"
     parsed = M.parse_robust_key(metric)
@@ -318,16 +336,11 @@ def unchecked_robust_metric(metric: str, trial: TrialConfig) -> str | None:
     if parsed is None:
         return None
     attack, eps = parsed
-    if attack in M.CLASSIC or attack == M.WORST_CLASSIC:
+    if attack in CLASSIC or attack == M.WORST_CLASSIC:
         return f"{attack} is one of the paper's classic attacks, not AutoAttack-grade"
     if attack == M.WORST and eps not in aa_eps:
         return f"no AutoAttack-grade attack runs at eps={M.format_eps(eps)} (trial.attacks, trial.aa_eps)"
     return None
-
-
-def _canonical_metric(name: str) -> str:
-    parsed = M.parse_robust_key(name)
-    return M.robust_key(*parsed) if parsed else name
 
 
 def _problems(cfg: SweepConfig) -> list[str]:
@@ -335,7 +348,7 @@ def _problems(cfg: SweepConfig) -> list[str]:
     out: list[str] = []
     allowed_metrics = objective_metrics(cfg.trial)
     for i, obj in enumerate(cfg.objective):
-        obj.metric = _canonical_metric(obj.metric)
+        obj.metric = M.canonical_metric(obj.metric)
         if obj.metric not in allowed_metrics:
             out.append(
                 f"objective[{i}].metric = {obj.metric!r}: not reported by this trial's attack suite; "
@@ -372,19 +385,23 @@ def _problems(cfg: SweepConfig) -> list[str]:
             out.append(f"initial_points: {len(cfg.initial_points)} points but num_trials = {cfg.num_trials}")
         base = cfg.trial.model_dump()
         for key, param in cfg.space.items():
-            if key in SEARCHABLE and not any(key in p for p in cfg.initial_points) and cfg.initial_points:
-                if not param.contains(base[key]):
-                    out.append(
-                        f"initial_points: `{key}` is not given and the base trial's {key} = {base[key]!r} "
-                        f"is outside the space ({param.describe()}); set it in each initial point"
-                    )
+            given = any(key in p for p in cfg.initial_points)
+            if key in SEARCHABLE and not given and cfg.initial_points and not param.contains(base[key]):
+                out.append(
+                    f"initial_points: `{key}` is not given and the base trial's {key} = {base[key]!r} "
+                    f"is outside the space ({param.describe()}); set it in each initial point"
+                )
     else:
         if not cfg.variants:
-            out.append("variants = []: mode ablation needs at least one variant, e.g. {loss: pclc, margin: [0.99, 0.995]}")
+            out.append(
+                "variants = []: mode ablation needs at least one variant, e.g. {loss: pclc, margin: [0.99, 0.995]}"
+            )
         if cfg.space or cfg.initial_points:
             out.append("space / initial_points: only for mode optimize (mode ablation runs `variants` × `seeds`)")
         if cfg.scheduler.type != "none":
-            out.append(f"scheduler.type = {cfg.scheduler.type!r}: an ablation runs every grid point to the end; use none")
+            out.append(
+                f"scheduler.type = {cfg.scheduler.type!r}: an ablation runs every grid point to the end; use none"
+            )
         if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
             out.append(f"seeds = {cfg.seeds}: give one or more distinct integers")
         for i, variant in enumerate(cfg.variants):
@@ -398,7 +415,9 @@ def _problems(cfg: SweepConfig) -> list[str]:
                 if isinstance(value, list) and not value:
                     out.append(f"variants[{i}].{key} = []: give at least one value")
         if not out and cfg.num_trials is not None and cfg.num_trials != cfg.total_trials():
-            out.append(f"num_trials = {cfg.num_trials}: the ablation grid has {cfg.total_trials()} trials; drop num_trials")
+            out.append(
+                f"num_trials = {cfg.num_trials}: the ablation grid has {cfg.total_trials()} trials; drop num_trials"
+            )
 
     if cfg.scheduler.type == "asha":
         if cfg.scheduler.metric == M.EPOCH_ROBUST_ACC and cfg.trial.epoch_eval_samples == 0:
@@ -455,18 +474,6 @@ def _short(values: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- loading
 
 
-def normalize_tracking_uri(uri: str) -> str:
-    """An MLflow URI every process can use: sqlite paths made absolute; file stores refused."""
-    if uri.startswith("sqlite:///"):
-        path = uri.removeprefix("sqlite:///")
-        return "sqlite:///" + str(Path(path).expanduser().resolve())
-    if uri.startswith(("file:", "./", "/", "~")) or "://" not in uri:
-        raise ValueError(
-            f"{uri!r}: MLflow 3 has no file store; use sqlite:////abs/path/mlflow.db or http(s)://host:port"
-        )
-    return uri
-
-
 class TrackingStoreError(ValueError):
     """The MLflow tracking store cannot be reached or created; found before Ray starts."""
 
@@ -517,7 +524,9 @@ def _expand_env(value: Any, where: str, problems: list[str]) -> Any:
         got = os.environ.get(m["name"])
         if got is None:
             if m["default"] is None:
-                problems.append(f"{where} = {value!r}: environment variable {m['name']} is not set (or write ${{{m['name']}:-default}})")
+                problems.append(
+                    f"{where} = {value!r}: environment variable {m['name']} is not set (or write ${{{m['name']}:-default}})"
+                )
                 return m[0]
             return m["default"]
         return got
@@ -550,7 +559,9 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
         ann = field.annotation
         origin = getattr(ann, "__origin__", None)
         skip = 1 if origin in (dict, list) else 0
-        model = next((a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        model = next(
+            (a for a in (ann, *getattr(ann, "__args__", ())) if isinstance(a, type) and issubclass(a, BaseModel)), None
+        )
     return list(model.model_fields) if model is not None else []
 
 

@@ -5,28 +5,34 @@ Three layers, as the Ray Tune examples have them: `pclc.experiment.run_trial` ev
 OptunaSearch (TPE, one or several objectives) behind a ConcurrencyLimiter, or a plain grid for an
 ablation; optional ASHA; FailureConfig retries; data and substitute prepared once here and shared
 through the object store. An interrupted sweep is continued with `Tuner.restore`.
-`ray.init` happens only in `sweep_command` (the CLI); `run_sweep` uses whatever Ray is running.
+`ray.init` and the process-wide Tune settings happen only in `sweep_command` (the CLI: `ray_session`,
+`set_tune_environment`); `run_sweep` uses whatever Ray is running: plan → parent run → Tuner → fit → collect.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
 import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
+from analysis.stats import mean_sd, pareto_mask
+from pclc import contract as C
+from pclc import metrics as M
 from pclc.config import ConfigError
 from sweeps.config import SweepConfig, load_sweep, resolved_yaml
 from sweeps.storage import (  # noqa: F401  (StorageError: raised by run_sweep, imported from here by callers)
@@ -38,14 +44,7 @@ from sweeps.storage import (  # noqa: F401  (StorageError: raised by run_sweep, 
     read_metadata,
     storage_root,
 )
-from sweeps.tracking import (
-    STOPPED_EARLY,
-    SweepTracker,
-    TrialOutcome,
-    default_tracking_uri,
-    experiment_ui_path,
-    failure_reason,
-)
+from sweeps.tracking import SweepTracker, TrackingTarget, TrialOutcome, failure_reason
 from sweeps.trainable import GRID_KEY, VARIANT, RunTrial, TrialSetup, restoring_from_storage, trainable
 
 _IGNORED_ON_RESUME = ("storage_path", "tracking_uri")
@@ -107,9 +106,14 @@ def build_scheduler(cfg: SweepConfig) -> ASHAScheduler | None:
     if s.type == "none":
         return None
     return ASHAScheduler(
-        time_attr="epoch", metric=s.metric, mode=s.mode, max_t=_asha_max_t(cfg),
-        grace_period=s.grace_period, reduction_factor=s.reduction_factor, stop_last_trials=False,
-    )  # fmt: skip
+        time_attr="epoch",
+        metric=s.metric,
+        mode=s.mode,
+        max_t=_asha_max_t(cfg),
+        grace_period=s.grace_period,
+        reduction_factor=s.reduction_factor,
+        stop_last_trials=False,
+    )
 
 
 def _asha_max_t(cfg: SweepConfig) -> int:
@@ -180,11 +184,16 @@ class ProgressPrinter(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.ended += 1
-        print(f"[{self.ended}/{self.total}] trial {trial.trial_id} FAILED: {failure_reason(trial_error(trial))}", flush=True)
+        print(
+            f"[{self.ended}/{self.total}] trial {trial.trial_id} FAILED: {failure_reason(trial_error(trial))}",
+            flush=True,
+        )
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        print(f"trial {trial.trial_id} failed, retrying from its last checkpoint: "
-              f"{failure_reason(trial_error(trial))}", flush=True)  # fmt: skip
+        print(
+            f"trial {trial.trial_id} failed, retrying from its last checkpoint: {failure_reason(trial_error(trial))}",
+            flush=True,
+        )
 
 
 def trial_error(trial: Any) -> str:
@@ -261,6 +270,131 @@ def _check_unchanged(cfg: SweepConfig, exp_path: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class SweepPlan:
+    """Where a sweep runs and is tracked, decided before anything starts."""
+
+    root: str  # Ray results root (storage_path)
+    experiment_path: str  # <root>/<name>: Tune's experiment folder
+    tracking_uri: str
+    restorable: bool  # the folder holds a Tune experiment: it is continued, not started again
+
+
+def plan_sweep(
+    cfg: SweepConfig, *, resume: bool, storage_path: str | None, tracking_uri: str | None, out: TextIO
+) -> SweepPlan:
+    """Storage, experiment folder and tracking store of the sweep; refuses a resume that would mix two sweeps."""
+    root = storage_root(cfg, storage_path)
+    check_storage(root)  # also done by sweep_command before Ray starts; here for callers of run_sweep
+    exp_path = experiment_path(root, cfg.name)
+    restorable = tune.Tuner.can_restore(exp_path)
+    if resume and not restorable:
+        print(f"pclc sweep: nothing to resume at {exp_path}; starting the sweep", file=out)
+    if restorable:
+        _check_unchanged(cfg, exp_path)
+    stored = read_metadata(exp_path) if restorable else {}
+    uri = tracking_uri or cfg.tracking_uri or stored.get("tracking_uri") or C.default_tracking_uri()
+    if stored.get("tracking_uri") and uri != stored["tracking_uri"]:
+        raise ConfigError(
+            f"the sweep at {exp_path} is tracked in {stored['tracking_uri']}; resume with that "
+            f"--tracking-uri (got {uri}) so its runs are not split over two stores"
+        )
+    return SweepPlan(root=root, experiment_path=exp_path, tracking_uri=uri, restorable=restorable)
+
+
+def open_parent_run(cfg: SweepConfig, plan: SweepPlan) -> SweepTracker:
+    """The MLflow experiment and the sweep's parent run, created (or reopened) here on the driver."""
+    tracker = SweepTracker(plan.tracking_uri)
+    tracker.start_parent(
+        name=cfg.name,
+        mode=cfg.mode,
+        headline_metric=cfg.headline_metric,
+        objective=[o.model_dump() for o in cfg.objective],
+        experiment_path=plan.experiment_path,
+        resolved_config=resolved_yaml(cfg),
+        resume=plan.restorable,
+    )
+    return tracker
+
+
+def build_tuner(
+    cfg: SweepConfig,
+    plan: SweepPlan,
+    target: TrackingTarget,
+    *,
+    run_fn: RunTrial | None = None,
+    prepared: Any = None,
+    verbose: int = 0,
+    retry_failed: bool = False,
+    out: TextIO,
+) -> tune.Tuner:
+    """The Tuner, fresh or restored with its trials and Optuna state, and the files a later resume reads.
+
+    The data and the transfer substitute are prepared here, once per sweep (as a Ray task on a worker, cached
+    in shared storage: `sweeps.preparation`), and shared with every trial through the object store.
+    """
+    from sweeps.preparation import prepare_for_sweep
+
+    exp_path = plan.experiment_path
+    prepared = prepared if prepared is not None else prepare_for_sweep(cfg, storage_root=plan.root, out=out)
+    setup = TrialSetup(
+        base=cfg.trial.model_dump(),
+        outputs_root=_outputs_root(exp_path, cfg.name),
+        threads=max(1, math.floor(cfg.resources.cpu)),
+        target=target,
+        searched=tuple(cfg.space) if cfg.mode == "optimize" else _varied(cfg),
+        run_fn=run_fn,
+        extra_tags={C.SWEEP: cfg.name},
+        experiment_path=exp_path,
+        skip_recorded_failures=plan.restorable and not retry_failed,
+        checkpoint_epochs=rung_epochs(cfg),
+    )
+    fn = tune.with_resources(
+        restoring_from_storage(tune.with_parameters(trainable, prepared=prepared, setup=setup)),
+        {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu},
+    )
+    if plan.restorable:
+        print(f"pclc sweep: resuming {exp_path}", file=out)
+        tuner = tune.Tuner.restore(exp_path, trainable=fn, resume_errored=True)
+    else:
+        param_space, search_alg, num_samples = build_searcher(cfg)
+        tuner = tune.Tuner(
+            fn,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                search_alg=search_alg,
+                scheduler=build_scheduler(cfg),
+                num_samples=num_samples,
+                max_concurrent_trials=cfg.max_concurrent if search_alg is None else None,
+                trial_dirname_creator=_trial_dirname,
+                reuse_actors=True,  # one worker process per concurrent slot: no re-import per trial
+            ),
+            run_config=tune.RunConfig(
+                name=cfg.name,
+                storage_path=plan.root,
+                failure_config=tune.FailureConfig(max_failures=cfg.max_retries),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                callbacks=[
+                    TrackingCallback(plan.tracking_uri, target.experiment_id, target.parent_run_id, exp_path),
+                    ProgressPrinter([o.metric for o in cfg.objective], cfg.total_trials()),
+                ],
+                verbose=verbose,
+            ),
+        )
+        _write_local(exp_path, CONFIG_COPY, resolved_yaml(cfg))
+    _write_local(exp_path, METADATA_FILE, json.dumps({"tracking_uri": plan.tracking_uri, **target.__dict__}, indent=2))
+    return tuner
+
+
+def fit(tuner: tune.Tuner, plan: SweepPlan) -> Any:
+    """Run the trials; Tune's ResultGrid. A storage folder that ran full is named (Ray's own error does not)."""
+    try:
+        return tuner.fit()
+    except Exception:
+        check_storage(plan.root)
+        raise
+
+
 def run_sweep(
     cfg: SweepConfig,
     *,
@@ -273,7 +407,10 @@ def run_sweep(
     out: TextIO | None = None,
     retry_failed: bool = False,
 ) -> SweepResult:
-    """Run (or continue) the sweep `cfg` on the Ray cluster this process is connected to.
+    """Run (or continue) the sweep `cfg` on the Ray cluster this process is connected to:
+    plan → parent run → Tuner → fit → collect (MLflow made to agree with Tune) → summary.
+
+    The process must have Tune's settings (`set_tune_environment`, done by `sweep_command`).
 
     Args:
         cfg: a validated sweep (see `sweeps.config.load_sweep`).
@@ -288,104 +425,27 @@ def run_sweep(
         out: where the summary is printed (default stdout).
         retry_failed: on resume, re-run trials whose failure was deterministic (by default they keep it).
 
-    Example:
+    Example (an illustration: it needs Ray running):
         >>> cfg = load_sweep("sweeps/configs/quickstart.yaml")  # doctest: +SKIP
         >>> result = run_sweep(cfg)  # doctest: +SKIP
         >>> print(result.ui_command)  # doctest: +SKIP
     """
-    from sweeps.preparation import prepare_for_sweep
-
     out = out or sys.stdout
-    # Trials report the objective only with their final evaluation (see FinalMetricOptunaSearch).
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    # Snapshot the experiment state often: less work is redone after the driver is killed.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
-    # with num_to_keep, Tune snapshots the experiment every few trial checkpoints: wanted here, not a warning
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-
-    root = storage_root(cfg, storage_path)
-    check_storage(root)  # also done by sweep_command before Ray starts; here for callers of run_sweep
-    exp_path = experiment_path(root, cfg.name)
-    restorable = tune.Tuner.can_restore(exp_path)
-    if resume and not restorable:
-        print(f"pclc sweep: nothing to resume at {exp_path}; starting the sweep", file=out)
-    if restorable:
-        _check_unchanged(cfg, exp_path)
-    stored = read_metadata(exp_path) if restorable else {}
-    uri = tracking_uri or cfg.tracking_uri or stored.get("tracking_uri") or default_tracking_uri()
-    if stored.get("tracking_uri") and uri != stored["tracking_uri"]:
-        raise ConfigError(
-            f"the sweep at {exp_path} is tracked in {stored['tracking_uri']}; resume with that "
-            f"--tracking-uri (got {uri}) so its runs are not split over two stores"
-        )
-
-    # ---- MLflow: experiment and parent run, created here on the driver
-    tracker = SweepTracker(uri)
-    tracker.start_parent(
-        name=cfg.name, mode=cfg.mode, headline_metric=cfg.headline_metric,
-        objective=[o.model_dump() for o in cfg.objective], experiment_path=exp_path,
-        resolved_config=resolved_yaml(cfg), resume=restorable,
-    )  # fmt: skip
-    target = tracker.target
+    plan = plan_sweep(cfg, resume=resume, storage_path=storage_path, tracking_uri=tracking_uri, out=out)
+    tracker = open_parent_run(cfg, plan)
     try:
-        # ---- data and the transfer substitute: once per sweep, shared through the object store
-        prepared = prepared if prepared is not None else prepare_for_sweep(cfg, storage_root=root, out=out)
-        setup = TrialSetup(
-            base=cfg.trial.model_dump(),
-            outputs_root=_outputs_root(exp_path, cfg.name),
-            threads=max(1, math.floor(cfg.resources.cpu)),
-            target=target,
-            searched=tuple(cfg.space) if cfg.mode == "optimize" else _varied(cfg),
+        tuner = build_tuner(
+            cfg,
+            plan,
+            tracker.target,
             run_fn=run_fn,
-            extra_tags={"pclc.sweep": cfg.name},
-            experiment_path=exp_path,
-            skip_recorded_failures=restorable and not retry_failed,
-            checkpoint_epochs=rung_epochs(cfg),
+            prepared=prepared,
+            verbose=verbose,
+            retry_failed=retry_failed,
+            out=out,
         )
-        fn = tune.with_resources(
-            restoring_from_storage(tune.with_parameters(trainable, prepared=prepared, setup=setup)),
-            {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu},
-        )
-
-        # ---- the Tuner: fresh, or restored with its trials and Optuna state
-        if restorable:
-            print(f"pclc sweep: resuming {exp_path}", file=out)
-            tuner = tune.Tuner.restore(exp_path, trainable=fn, resume_errored=True)
-        else:
-            param_space, search_alg, num_samples = build_searcher(cfg)
-            tuner = tune.Tuner(
-                fn,
-                param_space=param_space,
-                tune_config=tune.TuneConfig(
-                    search_alg=search_alg,
-                    scheduler=build_scheduler(cfg),
-                    num_samples=num_samples,
-                    max_concurrent_trials=cfg.max_concurrent if search_alg is None else None,
-                    trial_dirname_creator=_trial_dirname,
-                    reuse_actors=True,  # one worker process per concurrent slot: no re-import per trial
-                ),
-                run_config=tune.RunConfig(
-                    name=cfg.name,
-                    storage_path=root,
-                    failure_config=tune.FailureConfig(max_failures=cfg.max_retries),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                    callbacks=[
-                        TrackingCallback(uri, target.experiment_id, target.parent_run_id, exp_path),
-                        ProgressPrinter([o.metric for o in cfg.objective], cfg.total_trials()),
-                    ],
-                    verbose=verbose,
-                ),
-            )
-            _write_local(exp_path, CONFIG_COPY, resolved_yaml(cfg))
-        _write_local(exp_path, METADATA_FILE, json.dumps({"tracking_uri": uri, **target.__dict__}, indent=2))
-        try:
-            grid = tuner.fit()
-        except Exception:
-            check_storage(root)  # a storage folder that ran full is the cause Ray's own error does not name
-            raise
-
-        # ---- MLflow agrees with Tune: one run per trial, none RUNNING
-        result = _collect(cfg, grid, tracker, exp_path, restorable)
+        grid = fit(tuner, plan)
+        result = collect(cfg, grid, tracker, plan)
         tracker.log_cost_totals()
     except BaseException as exc:
         tracker.finish_parent("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", reason=repr(exc))
@@ -397,8 +457,6 @@ def run_sweep(
 
 def _outputs_root(exp_path: str, name: str) -> str:
     if "://" in exp_path:  # remote storage: trial outputs stay on the trial's node
-        import tempfile
-
         return str(Path(tempfile.gettempdir()) / "pclc_outputs" / name)
     return str(Path(exp_path) / "outputs")
 
@@ -418,7 +476,8 @@ def _trial_id(result: Any) -> str | None:
     return name.removeprefix("trial_") if name.startswith("trial_") else None
 
 
-def _collect(cfg: SweepConfig, grid: Any, tracker: SweepTracker, exp_path: str, resumed: bool) -> SweepResult:
+def collect(cfg: SweepConfig, grid: Any, tracker: SweepTracker, plan: SweepPlan) -> SweepResult:
+    """How every trial ended, per Tune; MLflow made to agree (one run per trial, none RUNNING); the best rows."""
     trials: dict[str, TrialOutcome] = {}
     rows: list[dict[str, Any]] = []
     for res in grid:
@@ -439,18 +498,26 @@ def _collect(cfg: SweepConfig, grid: Any, tracker: SweepTracker, exp_path: str, 
             if VARIANT in sampled:
                 row[VARIANT] = sampled[VARIANT]
             row.update({o.metric: metrics[o.metric] for o in cfg.objective})
-            for extra in ("clean_acc", "robust_acc"):
+            for extra in (M.CLEAN_ACC, M.ROBUST_ACC):
                 if extra in metrics:
                     row[extra] = metrics[extra]
             rows.append(row)
     counts = tracker.reconcile(trials)
-    stopped = sum(1 for r in tracker.child_runs() if r.data.tags.get(STOPPED_EARLY) == "true")
+    stopped = sum(1 for r in tracker.child_runs() if r.data.tags.get(C.STOPPED_EARLY) == "true")
     return SweepResult(
-        name=cfg.name, experiment_path=exp_path, tracking_uri=tracker.tracking_uri,
-        experiment_id=tracker.target.experiment_id, parent_run_id=tracker.target.parent_run_id,
-        resumed=resumed, trials=trials, finished=rows, best=best_rows(cfg, rows),
-        stopped_early=stopped, reconcile=counts, grid=grid,
-    )  # fmt: skip
+        name=cfg.name,
+        experiment_path=plan.experiment_path,
+        tracking_uri=tracker.tracking_uri,
+        experiment_id=tracker.target.experiment_id,
+        parent_run_id=tracker.target.parent_run_id,
+        resumed=plan.restorable,
+        trials=trials,
+        finished=rows,
+        best=best_rows(cfg, rows),
+        stopped_early=stopped,
+        reconcile=counts,
+        grid=grid,
+    )
 
 
 def best_rows(cfg: SweepConfig, rows: list[dict[str, Any]], top: int = 5) -> list[dict[str, Any]]:
@@ -463,13 +530,10 @@ def best_rows(cfg: SweepConfig, rows: list[dict[str, Any]], top: int = 5) -> lis
     ranked = sorted(rows, key=score, reverse=True)
     if not cfg.multi_objective:
         return ranked[:top]
-    front = []
-    for row in ranked:
-        s = score(row)
-        dominated = any(all(a >= b for a, b in zip(score(o), s)) and score(o) != s for o in rows)
-        if not dominated:
-            front.append(row)
-    return front
+    if not ranked:
+        return []
+    keep = pareto_mask(np.array([score(r) for r in ranked]), [True] * len(sign))  # scores are signed: all max
+    return [row for row, kept in zip(ranked, keep) if kept]
 
 
 def ablation_table(cfg: SweepConfig, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -484,16 +548,14 @@ def ablation_table(cfg: SweepConfig, rows: list[dict[str, Any]]) -> list[dict[st
         for m in _metric_names(cfg):
             values = [_num(r[m]) for r in members if m in r]
             if values:
-                mean = sum(values) / len(values)
-                entry[m] = mean
-                entry[f"{m} sd"] = math.sqrt(sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1))
+                entry[m], entry[f"{m} sd"] = mean_sd(values)
         table.append(entry)
     return sorted(table, key=lambda e: _num(e.get(cfg.headline_metric)), reverse=True)
 
 
 def _metric_names(cfg: SweepConfig) -> list[str]:
     names = [o.metric for o in cfg.objective]
-    return names + [m for m in ("clean_acc", "robust_acc") if m not in names]
+    return names + [m for m in (M.CLEAN_ACC, M.ROBUST_ACC) if m not in names]
 
 
 def _num(v: Any) -> float:
@@ -511,16 +573,22 @@ def _fmt(v: Any) -> str:
 def print_summary(cfg: SweepConfig, result: SweepResult, out: TextIO) -> None:
     """The end of a sweep: counts, best configurations, where results are, the MLflow UI command."""
     n, failed = len(result.trials), len(result.failed)
-    print(f"\nsweep {cfg.name}: {n} trials: {len(result.finished)} finished, {failed} failed, "
-          f"{result.stopped_early} stopped early", file=out)  # fmt: skip
+    print(
+        f"\nsweep {cfg.name}: {n} trials: {len(result.finished)} finished, {failed} failed, "
+        f"{result.stopped_early} stopped early",
+        file=out,
+    )
     objective = ", ".join(f"{o.metric} ({o.mode})" for o in cfg.objective)
     shown_metrics = _metric_names(cfg)
     if cfg.mode == "ablation":
         print(f"ablation: mean ± sd over seeds, best {cfg.headline_metric} first:", file=out)
         for entry in ablation_table(cfg, result.finished):
             metrics = "  ".join(f"{m}={entry[m]:.4f}±{entry[m + ' sd']:.4f}" for m in shown_metrics if m in entry)
-            point = " ".join(f"{k}={_fmt(v)}" for k, v in entry.items() if k not in shown_metrics
-                             and not k.endswith(" sd") and k != "seeds")  # fmt: skip
+            point = " ".join(
+                f"{k}={_fmt(v)}"
+                for k, v in entry.items()
+                if k not in shown_metrics and not k.endswith(" sd") and k != "seeds"
+            )
             print(f"  {point:<40} {metrics}   ({entry['seeds']} seeds)", file=out)
     title = "Pareto front" if cfg.multi_objective else "best configurations"
     print(f"{title} by {objective}:", file=out)
@@ -534,8 +602,10 @@ def print_summary(cfg: SweepConfig, result: SweepResult, out: TextIO) -> None:
         print(f"  failed: trial {tid}: {result.trials[tid].error}", file=out)
     print(f"Ray results: {result.experiment_path}", file=out)
     print(f"MLflow: experiment '{cfg.name}' (parent run {result.parent_run_id}) in {result.tracking_uri}", file=out)
-    print(f"MLflow UI: {result.ui_command}   (then open http://127.0.0.1:5000{experiment_ui_path(result.experiment_id)})",
-          file=out)  # fmt: skip
+    print(
+        f"MLflow UI: {result.ui_command}   (then open http://127.0.0.1:5000{C.experiment_ui_path(result.experiment_id)})",
+        file=out,
+    )
 
 
 # --------------------------------------------------------------------------- the command
@@ -544,12 +614,22 @@ def print_summary(cfg: SweepConfig, result: SweepResult, out: TextIO) -> None:
 def smoke_overrides(cfg: SweepConfig) -> list[str]:
     """`--smoke-test`: 2 trials of 2 epochs on a small subset, cheap attacks: checks the plumbing."""
     sets = [
-        "trial.epochs=2", "trial.warmup_epochs=1", "trial.train_limit=256", "trial.eval_limit=64",
-        "trial.epoch_eval_samples=32", "trial.attack_steps=2", "trial.spsa_samples=8",
-        "trial.substitute_epochs=1", "scheduler=none", f"name={cfg.name}-smoke",
+        "trial.epochs=2",
+        "trial.warmup_epochs=1",
+        "trial.train_limit=256",
+        "trial.eval_limit=64",
+        "trial.epoch_eval_samples=32",
+        "trial.attack_steps=2",
+        "trial.spsa_samples=8",
+        "trial.substitute_epochs=1",
+        "scheduler=none",
+        f"name={cfg.name}-smoke",
         # AutoAttack still runs (the objective needs it), on a few samples with a small budget
-        "trial.aa_limit=16", "trial.aa_steps=5", "trial.square_queries=50", "trial.epoch_attack_steps=2",
-    ]  # fmt: skip
+        "trial.aa_limit=16",
+        "trial.aa_steps=5",
+        "trial.square_queries=50",
+        "trial.epoch_attack_steps=2",
+    ]
     if cfg.mode == "optimize":
         sets.append("num_trials=2")
         if "warmup_epochs" in cfg.space:
@@ -557,26 +637,27 @@ def smoke_overrides(cfg: SweepConfig) -> list[str]:
             points = [{**p, "warmup_epochs": 1} if "warmup_epochs" in p else p for p in cfg.initial_points]
             sets.append(f"initial_points={json.dumps(points)}")
     else:
-        first = [{k: (v[0] if isinstance(v, list) and k != "milestones" else v) for k, v in var.items()}
-                 for var in cfg.variants[:2]]  # fmt: skip
+        first = [
+            {k: (v[0] if isinstance(v, list) and k != "milestones" else v) for k, v in var.items()}
+            for var in cfg.variants[:2]
+        ]
         sets += [f"variants={json.dumps(first)}", f"seeds=[{cfg.seeds[0]}]"]
     return sets
 
 
-def sweep_command(args: argparse.Namespace) -> int:
-    """`pclc sweep CONFIG [--resume] [--address A] [--tracking-uri U] [--storage-path P] [--smoke-test]`."""
-    overrides = list(getattr(args, "set", None) or [])
-    cfg = load_sweep(args.config, overrides)  # every config error is raised here, before Ray starts
-    if getattr(args, "smoke_test", False):
-        cfg = load_sweep(args.config, overrides + smoke_overrides(cfg))
-    tracking_uri = args.tracking_uri
-    if tracking_uri:
-        from sweeps.config import normalize_tracking_uri
+def set_tune_environment() -> None:
+    """The process-wide settings a sweep needs from Tune, which reads them from the environment."""
+    # Trials report the objective only with their final evaluation (see FinalMetricOptunaSearch).
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # Snapshot the experiment state often: less work is redone after the driver is killed.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
+    # with num_to_keep, Tune snapshots the experiment every few trial checkpoints: wanted here, not a warning
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
-        tracking_uri = normalize_tracking_uri(tracking_uri)
 
-    check_storage(storage_root(cfg, args.storage_path))  # before Ray starts
-
+@contextlib.contextmanager
+def ray_session(address: str | None, **init: Any) -> Iterator[None]:
+    """Ray for one command: started (or joined, address 'auto') and shut down after, unless already running."""
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -584,7 +665,7 @@ def sweep_command(args: argparse.Namespace) -> int:
     if started:
         # address None: a local Ray on this machine; "auto": join the cluster started with `ray start`
         try:
-            ray.init(address=args.address, include_dashboard=False, configure_logging=False)
+            ray.init(address=address, include_dashboard=False, configure_logging=False, **init)
         except OSError as exc:
             if "AF_UNIX path length" not in str(exc):
                 raise
@@ -595,9 +676,32 @@ def sweep_command(args: argparse.Namespace) -> int:
                 "Set a short TMPDIR, e.g. `TMPDIR=/tmp pclc sweep …`, or RAY_TMPDIR for Ray alone"
             ) from None
     try:
-        result = run_sweep(cfg, resume=args.resume, storage_path=args.storage_path, tracking_uri=tracking_uri,
-                           retry_failed=getattr(args, "retry_failed", False))  # fmt: skip
+        yield
     finally:
         if started:
             ray.shutdown()  # workers stop now, quietly, rather than at interpreter exit
+
+
+def sweep_command(args: argparse.Namespace) -> int:
+    """`pclc sweep CONFIG [--resume] [--address A] [--tracking-uri U] [--storage-path P] [--smoke-test]`."""
+    overrides = list(getattr(args, "set", None) or [])
+    cfg = load_sweep(args.config, overrides)  # every config error is raised here, before Ray starts
+    if getattr(args, "smoke_test", False):
+        cfg = load_sweep(args.config, overrides + smoke_overrides(cfg))
+    tracking_uri = args.tracking_uri
+    if tracking_uri:
+        from pclc.contract import normalize_tracking_uri
+
+        tracking_uri = normalize_tracking_uri(tracking_uri)
+
+    check_storage(storage_root(cfg, args.storage_path))  # before Ray starts
+    with ray_session(args.address):
+        set_tune_environment()
+        result = run_sweep(
+            cfg,
+            resume=args.resume,
+            storage_path=args.storage_path,
+            tracking_uri=tracking_uri,
+            retry_failed=getattr(args, "retry_failed", False),
+        )
     return 1 if result.trials and len(result.failed) == len(result.trials) else 0

@@ -7,6 +7,7 @@ No Ray, no MLflow, no files: nothing of a sweep starts.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -61,35 +62,54 @@ def _probe(trial: TrialConfig, n_test: int) -> tuple[TrialConfig, float]:
     return trial.model_copy(update=changes), 1.0 / fraction
 
 
+class _FirstEpoch:
+    """A reporter that keeps the first epoch (its metrics and checkpoint), then stops the trial."""
+
+    metrics: dict[str, float]
+    state: dict[str, Any]
+
+    def on_epoch(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        if state is not None:
+            self.metrics, self.state = metrics, state
+            raise _OneEpoch
+
+    def on_final(self, evaluation: Any) -> None:
+        pass
+
+
 def measure(cfg: SweepConfig) -> Estimate:
     """Time the preparation, one epoch and a scaled evaluation of the base trial, here and now."""
-    from pclc.experiment import prepare, run_trial
+    from pclc.experiment import Silent, prepare, run_trial
 
-    trial = cfg.trial.model_copy(update={"out_dir": None, "save_weights": False, "epochs": 1, "warmup_epochs": 0,
-                                         "threads": cfg.trial.threads or max(1, math.floor(cfg.resources.cpu))})
+    trial = cfg.trial.model_copy(
+        update={
+            "out_dir": None,
+            "save_weights": False,
+            "epochs": 1,
+            "warmup_epochs": 0,
+            "threads": cfg.trial.threads or max(1, math.floor(cfg.resources.cpu)),
+        }
+    )
     started = time.perf_counter()
     prepared = prepare(cfg.trial)  # the sweep's own preparation: its substitute trains for its own epochs
     prepare_s = time.perf_counter() - started
 
-    measured: dict[str, Any] = {}
-
-    def first_epoch(metrics: dict[str, float], state: Any) -> None:
-        if state is not None:
-            measured.update(metrics=metrics, state=state)
-            raise _OneEpoch
-
-    try:
-        run_trial(trial, first_epoch, prepared=prepared)
-    except _OneEpoch:
-        pass
+    first = _FirstEpoch()
+    with contextlib.suppress(_OneEpoch):
+        run_trial(trial, first, prepared=prepared)
     # the evaluation alone: resumed after its one epoch, the trial trains nothing more
     probe, scale = _probe(trial, len(prepared.data.y_test))
-    final = run_trial(probe, lambda metrics, state: None, prepared=prepared, resume=measured["state"])
+    final = run_trial(probe, Silent(), prepared=prepared, resume=first.state)
     return Estimate(
-        trials=cfg.total_trials(), cpu=cfg.resources.cpu, gpu=cfg.resources.gpu, concurrent=cfg.max_concurrent,
-        prepare_s=prepare_s, epoch_s=measured["metrics"][M.TRAIN_SECONDS], eval_s=final[M.EVAL_SECONDS] * scale,
+        trials=cfg.total_trials(),
+        cpu=cfg.resources.cpu,
+        gpu=cfg.resources.gpu,
+        concurrent=cfg.max_concurrent,
+        prepare_s=prepare_s,
+        epoch_s=first.metrics[M.TRAIN_SECONDS],
+        eval_s=final[M.EVAL_SECONDS] * scale,
         epochs=cfg.trial.epochs,
-    )  # fmt: skip
+    )
 
 
 def print_estimate(cfg: SweepConfig, est: Estimate, out: TextIO) -> None:
@@ -98,8 +118,11 @@ def print_estimate(cfg: SweepConfig, est: Estimate, out: TextIO) -> None:
     print(f"trials: {est.trials}", file=out)
     print(f"resources per trial: {est.cpu:g} CPU, {est.gpu:g} GPU", file=out)
     print(f"trials at once: {est.concurrent}", file=out)
-    print(f"measured here: preparation {est.prepare_s:.2f} s, one epoch {est.epoch_s:.2f} s, "
-          f"final evaluation {est.eval_s:.2f} s (scaled from {PROBE_SAMPLES} samples)", file=out)  # fmt: skip
+    print(
+        f"measured here: preparation {est.prepare_s:.2f} s, one epoch {est.epoch_s:.2f} s, "
+        f"final evaluation {est.eval_s:.2f} s (scaled from {PROBE_SAMPLES} samples)",
+        file=out,
+    )
     print(f"per trial: {est.trial_s:.1f} s ({est.epochs} epochs + evaluation)", file=out)
     print(f"estimated wall time: {est.wall_s:.1f} s ({est.wall_s / 3600:.2f} h)", file=out)
     print(f"estimated GPU-hours: {est.gpu_hours:.3f}", file=out)

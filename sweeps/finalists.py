@@ -54,8 +54,11 @@ DEFAULT_SQUARE_QUERIES = 5000  # Square Attack queries of the standard AutoAttac
 STATE_VERSION = 1
 # For tests of the resume: SIGKILL this process once it has scored this many chunks (and saved them).
 KILL_AFTER_ENV = "PCLC_FINALIST_KILL_AFTER_CHUNKS"
-_QUIET_MLFLOW = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
-                 "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # fmt: skip
+_QUIET_MLFLOW = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
 
 
 class FinalistError(ValueError):
@@ -109,9 +112,14 @@ def resolve_uri(uri: str | None) -> str:
 
 
 def select_runs(
-    client: MlflowClient, *, run_ids: list[str] | None = None, experiment: str | None = None, top: int = 1,
-    objective: str | None = None, mode: str | None = None,
-) -> list[str]:  # fmt: skip
+    client: MlflowClient,
+    *,
+    run_ids: list[str] | None = None,
+    experiment: str | None = None,
+    top: int = 1,
+    objective: str | None = None,
+    mode: str | None = None,
+) -> list[str]:
     """The run ids to re-score: `run_ids` as given (each checked to exist), or the `top` finished trial
     runs of `experiment`'s latest sweep by `objective` (default: the sweep's headline and its direction)."""
     from mlflow.exceptions import MlflowException
@@ -128,8 +136,10 @@ def select_runs(
                 missing.append(rid)
         if missing:
             where = client.tracking_uri
-            raise FinalistError(f"no run {', '.join(map(repr, missing))} in {where}; pass trial (child) run ids "
-                                "as MLflow shows them, or choose with --experiment NAME --top N")  # fmt: skip
+            raise FinalistError(
+                f"no run {', '.join(map(repr, missing))} in {where}; pass trial (child) run ids "
+                "as MLflow shows them, or choose with --experiment NAME --top N"
+            )
         return ids
     if experiment is None:
         raise FinalistError("choose the runs: --run-id ID [ID …], or --experiment NAME --top N")
@@ -144,8 +154,9 @@ def select_runs(
     trials = sweep.trials
     if metric not in trials:
         known = ", ".join(m for m in sweep.metrics if not m.startswith(M.FINALIST_PREFIX)) or "none"
-        raise FinalistError(f"no finished trial of experiment {experiment!r} has the metric {metric!r}; "
-                            f"its metrics: {known}")  # fmt: skip
+        raise FinalistError(
+            f"no finished trial of experiment {experiment!r} has the metric {metric!r}; its metrics: {known}"
+        )
     ranked = trials[trials[metric].notna()].sort_values(metric, ascending=direction == "min", kind="stable")
     if ranked.empty:
         raise FinalistError(f"experiment {experiment!r} has no finished trial with a value of {metric!r}")
@@ -196,9 +207,16 @@ _scored_here = 0  # chunks scored by this process (for KILL_AFTER_ENV)
 
 
 def chunked_autoattack(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: AttackSuite, *, path: Path, key: dict[str, Any],
-    chunk_size: int, note: str = "",
-) -> tuple[torch.Tensor, torch.Tensor, int, int]:  # fmt: skip
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    suite: AttackSuite,
+    *,
+    path: Path,
+    key: dict[str, Any],
+    chunk_size: int,
+    note: str = "",
+) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """(clean_correct, robust, chunks reused, chunks scored) of standard AutoAttack at the suite's one eps.
 
     Chunks are [i, i + chunk_size) from sample 0; each is one `run_suite` call, saved to `path` when done.
@@ -226,14 +244,21 @@ def chunked_autoattack(
         result = run_suite(model, x[start:end], y[start:end], suite)
         clean[start:end], robust[start:end] = result.clean_correct, result.robust(ATTACK, eps)
         state["chunks"][str(start)] = {
-            "end": end, "clean": _bits(clean[start:end]), "robust": _bits(robust[start:end]),
-            "pid": os.getpid(), "seconds": round(time.perf_counter() - began, 3),
-        }  # fmt: skip
+            "end": end,
+            "clean": _bits(clean[start:end]),
+            "robust": _bits(robust[start:end]),
+            "pid": os.getpid(),
+            "seconds": round(time.perf_counter() - began, 3),
+        }
         _write_atomic(path, state)
         scored += 1
         _scored_here += 1
-        print(f"pclc evaluate: {note}eps={M.format_eps(eps)} chunk {i + 1}/{len(starts)} "
-              f"({end}/{n} samples): {int(robust[:end].sum())} robust so far", file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"pclc evaluate: {note}eps={M.format_eps(eps)} chunk {i + 1}/{len(starts)} "
+            f"({end}/{n} samples): {int(robust[:end].sum())} robust so far",
+            file=sys.stderr,
+            flush=True,
+        )
         kill_after = os.environ.get(KILL_AFTER_ENV)
         if kill_after and _scored_here >= int(kill_after):
             os.kill(os.getpid(), signal.SIGKILL)
@@ -245,9 +270,10 @@ def chunked_autoattack(
 
 def config_label(cfg: TrialConfig) -> str:
     """'pclc ξ=0.995 λ=0.05 seed=0': the loss and the paper's knobs it uses, and the seed."""
-    from analysis.load import IGNORED_BY_LOSS, SYMBOL
+    from analysis.load import SYMBOL
+    from pclc.losses import IGNORED_BY_LOSS, KNOBS
 
-    knobs = [k for k in ("margin", "lc_weight") if k not in IGNORED_BY_LOSS.get(cfg.loss, frozenset())]
+    knobs = [k for k in KNOBS if k not in IGNORED_BY_LOSS.get(cfg.loss, frozenset())]
     return " ".join([cfg.loss, *(f"{SYMBOL[k]}={getattr(cfg, k):g}" for k in knobs), f"seed={cfg.seed}"])
 
 
@@ -272,7 +298,9 @@ def _trial_config(path: Path, run_id: str) -> TrialConfig:
         raise FinalistError(f"run {run_id}: {EVALUATION} holds no resolved trial config ('config')") from None
     unknown = sorted(set(values) - set(TrialConfig.model_fields))
     if unknown:  # a run logged by an older version: the fields that matter here are all still there
-        print(f"pclc evaluate: note: run {run_id}: ignoring config fields this version lacks: {unknown}", file=sys.stderr)
+        print(
+            f"pclc evaluate: note: run {run_id}: ignoring config fields this version lacks: {unknown}", file=sys.stderr
+        )
     known = {k: v for k, v in values.items() if k in TrialConfig.model_fields}
     return make_config(known, source=f"run {run_id} {EVALUATION}")
 
@@ -290,9 +318,9 @@ def _done_settings(tags: dict[str, str]) -> dict[str, Any] | None:
 def evaluate_run(run_id: str, settings: Settings) -> Finalist:
     """Re-score one finished trial run with standard AutoAttack and log the result into it.
 
-    Example:
-        >>> s = Settings(tracking_uri="sqlite:////work/mlflow.db", limit=1000, state_dir="/work/runs/finalists")
-        >>> evaluate_run("0f3c…", s).metrics["finalist/robust_acc"]
+    Example (an illustration: it needs a trained model or a store):
+        >>> s = Settings(tracking_uri="sqlite:////work/mlflow.db", limit=1000, state_dir="/work/runs/finalists")  # doctest: +SKIP
+        >>> evaluate_run("0f3c…", s).metrics["finalist/robust_acc"]  # doctest: +SKIP
     """
     from mlflow.entities import Metric, RunTag
     from mlflow.exceptions import MlflowException
@@ -313,15 +341,19 @@ def evaluate_run(run_id: str, settings: Settings) -> Finalist:
     if tags.get(ROLE) == "sweep":
         raise FinalistError(f"run {run_id} is a sweep's parent run, not a trial: pass a trial (child) run id")
     if run.info.status != "FINISHED" or tags.get(FINAL, "1") != "1":
-        raise FinalistError(f"run {run_id} is {run.info.status} without its final evaluation: "
-                            "only a finished trial has final weights to re-score")  # fmt: skip
+        raise FinalistError(
+            f"run {run_id} is {run.info.status} without its final evaluation: "
+            "only a finished trial has final weights to re-score"
+        )
 
     with tempfile.TemporaryDirectory(prefix="pclc-finalist-") as tmp:
         weights = _download(client, run_id, WEIGHTS, tmp)
         if weights is None:
-            raise FinalistError(f"run {run_id} has no weights artifact ({WEIGHTS}): its trial ran with "
-                                "save_weights: false. Set `save_weights: true` in the sweep file's trial: block "
-                                "(or --set save_weights=true) and run the trial again to re-score it")  # fmt: skip
+            raise FinalistError(
+                f"run {run_id} has no weights artifact ({WEIGHTS}): its trial ran with "
+                "save_weights: false. Set `save_weights: true` in the sweep file's trial: block "
+                "(or --set save_weights=true) and run the trial again to re-score it"
+            )
         evaluation = _download(client, run_id, EVALUATION, tmp)
         if evaluation is None:
             raise FinalistError(f"run {run_id} has no {EVALUATION}: its final evaluation was never logged")
@@ -329,14 +361,21 @@ def evaluate_run(run_id: str, settings: Settings) -> Finalist:
         state_dict = load_checkpoint(weights)
 
     eps_list = tuple(sorted({float(e) for e in (settings.eps or (cfg.headline_eps,))}))
-    out = Finalist(run_id=run_id, label=config_label(cfg), trial_robust_acc=run.data.metrics.get(M.ROBUST_ACC),
-                   headline_eps=cfg.headline_eps, eps=eps_list)  # fmt: skip
+    out = Finalist(
+        run_id=run_id,
+        label=config_label(cfg),
+        trial_robust_acc=run.data.metrics.get(M.ROBUST_ACC),
+        headline_eps=cfg.headline_eps,
+        eps=eps_list,
+    )
     data = load_dataset(cfg.dataset, data_root=cfg.data_root, download=cfg.download)
     n = len(data.y_test) if settings.limit is None else min(settings.limit, len(data.y_test))
     out.n = n
     done = _done_settings(tags)
-    same = done is not None and all(done.get(k) == v for k, v in
-                                    (("n", n), ("aa_steps", settings.aa_steps), ("square_queries", settings.square_queries)))  # fmt: skip
+    same = done is not None and all(
+        done.get(k) == v
+        for k, v in (("n", n), ("aa_steps", settings.aa_steps), ("square_queries", settings.square_queries))
+    )
     covered = set(map(float, done.get("eps", []))) if same and done else set()
     todo = eps_list if settings.force else tuple(e for e in eps_list if e not in covered)
     if not todo:
@@ -352,11 +391,26 @@ def evaluate_run(run_id: str, settings: Settings) -> Finalist:
     batch_size = settings.batch_size or cfg.eval_batch_size
     metrics: dict[str, float] = {}
     for eps in todo:
-        suite = AttackSuite(attacks=(ATTACK,), eps=(eps,), aa_limit=None, aa_eps=None, batch_size=batch_size,
-                            seed=cfg.seed, aa_steps=settings.aa_steps, square_queries=settings.square_queries)  # fmt: skip
-        key = {"attack": ATTACK, "eps": eps, "seed": cfg.seed, "chunk_size": settings.chunk_size,
-               "batch_size": batch_size, "aa_steps": settings.aa_steps, "square_queries": settings.square_queries,
-               "n_test": len(data.y_test)}  # fmt: skip
+        suite = AttackSuite(
+            attacks=(ATTACK,),
+            eps=(eps,),
+            aa_limit=None,
+            aa_eps=None,
+            batch_size=batch_size,
+            seed=cfg.seed,
+            aa_steps=settings.aa_steps,
+            square_queries=settings.square_queries,
+        )
+        key = {
+            "attack": ATTACK,
+            "eps": eps,
+            "seed": cfg.seed,
+            "chunk_size": settings.chunk_size,
+            "batch_size": batch_size,
+            "aa_steps": settings.aa_steps,
+            "square_queries": settings.square_queries,
+            "n_test": len(data.y_test),
+        }
         path = state_path(settings.state_dir, run_id, eps)
         if settings.force:
             path.unlink(missing_ok=True)
@@ -372,11 +426,18 @@ def evaluate_run(run_id: str, settings: Settings) -> Finalist:
     metrics[M.finalist_key("n_samples")] = float(n)
 
     now = int(time.time() * 1000)
-    record = {"n": n, "aa_steps": settings.aa_steps, "square_queries": settings.square_queries,
-              "eps": sorted(covered | set(todo))}  # fmt: skip
-    retrying(client.log_batch, run_id,
-             metrics=[Metric(M.to_mlflow(k), v, now, 0) for k, v in metrics.items()],
-             tags=[RunTag(FINALIST_SETTINGS, json.dumps(record)), RunTag(FINALIST, "1")])  # fmt: skip
+    record = {
+        "n": n,
+        "aa_steps": settings.aa_steps,
+        "square_queries": settings.square_queries,
+        "eps": sorted(covered | set(todo)),
+    }
+    retrying(
+        client.log_batch,
+        run_id,
+        metrics=[Metric(M.to_mlflow(k), v, now, 0) for k, v in metrics.items()],
+        tags=[RunTag(FINALIST_SETTINGS, json.dumps(record)), RunTag(FINALIST, "1")],
+    )
     logged = retrying(client.get_run, run_id).data.metrics
     out.metrics = {M.from_mlflow(k): v for k, v in logged.items() if k.startswith(M.FINALIST_PREFIX)}
     return out
@@ -435,17 +496,35 @@ def _fmt(v: float | None) -> str:
 def format_table(results: list[Finalist]) -> str:
     """run id, trial config, trial robust_acc, finalist robust_acc (headline eps), other eps, n."""
     extra = sorted({e for r in results if not r.error for e in r.eps if e != r.headline_eps})
-    head = ["run", "config", "trial robust_acc", "finalist robust_acc",
-            *(f"finalist eps={M.format_eps(e)}" for e in extra), "n", "note"]  # fmt: skip
+    head = [
+        "run",
+        "config",
+        "trial robust_acc",
+        "finalist robust_acc",
+        *(f"finalist eps={M.format_eps(e)}" for e in extra),
+        "n",
+        "note",
+    ]
     rows = []
     for r in results:
         if r.error:
             rows.append([r.run_id, "-", "-", "-", *("-" for _ in extra), "-", "failed (see above)"])
             continue
         per_eps = [r.metrics.get(M.finalist_key(M.robust_key(ATTACK, e))) if e in r.eps else None for e in extra]
-        note = "already scored" if r.skipped else (f"resumed ({r.chunks_reused} chunks kept)" if r.chunks_reused else "")
-        rows.append([r.run_id, r.label, _fmt(r.trial_robust_acc), _fmt(r.metrics.get(M.finalist_key(M.ROBUST_ACC))),
-                     *map(_fmt, per_eps), str(r.n), note])  # fmt: skip
+        note = (
+            "already scored" if r.skipped else (f"resumed ({r.chunks_reused} chunks kept)" if r.chunks_reused else "")
+        )
+        rows.append(
+            [
+                r.run_id,
+                r.label,
+                _fmt(r.trial_robust_acc),
+                _fmt(r.metrics.get(M.finalist_key(M.ROBUST_ACC))),
+                *map(_fmt, per_eps),
+                str(r.n),
+                note,
+            ]
+        )
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *rows]]
     return "\n".join(lines)
@@ -459,12 +538,21 @@ def settings_from_args(args: argparse.Namespace, tracking_uri: str) -> Settings:
         bad = [e for e in args.eps if not 0.0 < e <= 1.0]
         if bad:
             raise FinalistError(f"--eps {bad}: every eps must be in (0, 1] (pixels in [0, 1])")
-    state_dir = Path(args.state_dir).expanduser().resolve() if args.state_dir else Path.cwd().resolve() / "runs" / "finalists"
+    state_dir = (
+        Path(args.state_dir).expanduser().resolve() if args.state_dir else Path.cwd().resolve() / "runs" / "finalists"
+    )
     return Settings(
-        tracking_uri=tracking_uri, limit=args.limit, eps=tuple(args.eps) if args.eps else None,
-        batch_size=args.batch_size, device=args.device, chunk_size=args.chunk_size, aa_steps=args.aa_steps,
-        square_queries=args.square_queries, state_dir=str(state_dir), force=args.force,
-    )  # fmt: skip
+        tracking_uri=tracking_uri,
+        limit=args.limit,
+        eps=tuple(args.eps) if args.eps else None,
+        batch_size=args.batch_size,
+        device=args.device,
+        chunk_size=args.chunk_size,
+        aa_steps=args.aa_steps,
+        square_queries=args.square_queries,
+        state_dir=str(state_dir),
+        force=args.force,
+    )
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
@@ -484,8 +572,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     uri = resolve_uri(args.tracking_uri)
     settings = settings_from_args(args, uri)
     client = MlflowClient(uri)
-    run_ids = select_runs(client, run_ids=args.run_id, experiment=args.experiment, top=args.top,
-                          objective=args.objective, mode=args.mode)  # fmt: skip
+    run_ids = select_runs(
+        client, run_ids=args.run_id, experiment=args.experiment, top=args.top, objective=args.objective, mode=args.mode
+    )
     if not args.run_id:
         print(f"pclc evaluate: the top {len(run_ids)} of {args.experiment!r}: {', '.join(run_ids)}", file=sys.stderr)
     results = run_ray(run_ids, settings, args.address) if args.address else run_local(run_ids, settings)
@@ -496,7 +585,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"state files: {settings.state_dir}", file=sys.stderr)
     failed = [r.run_id for r in results if r.error]
     if failed:
-        print(f"pclc evaluate: error: {len(failed)} of {len(results)} runs could not be re-scored: "
-              f"{', '.join(failed)}", file=sys.stderr)  # fmt: skip
+        print(
+            f"pclc evaluate: error: {len(failed)} of {len(results)} runs could not be re-scored: {', '.join(failed)}",
+            file=sys.stderr,
+        )
         return 2
     return 0

@@ -26,16 +26,38 @@ from pclc.config import TrialConfig
 from pclc.data import Dataset
 from pclc.experiment import Prepared, substitute_config
 
-__all__ = ["CACHE_FORMAT", "Preparation", "cache_file", "preparation_key", "prepare_for_sweep", "prepare_on_cluster",
-           "read_cache", "write_cache"]  # fmt: skip
+__all__ = [
+    "CACHE_FORMAT",
+    "Preparation",
+    "cache_file",
+    "preparation_key",
+    "prepare_for_sweep",
+    "prepare_on_cluster",
+    "read_cache",
+    "write_cache",
+]
 
 CACHE_FORMAT = 1  # bump when the cached payload or `prepare` itself changes: old entries are then not read
 STORAGE_FOLDER = "pclc_prepared"  # under the storage root, beside the sweeps' experiment folders
 CACHE_DIR_FOLDER = "prepared"  # under `cache_dir`, beside the substitutes `train_substitute` caches
 
 # What `fit` reads from the substitute's config (its loss is CE: no margin, weight or warm-up).
-_SUBSTITUTE_FIELDS = ("model", "epochs", "seed", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
-                      "schedule", "milestones", "gamma", "augment", "bf16", "device")  # fmt: skip
+_SUBSTITUTE_FIELDS = (
+    "model",
+    "epochs",
+    "seed",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "milestones",
+    "gamma",
+    "augment",
+    "bf16",
+    "device",
+)
 
 
 @dataclass(frozen=True)
@@ -51,8 +73,12 @@ class Preparation:
 def preparation_key(trial: TrialConfig, *, gpu: float = 0.0) -> dict[str, Any]:
     """Exactly the fields that decide `prepare(trial)`: the data, its subset, and the substitute's training."""
     # data_root too: another folder may hold another copy (a subset, a re-packed archive) under the same name
-    key: dict[str, Any] = {"format": CACHE_FORMAT, "dataset": trial.dataset, "data_root": trial.data_root,
-                           "train_limit": trial.train_limit}  # fmt: skip
+    key: dict[str, Any] = {
+        "format": CACHE_FORMAT,
+        "dataset": trial.dataset,
+        "data_root": trial.data_root,
+        "train_limit": trial.train_limit,
+    }
     if trial.dataset.startswith("npz:"):  # a user file: a new file under the same name is new data
         path = Path(trial.dataset[4:])
         stat = path.stat() if path.is_file() else None
@@ -82,10 +108,16 @@ def write_cache(path: Path, key: dict[str, Any], prepared: Prepared, node_id: st
     """Keep `prepared` at `path`: tensors and plain values only (read back with weights_only=True)."""
     d = prepared.data
     payload = {
-        "key": json.dumps(key, sort_keys=True), "node_id": node_id, "name": d.name, "num_classes": d.num_classes,
-        "x_train": d.x_train, "y_train": d.y_train, "x_test": d.x_test, "y_test": d.y_test,
+        "key": json.dumps(key, sort_keys=True),
+        "node_id": node_id,
+        "name": d.name,
+        "num_classes": d.num_classes,
+        "x_train": d.x_train,
+        "y_train": d.y_train,
+        "x_test": d.x_test,
+        "y_test": d.y_test,
         "substitute": prepared.substitute_state,
-    }  # fmt: skip
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # unique: two sweeps may write at once
     try:
@@ -103,8 +135,14 @@ def read_cache(path: Path, key: dict[str, Any]) -> tuple[Prepared, str] | None:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         if payload["key"] != json.dumps(key, sort_keys=True):
             return None
-        data = Dataset(payload["name"], payload["x_train"], payload["y_train"], payload["x_test"],
-                       payload["y_test"], num_classes=int(payload["num_classes"]))  # fmt: skip
+        data = Dataset(
+            payload["name"],
+            payload["x_train"],
+            payload["y_train"],
+            payload["x_test"],
+            payload["y_test"],
+            num_classes=int(payload["num_classes"]),
+        )
         return Prepared(data=data, substitute_state=payload["substitute"]), str(payload["node_id"])
     except Exception as exc:  # truncated or foreign file: prepare again and overwrite it
         print(f"pclc sweep: warning: ignoring the unreadable preparation cache {path} ({exc})", file=sys.stderr)
@@ -122,9 +160,7 @@ def _prepare_task(values: dict[str, Any], threads: int) -> tuple[Prepared, str]:
     return prepare(make_config(values, source="sweep preparation")), ray.get_runtime_context().get_node_id()
 
 
-def prepare_on_cluster(
-    trial: TrialConfig, *, cpu: float, gpu: float, storage_root: str | None = None
-) -> Preparation:
+def prepare_on_cluster(trial: TrialConfig, *, cpu: float, gpu: float, storage_root: str | None = None) -> Preparation:
     """The preparation of `trial`: from the cache, else run as a Ray task with `cpu` and `gpu` (then cached).
 
     Example:

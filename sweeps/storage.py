@@ -3,6 +3,7 @@ that the folder takes files. No Ray import: the CLI checks all of it before Ray 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -43,10 +44,8 @@ def check_storage(root: str) -> None:
             "with --storage-path or `storage_path` in the sweep file"
         ) from None
     finally:
-        try:
+        with contextlib.suppress(OSError):
             probe.unlink(missing_ok=True)
-        except OSError:
-            pass
 
 
 def experiment_path(root: str, name: str) -> str:

@@ -1,4 +1,4 @@
-"""MLflow bookkeeping of a sweep, in the layout CONTRACT.md fixes (analysis reads it back).
+"""MLflow bookkeeping of a sweep, in the layout `pclc.contract` fixes (analysis reads it back).
 
 One parent run per sweep (created on the driver, with the resolved sweep file, git commit and
 package versions) and one child run per trial. A trial finds its child run by the tag
@@ -12,6 +12,7 @@ the final evaluation waits for it at most `patience_s`. No Ray import here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -25,50 +26,58 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mlflow.entities import Metric, Param, Run, RunStatus, RunTag, ViewType
+from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from mlflow.tracking import MlflowClient
 
+from pclc import contract as C
 from pclc import metrics as M
+from pclc.contract import (  # noqa: F401  (re-exported: the writer's names, for callers of this module)
+    CUSTOM_MODEL_DEVELOPMENT,
+    DETERMINISTIC,
+    EXPERIMENT_KIND,
+    EXPERIMENT_PATH,
+    FAILURE,
+    FINAL,
+    HEADLINE,
+    MODE,
+    PARENT,
+    ROLE,
+    STOPPED_EARLY,
+    TRIAL_ID,
+    default_tracking_uri,
+    experiment_ui_path,
+    param_value,
+)
 
 T = TypeVar("T")
-
-# Tags: the names analysis and the tests rely on.
-ROLE, MODE, HEADLINE, TRIAL_ID = "pclc.role", "pclc.mode", "pclc.headline_metric", "pclc.trial_id"
-PARENT = "mlflow.parentRunId"
-FAILURE = "pclc.failure_reason"
-DETERMINISTIC = "pclc.failure_deterministic"  # "1": the failure would repeat (NaN loss, refused config, bad data)
-FINAL = "pclc.final"  # "1" once the final evaluation is logged
-EXPERIMENT_PATH = "pclc.experiment_path"
-STOPPED_EARLY = "pclc.stopped_early"
-# MLflow 3's experiment kind: model training (runs), not a GenAI app (traces). The 3.17 UI itself picks the
-# view from its workflow switch instead (default GenAI), so the link we print names it: `experiment_ui_path`.
-EXPERIMENT_KIND, CUSTOM_MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
-
-
-def experiment_ui_path(experiment_id: str) -> str:
-    """The MLflow UI's address of an experiment's runs (append to http://host:port): its runs table, not the
-    GenAI "Overview / Traces" page the 3.17 UI opens by default."""
-    return f"/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 _LOCKED = ("database is locked", "database is busy", "database table is locked")
 # How a tracking server that is down (or restarting) shows through MLflow's REST client.
 _UNREACHABLE = (
-    "connection refused", "max retries exceeded", "failed to establish a new connection", "connection aborted",
-    "connection reset", "remotedisconnected", "read timed out", "connecttimeout", "bad gateway",
-    "service unavailable", "gateway timeout", "too many 502 error", "too many 503 error", "too many 504 error",
-)  # fmt: skip
+    "connection refused",
+    "max retries exceeded",
+    "failed to establish a new connection",
+    "connection aborted",
+    "connection reset",
+    "remotedisconnected",
+    "read timed out",
+    "connecttimeout",
+    "bad gateway",
+    "service unavailable",
+    "gateway timeout",
+    "too many 502 error",
+    "too many 503 error",
+    "too many 504 error",
+)
 PATIENCE_ENV = "PCLC_TRACKING_PATIENCE_S"  # how long a trial waits for MLflow at its end (seconds)
 DEFAULT_PATIENCE_S = 600.0
 # MLflow's client retries a refused request 7 times with back-off (minutes) before it raises:
 # a trial retries on its own terms instead, so the client gives up after a few seconds.
-_CLIENT_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}  # fmt: skip
-_NOT_LOGGED = {"done"}  # run_trial's end-of-trial flag: Tune's business, not a metric
-
-
-def default_tracking_uri(cwd: str | Path | None = None) -> str:
-    """`sqlite:///<abs cwd>/mlflow.db`: MLflow 3 has no file store, and every trial needs the same path."""
-    return f"sqlite:///{Path(cwd or Path.cwd()).resolve() / 'mlflow.db'}"
+_CLIENT_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
 
 
 def artifact_root(tracking_uri: str) -> str | None:
@@ -135,17 +144,8 @@ def patiently(fn: Callable[..., T], *args: Any, deadline: float, what: str, uri:
             delay = min(delay * 1.5, 5.0)
 
 
-def param_value(value: Any) -> str:
-    """A TrialConfig value as an MLflow param: lists and mappings JSON-encoded, the rest str()."""
-    return json.dumps(value) if isinstance(value, (list, dict, tuple)) else str(value)
-
-
 def _metrics(values: dict[str, float], step: int, now: int) -> list[Metric]:
-    return [
-        Metric(M.to_mlflow(k), float(v), now, step)
-        for k, v in values.items()
-        if k not in _NOT_LOGGED and isinstance(v, (int, float))
-    ]
+    return [Metric(M.to_mlflow(k), float(v), now, step) for k, v in values.items() if isinstance(v, (int, float))]
 
 
 def _batched(items: list[T], size: int) -> Iterable[list[T]]:
@@ -180,10 +180,8 @@ def package_versions() -> dict[str, str]:
     names = ("pclc-sweeps", "torch", "torchvision", "ray", "optuna", "mlflow", "advertorch", "numpy", "pydantic")
     out = {"python": platform.python_version()}
     for name in names:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
@@ -256,8 +254,7 @@ class SweepTracker:
                 if value is not None and math.isfinite(value):
                     totals[M.total_key(name)] += value
         now = int(time.time() * 1000)
-        self._call(self.client.log_batch, self.parent_run_id,
-                   metrics=[Metric(k, v, now, 0) for k, v in totals.items()])  # fmt: skip
+        self._call(self.client.log_batch, self.parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in totals.items()])
         return totals
 
     def find_parent(self, experiment_path: str) -> Run | None:
@@ -265,39 +262,46 @@ class SweepTracker:
         runs = self._call(
             self.client.search_runs,
             [self.experiment_id],
-            filter_string=f"tags.`{ROLE}` = 'sweep' and tags.`{EXPERIMENT_PATH}` = '{experiment_path}'",
+            filter_string=f"tags.`{ROLE}` = '{C.ROLE_SWEEP}' and tags.`{EXPERIMENT_PATH}` = '{experiment_path}'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
         return runs[0] if runs else None
 
     def start_parent(
-        self, *, name: str, mode: str, headline_metric: str, objective: list[dict[str, str]],
-        experiment_path: str, resolved_config: str, resume: bool,
-    ) -> str:  # fmt: skip
+        self,
+        *,
+        name: str,
+        mode: str,
+        headline_metric: str,
+        objective: list[dict[str, str]],
+        experiment_path: str,
+        resolved_config: str,
+        resume: bool,
+    ) -> str:
         """Open (or, on resume, reopen) the sweep's parent run; returns its id."""
         self.ensure_experiment(name)
         existing = self.find_parent(experiment_path) if resume else None
         if existing is not None:
             self.parent_run_id = existing.info.run_id
             self._call(self.client.update_run, self.parent_run_id, status="RUNNING")
-            self._call(self.client.set_tag, self.parent_run_id, "pclc.resumed", str(int(time.time())))
+            self._call(self.client.set_tag, self.parent_run_id, C.RESUMED, str(int(time.time())))
             return self.parent_run_id
         tags = {
-            ROLE: "sweep",
+            ROLE: C.ROLE_SWEEP,
             MODE: mode,
             HEADLINE: headline_metric,
-            "pclc.objective": json.dumps(objective),
+            C.OBJECTIVE: json.dumps(objective),
             EXPERIMENT_PATH: experiment_path,
-            "git_commit": git_commit(),
-            "versions": json.dumps(package_versions()),
+            C.GIT_COMMIT: git_commit(),
+            C.VERSIONS: json.dumps(package_versions()),
         }
         stale = self.find_parent(experiment_path)
         if stale is not None and stale.info.status == "RUNNING":
             # A driver killed before Tune saved anything: the sweep starts over under the same parent (one
             # parent per sweep); the trial runs it had begun are orphans, deleted by `reconcile` at the end.
             self.parent_run_id = stale.info.run_id
-            self._call(self.client.set_tag, self.parent_run_id, "pclc.resumed", str(int(time.time())))
+            self._call(self.client.set_tag, self.parent_run_id, C.RESUMED, str(int(time.time())))
             return self.parent_run_id
         run = self._call(self.client.create_run, self.experiment_id, tags=tags, run_name=f"sweep-{name}")
         self.parent_run_id = run.info.run_id
@@ -329,16 +333,25 @@ class SweepTracker:
                 return runs
 
     def close_trial(
-        self, trial_id: str, *, error: str | None = None, stopped: bool = False, params: dict[str, Any] | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        trial_id: str,
+        *,
+        error: str | None = None,
+        stopped: bool = False,
+        params: dict[str, Any] | None = None,
+    ) -> None:
         """The driver's last word on one trial: FAILED with a reason, KILLED when stopped early."""
         run = self._call(find_trial_run, self.client, self.target, trial_id)
         if run is None:
             if error is None:
                 return
             # the trial died before it could open its run: still one run per trial, with the reason
-            run = self._call(self.client.create_run, self.experiment_id, tags=_trial_tags(self.target, trial_id),
-                           run_name=f"trial_{trial_id}")  # fmt: skip
+            run = self._call(
+                self.client.create_run,
+                self.experiment_id,
+                tags=_trial_tags(self.target, trial_id),
+                run_name=f"trial_{trial_id}",
+            )
             items = [Param(k, param_value(v)) for k, v in (params or {}).items()]
             for chunk in _batched(items, 100):
                 self._call(self.client.log_batch, run.info.run_id, params=chunk)
@@ -386,7 +399,7 @@ class SweepTracker:
 
 
 def _trial_tags(target: TrackingTarget, trial_id: str) -> dict[str, str]:
-    return {PARENT: target.parent_run_id, ROLE: "trial", TRIAL_ID: trial_id}
+    return {PARENT: target.parent_run_id, ROLE: C.ROLE_TRIAL, TRIAL_ID: trial_id}
 
 
 def find_trial_run(client: MlflowClient, target: TrackingTarget, trial_id: str) -> Run | None:
@@ -408,9 +421,16 @@ class TrialRun:
     """
 
     def __init__(
-        self, client: MlflowClient, run: Run, logged_epochs: set[int], reopened: bool, *,
-        buffer_path: Path | None = None, patience_s: float | None = None, uri: str = "",
-    ) -> None:  # fmt: skip
+        self,
+        client: MlflowClient,
+        run: Run,
+        logged_epochs: set[int],
+        reopened: bool,
+        *,
+        buffer_path: Path | None = None,
+        patience_s: float | None = None,
+        uri: str = "",
+    ) -> None:
         self.client = client
         self.run_id = run.info.run_id
         self.logged_epochs = logged_epochs  # steps already in MLflow or buffered: a retry does not log them twice
@@ -425,9 +445,16 @@ class TrialRun:
 
     @classmethod
     def open(
-        cls, target: TrackingTarget, *, trial_id: str, params: dict[str, Any], tags: dict[str, str] | None = None,
-        buffer_path: str | Path | None = None, patience_s: float | None = None, keep_recorded_failure: bool = False,
-    ) -> TrialRun:  # fmt: skip
+        cls,
+        target: TrackingTarget,
+        *,
+        trial_id: str,
+        params: dict[str, Any],
+        tags: dict[str, str] | None = None,
+        buffer_path: str | Path | None = None,
+        patience_s: float | None = None,
+        keep_recorded_failure: bool = False,
+    ) -> TrialRun:
         """Find the trial's run under the parent, or create it with every parameter.
 
         Metrics an earlier attempt left in `buffer_path` (the server was down) are sent first. With
@@ -440,13 +467,21 @@ class TrialRun:
         client = MlflowClient(target.tracking_uri)
 
         def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-            return patiently(fn, *args, deadline=deadline, what="opening the trial's run", uri=target.tracking_uri,
-                             **kwargs)  # fmt: skip
+            return patiently(
+                fn, *args, deadline=deadline, what="opening the trial's run", uri=target.tracking_uri, **kwargs
+            )
 
         buffer = Path(buffer_path) if buffer_path is not None else None
         run = call(find_trial_run, client, target, trial_id)
-        if keep_recorded_failure and run is not None and run.info.status == "FAILED" and run.data.tags.get(DETERMINISTIC) == "1":
-            kept = cls(client, run, set(), reopened=True, buffer_path=None, patience_s=patience, uri=target.tracking_uri)
+        if (
+            keep_recorded_failure
+            and run is not None
+            and run.info.status == "FAILED"
+            and run.data.tags.get(DETERMINISTIC) == "1"
+        ):
+            kept = cls(
+                client, run, set(), reopened=True, buffer_path=None, patience_s=patience, uri=target.tracking_uri
+            )
             kept.recorded_failure = run.data.tags.get(FAILURE, "an earlier attempt failed")
             return kept
         all_tags = {**_trial_tags(target, trial_id), **(tags or {})}
@@ -455,8 +490,9 @@ class TrialRun:
             items = [Param(k, param_value(v)) for k, v in params.items()]
             for chunk in _batched(items, 100):
                 call(client.log_batch, run.info.run_id, params=chunk)
-            opened = cls(client, run, set(), reopened=False, buffer_path=buffer, patience_s=patience,
-                       uri=target.tracking_uri)  # fmt: skip
+            opened = cls(
+                client, run, set(), reopened=False, buffer_path=buffer, patience_s=patience, uri=target.tracking_uri
+            )
         else:
             history = call(client.get_metric_history, run.info.run_id, M.EPOCH)
             logged = {int(m.step) for m in history}
@@ -465,11 +501,15 @@ class TrialRun:
                 for stale in (FAILURE, DETERMINISTIC):  # a retry: the earlier attempt's reason no longer holds
                     if stale in run.data.tags:
                         call(client.delete_tag, run.info.run_id, stale)
-            attempts = int(run.data.tags.get("pclc.attempts", "1")) + 1
-            call(client.log_batch, run.info.run_id,
-                 tags=[RunTag(k, v) for k, v in {**(tags or {}), "pclc.attempts": str(attempts)}.items()])  # fmt: skip
-            opened = cls(client, run, logged, reopened=True, buffer_path=buffer, patience_s=patience,
-                       uri=target.tracking_uri)  # fmt: skip
+            attempts = int(run.data.tags.get(C.ATTEMPTS, "1")) + 1
+            call(
+                client.log_batch,
+                run.info.run_id,
+                tags=[RunTag(k, v) for k, v in {**(tags or {}), C.ATTEMPTS: str(attempts)}.items()],
+            )
+            opened = cls(
+                client, run, logged, reopened=True, buffer_path=buffer, patience_s=patience, uri=target.tracking_uri
+            )
         opened.pending = _read_buffer(buffer)
         opened.logged_epochs |= {int(m.step) for m in opened.pending if m.key == M.EPOCH}
         opened.flush(deadline=deadline, what="sending the metrics an earlier attempt buffered")
@@ -491,8 +531,9 @@ class TrialRun:
                 if deadline is None:
                     retrying(self.client.log_batch, self.run_id, metrics=chunk)
                 else:
-                    patiently(self.client.log_batch, self.run_id, metrics=chunk, deadline=deadline, what=what,
-                              uri=self.uri)  # fmt: skip
+                    patiently(
+                        self.client.log_batch, self.run_id, metrics=chunk, deadline=deadline, what=what, uri=self.uri
+                    )
             except Exception as exc:
                 self._persist()
                 if deadline is None and unreachable(exc):
@@ -551,7 +592,7 @@ class TrialRun:
         def call(fn: Callable[..., Any], *args: Any) -> None:
             patiently(fn, *args, deadline=deadline, what=what, uri=self.uri)
 
-        call(self.client.log_dict, self.run_id, evaluation, "evaluation.json")
+        call(self.client.log_dict, self.run_id, evaluation, C.EVALUATION_ARTIFACT)
         if weights is not None and weights.is_file():
             call(self.client.log_artifact, self.run_id, str(weights), "weights")
         call(self.client.set_tag, self.run_id, FINAL, "1")
@@ -568,9 +609,6 @@ class TrialRun:
         tags = [RunTag(FAILURE, failure_reason(reason)), RunTag(DETERMINISTIC, "1" if deterministic else "0")]
         patiently(self.client.log_batch, self.run_id, tags=tags, deadline=deadline, what=what, uri=self.uri)
         patiently(self.client.set_terminated, self.run_id, "FAILED", deadline=deadline, what=what, uri=self.uri)
-
-    def set_tags(self, tags: dict[str, str]) -> None:
-        retrying(self.client.log_batch, self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
 
 def _read_buffer(path: Path | None) -> list[Metric]:
@@ -590,7 +628,19 @@ def _same(a: float, b: float) -> bool:
 
 
 __all__ = [
-    "SweepTracker", "TrialRun", "TrackingTarget", "TrialOutcome", "TrackingUnavailable", "default_tracking_uri",
-    "artifact_root", "retrying", "patiently", "unreachable", "tracking_patience", "limit_client_retries",
-    "failure_reason", "find_trial_run", "param_value", "RunStatus",
-]  # fmt: skip
+    "SweepTracker",
+    "TrialRun",
+    "TrackingTarget",
+    "TrialOutcome",
+    "TrackingUnavailable",
+    "default_tracking_uri",
+    "artifact_root",
+    "retrying",
+    "patiently",
+    "unreachable",
+    "tracking_patience",
+    "limit_client_retries",
+    "failure_reason",
+    "find_trial_run",
+    "param_value",
+]

@@ -18,26 +18,32 @@ import os
 import socket
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 import torch
 from ray import tune
 
+from pclc import contract as C
 from pclc import metrics as M
 from pclc.config import TrialConfig, make_config
 from pclc.gpu import check_gpus_usable, cuda_info
 from pclc.train import load_checkpoint, save_checkpoint
 from sweeps.tracking import TrackingTarget, TrialRun
 
+if TYPE_CHECKING:
+    from pclc.experiment import Evaluation
+
 CHECKPOINT_FILE = "state.pt"
 PENDING_FILE = "mlflow_pending.json"  # in the trial's output folder: metrics MLflow has not taken yet
 VARIANT = "variant"  # ablation label carried in the trial's Tune config (not a TrialConfig field)
 GRID_KEY = "trial"  # ablation: Tune grid-searches over override dicts under this key
 
-RunTrial = Callable[..., dict[str, float]]  # pclc.experiment.run_trial's signature
+RunTrial = Callable[
+    ..., dict[str, float]
+]  # pclc.experiment.run_trial's signature: (cfg, reporter, *, prepared, resume)
 
 
 @dataclass(frozen=True)
@@ -126,14 +132,24 @@ def trainable(config: dict[str, Any], *, prepared: Any, setup: TrialSetup) -> No
     device = trial_device(cfg.device, gpu_ids=gpu_ids)
     cuda = cuda_info()
     on_gpu = cuda.available and device in ("auto", "cuda")
-    tags = {**_node_tags(), **setup.extra_tags, "pclc.searched": json.dumps(list(setup.searched)),
-            **cuda.tags(device=torch.device("cuda" if on_gpu else "cpu"))}  # fmt: skip
+    tags = {
+        **_node_tags(),
+        **setup.extra_tags,
+        C.SEARCHED: json.dumps(list(setup.searched)),
+        **cuda.tags(device=torch.device("cuda" if on_gpu else "cpu")),
+    }
     variant = config.get(GRID_KEY, {}).get(VARIANT)
     if variant is not None:
-        tags["pclc.variant"] = str(variant)
+        tags[C.VARIANT] = str(variant)
     out = Path(cfg.out_dir)  # type: ignore[arg-type]
-    run = TrialRun.open(setup.target, trial_id=trial_id, params=cfg.to_dict(), tags=tags, buffer_path=out / PENDING_FILE,
-                        keep_recorded_failure=setup.skip_recorded_failures)  # fmt: skip
+    run = TrialRun.open(
+        setup.target,
+        trial_id=trial_id,
+        params=cfg.to_dict(),
+        tags=tags,
+        buffer_path=out / PENDING_FILE,
+        keep_recorded_failure=setup.skip_recorded_failures,
+    )
     if run.recorded_failure is not None:
         raise RecordedFailure(
             f"not re-run: it failed before for a reason that would repeat ({run.recorded_failure}); "
@@ -145,43 +161,29 @@ def trainable(config: dict[str, Any], *, prepared: Any, setup: TrialSetup) -> No
         tune.report(done)
         return
 
-    last_epoch: dict[str, float] = {}
-
-    share = gpu_share()
-
-    def report(metrics: dict[str, float], state: dict[str, Any] | None) -> None:
-        nonlocal last_epoch
-        if metrics.get(M.GPU_HOURS):  # run_trial counts a whole GPU; the trial holds the share Ray gave it
-            metrics = {**metrics, M.GPU_HOURS: metrics[M.GPU_HOURS] * share}
-        if state is not None:  # an epoch: MLflow first, then Tune with the checkpoint (when one is due)
-            run.log_epoch(metrics)
-            last_epoch = dict(metrics)
-            if not state:  # between checkpoints (`checkpoint_every`): a resume starts from the last one
-                tune.report(dict(metrics))
-                return
-            with tempfile.TemporaryDirectory(prefix="pclc-ckpt-") as folder:
-                with _naming(Path(folder) / CHECKPOINT_FILE):
-                    save_checkpoint(state, Path(folder) / CHECKPOINT_FILE)
-                where = f"{setup.experiment_path}/trial_{trial_id}" if setup.experiment_path else "the storage_path"
-                with _naming(where, "saving the checkpoint into"):
-                    tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(folder))
-            return
-        final = {k: v for k, v in metrics.items() if k != "done"}
-        evaluation = _evaluation(out, final, cfg)
-        weights = out / "model.pt" if cfg.save_weights else None
-        run.log_final(final, evaluation, weights)
-        # Tune gets the last per-epoch values too (e.g. epoch_robust_acc for ASHA) under the final ones
-        tune.report({**last_epoch, **final})
-
     run_fn = setup.run_fn
     if run_fn is None:
         from pclc.experiment import run_trial as run_fn
+    reporter = TuneReporter(
+        run,
+        weights=out / "model.pt" if cfg.save_weights else None,
+        checkpoint_dest=f"{setup.experiment_path}/trial_{trial_id}" if setup.experiment_path else "the storage_path",
+        gpu_share=gpu_share(),
+    )
     try:
         # A trial Ray gave a GPU that torch cannot use fails now, not after hours of training on 2 threads.
-        check_gpus_usable(gpu_ids=gpu_ids, cuda_available=cuda.available, driver=cuda.driver, torch_cuda=cuda.torch_cuda)
+        check_gpus_usable(
+            gpu_ids=gpu_ids, cuda_available=cuda.available, driver=cuda.driver, torch_cuda=cuda.torch_cuda
+        )
         with _naming(out, "writing the trial's outputs under"):
-            run_fn(cfg, report, prepared=prepared, resume=_load_resume(),  # a corrupt checkpoint fails here too
-                   device=device, checkpoint_at=setup.checkpoint_epochs)  # fmt: skip
+            run_fn(
+                cfg,
+                reporter,
+                prepared=prepared,
+                resume=_load_resume(),  # a corrupt checkpoint fails here too
+                device=device,
+                checkpoint_at=setup.checkpoint_epochs,
+            )
     except Exception as exc:  # not SystemExit: that is Tune stopping the trial (ASHA), not a failure
         # Tune may retry (the run reopens); the driver gives the final word when retries run out.
         try:
@@ -209,11 +211,15 @@ def newest_checkpoint_on_storage(checkpoint: tune.Checkpoint) -> tune.Checkpoint
     except OSError:
         return None
     names = sorted(
-        (info.path for info in found
-         if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_")
-         and (fs.get_file_info(f"{info.path}/{CHECKPOINT_FILE}").type == pyarrow.fs.FileType.File)),
+        (
+            info.path
+            for info in found
+            if info.type == pyarrow.fs.FileType.Directory
+            and info.base_name.startswith("checkpoint_")
+            and (fs.get_file_info(f"{info.path}/{CHECKPOINT_FILE}").type == pyarrow.fs.FileType.File)
+        ),
         key=lambda p: p.rsplit("/", 1)[-1],
-    )  # fmt: skip
+    )
     return tune.Checkpoint(names[-1], filesystem=fs) if names else None
 
 
@@ -231,7 +237,9 @@ def restoring_from_storage(fn: Callable[..., Any]) -> type:
             if checkpoint is not None:
                 found = newest_checkpoint_on_storage(checkpoint)
                 if found is None:  # nothing left to resume from: the trial starts over (MLflow skips logged epochs)
-                    print(f"pclc trial: checkpoint {checkpoint.path} is gone and none is left: starting over", flush=True)
+                    print(
+                        f"pclc trial: checkpoint {checkpoint.path} is gone and none is left: starting over", flush=True
+                    )
                     return None
                 if found is not checkpoint:
                     print(f"pclc trial: checkpoint {checkpoint.path} is gone: resuming from {found.path}", flush=True)
@@ -259,14 +267,36 @@ def _naming(path: Path | str, doing: str = "writing") -> Iterator[None]:
         raise StorageFullError(errno.ENOSPC, f"No space left on device while {doing} {path}") from exc
 
 
-def _evaluation(out: Path, final: dict[str, float], cfg: TrialConfig) -> dict[str, Any]:
-    """evaluation.json: run_trial's metrics.json (metrics, warnings, config) when it wrote one."""
-    path = out / "metrics.json"
-    if path.is_file():
-        try:
-            payload = json.loads(path.read_text())
-            payload["metrics"] = final
-            return payload
-        except (OSError, ValueError):
-            pass
-    return {"metrics": final, "warnings": [], "config": cfg.to_dict()}
+class TuneReporter:
+    """A trial's reporter: each epoch to MLflow, then to Tune with a checkpoint; the final evaluation to
+    MLflow (metrics, evaluation.json, weights), then to Tune, so a kill never leaves half a record."""
+
+    def __init__(self, run: TrialRun, *, weights: Path | None, checkpoint_dest: str, gpu_share: float) -> None:
+        self.run, self.weights, self.checkpoint_dest = run, weights, checkpoint_dest
+        self.gpu_share = gpu_share
+        self.last_epoch: dict[str, float] = {}
+
+    def _priced(self, metrics: dict[str, float]) -> dict[str, float]:
+        """run_trial counts a whole GPU; the trial holds the share Ray gave it."""
+        if metrics.get(M.GPU_HOURS):
+            return {**metrics, M.GPU_HOURS: metrics[M.GPU_HOURS] * self.gpu_share}
+        return metrics
+
+    def on_epoch(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        metrics = self._priced(metrics)
+        self.run.log_epoch(metrics)
+        self.last_epoch = dict(metrics)
+        if state is None:  # between checkpoints (`checkpoint_every`): a resume starts from the last one
+            tune.report(dict(metrics))
+            return
+        with tempfile.TemporaryDirectory(prefix="pclc-ckpt-") as folder:
+            with _naming(Path(folder) / CHECKPOINT_FILE):
+                save_checkpoint(state, Path(folder) / CHECKPOINT_FILE)
+            with _naming(self.checkpoint_dest, "saving the checkpoint into"):
+                tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(folder))
+
+    def on_final(self, evaluation: Evaluation) -> None:
+        evaluation = replace(evaluation, metrics=self._priced(evaluation.metrics))
+        self.run.log_final(evaluation.metrics, evaluation.to_dict(), self.weights)
+        # Tune gets the last per-epoch values too (e.g. epoch_robust_acc for ASHA) under the final ones
+        tune.report({**self.last_epoch, **evaluation.metrics})

@@ -51,8 +51,22 @@ class Postgres:
 
     def sql(self, statement: str, database: str = "postgres") -> str:
         """Run one statement as the superuser over the cluster's own socket; return psql's unaligned output."""
-        cmd = [str(self.bin / "psql"), "-h", str(self.socket_dir), "-p", str(self.port), "-U", "postgres",
-               "-d", database, "-v", "ON_ERROR_STOP=1", "-At", "-c", statement]  # fmt: skip
+        cmd = [
+            str(self.bin / "psql"),
+            "-h",
+            str(self.socket_dir),
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            database,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-At",
+            "-c",
+            statement,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, f"{statement}: {proc.stderr[-2000:]}"
         return proc.stdout.strip()
@@ -72,14 +86,39 @@ def throwaway_postgres(home: Path, *, database: str = "mlflow", user: str = "pcl
             owner = pwd.getpwnam("postgres")
             os.chown(base, owner.pw_uid, owner.pw_gid)
         data = base / "data"
-        init = _as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-E", "UTF8",
-                             "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync"])  # fmt: skip
+        init = _as_postgres(
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--no-sync",
+            ]
+        )
         proc = subprocess.run(init, capture_output=True, text=True, timeout=180)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
         (port,) = free_ports(1)
         options = f"-c listen_addresses=127.0.0.1 -p {port} -k {base}"
-        start = _as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(base / "server.log"), "-w", "-t", "120",
-                              "-o", options, "start"])  # fmt: skip
+        start = _as_postgres(
+            [
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(base / "server.log"),
+                "-w",
+                "-t",
+                "120",
+                "-o",
+                options,
+                "start",
+            ]
+        )
         proc = subprocess.run(start, capture_output=True, text=True, timeout=180)
         log = base / "server.log"
         assert proc.returncode == 0, proc.stderr[-2000:] + (log.read_text()[-2000:] if log.exists() else "")
@@ -107,15 +146,21 @@ class HeadMlflow:
         (self.port,) = free_ports(1)
         self.home = home
         self.uri = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "HOME": str(home), "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
-                    "PCLC_MLFLOW_HOST": "127.0.0.1", "PCLC_MLFLOW_PORT": str(self.port),
-                    "PCLC_MLFLOW_WORKERS": str(workers)}  # fmt: skip
+        self.env = {
+            **os.environ,
+            "HOME": str(home),
+            "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+            "PCLC_MLFLOW_HOST": "127.0.0.1",
+            "PCLC_MLFLOW_PORT": str(self.port),
+            "PCLC_MLFLOW_WORKERS": str(workers),
+        }
         if backend is not None:  # None: the script's own default, SQLite in ~/pclc-mlflow
             self.env["PCLC_MLFLOW_BACKEND"] = backend
 
     def _script(self, name: str) -> str:
-        proc = subprocess.run(["bash", str(REPO / "cluster" / name)], env=self.env, capture_output=True, text=True,
-                              timeout=300)  # fmt: skip
+        proc = subprocess.run(
+            ["bash", str(REPO / "cluster" / name)], env=self.env, capture_output=True, text=True, timeout=300
+        )
         assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         return proc.stdout
 

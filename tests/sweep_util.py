@@ -7,6 +7,7 @@ The fault functions wrap the real `run_trial`; they are sent to Ray workers by v
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -16,30 +17,45 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import ray
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from pclc import metrics as M
 from pclc.config import TrialConfig
-from pclc.experiment import run_trial
+from pclc.contract import param_value
+from pclc.experiment import Evaluation, Reporter, run_trial
 from sweeps.config import SweepConfig, objective_metrics, parse_sweep
+from sweeps.driver import ray_session, set_tune_environment
 
 EPOCH_KEYS = (M.EPOCH, M.TRAIN_LOSS, M.CLEAN_ACC, M.EPOCH_ROBUST_ACC)
 
 # A trial of a few seconds: digits, 2-3 epochs, 64 test samples, two cheap attacks (one AutoAttack-grade,
 # so the robust_acc objective is one a sweep may optimise).
 TINY_TRIAL: dict[str, Any] = {
-    "dataset": "digits", "model": "small_cnn", "epochs": 3, "warmup_epochs": 1, "lr": 0.003,
-    "eval_limit": 64, "epoch_eval_samples": 32, "attacks": ["fgsm", "apgd_ce"], "eps": [0.1, 0.2],
-    "headline_eps": 0.1, "attack_steps": 3, "aa_steps": 5, "aa_limit": 32, "epoch_attack_steps": 3,
-    "masking_eps": 0.5, "save_weights": False, "threads": 1,
-}  # fmt: skip
+    "dataset": "digits",
+    "model": "small_cnn",
+    "epochs": 3,
+    "warmup_epochs": 1,
+    "lr": 0.003,
+    "eval_limit": 64,
+    "epoch_eval_samples": 32,
+    "attacks": ["fgsm", "apgd_ce"],
+    "eps": [0.1, 0.2],
+    "headline_eps": 0.1,
+    "attack_steps": 3,
+    "aa_steps": 5,
+    "aa_limit": 32,
+    "epoch_attack_steps": 3,
+    "masking_eps": 0.5,
+    "save_weights": False,
+    "threads": 1,
+}
 
 
 def tiny_optimize(name: str, tmp: Path, **changes: Any) -> SweepConfig:
@@ -67,7 +83,9 @@ def tiny_optimize(name: str, tmp: Path, **changes: Any) -> SweepConfig:
     return parse_sweep(data, source=f"<{name}>")
 
 
-def tiny_ablation(name: str, tmp: Path, variants: list[dict[str, Any]], seeds: list[int], **changes: Any) -> SweepConfig:
+def tiny_ablation(
+    name: str, tmp: Path, variants: list[dict[str, Any]], seeds: list[int], **changes: Any
+) -> SweepConfig:
     data = tiny_optimize(name, tmp).model_dump(mode="json")
     for key in ("space", "initial_points", "num_trials"):
         data.pop(key)
@@ -77,7 +95,7 @@ def tiny_ablation(name: str, tmp: Path, variants: list[dict[str, Any]], seeds: l
 
 def final_metric_names(trial: TrialConfig) -> list[str]:
     """Every final metric the MLflow child run must hold (DESIGN.md schema, MLflow-mapped)."""
-    names = set(objective_metrics(trial)) | set(EPOCH_KEYS) | {M.PROB_GAP, "trial_seconds"}
+    names = set(objective_metrics(trial)) | set(EPOCH_KEYS) | {M.PROB_GAP, M.TRIAL_SECONDS}
     return sorted(M.to_mlflow(n) for n in names)
 
 
@@ -109,13 +127,12 @@ def assert_mlflow_holds_every_report(uri: str, experiment: str, notes_dir: Path,
         child = by_trial[trial_id]
         assert child.info.status == "FINISHED", child.data.tags.get("pclc.failure_reason")
         params = entries[0]["params"]
-        assert child.data.params == {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in params.items()}
+        assert child.data.params == {k: param_value(v) for k, v in params.items()}
         expected: dict[str, set[tuple[int, float]]] = {}
         for entry in (e for e in entries if "metrics" in e):
             step = int(entry["metrics"]["epoch"])
             for key, value in entry["metrics"].items():
-                if key != "done":
-                    expected.setdefault(M.to_mlflow(key), set()).add((step, float(value)))
+                expected.setdefault(M.to_mlflow(key), set()).add((step, float(value)))
         assert set(child.data.metrics) == set(expected)
         assert set(final_metric_names(trial)) <= set(expected)
         for key, points in expected.items():
@@ -135,73 +152,119 @@ def notes(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+@dataclass
+class Hooked:
+    """A reporter that passes everything on to `inner`, with a fault or a note around each report."""
+
+    inner: Reporter
+    before_epoch: Callable[[dict[str, float]], None] | None = None
+    after_epoch: Callable[[dict[str, float]], None] | None = None
+    after_final: Callable[[Evaluation], None] | None = None
+
+    def on_epoch(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        if self.before_epoch is not None:
+            self.before_epoch(metrics)
+        self.inner.on_epoch(metrics, state)
+        if self.after_epoch is not None:
+            self.after_epoch(metrics)
+
+    def on_final(self, evaluation: Evaluation) -> None:
+        self.inner.on_final(evaluation)
+        if self.after_final is not None:
+            self.after_final(evaluation)
+
+
 def failing_after_first_epoch(
-    cfg: TrialConfig, report: Any, *, prepared: Any = None, resume: Any = None, notes_file: str, **options: Any
+    cfg: TrialConfig, report: Reporter, *, prepared: Any = None, resume: Any = None, notes_file: str, **options: Any
 ) -> dict[str, float]:
     """Trials with loss 'pc' raise after each epoch they train; every attempt is noted in `notes_file`
     (bind it with functools.partial)."""
-    _note(notes_file, {
-        "seed": cfg.seed, "loss": cfg.loss, "prepared": prepared is not None,
-        "resume_epoch": None if resume is None else resume["epoch"],
-    })  # fmt: skip
+    _note(
+        notes_file,
+        {
+            "seed": cfg.seed,
+            "loss": cfg.loss,
+            "prepared": prepared is not None,
+            "resume_epoch": None if resume is None else resume["epoch"],
+        },
+    )
     if cfg.loss != "pc":
         return run_trial(cfg, report, prepared=prepared, resume=resume, **options)
 
-    def report_then_fail(metrics: dict[str, float], state: Any) -> None:
-        report(metrics, state)
-        if state is not None:
-            raise RuntimeError(f"injected failure after epoch {int(metrics['epoch'])}")
+    def fail(metrics: dict[str, float]) -> None:
+        raise RuntimeError(f"injected failure after epoch {int(metrics['epoch'])}")
 
-    return run_trial(cfg, report_then_fail, prepared=prepared, resume=resume, **options)
+    return run_trial(cfg, Hooked(report, after_epoch=fail), prepared=prepared, resume=resume, **options)
 
 
 def killed_once_mid_trial(
-    cfg: TrialConfig, report: Any, *, prepared: Any = None, resume: Any = None, notes_file: str, marker: str,
-    kill_epoch: int, **options: Any,
-) -> dict[str, float]:  # fmt: skip
+    cfg: TrialConfig,
+    report: Reporter,
+    *,
+    prepared: Any = None,
+    resume: Any = None,
+    notes_file: str,
+    marker: str,
+    kill_epoch: int,
+    **options: Any,
+) -> dict[str, float]:
     """SIGKILL of the trial's own worker process once, when epoch `kill_epoch` has trained but before it is
     reported (the epoch's work is lost mid-way); `marker` makes it happen to the first attempt only."""
     _note(notes_file, {"pid": os.getpid(), "resume_epoch": None if resume is None else resume["epoch"]})
 
-    def report_or_die(metrics: dict[str, float], state: Any) -> None:
-        if state is not None:
-            _note(notes_file, {"pid": os.getpid(), "epoch": int(metrics["epoch"])})
-            if int(metrics["epoch"]) == kill_epoch and not os.path.exists(marker):
-                open(marker, "w").close()
-                os.kill(os.getpid(), signal.SIGKILL)
-        report(metrics, state)
+    def die(metrics: dict[str, float]) -> None:
+        _note(notes_file, {"pid": os.getpid(), "epoch": int(metrics["epoch"])})
+        if int(metrics["epoch"]) == kill_epoch and not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
 
-    return run_trial(cfg, report_or_die, prepared=prepared, resume=resume, **options)
+    return run_trial(cfg, Hooked(report, before_epoch=die), prepared=prepared, resume=resume, **options)
 
 
 def noting_reports(
-    cfg: TrialConfig, report: Any, *, prepared: Any = None, resume: Any = None, notes_dir: str,
-    go_file: str | None = None, **options: Any,
-) -> dict[str, float]:  # fmt: skip
+    cfg: TrialConfig,
+    report: Reporter,
+    *,
+    prepared: Any = None,
+    resume: Any = None,
+    notes_dir: str,
+    go_file: str | None = None,
+    **options: Any,
+) -> dict[str, float]:
     """Note every report of the trial (after it went through) in `<notes_dir>/<trial>.jsonl`, so a test
     can compare MLflow with what the trial really reported. With `go_file`, wait after epoch 1 until that
     file exists (the test stops the tracking server meanwhile)."""
     path = os.path.join(notes_dir, os.path.basename(str(cfg.out_dir)) + ".jsonl")
     _note(path, {"params": cfg.to_dict()})
 
-    def report_and_note(metrics: dict[str, float], state: Any) -> None:
-        report(metrics, state)
-        _note(path, {"final": state is None, "metrics": metrics, "time": time.time()})
-        if go_file is not None and state is not None and int(metrics["epoch"]) == 1:
+    def note_epoch(metrics: dict[str, float]) -> None:
+        _note(path, {"final": False, "metrics": metrics, "time": time.time()})
+        if go_file is not None and int(metrics["epoch"]) == 1:
             deadline = time.monotonic() + 300
             while not os.path.exists(go_file) and time.monotonic() < deadline:
                 time.sleep(0.2)
 
-    return run_trial(cfg, report_and_note, prepared=prepared, resume=resume, **options)
+    def note_final(evaluation: Evaluation) -> None:
+        _note(path, {"final": True, "metrics": evaluation.metrics, "time": time.time()})
+
+    return run_trial(
+        cfg, Hooked(report, after_epoch=note_epoch, after_final=note_final), prepared=prepared, resume=resume, **options
+    )
 
 
 def filling_disk_after_first_epoch(
-    cfg: TrialConfig, report: Any, *, prepared: Any = None, resume: Any = None, fill_dir: str, **options: Any,
-) -> dict[str, float]:  # fmt: skip
+    cfg: TrialConfig,
+    report: Reporter,
+    *,
+    prepared: Any = None,
+    resume: Any = None,
+    fill_dir: str,
+    **options: Any,
+) -> dict[str, float]:
     """After epoch 1 is reported, fill the file system of `fill_dir` to the last byte (disk full)."""
-    def report_then_fill(metrics: dict[str, float], state: Any) -> None:
-        report(metrics, state)
-        if state is not None and int(metrics["epoch"]) == 1:
+
+    def fill(metrics: dict[str, float]) -> None:
+        if int(metrics["epoch"]) == 1:
             with open(os.path.join(fill_dir, "filler"), "ab", buffering=0) as f:
                 try:
                     while True:
@@ -210,7 +273,7 @@ def filling_disk_after_first_epoch(
                     if exc.errno != errno.ENOSPC:
                         raise
 
-    return run_trial(cfg, report_then_fill, prepared=prepared, resume=resume, **options)
+    return run_trial(cfg, Hooked(report, after_epoch=fill), prepared=prepared, resume=resume, **options)
 
 
 # --------------------------------------------------------------------------- a real MLflow server
@@ -235,12 +298,23 @@ class MlflowServer:
     def start(self, timeout: float = 180.0) -> None:
         self.starts += 1
         command = [
-            str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
-            "--workers", "1", "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
-            "--artifacts-destination", str(self.folder / "server_artifacts"),
-        ]  # fmt: skip
-        log = open(self.folder / f"server{self.starts}.log", "w")
-        self.proc = subprocess.Popen(command, cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{self.folder / 'server.db'}",
+            "--artifacts-destination",
+            str(self.folder / "server_artifacts"),
+        ]
+        log = open(self.folder / f"server{self.starts}.log", "w")  # noqa: SIM115  (the server's, for its lifetime)
+        self.proc = subprocess.Popen(
+            command, cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         while True:
             assert self.proc.poll() is None, (self.folder / f"server{self.starts}.log").read_text()[-3000:]
@@ -261,10 +335,8 @@ class MlflowServer:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=20)
-        try:  # uvicorn's workers share the group: none may keep the port
+        with contextlib.suppress(ProcessLookupError):  # uvicorn's workers share the group: none may keep the port
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def answers(self) -> bool:
         try:
@@ -277,18 +349,25 @@ class MlflowServer:
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
     """A private local Ray per test module: never a `ray start` cluster that may run on the machine."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
-    yield
-    ray.shutdown()
+    with ray_session("local", num_cpus=2):
+        set_tune_environment()
+        yield
 
 
 # --------------------------------------------------------------------------- trial writers without training
 
 
 def write_like_a_trial(
-    target: Any, trial_id: str, params: dict[str, Any], final_names: list[str], *, epochs: int, notes_dir: str,
-    pause_s: float = 0.0, barrier: Any = None,
-) -> None:  # fmt: skip
+    target: Any,
+    trial_id: str,
+    params: dict[str, Any],
+    final_names: list[str],
+    *,
+    epochs: int,
+    notes_dir: str,
+    pause_s: float = 0.0,
+    barrier: Any = None,
+) -> None:
     """What a trial writes to MLflow, through the project's own writer (`TrialRun`), minus the training:
     open its run, log `epochs` epochs (`pause_s` apart), then the final metrics, each noted after it went
     through as `noting_reports` notes them. With `barrier`, start the epochs together with the other writers."""
@@ -302,13 +381,20 @@ def write_like_a_trial(
     seed = sum(map(ord, trial_id))
     epoch_metrics: dict[str, float] = {}
     for epoch in range(1, epochs + 1):
-        epoch_metrics = {M.EPOCH: epoch, M.TRAIN_LOSS: 1.0 / epoch + seed % 97 / 1000, M.CLEAN_ACC: 0.5 + epoch / 100,
-                         M.EPOCH_ROBUST_ACC: 0.25 + epoch / 200 + seed % 13 / 1000}  # fmt: skip
+        epoch_metrics = {
+            M.EPOCH: epoch,
+            M.TRAIN_LOSS: 1.0 / epoch + seed % 97 / 1000,
+            M.CLEAN_ACC: 0.5 + epoch / 100,
+            M.EPOCH_ROBUST_ACC: 0.25 + epoch / 200 + seed % 13 / 1000,
+        }
         if epoch == 1:
             _note(path, {"start": time.time()})
         run.log_epoch(epoch_metrics)
         _note(path, {"final": False, "metrics": epoch_metrics, "time": time.time()})
         time.sleep(pause_s)
-    final = {**epoch_metrics, **{M.from_mlflow(n): 0.1 + (seed % 89) / 1000 for n in final_names if n not in epoch_metrics}}
+    final = {
+        **epoch_metrics,
+        **{M.from_mlflow(n): 0.1 + (seed % 89) / 1000 for n in final_names if n not in epoch_metrics},
+    }
     run.log_final(final, {"metrics": final}, None)
     _note(path, {"final": True, "metrics": final, "time": time.time()})

@@ -1,4 +1,4 @@
-"""analysis: hand-made MLflow runs in the CONTRACT.md layout → tidy table, figures, report, CLI.
+"""analysis: hand-made MLflow runs in the `pclc.contract` layout → tidy table, figures, report, CLI.
 
 One SQLite store per module holds several experiments (an ablation grid, an Optuna-like search and
 the edge cases); each is analysed once and the tests read what came out.
@@ -26,11 +26,14 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from analysis import cli, plots
-from analysis.load import AnalysisError, canonical_metric, load_sweep, parse_param, resolve_tracking_uri
+from analysis.load import AnalysisError, load_sweep, resolve_tracking_uri
 from analysis.report import write_report
 from analysis.stats import pareto_mask, t_halfwidth
+from pclc import contract as C
 from pclc import metrics as M
 from pclc.config import TrialConfig
+from pclc.contract import param_value, parse_param
+from pclc.metrics import canonical_metric
 
 ATTACKS = ["fgsm", "pgd_ce", "pgd_cw", "transfer"]
 AA_ATTACKS = ["apgd_ce", "autoattack"]  # AutoAttack-grade: at the headline eps only, pclc's default
@@ -48,20 +51,20 @@ FINALIST = {0: 0.30, 1: 0.32}  # `pclc evaluate` re-scored the best pclc configu
 # --------------------------------------------------------------------------- writing runs like sweeps does
 
 
-def param_text(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
-
-
 def fake_metrics(cfg: TrialConfig, rng: np.random.Generator, *, autoattack: bool = True) -> dict[str, float]:
     """A final evaluation in the metric schema whose numbers depend on loss, ξ, λ, eps (plus seed noise).
 
     `autoattack=False` writes what sweeps logged before the AutoAttack-grade attacks: classic attacks only.
     """
-    base = BASE[cfg.loss] + 5 * (cfg.margin - 0.99) + 0.1 * math.log10(cfg.lc_weight / 0.05) * (cfg.loss in ("lc", "pclc"))
+    base = (
+        BASE[cfg.loss] + 5 * (cfg.margin - 0.99) + 0.1 * math.log10(cfg.lc_weight / 0.05) * (cfg.loss in ("lc", "pclc"))
+    )
     out: dict[str, float] = {M.CLEAN_ACC: min(1.0, 0.98 - 0.3 * (base - 0.2) + rng.normal(0, 0.005))}
     gap = OVERSTATED if cfg.loss == "pc" and cfg.margin >= 0.995 else AGREE
     for eps in EPS:
-        accs = {a: min(1.0, max(0.0, base - eps * (0.6 + 0.1 * i) + rng.normal(0, 0.01))) for i, a in enumerate(ATTACKS)}
+        accs = {
+            a: min(1.0, max(0.0, base - eps * (0.6 + 0.1 * i) + rng.normal(0, 0.01))) for i, a in enumerate(ATTACKS)
+        }
         for a, v in accs.items():
             out[M.robust_key(a, eps)] = v
         out[M.robust_key(M.WORST, eps)] = max(0.0, min(accs.values()) - 0.01)
@@ -102,39 +105,53 @@ def log_sweep(
     objective: list[tuple[str, str]] = ((M.ROBUST_ACC, "max"),),
     autoattack: bool = True,
 ) -> tuple[str, list[str]]:
-    """A parent run + one child run per trial, in the CONTRACT.md layout; returns (parent id, child ids).
+    """A parent run + one child run per trial, in the `pclc.contract` layout; returns (parent id, child ids).
 
     A trial is {"cfg": TrialConfig overrides, "status": ..., "variant": ..., "metrics": overrides of the
     fake evaluation (None deletes a metric), "warnings": [...], "reason": failure reason}.
     `autoattack=False` logs a sweep from before the AutoAttack-grade attacks (see `fake_metrics`).
     """
     exp = client.get_experiment_by_name(name)
-    exp_id = exp.experiment_id if exp else client.create_experiment(name, artifact_location=(root / "art" / name).as_uri())
-    parent = client.create_run(exp_id, run_name=f"sweep-{name}", tags={
-        "pclc.role": "sweep", "pclc.mode": mode, "pclc.headline_metric": objective[0][0],
-        "pclc.objective": json.dumps([{"metric": m, "mode": d} for m, d in objective]),
-    })  # fmt: skip
+    exp_id = (
+        exp.experiment_id if exp else client.create_experiment(name, artifact_location=(root / "art" / name).as_uri())
+    )
+    parent = client.create_run(
+        exp_id,
+        run_name=f"sweep-{name}",
+        tags={
+            C.ROLE: C.ROLE_SWEEP,
+            C.MODE: mode,
+            C.HEADLINE: objective[0][0],
+            C.OBJECTIVE: json.dumps([{"metric": m, "mode": d} for m, d in objective]),
+        },
+    )
     pid = parent.info.run_id
     ids = []
     for i, t in enumerate(trials):
         attacks = ATTACKS + AA_ATTACKS if autoattack else ATTACKS
         base = {"attacks": attacks, "eps": EPS, "headline_eps": HEADLINE_EPS, "epochs": EPOCHS, "warmup_epochs": 1}
         cfg = TrialConfig(**{**base, **t.get("cfg", {})})
-        tags = {"mlflow.parentRunId": pid, "pclc.role": "trial", "pclc.trial_id": f"t{i:03d}"}
+        tags = {C.PARENT: pid, C.ROLE: C.ROLE_TRIAL, C.TRIAL_ID: f"t{i:03d}"}
         if "variant" in t or mode == "ablation":
-            tags["pclc.variant"] = t.get("variant", cfg.loss)
+            tags[C.VARIANT] = t.get("variant", cfg.loss)
         run = client.create_run(exp_id, run_name=f"trial_{i}", tags=tags)
         rid = run.info.run_id
         now = int(time.time() * 1000)
-        params = [Param(k, param_text(v)) for k, v in cfg.to_dict().items()]
+        params = [Param(k, param_value(v)) for k, v in cfg.to_dict().items()]
         status = t.get("status", "FINISHED")
         metrics: list[Metric] = []
-        rng = np.random.default_rng([list(BASE).index(cfg.loss), int(cfg.margin * 1e4), int(cfg.lc_weight * 1e4), cfg.seed])
+        rng = np.random.default_rng(
+            [list(BASE).index(cfg.loss), int(cfg.margin * 1e4), int(cfg.lc_weight * 1e4), cfg.seed]
+        )
         if t.get("stopped_at"):  # ASHA stopped it after that epoch: KILLED, tagged, no final evaluation
             client.set_tag(rid, "pclc.stopped_early", "true")
         for epoch in range(1, t.get("stopped_at", EPOCHS) + 1):  # per-epoch metrics, step = epoch
-            for k, v in {M.EPOCH: epoch, M.TRAIN_LOSS: 1.0 / epoch, M.CLEAN_ACC: 0.5 + 0.1 * epoch,
-                         M.EPOCH_ROBUST_ACC: 0.1 * epoch + t.get("signal_offset", 0.0)}.items():  # fmt: skip
+            for k, v in {
+                M.EPOCH: epoch,
+                M.TRAIN_LOSS: 1.0 / epoch,
+                M.CLEAN_ACC: 0.5 + 0.1 * epoch,
+                M.EPOCH_ROBUST_ACC: 0.1 * epoch + t.get("signal_offset", 0.0),
+            }.items():
                 metrics.append(Metric(M.to_mlflow(k), float(v), now, epoch))
         if status == "FINISHED":
             final = fake_metrics(cfg, rng, autoattack=autoattack)
@@ -168,15 +185,23 @@ def ablation_trials(seeds: tuple[int, ...] = (0, 1, 2)) -> list[dict[str, Any]]:
                 for seed in seeds:
                     t: dict[str, Any] = {"cfg": {"loss": loss, "margin": margin, "lc_weight": lam, "seed": seed}}
                     if loss == "pc" and margin == 0.995 and lam == 0.5 and seed == 0:  # one masking flag fires
-                        t["metrics"] = {M.masking_key("ce_weaker_than_cw"): 1.0, M.masking_key("ce_cw_gap"): 0.15,
-                                        M.masking_key("any"): 1.0}  # fmt: skip
+                        t["metrics"] = {
+                            M.masking_key("ce_weaker_than_cw"): 1.0,
+                            M.masking_key("ce_cw_gap"): 0.15,
+                            M.masking_key("any"): 1.0,
+                        }
                         t["warnings"] = [MASKING_TEXT]
                     if loss == "pclc" and margin == 0.99 and lam == 0.05 and seed == 1:  # the reference's own flag
-                        t["metrics"] = {M.masking_key("aa_zero_gradient_points"): 2.0,
-                                        M.masking_key("aa_zero_gradients"): 1.0}  # fmt: skip
+                        t["metrics"] = {
+                            M.masking_key("aa_zero_gradient_points"): 2.0,
+                            M.masking_key("aa_zero_gradients"): 1.0,
+                        }
                     if loss == "pclc" and margin == 0.995 and lam == 0.5 and seed in FINALIST:  # re-scored later
-                        rescore = {M.ROBUST_ACC: FINALIST[seed], M.CLEAN_ACC: 0.9,
-                                   M.robust_key("autoattack", HEADLINE_EPS): FINALIST[seed]}  # fmt: skip
+                        rescore = {
+                            M.ROBUST_ACC: FINALIST[seed],
+                            M.CLEAN_ACC: 0.9,
+                            M.robust_key("autoattack", HEADLINE_EPS): FINALIST[seed],
+                        }
                         t["metrics"] = {M.finalist_key(k): v for k, v in rescore.items()}
                     out.append(t)
     out.append({"cfg": {"loss": "pclc", "seed": 9}, "status": "FAILED", "reason": "ValueError: loss is NaN"})
@@ -198,22 +223,39 @@ def optimize_trials(n: int = 16) -> list[dict[str, Any]]:
     rng = np.random.default_rng(0)
     out = [{"cfg": {"loss": "pclc", "margin": 0.995, "lc_weight": 0.05, "lr": 0.003, "warmup_epochs": 1}}]
     for _ in range(n - 1):
-        out.append({"cfg": {
-            "loss": "pclc", "margin": float(rng.uniform(0.9, 0.999)), "lc_weight": float(10 ** rng.uniform(-2.3, -0.3)),
-            "lr": float(10 ** rng.uniform(-3.3, -2)), "warmup_epochs": int(rng.integers(1, 3)),
-        }})  # fmt: skip
+        out.append(
+            {
+                "cfg": {
+                    "loss": "pclc",
+                    "margin": float(rng.uniform(0.9, 0.999)),
+                    "lc_weight": float(10 ** rng.uniform(-2.3, -0.3)),
+                    "lr": float(10 ** rng.uniform(-3.3, -2)),
+                    "warmup_epochs": int(rng.integers(1, 3)),
+                }
+            }
+        )
     return out
 
 
 def asha_trials() -> list[dict[str, Any]]:
     """A small ASHA search: 4 trials finished, 2 stopped by the scheduler after epoch 2, 1 killed by the user."""
     out: list[dict[str, Any]] = [
-        {"cfg": {"loss": "pclc", "margin": m, "lc_weight": lam}, "signal_offset": 0.05 * i,
-         "metrics": {M.GPU_HOURS: 0.1, M.TRIAL_SECONDS: 1000.0, M.TRAIN_SECONDS: 600.0, M.EVAL_SECONDS: 300.0}}
+        {
+            "cfg": {"loss": "pclc", "margin": m, "lc_weight": lam},
+            "signal_offset": 0.05 * i,
+            "metrics": {M.GPU_HOURS: 0.1, M.TRIAL_SECONDS: 1000.0, M.TRAIN_SECONDS: 600.0, M.EVAL_SECONDS: 300.0},
+        }
         for i, (m, lam) in enumerate([(0.9, 0.01), (0.95, 0.05), (0.99, 0.1), (0.995, 0.5)])
     ]
-    out += [{"cfg": {"loss": "pclc", "margin": m, "lc_weight": 0.02}, "status": "KILLED", "stopped_at": 2,
-             "signal_offset": -0.05} for m in (0.92, 0.97)]  # fmt: skip
+    out += [
+        {
+            "cfg": {"loss": "pclc", "margin": m, "lc_weight": 0.02},
+            "status": "KILLED",
+            "stopped_at": 2,
+            "signal_offset": -0.05,
+        }
+        for m in (0.92, 0.97)
+    ]
     out.append({"cfg": {"loss": "pclc", "margin": 0.93, "lc_weight": 0.03}, "status": "KILLED"})  # Ctrl-C: not marked
     return out
 
@@ -238,8 +280,14 @@ def _build_store(root: Path) -> dict[str, Any]:
     client = MlflowClient(uri)
     info: dict[str, Any] = {"root": root, "uri": uri, "client": client}
     info["ablation"] = log_sweep(client, root, "ablation", ablation_trials())
-    info["optimize"] = log_sweep(client, root, "optimize", optimize_trials(), mode="optimize",
-                                 objective=[(M.ROBUST_ACC, "max"), (M.CLEAN_ACC, "max")])  # fmt: skip
+    info["optimize"] = log_sweep(
+        client,
+        root,
+        "optimize",
+        optimize_trials(),
+        mode="optimize",
+        objective=[(M.ROBUST_ACC, "max"), (M.CLEAN_ACC, "max")],
+    )
     info["ragged"] = log_sweep(client, root, "ragged", ragged_trials())
     info["asha"] = log_sweep(client, root, "asha", asha_trials(), mode="optimize")
     single = [{"cfg": {"loss": loss, "seed": 0}} for loss in ("ce", "pc", "lc", "pclc")]
@@ -391,9 +439,11 @@ def test_robust_vs_margin_lines_intervals_and_references(ablation) -> None:
     assert len(lines) == 8 and all(len(ln.get_xdata()) == 2 for ln in lines)
     assert len(ax.collections) == 8  # one 95% band per line
     pclc = next(ln for ln in lines if ln.get_label() == "pclc (λ=0.05)")
-    means = sweep.trials[(sweep.trials["variant"] == "pclc") & (sweep.trials["lc_weight"] == 0.05)].groupby("margin")[
-        M.ROBUST_ACC
-    ].mean()
+    means = (
+        sweep.trials[(sweep.trials["variant"] == "pclc") & (sweep.trials["lc_weight"] == 0.05)]
+        .groupby("margin")[M.ROBUST_ACC]
+        .mean()
+    )
     assert np.allclose(pclc.get_ydata(), means.to_numpy() * 100)
 
 
@@ -458,8 +508,15 @@ def test_robust_vs_eps_one_panel_per_attack(ablation) -> None:
 def test_attack_order_puts_aggregates_last() -> None:
     shuffled = ["worst_aa", "square", M.WORST, "fgsm", "zz_new", M.WORST_CLASSIC, "apgd_ce", "transfer"]
     assert plots._attack_order(shuffled) == [
-        "fgsm", "transfer", "apgd_ce", "square", "zz_new", M.WORST, M.WORST_CLASSIC, M.WORST_AA
-    ]  # fmt: skip
+        "fgsm",
+        "transfer",
+        "apgd_ce",
+        "square",
+        "zz_new",
+        M.WORST,
+        M.WORST_CLASSIC,
+        M.WORST_AA,
+    ]
 
 
 def test_claimed_vs_autoattack_dumbbells(ablation) -> None:
@@ -504,7 +561,7 @@ def test_clean_vs_robust_front_and_authors_default(ablation) -> None:
     fig = figure(report, "clean_vs_robust")
     ax = fig.axes[0]
     labels = _legend_texts(fig)
-    assert "clean accuracy (%)" == ax.get_xlabel() and "robust accuracy" in ax.get_ylabel()
+    assert ax.get_xlabel() == "clean accuracy (%)" and "robust accuracy" in ax.get_ylabel()
     assert any(t.startswith("Pareto front (") for t in labels)
     assert "authors' default (pclc, ξ=0.995, λ=0.05), 3 trials" in labels
     scatter_points = sum(len(c.get_offsets()) for c in ax.collections)
@@ -560,13 +617,19 @@ def test_optimize_layout_plots(optimize) -> None:
 
 
 def test_stop_points_mark_only_the_trials_the_scheduler_stopped() -> None:
-    runs = pd.DataFrame({"run_id": ["fin", "asha", "ctrl_c", "failed"],
-                         "outcome": ["finished", "stopped", "stopped", "failed"],
-                         "stopped_early": [False, True, False, False]})  # fmt: skip
+    runs = pd.DataFrame(
+        {
+            "run_id": ["fin", "asha", "ctrl_c", "failed"],
+            "outcome": ["finished", "stopped", "stopped", "failed"],
+            "stopped_early": [False, True, False, False],
+        }
+    )
     history = pd.DataFrame(
-        [("fin", e, 0.1 * e) for e in (1, 2, 3)] + [("asha", 2, 0.25), ("asha", 1, 0.2)]
-        + [("ctrl_c", 1, 0.3), ("failed", 1, 0.1)], columns=["run_id", "epoch", "value"],
-    )  # fmt: skip
+        [("fin", e, 0.1 * e) for e in (1, 2, 3)]
+        + [("asha", 2, 0.25), ("asha", 1, 0.2)]
+        + [("ctrl_c", 1, 0.3), ("failed", 1, 0.1)],
+        columns=["run_id", "epoch", "value"],
+    )
     assert plots.stop_points(history, runs).to_dict("records") == [{"run_id": "asha", "epoch": 2, "value": 0.25}]
     assert plots.stop_points(history, runs.assign(stopped_early=False)).empty
 
@@ -760,11 +823,14 @@ def test_cli_default_store_and_out_folder(store, tmp_path, capsys, monkeypatch) 
     ("args", "message"),
     [
         (["--experiment", "nope"], "experiment 'nope' does not exist in sqlite:///.*; experiments there: .*ablation"),
-        (["--experiment", "all_failed"], "no finished runs .* 0 finished, 2 failed, 0 stopped early, 1 running.*CUDA out of memory"),
+        (
+            ["--experiment", "all_failed"],
+            "no finished runs .* 0 finished, 2 failed, 0 stopped early, 1 running.*CUDA out of memory",
+        ),
         (["--experiment", "two_sweeps", "--parent-run", "abc"], "no run 'abc' in experiment 'two_sweeps'"),
         (["--experiment", "empty"], "experiment 'empty' \\(sweep run \\w+\\) has no trial runs yet"),
     ],
-)  # fmt: skip
+)
 def test_cli_edge_cases_exit_2(store, capsys, args, message) -> None:
     code = cli.main(args + ["--tracking-uri", store["uri"]])
     err = capsys.readouterr().err

@@ -11,6 +11,13 @@ from trained import digits, model, small_cnn, substitute, train  # noqa: F401  (
 
 from pclc.attacks import (
     ATTACK_BUILDERS,
+    ATTACKS,
+    AUTOATTACK,
+    BLACK_BOX,
+    CLASSIC,
+    TRANSFER_ATTACKS,
+    WHITE_BOX,
+    AttackInfo,
     AttackSuite,
     craft,
     frozen,
@@ -19,7 +26,6 @@ from pclc.attacks import (
 )
 from pclc.config import make_config
 from pclc.gpu import _precision_flags
-from pclc.metrics import ATTACKS
 
 STEPS = 5
 
@@ -59,19 +65,58 @@ def test_zero_gradients_zeroes_tensors_and_nested_iterables() -> None:
     assert torch.equal(c.grad, torch.zeros(2))
 
 
-def test_registry_covers_the_metric_schema() -> None:
-    assert set(ATTACK_BUILDERS.names()) == set(ATTACKS)
+def test_derived_lists_partition_the_registry() -> None:
+    assert sorted(ATTACKS) == ATTACK_BUILDERS.names() and len(set(ATTACKS)) == len(ATTACKS)
+    assert set(CLASSIC) | set(AUTOATTACK) == set(ATTACKS) and not set(CLASSIC) & set(AUTOATTACK)
+    assert not set(WHITE_BOX) & set(BLACK_BOX) and set(BLACK_BOX) >= TRANSFER_ATTACKS
+    assert ATTACKS.index("transfer") < ATTACKS.index("apgd_ce")  # classic first: the order of tables and plots
+
+
+@pytest.mark.parametrize("name", ATTACK_BUILDERS.names())
+def test_every_attack_says_what_it_is(name: str) -> None:
+    info = ATTACK_BUILDERS.info(name)
+    assert isinstance(info, AttackInfo) and info.box in ("white", "black", "mixed")
+    assert info.family in ("classic", "autoattack") and (name in AUTOATTACK) == (info.family == "autoattack")
+    s = AttackSuite(attacks=(name,), eps=(0.1,))
+    cost = info.cost(s)
+    assert isinstance(cost, int) and cost >= 1
+    assert cost <= info.cost(
+        AttackSuite(
+            attacks=(name,),
+            eps=(0.1,),
+            steps=2 * s.steps,
+            aa_steps=2 * s.aa_steps,
+            spsa_samples=2 * s.spsa_samples,
+            square_queries=2 * s.square_queries,
+        )
+    )
 
 
 # ------------------------------------------------------------------ the suite spec
 def test_suite_from_config() -> None:
     cfg = make_config(
-        {"attacks": ["fgsm", "spsa"], "eps": [0.2, 0.1], "headline_eps": 0.1, "attack_steps": 7,
-         "step_scale": 2.0, "spsa_samples": 32, "eval_batch_size": 50, "seed": 3}
+        {
+            "attacks": ["fgsm", "spsa"],
+            "eps": [0.2, 0.1],
+            "headline_eps": 0.1,
+            "attack_steps": 7,
+            "step_scale": 2.0,
+            "spsa_samples": 32,
+            "eval_batch_size": 50,
+            "seed": 3,
+        }
     )
     s = AttackSuite.from_config(cfg)
-    assert s == AttackSuite(attacks=("fgsm", "spsa"), eps=(0.1, 0.2), steps=7, step_scale=2.0,
-                            spsa_samples=32, batch_size=50, seed=3, aa_eps=(0.1,))
+    assert s == AttackSuite(
+        attacks=("fgsm", "spsa"),
+        eps=(0.1, 0.2),
+        steps=7,
+        step_scale=2.0,
+        spsa_samples=32,
+        batch_size=50,
+        seed=3,
+        aa_eps=(0.1,),
+    )
     assert s.step_size(0.2) == pytest.approx(2.0 * 0.2 / 7)
 
 
@@ -79,8 +124,14 @@ def test_suite_defaults_come_from_the_config() -> None:
     cfg = make_config({})
     s = AttackSuite(attacks=("fgsm",), eps=(0.1,))
     assert (s.steps, s.step_scale, s.spsa_samples, s.batch_size, s.aa_steps, s.square_queries, s.aa_limit) == (
-        cfg.attack_steps, cfg.step_scale, cfg.spsa_samples, cfg.eval_batch_size, cfg.aa_steps, cfg.square_queries,
-        cfg.aa_limit)
+        cfg.attack_steps,
+        cfg.step_scale,
+        cfg.spsa_samples,
+        cfg.eval_batch_size,
+        cfg.aa_steps,
+        cfg.square_queries,
+        cfg.aa_limit,
+    )
 
 
 @pytest.mark.parametrize(
@@ -111,16 +162,15 @@ def test_frozen_restores_requires_grad_and_mode_even_on_error() -> None:
     net[1].eval()
     before_grad = [p.requires_grad for p in net.parameters()]
     before_mode = [m.training for m in net.modules()]
-    with pytest.raises(RuntimeError, match="boom"):
-        with frozen(net):
-            assert not any(p.requires_grad for p in net.parameters())
-            assert not any(m.training for m in net.modules())
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), frozen(net):
+        assert not any(p.requires_grad for p in net.parameters())
+        assert not any(m.training for m in net.modules())
+        raise RuntimeError("boom")
     assert [p.requires_grad for p in net.parameters()] == before_grad
     assert [m.training for m in net.modules()] == before_mode
 
 
-@pytest.mark.parametrize("name", ATTACKS)
+@pytest.mark.parametrize("name", ATTACK_BUILDERS.names())
 def test_attacks_leave_no_weight_gradients(name: str, digits, model, substitute) -> None:
     model.train()
     try:
@@ -138,7 +188,7 @@ def test_model_is_trained(digits, model) -> None:
     assert result.clean_correct.float().mean() > 0.9
 
 
-@pytest.mark.parametrize("name", ATTACKS)
+@pytest.mark.parametrize("name", ATTACK_BUILDERS.names())
 def test_every_attack_lowers_accuracy_and_stays_in_the_ball(name: str, digits, model, substitute) -> None:
     x, y = digits[2], digits[3]
     s = suite((name,), (0.2,))

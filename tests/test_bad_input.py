@@ -152,34 +152,69 @@ MORE_BAD: list[tuple[str, Any, list[str]]] = [
     ("trial eps zero", _optimize(trial={"eps": [0.0, 0.1]}), ["trial.eps", "0.0", "(0, 1]"]),
     ("trial headline eps off the grid", _optimize(trial={"headline_eps": 0.3}), ["trial", "not in the eps grid"]),
     ("trial unknown substitute", _optimize(trial={"substitute_model": "vgg99"}), ["trial.substitute_model", "vgg99"]),
-    ("objective unknown key", _optimize(objective=[{"metric": "robust_acc", "goal": "max"}]),
-     ["objective.0.goal", "unknown key", "metric", "mode"]),
+    (
+        "objective unknown key",
+        _optimize(objective=[{"metric": "robust_acc", "goal": "max"}]),
+        ["objective.0.goal", "unknown key", "metric", "mode"],
+    ),
     ("objective wrong type", _optimize(objective=3), ["objective", "3"]),
     ("objective listed twice", _optimize(objective=["robust_acc", "robust_acc"]), ["objective", "listed twice"]),
     ("space not a mapping", _list_not_mapping("space"), ["space", "dictionary"]),
-    ("space entry without type", {**_optimize(), "space": {"margin": {"low": 0.9, "high": 0.99}}},
-     ["space.margin.type", "required"]),
-    ("space entry without high", {**_optimize(), "space": {"margin": {"type": "uniform", "low": 0.9}}},
-     ["space.margin", "needs both low and high"]),
-    ("space bound wrong type", _optimize(space={"margin": {"type": "uniform", "low": "a", "high": 0.99}}),
-     ["space.margin.low = 'a'", "number"]),
-    ("space int with fractional bounds", _optimize(space={"warmup_epochs": {"type": "int", "low": 0.5, "high": 2}}),
-     ["space.warmup_epochs", "whole-number bounds"]),
-    ("space choice with low", _optimize(space={"loss": {"type": "choice", "values": ["pc"], "low": 0}}),
-     ["space.loss", "not low/high"]),
-    ("space log on a float", _optimize(space={"margin": {"type": "uniform", "low": 0.9, "high": 0.99, "log": True}}),
-     ["space.margin", "use type loguniform"]),
+    (
+        "space entry without type",
+        {**_optimize(), "space": {"margin": {"low": 0.9, "high": 0.99}}},
+        ["space.margin.type", "required"],
+    ),
+    (
+        "space entry without high",
+        {**_optimize(), "space": {"margin": {"type": "uniform", "low": 0.9}}},
+        ["space.margin", "needs both low and high"],
+    ),
+    (
+        "space bound wrong type",
+        _optimize(space={"margin": {"type": "uniform", "low": "a", "high": 0.99}}),
+        ["space.margin.low = 'a'", "number"],
+    ),
+    (
+        "space int with fractional bounds",
+        _optimize(space={"warmup_epochs": {"type": "int", "low": 0.5, "high": 2}}),
+        ["space.warmup_epochs", "whole-number bounds"],
+    ),
+    (
+        "space choice with low",
+        _optimize(space={"loss": {"type": "choice", "values": ["pc"], "low": 0}}),
+        ["space.loss", "not low/high"],
+    ),
+    (
+        "space log on a float",
+        _optimize(space={"margin": {"type": "uniform", "low": 0.9, "high": 0.99, "log": True}}),
+        ["space.margin", "use type loguniform"],
+    ),
     ("initial_points not a list", _optimize(initial_points={"margin": 0.95}), ["initial_points", "list"]),
-    ("more initial points than trials", _optimize(num_trials=1, initial_points=[{"margin": 0.95}, {"margin": 0.96}]),
-     ["initial_points", "2 points but num_trials = 1"]),
-    ("initial point wrong type", _optimize(initial_points=[{"margin": "high"}]),
-     ["initial_points[0].margin = 'high'", "outside the space"]),
+    (
+        "more initial points than trials",
+        _optimize(num_trials=1, initial_points=[{"margin": 0.95}, {"margin": 0.96}]),
+        ["initial_points", "2 points but num_trials = 1"],
+    ),
+    (
+        "initial point wrong type",
+        _optimize(initial_points=[{"margin": "high"}]),
+        ["initial_points[0].margin = 'high'", "outside the space"],
+    ),
     ("num_trials wrong type", _optimize(num_trials="four"), ["num_trials = 'four'", "integer"]),
     ("sampler_seed wrong type", _optimize(sampler_seed="x"), ["sampler_seed = 'x'", "integer"]),
     ("variants in optimize", _optimize(variants=[{"loss": "pc"}]), ["variants", "only for mode ablation"]),
     ("variants not a list", _ablation(variants="pc"), ["variants", "list"]),
-    ("variant with seed", _ablation(variants=[{"loss": "pc", "seed": 3}]), ["variants[0].seed", "given once, in `seeds`"]),
-    ("variant empty grid", _ablation(variants=[{"loss": "pc", "margin": []}]), ["variants[0].margin = []", "at least one"]),
+    (
+        "variant with seed",
+        _ablation(variants=[{"loss": "pc", "seed": 3}]),
+        ["variants[0].seed", "given once, in `seeds`"],
+    ),
+    (
+        "variant empty grid",
+        _ablation(variants=[{"loss": "pc", "margin": []}]),
+        ["variants[0].margin = []", "at least one"],
+    ),
     ("variant unknown loss", _ablation(variants=[{"loss": "hinge"}]), ["variants (hinge)", "loss"]),
     ("seeds wrong type", _ablation(seeds="abc"), ["seeds", "list"]),
     ("seeds empty", _ablation(seeds=[]), ["seeds = []", "distinct"]),
@@ -188,15 +223,24 @@ MORE_BAD: list[tuple[str, Any, list[str]]] = [
     ("cuda without gpu", _optimize(trial={"device": "cuda"}), ["trial.device = 'cuda'", "resources.gpu = 0"]),
     ("max_concurrent wrong type", _optimize(max_concurrent="two"), ["max_concurrent = 'two'", "integer"]),
     ("max_retries wrong type", _optimize(max_retries="x"), ["max_retries = 'x'", "integer"]),
-    ("scheduler unknown key", _optimize(scheduler={"type": "asha", "patience": 2}),
-     ["scheduler.patience", "unknown key", "grace_period"]),
-    ("scheduler grace zero", _optimize(scheduler={"type": "asha", "grace_period": 0}),
-     ["scheduler.grace_period = 0", "greater than or equal to 1"]),
-    ("scheduler reduction one", _optimize(scheduler={"type": "asha", "reduction_factor": 1}),
-     ["scheduler.reduction_factor = 1", "greater than 1"]),
+    (
+        "scheduler unknown key",
+        _optimize(scheduler={"type": "asha", "patience": 2}),
+        ["scheduler.patience", "unknown key", "grace_period"],
+    ),
+    (
+        "scheduler grace zero",
+        _optimize(scheduler={"type": "asha", "grace_period": 0}),
+        ["scheduler.grace_period = 0", "greater than or equal to 1"],
+    ),
+    (
+        "scheduler reduction one",
+        _optimize(scheduler={"type": "asha", "reduction_factor": 1}),
+        ["scheduler.reduction_factor = 1", "greater than 1"],
+    ),
     ("storage_path wrong type", _optimize(storage_path=["a"]), ["storage_path", "string"]),
     ("tracking_uri relative path", _optimize(tracking_uri="mlruns"), ["tracking_uri", "no file store"]),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("data", "expected"), [b[1:] for b in MORE_BAD], ids=[b[0] for b in MORE_BAD])
@@ -270,7 +314,9 @@ def test_truncated_npz_is_a_data_error_for_train_and_sweep(cwd: Path, capsys: py
     folder = cwd / "data"
     folder.mkdir()
     path = truncated_npz(folder)
-    err = refused(["train", "--set", f"dataset=npz:{path}", "--set", "epochs=1", "--set", "warmup_epochs=0"], capsys, cwd)
+    err = refused(
+        ["train", "--set", f"dataset=npz:{path}", "--set", "epochs=1", "--set", "warmup_epochs=0"], capsys, cwd
+    )
     assert f"{path} is not a readable .npz archive" in err
     # the sweep checks the file before Ray starts (the driver would load it only after ray.init)
     err = refused(["sweep", str(QUICKSTART), "--set", f"trial.dataset=npz:{path}"], capsys, cwd)
@@ -414,8 +460,14 @@ def test_a_long_tmpdir_is_named_with_the_fix(cwd: Path) -> None:
     long_tmp = cwd / ("t" * 80)
     long_tmp.mkdir()
     env = {**os.environ, "TMPDIR": str(long_tmp)}
-    proc = subprocess.run([sys.executable, "-c", RUNNER, "sweep", str(QUICKSTART), "--smoke-test"], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNNER, "sweep", str(QUICKSTART), "--smoke-test"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     assert proc.stderr.count(": error: ") == 1 and "TMPDIR" in proc.stderr and "107" in proc.stderr

@@ -15,8 +15,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_run_all_prints_one_table_of_ratios() -> None:
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/run_all.py"), "--smoke-test"],
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/run_all.py"), "--smoke-test"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = re.findall(r"^\| (.+?) +\| +([0-9.]+) \| +(\S+ [0-9.]+|\(info\)) \| +(yes|NO) \|$", proc.stdout, re.M)
     names = [r[0] for r in rows]

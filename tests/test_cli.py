@@ -7,12 +7,26 @@ from pathlib import Path
 
 import pytest
 
-FAST = ["--set", "epochs=2", "--set", "warmup_epochs=1", "--set", "eval_limit=64", "--set", "attack_steps=2",
-        "--set", "attacks=[fgsm, pgd_ce]", "--set", "epoch_eval_samples=0"]
+FAST = [
+    "--set",
+    "epochs=2",
+    "--set",
+    "warmup_epochs=1",
+    "--set",
+    "eval_limit=64",
+    "--set",
+    "attack_steps=2",
+    "--set",
+    "attacks=[fgsm, pgd_ce]",
+    "--set",
+    "epoch_eval_samples=0",
+]
 
 
 def pclc(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sweeps.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.mark.parametrize("loss", ["ce", "pclc"])

@@ -14,11 +14,11 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,8 +42,14 @@ def prepared(name: str) -> dict[str, Any]:
 
 
 def commands(config: dict[str, Any]) -> list[str]:
-    keys = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
-            "head_start_ray_commands", "worker_start_ray_commands")  # fmt: skip
+    keys = (
+        "initialization_commands",
+        "setup_commands",
+        "head_setup_commands",
+        "worker_setup_commands",
+        "head_start_ray_commands",
+        "worker_start_ray_commands",
+    )
     return [cmd for key in keys for cmd in config.get(key, [])]
 
 
@@ -205,17 +211,33 @@ def test_start_mlflow_refuses_a_wildcard_address(tmp_path: Path) -> None:
 
 def test_setup_node_writes_the_node_settings_once(tmp_path: Path) -> None:
     """With PCLC_INSTALL=0 it uses an existing environment (this one) and only writes the settings."""
-    env = {**os.environ, "HOME": str(tmp_path), "PCLC_HOME": str(REPO), "PCLC_VENV": sys.prefix, "PCLC_INSTALL": "0",
-           "PCLC_STORAGE": "s3://bucket/ray results", "PCLC_MLFLOW_PORT": "5001"}  # fmt: skip
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path),
+        "PCLC_HOME": str(REPO),
+        "PCLC_VENV": sys.prefix,
+        "PCLC_INSTALL": "0",
+        "PCLC_STORAGE": "s3://bucket/ray results",
+        "PCLC_MLFLOW_PORT": "5001",
+    }
     (tmp_path / ".bashrc").write_text("# the user's own\n")
     for _ in range(2):  # a second `ray up` must not stack hooks
-        proc = subprocess.run(["bash", str(REPO / "cluster" / "setup_node.sh")], env=env, capture_output=True, text=True)
+        proc = subprocess.run(
+            ["bash", str(REPO / "cluster" / "setup_node.sh")], env=env, capture_output=True, text=True
+        )
         assert proc.returncode == 0, proc.stderr
     assert (tmp_path / ".bashrc").read_text().count(". ~/.pclc_env") == 1
     shown = subprocess.run(
-        ["bash", "-c", '. ~/.pclc_env && echo "$PCLC_STORAGE|$PCLC_MLFLOW_PORT|${PCLC_MLFLOW_HOST-unset}" && command -v python'],
-        env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, check=True,
-    ).stdout.splitlines()  # fmt: skip
+        [
+            "bash",
+            "-c",
+            '. ~/.pclc_env && echo "$PCLC_STORAGE|$PCLC_MLFLOW_PORT|${PCLC_MLFLOW_HOST-unset}" && command -v python',
+        ],
+        env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     assert shown == ["s3://bucket/ray results|5001|unset", f"{sys.prefix}/bin/python"]
 
 
@@ -255,14 +277,12 @@ def test_the_docs_use_commands_flags_files_and_sweeps_that_exist() -> None:
     from ray.scripts.scripts import cli as ray_cli
 
     from analysis.cli import build_parser as analyze_parser
-    from sweeps.arguments import add_sweep_arguments
     from sweeps.cli import build_parser
     from sweeps.config import load_sweep
 
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     pclc_commands = next(a for a in build_parser()._actions if a.dest == "command").choices
-    sweep_parser = argparse.ArgumentParser()
-    add_sweep_arguments(sweep_parser)
+    sweep_parser = pclc_commands["sweep"]  # `python -m sweeps` is `pclc sweep`: the same parser
     seen: set[str] = set()
     for w in doc_commands():
         seen.add(w[0])
@@ -278,12 +298,13 @@ def test_the_docs_use_commands_flags_files_and_sweeps_that_exist() -> None:
             if w[i : i + 3] == ["python", "-m", "sweeps"]:
                 flags = {a for a in w[i + 3 :] if a.startswith("--")}
                 assert flags <= parser_options(sweep_parser), flags - parser_options(sweep_parser)
-            for path in re.findall(r"(?:sweeps/configs/[\w.-]+\.yaml|ray_cluster[\w.-]*\.yaml|cluster/[\w.-]+\.sh)", word):
+            for path in re.findall(
+                r"(?:sweeps/configs/[\w.-]+\.yaml|ray_cluster[\w.-]*\.yaml|cluster/[\w.-]+\.sh)", word
+            ):
                 assert (REPO / path).is_file(), f"the README's cluster section names {path}, which does not exist"
                 if path.startswith("sweeps/configs/"):
                     load_sweep(REPO / path)  # a config the docs send to the cluster must be valid
     assert {"ray", "pclc", "ssh"} <= seen
-
 
 
 @pytest.mark.skipif(os.path.exists("/proc/driver/nvidia/version"), reason="a real NVIDIA driver is installed here")
@@ -295,8 +316,14 @@ def test_setup_node_refuses_a_gpu_node_whose_driver_is_too_old_for_torch(tmp_pat
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "nvidia-smi").write_text("#!/bin/sh\necho 550.54.15\n")
     (tmp_path / "bin" / "nvidia-smi").chmod(0o755)
-    env = {**os.environ, "HOME": str(tmp_path), "PCLC_HOME": str(REPO), "PCLC_VENV": sys.prefix, "PCLC_INSTALL": "0",
-           "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}  # fmt: skip
+    env = {
+        **os.environ,
+        "HOME": str(tmp_path),
+        "PCLC_HOME": str(REPO),
+        "PCLC_VENV": sys.prefix,
+        "PCLC_INSTALL": "0",
+        "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+    }
     proc = subprocess.run(["bash", str(REPO / "cluster" / "setup_node.sh")], env=env, capture_output=True, text=True)
     if (torch.version.cuda or "").startswith("13."):
         assert proc.returncode == 2, proc.stderr

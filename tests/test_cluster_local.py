@@ -36,7 +36,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from machine import ensure_debian_packages, free_ports, listening_addresses
 
 pytestmark = pytest.mark.slow
@@ -44,22 +43,27 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 VENV = Path(sys.prefix)
 MARKER = "PCLC_TEST_NODE"  # in the environment of every process of the test node: how teardown finds them
-PACKAGES = {"sshd": "openssh-server", "ssh": "openssh-client", "ssh-keygen": "openssh-client", "rsync": "rsync",
-            "nc": "netcat-openbsd"}  # fmt: skip
+PACKAGES = {
+    "sshd": "openssh-server",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+    "rsync": "rsync",
+    "nc": "netcat-openbsd",
+}
 SWEEP = "quickstart"  # the shipped file, run with --smoke-test: 2 trials of 2 epochs on digits
 EXPERIMENT = f"{SWEEP}-smoke"
 
 # Runs as `ray` on the node (via <node>/bin/ray, first on the node's PATH): `ray stop` (in the start
 # commands, and what `ray down` runs on the head) stops every Ray process of the machine, and this
 # machine is shared with other tests: the node's `ray stop` stops the node's Ray processes only.
-STOP_SCRIPT = '''\
-"""The processes of one test node: those with {marker}=<node> in their environment.
+STOP_SCRIPT = f'''\
+"""The processes of one test node: those with {MARKER}=<node> in their environment.
 `stop_node.py NODE ray` stops Ray's (the ones `ray stop` looks for), `all` every one of them,
 `list` prints the pids of the Ray processes still running."""
 import os, signal, sys, time
 
 node, which = sys.argv[1], sys.argv[2]
-mark = f"{marker}={{node}}".encode()
+mark = f"{MARKER}={{node}}".encode()
 ray_words = []
 if which != "all":
     from ray.autoscaler._private.constants import RAY_PROCESSES
@@ -97,7 +101,7 @@ for sig in (signal.SIGTERM, signal.SIGKILL):
         time.sleep(0.2)
         pids = [p for p in ours() if p in pids]
 print(f"stopped the test node's {{which}} processes")
-'''.format(marker=MARKER)
+'''
 
 
 def _ray_hash(text: str) -> str:
@@ -128,16 +132,21 @@ class Node:
     def run(self, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
         """A `ray` CLI command from the repository root, as a user runs it; output kept for failures."""
         started = time.monotonic()
-        proc = subprocess.run([str(VENV / "bin" / "ray"), *args], cwd=REPO, env=self.env, capture_output=True,
-                              text=True, timeout=timeout)  # fmt: skip
+        proc = subprocess.run(
+            [str(VENV / "bin" / "ray"), *args], cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
         # Reported, never asserted: what each step costs (pytest -s shows it).
         print(f"[cluster] ray {' '.join(args[:2])}: {time.monotonic() - started:.1f} s", flush=True)
         return proc
 
     def processes(self, which: str) -> str:
         """`all`: stop every process of the node; `ray`: its Ray processes; `list`: Ray's pids still running."""
-        return subprocess.run([sys.executable, str(self.root / "bin" / "stop_node.py"), str(self.root), which],
-                              capture_output=True, text=True, timeout=60).stdout.strip()  # fmt: skip
+        return subprocess.run(
+            [sys.executable, str(self.root / "bin" / "stop_node.py"), str(self.root), which],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout.strip()
 
 
 # --------------------------------------------------------------------------- the machine
@@ -175,34 +184,44 @@ def node() -> Iterator[Node]:
     # Every session: the node's home and temp dir, then the command the client asked for.
     shell = ssh / "node_shell.sh"
     exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in {**marks, "HOME": str(home)}.items())
-    shell.write_text(textwrap.dedent(f"""\
+    shell.write_text(
+        textwrap.dedent(f"""\
         #!/bin/bash
         export {exports}
         cd "$HOME"
         if [ -n "${{SSH_ORIGINAL_COMMAND:-}}" ]; then exec bash -c "$SSH_ORIGINAL_COMMAND"; fi
         exec bash -l
-        """))  # fmt: skip
+        """)
+    )
     shell.chmod(0o755)
-    (home / ".bashrc").write_text(textwrap.dedent(f"""\
+    (home / ".bashrc").write_text(
+        textwrap.dedent(f"""\
         # the test node's ~/.bashrc: cluster/setup_node.sh's settings, then the node's scoped `ray stop`
         [ -f ~/.pclc_env ] && . ~/.pclc_env
         export PATH={bin_dir}:"$PATH"
-        """))  # fmt: skip
+        """)
+    )
     (bin_dir / "stop_node.py").write_text(STOP_SCRIPT)
-    (bin_dir / "ray").write_text(textwrap.dedent(f"""\
+    (bin_dir / "ray").write_text(
+        textwrap.dedent(f"""\
         #!/bin/bash
         if [ "${{1:-}}" = stop ]; then exec {VENV}/bin/python {bin_dir}/stop_node.py {root} ray; fi
         exec {VENV}/bin/ray "$@"
-        """))  # fmt: skip
+        """)
+    )
     (bin_dir / "ray").chmod(0o755)
 
     (ssh_port,) = free_ports(1)
     locked = False  # OpenSSH refuses a "!"-locked account unless PAM decides
     with contextlib.suppress(OSError):
-        locked = any(ln.split(":")[1].startswith("!") for ln in Path("/etc/shadow").read_text().splitlines()
-                     if ln.split(":")[0] == user)  # fmt: skip
+        locked = any(
+            ln.split(":")[1].startswith("!")
+            for ln in Path("/etc/shadow").read_text().splitlines()
+            if ln.split(":")[0] == user
+        )
     config = ssh / "sshd_config"
-    config.write_text(textwrap.dedent(f"""\
+    config.write_text(
+        textwrap.dedent(f"""\
         Port {ssh_port}
         ListenAddress 127.0.0.1
         HostKey {ssh}/host_ed25519
@@ -217,13 +236,18 @@ def node() -> Iterator[Node]:
         MaxSessions 64
         PrintMotd no
         ForceCommand {shell}
-        """))  # fmt: skip
+        """)
+    )
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
     subprocess.run([tools["sshd"], "-t", "-f", str(config)], check=True, capture_output=True)
     log = ssh / "sshd.log"
-    sshd = subprocess.Popen([tools["sshd"], "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
-                            stderr=log.open("wb"), env={**os.environ, **marks})  # fmt: skip
+    sshd = subprocess.Popen(
+        [tools["sshd"], "-D", "-e", "-f", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+        env={**os.environ, **marks},
+    )
     cluster_env = {**os.environ, **marks}
     cluster_env.pop("RAY_ADDRESS", None)
     made = Node(root=root, home=home, user=user, key=key, ssh_port=ssh_port, sshd=sshd, env=cluster_env)
@@ -261,18 +285,29 @@ def node_config(node: Node, ports: dict[str, int]) -> Path:
     cfg = yaml.safe_load((REPO / "ray_cluster_local.yaml").read_text())
     cfg["cluster_name"] = node.cluster_name
     cfg["provider"].update(head_ip="127.0.0.1", worker_ips=[])
-    cfg["auth"] = {"ssh_user": node.user, "ssh_private_key": str(node.key),
-                   "ssh_proxy_command": f"nc %h {node.ssh_port}"}  # fmt: skip
+    cfg["auth"] = {
+        "ssh_user": node.user,
+        "ssh_private_key": str(node.key),
+        "ssh_proxy_command": f"nc %h {node.ssh_port}",
+    }
     # The real setup command, minus pip (this venv has the project; 2 shared cores), plus this node's
     # storage, port and a single MLflow worker.
     (setup,) = cfg["setup_commands"]
-    cfg["setup_commands"] = [with_settings(
-        setup, PCLC_INSTALL="0", PCLC_VENV=str(VENV), PCLC_STORAGE=str(node.root / "ray_results"),
-        PCLC_MLFLOW_PORT=str(ports["mlflow"]), PCLC_MLFLOW_WORKERS="1",
-    )]  # fmt: skip
+    cfg["setup_commands"] = [
+        with_settings(
+            setup,
+            PCLC_INSTALL="0",
+            PCLC_VENV=str(VENV),
+            PCLC_STORAGE=str(node.root / "ray_results"),
+            PCLC_MLFLOW_PORT=str(ports["mlflow"]),
+            PCLC_MLFLOW_WORKERS="1",
+        )
+    ]
     # Free ports instead of Ray's fixed defaults, and a small object store: other Ray instances may run here.
-    extra = (f" --dashboard-port={ports['dashboard']} --ray-client-server-port={ports['client']}"
-             f" --dashboard-agent-listen-port={ports['agent']} --object-store-memory=200000000")  # fmt: skip
+    extra = (
+        f" --dashboard-port={ports['dashboard']} --ray-client-server-port={ports['client']}"
+        f" --dashboard-agent-listen-port={ports['agent']} --object-store-memory=200000000"
+    )
     start = [c for c in cfg["head_start_ray_commands"] if "ray start --head" in c]
     assert len(start) == 1 and "--port=6379" in start[0], cfg["head_start_ray_commands"]
     cfg["head_start_ray_commands"] = [
@@ -291,8 +326,12 @@ def tail(text: str, n: int = 6000) -> str:
 def node_logs(node: Node) -> str:
     """What to read when the cluster misbehaves: MLflow's log, Ray's monitor and raylet errors."""
     out = []
-    for pattern in ("home/pclc-mlflow/server.log", "tmp/ray/session_latest/logs/monitor.*",
-                    "tmp/ray/session_latest/logs/raylet.err", "tmp/ray/session_latest/logs/dashboard.err"):  # fmt: skip
+    for pattern in (
+        "home/pclc-mlflow/server.log",
+        "tmp/ray/session_latest/logs/monitor.*",
+        "tmp/ray/session_latest/logs/raylet.err",
+        "tmp/ray/session_latest/logs/dashboard.err",
+    ):
         for path in node.root.glob(pattern):
             out.append(f"--- {path}\n{tail(path.read_text(errors='replace'), 2000)}")
     return "\n".join(out)
@@ -302,8 +341,14 @@ def analyze(node: Node, *args: str) -> None:
     """`pclc analyze` of the sweep's experiment, as the README's cluster section runs it; it must write its report."""
     out = node.root / f"report-{len(list(node.root.glob('report-*')))}"
     started = time.monotonic()
-    proc = subprocess.run([str(VENV / "bin" / "pclc"), "analyze", "--experiment", EXPERIMENT, "--out", str(out), *args],
-                          cwd=node.root, env=node.env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [str(VENV / "bin" / "pclc"), "analyze", "--experiment", EXPERIMENT, "--out", str(out), *args],
+        cwd=node.root,
+        env=node.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     print(f"[cluster] pclc analyze {args[1].split(':')[0]}: {time.monotonic() - started:.1f} s", flush=True)
     assert proc.returncode == 0, f"pclc analyze {' '.join(args)} failed\n{tail(proc.stdout)}\n{tail(proc.stderr)}"
     assert (out / "report.md").is_file(), sorted(p.name for p in out.iterdir())
@@ -337,10 +382,23 @@ def test_ray_up_runs_a_sweep_that_logs_to_the_heads_mlflow_then_ray_down(node: N
     assert listening_addresses(ports["dashboard"]) == {"127.0.0.1"}
 
     # ---- ray job submit: the smoke sweep, as the README's cluster section submits a paper-scale one
-    sweep = (f"python -m sweeps sweeps/configs/{SWEEP}.yaml --smoke-test --address auto"
-             " --tracking-uri $(cat ~/pclc-mlflow/url) --storage-path $PCLC_STORAGE")  # fmt: skip
-    job = node.run("job", "submit", "--address", f"http://127.0.0.1:{ports['dashboard']}", "--working-dir", ".",
-                   "--", "bash", "-c", sweep, timeout=900)  # fmt: skip
+    sweep = (
+        f"python -m sweeps sweeps/configs/{SWEEP}.yaml --smoke-test --address auto"
+        " --tracking-uri $(cat ~/pclc-mlflow/url) --storage-path $PCLC_STORAGE"
+    )
+    job = node.run(
+        "job",
+        "submit",
+        "--address",
+        f"http://127.0.0.1:{ports['dashboard']}",
+        "--working-dir",
+        ".",
+        "--",
+        "bash",
+        "-c",
+        sweep,
+        timeout=900,
+    )
     assert job.returncode == 0, f"the sweep job failed\n{tail(job.stdout)}\n{tail(job.stderr)}\n{node_logs(node)}"
 
     # ---- the runs, read back from the head's MLflow server: one parent, one child per trial
@@ -369,7 +427,10 @@ def test_ray_up_runs_a_sweep_that_logs_to_the_heads_mlflow_then_ray_down(node: N
     down_db = node.run("rsync-down", str(config), "~/pclc-mlflow/mlflow.db", str(kept), timeout=300)
     assert down_db.returncode == 0, f"{tail(down_db.stdout)}\n{tail(down_db.stderr)}"
     copied = MlflowClient(tracking_uri=f"sqlite:///{kept}").get_experiment_by_name(EXPERIMENT)
-    assert copied is not None and len(MlflowClient(tracking_uri=f"sqlite:///{kept}").search_runs([copied.experiment_id])) == 3
+    assert (
+        copied is not None
+        and len(MlflowClient(tracking_uri=f"sqlite:///{kept}").search_runs([copied.experiment_id])) == 3
+    )
     analyze(node, "--tracking-uri", f"sqlite:///{kept}", "--no-log-artifacts")
 
     # ---- tear down as the README's cluster section says: MLflow (ray down leaves it on own machines), then Ray

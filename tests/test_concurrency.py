@@ -25,7 +25,6 @@ cloudpickle.register_pickle_by_value(sweep_util)  # Ray workers cannot import th
 TRIALS = 8
 
 
-
 @pytest.fixture(params=["sqlite", "server"])
 def tracking_uri(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
@@ -47,9 +46,14 @@ def test_eight_trials_logging_at_once_lose_nothing_and_duplicate_nothing(
     notes_dir.mkdir()
     # a quarter CPU each: all eight run side by side on two cores, each writing to the store every epoch
     cfg = tiny_optimize(
-        "parallel", tmp_path, num_trials=TRIALS, max_concurrent=TRIALS, resources={"cpu": 0.25},
-        trial={"epochs": 2}, max_retries=0,
-    )  # fmt: skip
+        "parallel",
+        tmp_path,
+        num_trials=TRIALS,
+        max_concurrent=TRIALS,
+        resources={"cpu": 0.25},
+        trial={"epochs": 2},
+        max_retries=0,
+    )
     run_fn = functools.partial(sweep_util.noting_reports, notes_dir=str(notes_dir))
     result = run_sweep(cfg, tracking_uri=tracking_uri, run_fn=run_fn, out=io.StringIO())
 

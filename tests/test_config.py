@@ -14,7 +14,9 @@ def test_defaults_are_the_authors_loss_settings() -> None:
 
 
 def test_overrides_are_read_as_yaml_values() -> None:
-    cfg = load_config(None, ["loss=ce", "epochs=3", "warmup_epochs=0", "eps=[0.3, 0.1]", "headline_eps=0.3", "augment=true"])
+    cfg = load_config(
+        None, ["loss=ce", "epochs=3", "warmup_epochs=0", "eps=[0.3, 0.1]", "headline_eps=0.3", "augment=true"]
+    )
     assert cfg.loss == "ce" and cfg.epochs == 3 and cfg.augment is True
     assert cfg.eps == [0.1, 0.3]  # sorted, deduplicated
 
@@ -32,7 +34,7 @@ def test_unknown_key_names_the_key_and_the_allowed_ones() -> None:
         ("margin=1.5", "margin", "less than or equal to 1"),
         ("margin=0", "margin", "greater than 0"),
         ("lc_weight=-0.1", "lc_weight", "greater than or equal to 0"),
-        ("loss=focal", "loss", "'ce', 'pc', 'pclc' or 'lc'"),
+        ("loss=focal", "loss", "choose one of: ce, lc, pc, pclc"),
         ("epochs=many", "epochs", "integer"),
         ("eps=[0.1, 1.5]", "eps", "pixel range"),
         ("attacks=[pgd_ce, deepfool]", "attacks", "unknown attack"),
@@ -97,9 +99,14 @@ def test_paths_become_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert cfg.dataset == f"npz:{tmp_path / 'my.npz'}"
 
 
-@pytest.mark.parametrize(("override", "needle"), [("dataset=imagenet", "unknown dataset 'imagenet'"),
-                                                   ("model=resnet1000", "unknown model 'resnet1000'"),
-                                                   ("substitute_model=vgg99", "unknown model 'vgg99'")])
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("dataset=imagenet", "unknown dataset 'imagenet'"),
+        ("model=resnet1000", "unknown model 'resnet1000'"),
+        ("substitute_model=vgg99", "unknown model 'vgg99'"),
+    ],
+)
 def test_unknown_registry_names_are_refused_with_the_choices(override: str, needle: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])

@@ -361,8 +361,10 @@ def test_8bit_sources_are_kept_uint8_and_batches_make_the_float_pixels(tmp_path:
     assert as_float.x_train.dtype == torch.float32 and torch.equal(stored.as_float().x_train, as_float.x_train)
     # batches cut from the uint8 tensor are exactly the float ones, shuffled or not
     for shuffle in (False, True):
-        a, b = (list(batches(d.x_train, d.y_train, 4, shuffle=shuffle, generator=torch.Generator().manual_seed(1)))
-                for d in (stored, as_float))  # fmt: skip
+        a, b = (
+            list(batches(d.x_train, d.y_train, 4, shuffle=shuffle, generator=torch.Generator().manual_seed(1)))
+            for d in (stored, as_float)
+        )
         assert len(a) == len(b) == 2
         for (xa, ya), (xb, yb) in zip(a, b):
             assert xa.dtype == torch.float32 and torch.equal(xa, xb) and torch.equal(ya, yb)

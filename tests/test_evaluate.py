@@ -12,12 +12,12 @@ from torch import nn
 from trained import digits, model, small_cnn, substitute, train  # noqa: F401  (fixtures)
 
 from pclc import metrics as M
-from pclc.attacks import ATTACK_BUILDERS, AttackSuite
+from pclc.attacks import ATTACK_BUILDERS, CLASSIC, AttackSuite
 from pclc.evaluate import (
     Evaluation,
+    epoch_robust_acc,
     evaluate,
     masking_checks,
-    epoch_robust_acc,
     prob_gap,
     second_class_rate,
 )
@@ -72,8 +72,9 @@ def suite() -> AttackSuite:
 
 
 def _evaluate(net: nn.Module, digits, suite: AttackSuite, substitute: nn.Module) -> Evaluation:
-    return evaluate(net, digits[2], digits[3], suite, substitute=substitute, headline_eps=HEADLINE,
-                    masking_eps=MASKING_EPS)
+    return evaluate(
+        net, digits[2], digits[3], suite, substitute=substitute, headline_eps=HEADLINE, masking_eps=MASKING_EPS
+    )
 
 
 @pytest.fixture(scope="module")
@@ -117,11 +118,12 @@ def test_worst_case_is_at_most_every_attack(normal: Evaluation, suite: AttackSui
         assert all(worst <= m[M.robust_key(a, eps)] for a in ran)
         assert worst <= m[M.robust_key(M.WORST_CLASSIC, eps)]
     # Per-sample worst case: strictly below the best single attack somewhere on this grid.
-    classic = [a for a in suite.attacks if a in M.CLASSIC]
+    classic = [a for a in suite.attacks if a in CLASSIC]
     assert any(m[M.robust_key(M.WORST_CLASSIC, e)] < min(m[M.robust_key(a, e)] for a in classic) for e in EPS)
     assert m[M.ROBUST_ACC] == m[M.robust_key(M.WORST, HEADLINE)]
     assert m[M.ROBUST_ACC] == min(m[M.ROBUST_ACC_CLASSIC], m[M.ROBUST_ACC_AA]) or m[M.ROBUST_ACC] < min(
-        m[M.ROBUST_ACC_CLASSIC], m[M.ROBUST_ACC_AA])
+        m[M.ROBUST_ACC_CLASSIC], m[M.ROBUST_ACC_AA]
+    )
     assert m[M.ROBUST_ACC_AA] <= m[M.robust_key("autoattack", HEADLINE)]
 
 
@@ -142,9 +144,7 @@ def test_prob_gap_matches_the_model(normal: Evaluation, model, digits) -> None:
     with torch.no_grad():
         p = torch.softmax(model(digits[2]), dim=1)
     y = digits[3]
-    by_hand = sum(
-        (p[i, y[i]] - max(p[i, j] for j in range(10) if j != y[i])).item() for i in range(len(y))
-    ) / len(y)
+    by_hand = sum((p[i, y[i]] - max(p[i, j] for j in range(10) if j != y[i])).item() for i in range(len(y))) / len(y)
     assert -1.0 <= normal.metrics[M.PROB_GAP] <= 1.0
     assert normal.metrics[M.PROB_GAP] == pytest.approx(by_hand, abs=1e-5)
 
@@ -212,8 +212,15 @@ def test_evaluation_leaves_no_weight_gradients(model, digits, substitute) -> Non
     small = AttackSuite(attacks=("fgsm", "pgd_cw", "mim", "transfer"), eps=(0.1,), steps=2)
     model.train()
     try:
-        evaluate(model, digits[2][:32], digits[3][:32], small, substitute=substitute, headline_eps=0.1,
-                 masking_eps=MASKING_EPS)
+        evaluate(
+            model,
+            digits[2][:32],
+            digits[3][:32],
+            small,
+            substitute=substitute,
+            headline_eps=0.1,
+            masking_eps=MASKING_EPS,
+        )
         assert all(p.grad is None for p in model.parameters())
         assert all(p.requires_grad for p in model.parameters()) and model.training
     finally:
@@ -261,8 +268,9 @@ def test_masking_checks_classic_vs_aa_and_reference_by_hand() -> None:
     out, warnings = masking_checks({}, None, classic_vs_aa={0.1: (0.60, 0.58), 0.2: (0.30, 0.25)})
     assert out[M.masking_key("classic_aa_gap")] == pytest.approx(0.05)  # the worst eps is reported
     assert out[M.masking_key("classic_overstates")] == 1.0 and "eps=0.2" in warnings[0]
-    out, warnings = masking_checks({}, None, classic_vs_aa={0.1: (0.60, 0.58)},
-                                   reference={"aa_zero_gradients": 0.0, "aa_square_gain": 0.01})
+    out, warnings = masking_checks(
+        {}, None, classic_vs_aa={0.1: (0.60, 0.58)}, reference={"aa_zero_gradients": 0.0, "aa_square_gain": 0.01}
+    )
     assert out[M.masking_key("classic_overstates")] == 0.0
     assert out[M.masking_key("aa_square_beats_whitebox")] == 1.0 and "Square" in warnings[0]
 

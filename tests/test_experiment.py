@@ -10,12 +10,18 @@ import torch
 
 from pclc import metrics as M
 from pclc.config import make_config
-from pclc.experiment import prepare, run_trial, substitute_config, train_substitute
+from pclc.experiment import Evaluation, prepare, run_trial, substitute_config, train_substitute
 from pclc.train import load_checkpoint
 
 SMALL = {
-    "epochs": 3, "warmup_epochs": 1, "eval_limit": 96, "epoch_eval_samples": 32, "attack_steps": 3,
-    "attacks": ["fgsm", "pgd_ce", "pgd_cw", "transfer"], "eps": [0.1, 0.2], "headline_eps": 0.1,
+    "epochs": 3,
+    "warmup_epochs": 1,
+    "eval_limit": 96,
+    "epoch_eval_samples": 32,
+    "attack_steps": 3,
+    "attacks": ["fgsm", "pgd_ce", "pgd_cw", "transfer"],
+    "eps": [0.1, 0.2],
+    "headline_eps": 0.1,
     "substitute_epochs": 2,
 }
 
@@ -23,9 +29,14 @@ SMALL = {
 class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[dict[str, float], dict[str, Any] | None]] = []
+        self.evaluation: Evaluation | None = None
 
-    def __call__(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
-        self.calls.append((dict(metrics), state))
+    def on_epoch(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        self.calls.append((dict(metrics), state if state is not None else {}))  # {}: an epoch without a checkpoint
+
+    def on_final(self, evaluation: Evaluation) -> None:  # recorded as the last call, without a state
+        self.evaluation = evaluation
+        self.calls.append((dict(evaluation.metrics), None))
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +63,7 @@ def test_trial_reports_every_epoch_then_the_full_evaluation(prepared, tmp_path: 
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert written["metrics"] == pytest.approx(final, nan_ok=True)
     assert written["config"]["loss"] == "pclc" and isinstance(written["warnings"], list)
+    assert written == json.loads(json.dumps(rec.evaluation.to_dict()))  # the reporter got what metrics.json holds
     assert set(load_checkpoint(tmp_path / "out" / "model.pt")) == set(rec.calls[0][1]["model"])
 
 
@@ -95,8 +107,9 @@ def _weights_hash(cfg_values: dict[str, Any], *, prepared=None) -> str:
     import hashlib
 
     cfg = make_config({**cfg_values, "device": "cpu"})
-    states: list[dict[str, Any]] = []
-    run_trial(cfg, lambda m, s: states.append(s) if s is not None else None, prepared=prepared)
+    recorder = Recorder()
+    run_trial(cfg, recorder, prepared=prepared)
+    states = [s for _, s in recorder.calls if s is not None]
     digest = hashlib.sha256()
     for name, tensor in sorted(states[-1]["model"].items()):
         digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -126,8 +139,17 @@ def test_weights_from_uint8_images_equal_those_from_float_images(tmp_path: Path)
 
     bunch = load_digits()
     np.savez(tmp_path / "d8.npz", x=(bunch.images * 15).astype(np.uint8), y=bunch.target)
-    tiny = {**SMALL, "dataset": f"npz:{tmp_path / 'd8.npz'}", "epochs": 2, "eval_limit": 32, "epoch_eval_samples": 16,
-            "attacks": ["fgsm"], "eps": [0.1], "train_limit": 300, "augment": True}  # fmt: skip
+    tiny = {
+        **SMALL,
+        "dataset": f"npz:{tmp_path / 'd8.npz'}",
+        "epochs": 2,
+        "eval_limit": 32,
+        "epoch_eval_samples": 16,
+        "attacks": ["fgsm"],
+        "eps": [0.1],
+        "train_limit": 300,
+        "augment": True,
+    }
     stored = prepare(make_config(tiny))
     assert stored.data.x_train.dtype == torch.uint8
     as_float = Prepared(data=stored.data.as_float())
@@ -135,10 +157,19 @@ def test_weights_from_uint8_images_equal_those_from_float_images(tmp_path: Path)
 
 
 def test_checkpoint_every_two_epochs_resumes_exactly(prepared) -> None:
-    # Epochs between checkpoints report {} (no state); a trial killed after epoch 3 resumes from epoch 2's
+    # Epochs between checkpoints report no state (recorded as {}); a trial killed after epoch 3 resumes from epoch 2's
     # checkpoint and ends with the uninterrupted run's weights, bit for bit.
-    cfg = make_config({**SMALL, "epochs": 4, "attacks": ["fgsm"], "eps": [0.1], "checkpoint_every": 2,
-                       "epoch_eval_samples": 0, "device": "cpu"})  # fmt: skip
+    cfg = make_config(
+        {
+            **SMALL,
+            "epochs": 4,
+            "attacks": ["fgsm"],
+            "eps": [0.1],
+            "checkpoint_every": 2,
+            "epoch_eval_samples": 0,
+            "device": "cpu",
+        }
+    )
     straight = Recorder()
     run_trial(cfg, straight, prepared=prepared)
     epochs = [(m[M.EPOCH], bool(s)) for m, s in straight.calls if s is not None]
@@ -154,8 +185,17 @@ def test_checkpoint_every_two_epochs_resumes_exactly(prepared) -> None:
 
 
 def test_rung_epochs_checkpoint_besides_the_interval(prepared) -> None:
-    cfg = make_config({**SMALL, "epochs": 3, "attacks": ["fgsm"], "eps": [0.1], "checkpoint_every": 5,
-                       "epoch_eval_samples": 0, "eval_limit": 32})  # fmt: skip
+    cfg = make_config(
+        {
+            **SMALL,
+            "epochs": 3,
+            "attacks": ["fgsm"],
+            "eps": [0.1],
+            "checkpoint_every": 5,
+            "epoch_eval_samples": 0,
+            "eval_limit": 32,
+        }
+    )
     rec = Recorder()
     run_trial(cfg, rec, prepared=prepared, checkpoint_at=(1,), device="cpu")
     assert [(m[M.EPOCH], bool(s)) for m, s in rec.calls if s is not None] == [(1, True), (2, False), (3, True)]

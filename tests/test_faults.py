@@ -45,7 +45,6 @@ from sweeps.trainable import PENDING_FILE
 cloudpickle.register_pickle_by_value(sweep_util)  # Ray workers cannot import the tests folder
 
 
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     """One `mlflow server` for this module; tests that stop it start it again before they end."""
@@ -62,8 +61,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
 def test_a_trial_killed_mid_epoch_is_retried_from_its_last_checkpoint(local_ray: None, tmp_path: Path) -> None:
     notes_file, marker = tmp_path / "attempts.jsonl", tmp_path / "killed_once"
     cfg = tiny_ablation("sigkill", tmp_path, variants=[{"loss": "pclc"}], seeds=[0], max_retries=1)
-    run_fn = functools.partial(sweep_util.killed_once_mid_trial, notes_file=str(notes_file), marker=str(marker),
-                               kill_epoch=3)  # fmt: skip
+    run_fn = functools.partial(
+        sweep_util.killed_once_mid_trial, notes_file=str(notes_file), marker=str(marker), kill_epoch=3
+    )
     result = run_sweep(cfg, run_fn=run_fn, out=io.StringIO())
 
     # ---- the worker really died (SIGKILL after training epoch 3), and a new one went on from epoch 2's checkpoint
@@ -96,10 +96,17 @@ def test_a_trial_killed_between_checkpoints_resumes_from_the_last_one_with_the_s
     # (before its checkpoint), the retry resumes from epoch 2 and ends with an uninterrupted run's weights.
     notes_file, marker = tmp_path / "attempts.jsonl", tmp_path / "killed_once"
     trial = {"epochs": 5, "checkpoint_every": 2, "save_weights": True, "device": "cpu"}
-    cfg = tiny_ablation("interval", tmp_path, variants=[{"loss": "pclc"}], seeds=[0], max_retries=1,
-                        trial={**sweep_util.TINY_TRIAL, **trial})  # fmt: skip
-    run_fn = functools.partial(sweep_util.killed_once_mid_trial, notes_file=str(notes_file), marker=str(marker),
-                               kill_epoch=4)  # fmt: skip
+    cfg = tiny_ablation(
+        "interval",
+        tmp_path,
+        variants=[{"loss": "pclc"}],
+        seeds=[0],
+        max_retries=1,
+        trial={**sweep_util.TINY_TRIAL, **trial},
+    )
+    run_fn = functools.partial(
+        sweep_util.killed_once_mid_trial, notes_file=str(notes_file), marker=str(marker), kill_epoch=4
+    )
     result = run_sweep(cfg, run_fn=run_fn, out=io.StringIO())
     assert marker.exists() and result.failed == [] and len(result.finished) == 1
     starts = [a["resume_epoch"] for a in notes(notes_file) if "resume_epoch" in a]
@@ -110,8 +117,9 @@ def test_a_trial_killed_between_checkpoints_resumes_from_the_last_one_with_the_s
     assert [s for s, _ in history(uri, child, "epoch")] == [1, 2, 3, 4, 5]  # each epoch once
     (weights,) = (tmp_path / "ray_results" / "interval" / "outputs").glob("*/model.pt")
     straight: list[dict[str, Any]] = []
-    run_trial(cfg.trial_config({"loss": "pclc", "seed": 0, "out_dir": None}),
-              lambda m, s: straight.append(s) if s else None)  # fmt: skip
+    run_trial(
+        cfg.trial_config({"loss": "pclc", "seed": 0, "out_dir": None}), lambda m, s: straight.append(s) if s else None
+    )
     swept = load_checkpoint(weights)
     for key, value in straight[-1]["model"].items():
         assert torch.equal(swept[key], value), key
@@ -123,9 +131,14 @@ def test_a_trial_killed_between_checkpoints_resumes_from_the_last_one_with_the_s
 def _tracker(uri: str, name: str, tmp_path: Path) -> SweepTracker:
     tracker = SweepTracker(uri)
     tracker.start_parent(
-        name=name, mode="optimize", headline_metric="robust_acc", objective=[{"metric": "robust_acc", "mode": "max"}],
-        experiment_path=str(tmp_path / "ray_results" / name), resolved_config=f"name: {name}\n", resume=False,
-    )  # fmt: skip
+        name=name,
+        mode="optimize",
+        headline_metric="robust_acc",
+        objective=[{"metric": "robust_acc", "mode": "max"}],
+        experiment_path=str(tmp_path / "ray_results" / name),
+        resolved_config=f"name: {name}\n",
+        resume=False,
+    )
     return tracker
 
 
@@ -135,8 +148,9 @@ def test_unsent_metrics_wait_in_the_buffer_file_and_a_retried_attempt_sends_them
 ) -> None:
     tracker = _tracker(server.uri, "buffered", tmp_path)
     buffer = tmp_path / "trial" / PENDING_FILE
-    first = TrialRun.open(tracker.target, trial_id="t1", params=TrialConfig().to_dict(), buffer_path=buffer,
-                          patience_s=1.0)  # fmt: skip
+    first = TrialRun.open(
+        tracker.target, trial_id="t1", params=TrialConfig().to_dict(), buffer_path=buffer, patience_s=1.0
+    )
     first.log_epoch({"epoch": 1, "train_loss": 1.0})
     assert not buffer.exists()  # sent at once
 
@@ -145,14 +159,16 @@ def test_unsent_metrics_wait_in_the_buffer_file_and_a_retried_attempt_sends_them
     pending = json.loads(buffer.read_text())
     assert sorted((k, step) for k, _, _, step in pending) == [("epoch", 2), ("train_loss", 2)]
     with pytest.raises(TrackingUnavailable, match=f"{server.uri}.*final evaluation"):
-        first.log_final({"epoch": 2, "robust_acc": 0.25, "done": 1.0}, {"metrics": {}}, None)
+        first.log_final({"epoch": 2, "robust_acc": 0.25}, {"metrics": {}}, None)
     assert len(json.loads(buffer.read_text())) == 3  # the final metric waits with the rest
 
     server.start()
-    second = TrialRun.open(tracker.target, trial_id="t1", params=TrialConfig().to_dict(), buffer_path=buffer)  # the retry
+    second = TrialRun.open(
+        tracker.target, trial_id="t1", params=TrialConfig().to_dict(), buffer_path=buffer
+    )  # the retry
     assert second.run_id == first.run_id and 2 in second.logged_epochs and not buffer.exists()
     second.log_epoch({"epoch": 2, "train_loss": 0.5})  # the retry's checkpoint was epoch 1: not logged twice
-    second.log_final({"epoch": 2, "robust_acc": 0.5, "done": 1.0}, {"metrics": {}}, None)
+    second.log_final({"epoch": 2, "robust_acc": 0.5}, {"metrics": {}}, None)
 
     client = MlflowClient(server.uri)
     run = client.get_run(first.run_id)
@@ -174,8 +190,10 @@ def test_trials_train_on_while_the_tracking_server_is_down_and_every_metric_arri
     seen: dict[str, object] = {}
 
     def epochs_noted() -> list[set[int]]:
-        return [{int(n["metrics"]["epoch"]) for n in notes(f) if "metrics" in n and not n["final"]}
-                for f in notes_dir.glob("*.jsonl")]  # fmt: skip
+        return [
+            {int(n["metrics"]["epoch"]) for n in notes(f) if "metrics" in n and not n["final"]}
+            for f in notes_dir.glob("*.jsonl")
+        ]
 
     def outage() -> None:  # stop the server once both trials logged epoch 1; restart it once both trained on
         try:
@@ -187,7 +205,9 @@ def test_trials_train_on_while_the_tracking_server_is_down_and_every_metric_arri
             seen["down"] = not server.answers()
             go_file.touch()
             while not all(e == {1, 2, 3} for e in epochs_noted()):
-                assert time.monotonic() < deadline, f"the trials stopped training while MLflow was down: {epochs_noted()}"
+                assert time.monotonic() < deadline, (
+                    f"the trials stopped training while MLflow was down: {epochs_noted()}"
+                )
                 time.sleep(0.2)
             seen["pending"] = [json.loads(p.read_text()) for p in (tmp_path / "ray_results").rglob(PENDING_FILE)]
             time.sleep(3)  # the trials now wait for the server to log their final evaluation
@@ -230,7 +250,9 @@ def _mount_tmpfs(folder: Path, options: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}): needs root and CAP_SYS_ADMIN")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}): needs root and CAP_SYS_ADMIN"
+        )
 
 
 @pytest.fixture
@@ -267,12 +289,17 @@ def bad_storage(request: pytest.FixtureRequest, tmp_path: Path, mounts: list[Pat
     return folder / "results", "No space left on device"
 
 
-def test_unwritable_storage_path_is_one_clear_error_before_ray_starts(tmp_path: Path, bad_storage: tuple[Path, str]) -> None:
+def test_unwritable_storage_path_is_one_clear_error_before_ray_starts(
+    tmp_path: Path, bad_storage: tuple[Path, str]
+) -> None:
     storage, reason = bad_storage
     proc = subprocess.run(
         [sys.executable, "-m", "sweeps", str(_sweep_file(tmp_path)), "--storage-path", str(storage)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert f"storage_path {storage} cannot be written ({reason})" in proc.stderr
@@ -312,8 +339,15 @@ def test_the_driver_wraps_up_a_sweep_through_a_tracking_server_outage(
 
     monkeypatch.setenv("PCLC_TRACKING_PATIENCE_S", "120")
     tracker = SweepTracker(server.uri)
-    tracker.start_parent(name="outage-wrapup", mode="optimize", headline_metric="robust_acc", objective=[],
-                         experiment_path="/nowhere/outage-wrapup", resolved_config="name: x\n", resume=False)  # fmt: skip
+    tracker.start_parent(
+        name="outage-wrapup",
+        mode="optimize",
+        headline_metric="robust_acc",
+        objective=[],
+        experiment_path="/nowhere/outage-wrapup",
+        resolved_config="name: x\n",
+        resume=False,
+    )
     target = TrackingTarget(server.uri, tracker.experiment_id, tracker.parent_run_id)
     run = TrialRun.open(target, trial_id="t1", params={"seed": 0})
     run.log_epoch({"epoch": 1, "clean_acc": 0.5})

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from pclc import metrics as M
 from pclc.config import make_config
-from pclc.experiment import run_trial
+from pclc.experiment import Silent, run_trial
 from sweeps.cli import main
 from sweeps.finalists import FINALIST, KILL_AFTER_ENV, state_path
 from sweeps.tracking import SweepTracker, TrialRun
@@ -32,10 +32,20 @@ FINALIST_N = M.to_mlflow(M.finalist_key("n_samples"))
 
 # A trial of a few seconds on digits, scored on the same 64 test samples `pclc evaluate --limit 64` uses.
 TRIAL: dict[str, Any] = {
-    "dataset": "digits", "model": "small_cnn", "epochs": 3, "warmup_epochs": 1, "lr": 0.003, "eval_limit": 64,
-    "epoch_eval_samples": 0, "attacks": ["fgsm"], "eps": [0.1, 0.2], "headline_eps": 0.1, "masking_eps": 0.5,
-    "save_weights": True, "threads": 1,
-}  # fmt: skip
+    "dataset": "digits",
+    "model": "small_cnn",
+    "epochs": 3,
+    "warmup_epochs": 1,
+    "lr": 0.003,
+    "eval_limit": 64,
+    "epoch_eval_samples": 0,
+    "attacks": ["fgsm"],
+    "eps": [0.1, 0.2],
+    "headline_eps": 0.1,
+    "masking_eps": 0.5,
+    "save_weights": True,
+    "threads": 1,
+}
 TRIALS = {  # name → changes; `weak` hardly trains, so `strong` is the sweep's best by robust_acc
     "strong": {"seed": 0},
     "weak": {"seed": 1, "loss": "ce", "epochs": 1, "warmup_epochs": 0, "lr": 0.0003},
@@ -49,7 +59,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = {}
     for name, changes in TRIALS.items():
         cfg = make_config({**TRIAL, **changes, "out_dir": str(root / name)})
-        run_trial(cfg, lambda metrics, state: None)
+        run_trial(cfg, Silent())
         out[name] = root / name
     robust = {n: json.loads((p / "metrics.json").read_text())["metrics"]["robust_acc"] for n, p in out.items()}
     assert robust["strong"] > robust["weak"], robust
@@ -63,9 +73,14 @@ def store(tmp_path: Path, trained: dict[str, Path]) -> tuple[str, dict[str, str]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = SweepTracker(uri)
     tracker.start_parent(
-        name=EXPERIMENT, mode="optimize", headline_metric="robust_acc", objective=[{"metric": "robust_acc", "mode": "max"}],
-        experiment_path=str(tmp_path / "ray_results" / EXPERIMENT), resolved_config=f"name: {EXPERIMENT}\n", resume=False,
-    )  # fmt: skip
+        name=EXPERIMENT,
+        mode="optimize",
+        headline_metric="robust_acc",
+        objective=[{"metric": "robust_acc", "mode": "max"}],
+        experiment_path=str(tmp_path / "ray_results" / EXPERIMENT),
+        resolved_config=f"name: {EXPERIMENT}\n",
+        resume=False,
+    )
     ids = {}
     for name, folder in [("strong", trained["strong"]), ("weak", trained["weak"]), ("no_weights", trained["weak"])]:
         payload = json.loads((folder / "metrics.json").read_text())
@@ -92,7 +107,7 @@ def flags(path: Path) -> dict[str, tuple[int, str, str]]:
 @pytest.mark.timeout(240)
 def test_evaluate_logs_finalist_metrics_into_the_same_run_and_changes_nothing_else(
     store: tuple[str, dict[str, str]], capsys: pytest.CaptureFixture[str]
-) -> None:  # fmt: skip
+) -> None:
     uri, ids = store
     client = MlflowClient(uri)
     before = client.get_run(ids["strong"])
@@ -127,7 +142,7 @@ def test_evaluate_logs_finalist_metrics_into_the_same_run_and_changes_nothing_el
 @pytest.mark.timeout(240)
 def test_top_1_picks_the_best_finished_run_of_the_latest_sweep(
     store: tuple[str, dict[str, str]], capsys: pytest.CaptureFixture[str]
-) -> None:  # fmt: skip
+) -> None:
     uri, ids = store
     assert evaluate(uri, "--experiment", EXPERIMENT, "--top", "1", "--eps", "0.1", "0.2", *QUICK) == 0
     client = MlflowClient(uri)
@@ -142,13 +157,24 @@ def test_top_1_picks_the_best_finished_run_of_the_latest_sweep(
 @pytest.mark.timeout(300)
 def test_a_killed_evaluation_resumes_without_rescoring_its_finished_chunks(
     store: tuple[str, dict[str, str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:  # fmt: skip
+) -> None:
     uri, ids = store
     rid = ids["strong"]
     killed_dir, clean_dir, one_shot_dir = tmp_path / "killed", tmp_path / "uninterrupted", tmp_path / "one_shot"
     # 1. a real process, SIGKILLed right after it saved its first chunk (of two)
-    command = [sys.executable, "-m", "sweeps.cli", "evaluate", "--tracking-uri", uri, "--run-id", rid,
-               "--state-dir", str(killed_dir), *QUICK]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "sweeps.cli",
+        "evaluate",
+        "--tracking-uri",
+        uri,
+        "--run-id",
+        rid,
+        "--state-dir",
+        str(killed_dir),
+        *QUICK,
+    ]
     env = {**os.environ, KILL_AFTER_ENV: "1"}
     killed = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=240)
     assert killed.returncode == -9, killed.stderr[-2000:]
@@ -185,7 +211,7 @@ def test_a_killed_evaluation_resumes_without_rescoring_its_finished_chunks(
 @pytest.mark.timeout(240)
 def test_a_run_without_weights_exits_2_naming_it_and_the_other_runs_are_still_scored(
     store: tuple[str, dict[str, str]], capsys: pytest.CaptureFixture[str]
-) -> None:  # fmt: skip
+) -> None:
     uri, ids = store
     assert evaluate(uri, "--run-id", ids["no_weights"], ids["strong"], *QUICK) == 2
     err = capsys.readouterr().err
@@ -199,7 +225,7 @@ def test_a_run_without_weights_exits_2_naming_it_and_the_other_runs_are_still_sc
 @pytest.mark.timeout(120)
 def test_unknown_runs_and_stores_are_one_message_and_exit_2(
     store: tuple[str, dict[str, str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:  # fmt: skip
+) -> None:
     uri, ids = store
     assert evaluate(uri, "--run-id", ids["strong"], "deadbeef") == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -215,7 +241,9 @@ def test_unknown_runs_and_stores_are_one_message_and_exit_2(
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_with_address_each_run_is_one_ray_task(store: tuple[str, dict[str, str]], capsys: pytest.CaptureFixture[str]) -> None:
+def test_with_address_each_run_is_one_ray_task(
+    store: tuple[str, dict[str, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
     uri, ids = store
     assert evaluate(uri, "--address", "local", "--run-id", ids["strong"], ids["weak"], ids["no_weights"], *QUICK) == 2
     captured = capsys.readouterr()
@@ -223,5 +251,7 @@ def test_with_address_each_run_is_one_ray_task(store: tuple[str, dict[str, str]]
     client = MlflowClient(uri)
     for name in ("strong", "weak"):
         run = client.get_run(ids[name])
-        assert run.info.status == "FINISHED" and run.data.tags.get(FINALIST) == "1" and run.data.metrics[FINALIST_N] == 64
+        assert (
+            run.info.status == "FINISHED" and run.data.tags.get(FINALIST) == "1" and run.data.metrics[FINALIST_N] == 64
+        )
         assert ids[name] in captured.out

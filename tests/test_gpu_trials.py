@@ -26,10 +26,16 @@ def test_auto_means_cpu_for_a_trial_given_no_gpu() -> None:
     assert trial_device("cuda", gpu_ids=["1"]) == "cuda" and trial_device("cpu", gpu_ids=["0"]) == "cpu"
 
 
-@pytest.mark.parametrize(("epochs", "grace", "factor"), [(40, 5, 2.0), (120, 10, 3.0), (4, 1, 2.0), (12, 3, 1.5), (3, 2, 2.0)])
+@pytest.mark.parametrize(
+    ("epochs", "grace", "factor"), [(40, 5, 2.0), (120, 10, 3.0), (4, 1, 2.0), (12, 3, 1.5), (3, 2, 2.0)]
+)
 def test_rung_epochs_are_the_epochs_ray_asha_decides_at(tmp_path: Path, epochs: int, grace: int, factor: float) -> None:
-    cfg = tiny_optimize("rungs", tmp_path, trial={"epochs": epochs, "warmup_epochs": 1},
-                        scheduler={"type": "asha", "grace_period": grace, "reduction_factor": factor})  # fmt: skip
+    cfg = tiny_optimize(
+        "rungs",
+        tmp_path,
+        trial={"epochs": epochs, "warmup_epochs": 1},
+        scheduler={"type": "asha", "grace_period": grace, "reduction_factor": factor},
+    )
     bracket = build_scheduler(cfg)._brackets[0]  # type: ignore[union-attr]
     # A trial is recorded at a rung by the first epoch that reaches the rung's milestone.
     assert rung_epochs(cfg) == tuple(sorted(math.ceil(milestone) for milestone, _ in bracket._rungs))
@@ -50,8 +56,15 @@ def ray_with_a_gpu() -> Iterator[None]:
 def test_a_trial_given_a_gpu_it_cannot_use_fails_at_once_naming_driver_and_cuda(
     ray_with_a_gpu: None, tmp_path: Path
 ) -> None:
-    cfg = tiny_optimize("no_cuda", tmp_path, num_trials=1, max_concurrent=1, max_retries=0,
-                        resources={"cpu": 1, "gpu": 0.5}, trial={"epochs": 50})  # fmt: skip
+    cfg = tiny_optimize(
+        "no_cuda",
+        tmp_path,
+        num_trials=1,
+        max_concurrent=1,
+        max_retries=0,
+        resources={"cpu": 1, "gpu": 0.5},
+        trial={"epochs": 50},
+    )
     started = time.monotonic()
     result = run_sweep(cfg, out=io.StringIO())
     assert time.monotonic() - started < 240  # 50 epochs on the CPU would take far longer

@@ -15,9 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
-
 from machine import ensure_debian_packages, free_ports, listening_addresses
+from mlflow.tracking import MlflowClient
 
 from sweeps.tracking import experiment_ui_path
 
@@ -25,8 +24,15 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 def pclc(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -50,8 +56,18 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @contextlib.contextmanager
 def mlflow_ui(store: Path, log: Path) -> Iterator[str]:
     (port,) = free_ports(1)
-    cmd = [str(BIN / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{store}", "--host", "127.0.0.1",
-           "--port", str(port), "--workers", "1"]  # fmt: skip
+    cmd = [
+        str(BIN / "mlflow"),
+        "ui",
+        "--backend-store-uri",
+        f"sqlite:///{store}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     with log.open("wb") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, cwd=store.parent)
     try:

@@ -18,8 +18,12 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.timeout(900)
 def test_six_kill_points_all_survive(tmp_path: Path) -> None:
     out = tmp_path / "kill.json"
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/kill_points.py"), "--smoke-test", "--json", str(out)],
-                          capture_output=True, text=True, timeout=880)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/kill_points.py"), "--smoke-test", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=880,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["total"] >= 6 and result["survived"] == result["total"], proc.stdout

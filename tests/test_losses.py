@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from pclc.losses import LOSSES, LogitConstraint, PCLCLoss, PCLoss, build_loss
+from pclc.losses import IGNORED_BY_LOSS, KNOBS, LOSSES, LogitConstraint, PCLCLoss, PCLoss, build_loss
 
 
 def np_softmax(z: np.ndarray) -> np.ndarray:
@@ -196,6 +196,17 @@ def test_registry_names_and_builders() -> None:
     assert isinstance(pc, PCLoss) and pc.margin == 0.9
     pclc = build_loss("pclc", margin=0.9, lc_weight=0.1)
     assert isinstance(pclc, PCLCLoss) and (pclc.margin, pclc.lc_weight) == (0.9, 0.1)
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_every_loss_names_its_knobs_and_ignores_the_rest(name: str) -> None:
+    used = LOSSES.info(name)
+    assert set(used) <= set(KNOBS) and IGNORED_BY_LOSS[name] == set(KNOBS) - set(used)
+    logits, target = torch.randn(6, 5, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 3, 4, 0])
+    base = build_loss(name, margin=0.9, lc_weight=0.1)(logits, target)
+    for knob in IGNORED_BY_LOSS[name]:  # a knob the loss ignores changes nothing
+        changed = build_loss(name, **{"margin": 0.9, "lc_weight": 0.1, knob: {"margin": 0.5, "lc_weight": 0.7}[knob]})
+        assert torch.equal(changed(logits, target), base)
 
 
 def test_build_loss_keeps_the_paper_defaults_for_none() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -53,9 +53,17 @@ def test_gradient_reaches_the_input(name: str) -> None:
 
 @pytest.mark.parametrize(
     ("name", "shape"),
-    [("small_cnn", (1, 28, 28)), ("small_cnn", (3, 9, 7)), ("lenet5", (1, 32, 32)), ("lenet5", (3, 32, 32)),
-     ("cnn3", (3, 32, 32)), ("vgg11", (3, 64, 64)), ("resnet20", (1, 28, 28)),
-     ("vgg13", (3, 64, 64)), ("resnet20", (3, 64, 64))],  # Tiny ImageNet's 64×64
+    [
+        ("small_cnn", (1, 28, 28)),
+        ("small_cnn", (3, 9, 7)),
+        ("lenet5", (1, 32, 32)),
+        ("lenet5", (3, 32, 32)),
+        ("cnn3", (3, 32, 32)),
+        ("vgg11", (3, 64, 64)),
+        ("resnet20", (1, 28, 28)),
+        ("vgg13", (3, 64, 64)),
+        ("resnet20", (3, 64, 64)),
+    ],  # Tiny ImageNet's 64×64
 )
 def test_other_input_shapes(name: str, shape: tuple[int, int, int]) -> None:
     model = create_model(name, input_shape=shape, num_classes=4).eval()

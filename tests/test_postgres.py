@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 from postgres import HeadMlflow, psycopg2_missing, throwaway_postgres
-from sweep_util import assert_mlflow_holds_every_report, final_metric_names, notes, runs, tiny_optimize, write_like_a_trial
+from sweep_util import (
+    assert_mlflow_holds_every_report,
+    final_metric_names,
+    notes,
+    runs,
+    tiny_optimize,
+    write_like_a_trial,
+)
 
 from sweeps.tracking import SweepTracker
 
@@ -33,15 +40,25 @@ def test_32_writers_through_start_mlflow_on_postgresql_survive_a_restart(
     with throwaway_postgres(home) as pg, HeadMlflow(home, pg.uri, workers=1).running() as server:
         assert ":" not in pg.uri.split("@")[0].removeprefix("postgresql://")  # no password in the URI
         tracker = SweepTracker(server.uri)
-        tracker.start_parent(name="pg", mode="optimize", headline_metric="robust_acc", objective=[],
-                             experiment_path=str(tmp_path / "pg"), resolved_config="name: pg\n", resume=False)  # fmt: skip
+        tracker.start_parent(
+            name="pg",
+            mode="optimize",
+            headline_metric="robust_acc",
+            objective=[],
+            experiment_path=str(tmp_path / "pg"),
+            resolved_config="name: pg\n",
+            resume=False,
+        )
         names = final_metric_names(trial)
         fork = multiprocessing.get_context("fork")
         writers = [
-            fork.Process(target=write_like_a_trial, args=(tracker.target, f"t{i:02d}", {**trial.to_dict(), "seed": i}, names),
-                         kwargs={"epochs": EPOCHS, "notes_dir": str(notes_dir), "pause_s": 1.0})
+            fork.Process(
+                target=write_like_a_trial,
+                args=(tracker.target, f"t{i:02d}", {**trial.to_dict(), "seed": i}, names),
+                kwargs={"epochs": EPOCHS, "notes_dir": str(notes_dir), "pause_s": 1.0},
+            )
             for i in range(WRITERS)
-        ]  # fmt: skip
+        ]
         for w in writers:
             w.start()
 

@@ -24,8 +24,17 @@ from sweeps.preparation import (
     write_cache,
 )
 
-SMALL = {"model": "small_cnn", "epochs": 2, "warmup_epochs": 1, "attacks": ["fgsm", "transfer"], "eps": [0.1],
-         "headline_eps": 0.1, "substitute_epochs": 1, "train_limit": 120, "device": "cpu"}  # fmt: skip
+SMALL = {
+    "model": "small_cnn",
+    "epochs": 2,
+    "warmup_epochs": 1,
+    "attacks": ["fgsm", "transfer"],
+    "eps": [0.1],
+    "headline_eps": 0.1,
+    "substitute_epochs": 1,
+    "train_limit": 120,
+    "device": "cpu",
+}
 
 
 def uint8_npz(folder: Path) -> str:
@@ -55,16 +64,34 @@ def test_the_key_holds_exactly_what_decides_the_preparation() -> None:
         return preparation_key(base.model_copy(update=update)) != key
 
     # the data, its subset and everything the substitute's training reads
-    for update in [{"dataset": "mnist"}, {"data_root": "/elsewhere"}, {"train_limit": 100},
-                   {"substitute_epochs": 3}, {"substitute_seed": 7},
-                   {"substitute_model": "lenet5"}, {"lr": 0.01}, {"weight_decay": 1e-4}, {"batch_size": 32},
-                   {"augment": True}, {"attacks": ["fgsm"]}]:  # fmt: skip
+    for update in [
+        {"dataset": "mnist"},
+        {"data_root": "/elsewhere"},
+        {"train_limit": 100},
+        {"substitute_epochs": 3},
+        {"substitute_seed": 7},
+        {"substitute_model": "lenet5"},
+        {"lr": 0.01},
+        {"weight_decay": 1e-4},
+        {"batch_size": 32},
+        {"augment": True},
+        {"attacks": ["fgsm"]},
+    ]:
         assert changed(**update), update
     assert preparation_key(base, gpu=0.5) != key  # trained on a GPU: other weights
     # what only the trials read: the loss and its knobs, the trial seed, the attacks' settings, outputs
-    for update in [{"margin": 0.9}, {"lc_weight": 0.5}, {"loss": "ce"}, {"seed": 5}, {"eps": [0.1, 0.2]},
-                   {"attack_steps": 3}, {"eval_limit": 64}, {"out_dir": "/tmp/x"}, {"epochs": 5},
-                   {"download": True}]:  # fmt: skip
+    for update in [
+        {"margin": 0.9},
+        {"lc_weight": 0.5},
+        {"loss": "ce"},
+        {"seed": 5},
+        {"eps": [0.1, 0.2]},
+        {"attack_steps": 3},
+        {"eval_limit": 64},
+        {"out_dir": "/tmp/x"},
+        {"epochs": 5},
+        {"download": True},
+    ]:
         assert not changed(**update), update
     # without a transfer attack there is no substitute: its model and optimiser no longer matter
     plain = make_config({**SMALL, "attacks": ["fgsm"]})
@@ -77,7 +104,10 @@ def test_cache_files_live_under_cache_dir_else_a_local_storage_root(tmp_path: Pa
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     assert cache_file(cfg, key, storage_root=str(tmp_path)) == tmp_path / "pclc_prepared" / f"digits-{digest}.pt"
     in_cache_dir = cfg.model_copy(update={"cache_dir": str(tmp_path / "cache")})
-    assert cache_file(in_cache_dir, key, storage_root="s3://b/x") == tmp_path / "cache" / "prepared" / f"digits-{digest}.pt"
+    assert (
+        cache_file(in_cache_dir, key, storage_root="s3://b/x")
+        == tmp_path / "cache" / "prepared" / f"digits-{digest}.pt"
+    )
     assert cache_file(cfg, key, storage_root="s3://bucket/x") is None
     other = preparation_key(cfg.model_copy(update={"train_limit": 60}))
     assert cache_file(cfg, other, storage_root=str(tmp_path)) != cache_file(cfg, key, storage_root=str(tmp_path))

@@ -34,7 +34,9 @@ def test_every_torch_load_in_the_code_uses_weights_only() -> None:
     assert calls, "expected pclc.train.load_checkpoint to call torch.load"
     unsafe = [f"{p.relative_to(ROOT)}: {m[0]}" for p, m in calls if "weights_only=True" not in m[1]]
     assert not unsafe
-    pickles = [f"{p.relative_to(ROOT)}" for p in SOURCES if re.search(r"\bpickle\.loads?\(|allow_pickle=True", p.read_text())]
+    pickles = [
+        f"{p.relative_to(ROOT)}" for p in SOURCES if re.search(r"\bpickle\.loads?\(|allow_pickle=True", p.read_text())
+    ]
     assert not pickles
 
 
@@ -93,7 +95,10 @@ def test_a_python_tag_in_a_train_config_or_override_is_refused_unexecuted(
     assert "is not valid YAML" in err and "python/object/apply:os.system" in err
     assert main(["train", "--set", f'loss=!!python/object/apply:os.system ["touch {marker}"]']) == 2
     assert "--set loss: cannot read value" in capsys.readouterr().err
-    assert main(["sweep", str(QUICKSTART), "--set", f'description=!!python/object/apply:os.system ["touch {marker}"]']) == 2
+    assert (
+        main(["sweep", str(QUICKSTART), "--set", f'description=!!python/object/apply:os.system ["touch {marker}"]'])
+        == 2
+    )
     assert "--set description: cannot read value" in capsys.readouterr().err
     assert not marker.exists()
 
@@ -137,11 +142,32 @@ def test_train_sweep_and_analyze_write_only_into_their_folders(tmp_path: Path) -
 
 def _run_and_check(cwd: Path, home: Path, tmp: Path) -> None:
     env = {**os.environ, "HOME": str(home), "TMPDIR": str(tmp), "PYTHONDONTWRITEBYTECODE": "1"}
-    for var in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "MPLCONFIGDIR", "TORCH_HOME", "MLFLOW_TRACKING_URI"):
+    for var in (
+        "XDG_CACHE_HOME",
+        "XDG_CONFIG_HOME",
+        "XDG_DATA_HOME",
+        "MPLCONFIGDIR",
+        "TORCH_HOME",
+        "MLFLOW_TRACKING_URI",
+    ):
         env.pop(var, None)
     py = [sys.executable, "-m", "sweeps.cli"]
-    fast = ["--set", "epochs=1", "--set", "warmup_epochs=0", "--set", "eval_limit=32", "--set", "attack_steps=1",
-            "--set", "attacks=[fgsm]", "--set", "epoch_eval_samples=0", "--set", "train_limit=128"]  # fmt: skip
+    fast = [
+        "--set",
+        "epochs=1",
+        "--set",
+        "warmup_epochs=0",
+        "--set",
+        "eval_limit=32",
+        "--set",
+        "attack_steps=1",
+        "--set",
+        "attacks=[fgsm]",
+        "--set",
+        "epoch_eval_samples=0",
+        "--set",
+        "train_limit=128",
+    ]
     for argv in (
         ["train", "--quiet", *fast],
         ["sweep", str(QUICKSTART), "--smoke-test"],

@@ -16,8 +16,13 @@ QUICKSTART = Path(__file__).parents[1] / "sweeps/configs/quickstart.yaml"
 
 @pytest.mark.slow
 def test_quickstart_smoke_test_runs_from_the_command_line(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "sweeps", str(QUICKSTART), "--smoke-test"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "sweeps", str(QUICKSTART), "--smoke-test"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     assert "sweep quickstart-smoke: 2 trials: 2 finished, 0 failed" in out

@@ -35,8 +35,13 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path: Path) -> None:
         cli_cfg = tiny_optimize("cluster_cli", tmp_path, num_trials=2, trial={"epochs": 2})
         sweep_file = tmp_path / "cluster_cli.yaml"
         sweep_file.write_text(yaml.safe_dump(cli_cfg.model_dump(mode="json")))
-        proc = subprocess.run([sys.executable, "-m", "sweeps", str(sweep_file), "--address", cluster.address],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", "sweeps", str(sweep_file), "--address", cluster.address],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
         assert "2 trials: 2 finished" in proc.stdout
         assert "Started a local Ray instance" not in proc.stdout + proc.stderr

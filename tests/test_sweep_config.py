@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from pclc.attacks import CLASSIC
 from pclc.config import TrialConfig
 from sweeps.config import (
     SEARCHABLE,
@@ -24,8 +25,15 @@ SHIPPED = shipped_configs()
 
 def test_the_expected_files_are_shipped() -> None:
     names = {p.stem for p in SHIPPED}
-    assert {"quickstart", "ablation_digits", "mnist_lenet5", "fashion_mnist_cnn3", "cifar10_vgg13",
-            "cifar10_resnet20", "tiny_imagenet_vgg13"} <= names  # fmt: skip
+    assert {
+        "quickstart",
+        "ablation_digits",
+        "mnist_lenet5",
+        "fashion_mnist_cnn3",
+        "cifar10_vgg13",
+        "cifar10_resnet20",
+        "tiny_imagenet_vgg13",
+    } <= names
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
@@ -38,8 +46,9 @@ def test_shipped_file_validates(path: Path) -> None:
     assert again == cfg
 
 
-@pytest.mark.parametrize("path", [p for p in SHIPPED if p.stem not in ("quickstart", "ablation_digits")],
-                         ids=lambda p: p.stem)  # fmt: skip
+@pytest.mark.parametrize(
+    "path", [p for p in SHIPPED if p.stem not in ("quickstart", "ablation_digits")], ids=lambda p: p.stem
+)
 def test_paper_scale_files_use_gpus_and_start_from_the_authors_defaults(path: Path) -> None:
     cfg = load_sweep(path)
     assert 0 < cfg.resources.gpu <= 1
@@ -57,13 +66,12 @@ def test_data_root_comes_from_an_environment_variable(monkeypatch: pytest.Monkey
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_shipped_files_score_with_autoattack_and_the_classic_attacks(path: Path) -> None:
-    from pclc import metrics as M
 
     trial = load_sweep(path).trial
     assert "autoattack" in trial.attacks and trial.headline_eps in (trial.aa_eps or [trial.headline_eps])
     assert {"fgsm", "pgd_ce", "pgd_cw", "mim", "transfer"} <= set(trial.attacks)  # the paper's protocol stays
     assert trial.save_weights  # `pclc evaluate` can re-score the finalists
-    assert set(trial.attacks) & set(M.CLASSIC) and trial.aa_limit is not None
+    assert set(trial.attacks) & set(CLASSIC) and trial.aa_limit is not None
 
 
 def test_quickstart_is_small_and_cpu_only() -> None:
@@ -114,8 +122,15 @@ def _optimize(**changes: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "name": "t",
         "mode": "optimize",
-        "trial": {"dataset": "digits", "model": "small_cnn", "epochs": 4, "warmup_epochs": 1,
-                  "attacks": ["fgsm", "pgd_ce", "apgd_ce"], "eps": [0.1, 0.2], "headline_eps": 0.1},  # fmt: skip
+        "trial": {
+            "dataset": "digits",
+            "model": "small_cnn",
+            "epochs": 4,
+            "warmup_epochs": 1,
+            "attacks": ["fgsm", "pgd_ce", "apgd_ce"],
+            "eps": [0.1, 0.2],
+            "headline_eps": 0.1,
+        },
         "objective": [{"metric": "robust_acc", "mode": "max"}],
         "space": {
             "margin": {"type": "uniform", "low": 0.9, "high": 0.999},
@@ -165,48 +180,100 @@ BAD: list[tuple[str, dict[str, Any], list[str]]] = [
     ("bad name", _optimize(name="a/b"), ["name", "'a/b'", "letters, digits"]),
     ("missing name", _drop(_optimize(), "name"), ["name", "required"]),
     ("trial margin above 1", _optimize(trial={"margin": 1.5}), ["trial.margin", "1.5", "less than or equal to 1"]),
-    ("negative lc_weight", _optimize(trial={"lc_weight": -0.1}), ["trial.lc_weight", "-0.1", "greater than or equal to 0"]),
+    (
+        "negative lc_weight",
+        _optimize(trial={"lc_weight": -0.1}),
+        ["trial.lc_weight", "-0.1", "greater than or equal to 0"],
+    ),
     ("unknown trial key", _optimize(trial={"epoch": 3}), ["trial.epoch", "unknown key", "epochs", "margin"]),
     ("eps out of pixel range", _optimize(trial={"eps": [0.1, 2.0]}), ["trial.eps", "2.0", "(0, 1]"]),
     ("unknown attack", _optimize(trial={"attacks": ["fgsm", "cw"]}), ["trial.attacks", "cw", "pgd_ce"]),
     ("unknown dataset", _optimize(trial={"dataset": "mnist2"}), ["trial.dataset", "mnist2", "fashion_mnist"]),
     ("unknown model", _optimize(trial={"model": "vgg99"}), ["trial.model", "vgg99", "lenet5"]),
-    ("space type", _optimize(space={"margin": {"type": "normal", "low": 0, "high": 1}}),
-     ["space.margin.type", "normal", "uniform", "loguniform", "int", "choice"]),
-    ("space bounds swapped", _optimize(space={"margin": {"type": "uniform", "low": 0.99, "high": 0.9}}),
-     ["space.margin", "low 0.99 must be below high 0.9"]),
-    ("space beyond the field's range", _optimize(space={"margin": {"type": "uniform", "low": 0.5, "high": 1.2}}),
-     ["space", "margin=1.2", "margin", "less than or equal to 1"]),
-    ("loguniform at zero", _optimize(space={"lc_weight": {"type": "loguniform", "low": 0.0, "high": 0.5}}),
-     ["space.lc_weight", "loguniform needs low > 0"]),
+    (
+        "space type",
+        _optimize(space={"margin": {"type": "normal", "low": 0, "high": 1}}),
+        ["space.margin.type", "normal", "uniform", "loguniform", "int", "choice"],
+    ),
+    (
+        "space bounds swapped",
+        _optimize(space={"margin": {"type": "uniform", "low": 0.99, "high": 0.9}}),
+        ["space.margin", "low 0.99 must be below high 0.9"],
+    ),
+    (
+        "space beyond the field's range",
+        _optimize(space={"margin": {"type": "uniform", "low": 0.5, "high": 1.2}}),
+        ["space", "margin=1.2", "margin", "less than or equal to 1"],
+    ),
+    (
+        "loguniform at zero",
+        _optimize(space={"lc_weight": {"type": "loguniform", "low": 0.0, "high": 0.5}}),
+        ["space.lc_weight", "loguniform needs low > 0"],
+    ),
     ("choice without values", _optimize(space={"loss": {"type": "choice"}}), ["space.loss", "values"]),
-    ("choice with a bad value", _optimize(space={"loss": {"type": "choice", "values": ["pc", "hinge"]}}),
-     ["loss='hinge'", "loss", "'ce', 'pc', 'pclc' or 'lc'"]),
-    ("warm-up longer than training", _optimize(space={"warmup_epochs": {"type": "int", "low": 0, "high": 9}}),
-     ["warmup_epochs=9", "warmup_epochs 9 exceeds epochs 4"]),
-    ("space over a fixed field", _optimize(space={"model": {"type": "choice", "values": ["lenet5"]}}),
-     ["space.model", "not searchable", "searchable: " + ", ".join(SEARCHABLE)]),
-    ("unknown space key", _optimize(space={"margin": {"type": "uniform", "low": 0.9, "high": 0.99, "step": 2}}),
-     ["space.margin.step", "unknown key", "low", "high", "values"]),
+    (
+        "choice with a bad value",
+        _optimize(space={"loss": {"type": "choice", "values": ["pc", "hinge"]}}),
+        ["loss='hinge'", "loss", "choose one of: ce, lc, pc, pclc"],
+    ),
+    (
+        "warm-up longer than training",
+        _optimize(space={"warmup_epochs": {"type": "int", "low": 0, "high": 9}}),
+        ["warmup_epochs=9", "warmup_epochs 9 exceeds epochs 4"],
+    ),
+    (
+        "space over a fixed field",
+        _optimize(space={"model": {"type": "choice", "values": ["lenet5"]}}),
+        ["space.model", "not searchable", "searchable: " + ", ".join(SEARCHABLE)],
+    ),
+    (
+        "unknown space key",
+        _optimize(space={"margin": {"type": "uniform", "low": 0.9, "high": 0.99, "step": 2}}),
+        ["space.margin.step", "unknown key", "low", "high", "values"],
+    ),
     ("optimize without space", {**_optimize(), "space": {}}, ["space", "at least one parameter", "searchable"]),
     ("optimize without num_trials", _drop(_optimize(), "num_trials"), ["num_trials", "missing"]),
     ("num_trials zero", _optimize(num_trials=0), ["num_trials", "0", "greater than or equal to 1"]),
-    ("initial point outside the space", _optimize(initial_points=[{"margin": 0.5}]),
-     ["initial_points[0].margin", "0.5", "uniform in [0.9, 0.999]"]),
-    ("initial point not in the space", _optimize(initial_points=[{"lr": 0.1}]),
-     ["initial_points[0].lr", "not in `space`", "allowed: lc_weight, margin"]),
-    ("objective not measured", _optimize(objective="robust_acc/bim/eps=0.1"),
-     ["objective[0].metric", "robust_acc/bim/eps=0.1", "allowed:", "robust_acc/pgd_ce/eps=0.1"]),
-    ("objective on classic attacks alone", _optimize(trial={"attacks": ["fgsm", "pgd_ce"]}),
-     ["objective[0].metric", "'robust_acc'", "AutoAttack-grade", "autoattack", "trial.attacks"]),
-    ("objective on a classic attack", _optimize(objective="robust_acc/pgd_ce/eps=0.1"),
-     ["objective[0].metric", "robust_acc/pgd_ce/eps=0.1", "classic attacks", "AutoAttack-grade"]),
-    ("objective on the classic claim", _optimize(objective="robust_acc_classic"),
-     ["objective[0].metric", "robust_acc_classic", "classic attacks alone"]),
-    ("objective where AutoAttack did not run", _optimize(objective="robust_acc/worst/eps=0.2"),
-     ["objective[0].metric", "robust_acc/worst/eps=0.2", "no AutoAttack-grade attack runs at eps=0.2", "aa_eps"]),
-    ("objective mode", _optimize(objective=[{"metric": "robust_acc", "mode": "up"}]),
-     ["objective.0.mode", "'up'", "'max' or 'min'"]),
+    (
+        "initial point outside the space",
+        _optimize(initial_points=[{"margin": 0.5}]),
+        ["initial_points[0].margin", "0.5", "uniform in [0.9, 0.999]"],
+    ),
+    (
+        "initial point not in the space",
+        _optimize(initial_points=[{"lr": 0.1}]),
+        ["initial_points[0].lr", "not in `space`", "allowed: lc_weight, margin"],
+    ),
+    (
+        "objective not measured",
+        _optimize(objective="robust_acc/bim/eps=0.1"),
+        ["objective[0].metric", "robust_acc/bim/eps=0.1", "allowed:", "robust_acc/pgd_ce/eps=0.1"],
+    ),
+    (
+        "objective on classic attacks alone",
+        _optimize(trial={"attacks": ["fgsm", "pgd_ce"]}),
+        ["objective[0].metric", "'robust_acc'", "AutoAttack-grade", "autoattack", "trial.attacks"],
+    ),
+    (
+        "objective on a classic attack",
+        _optimize(objective="robust_acc/pgd_ce/eps=0.1"),
+        ["objective[0].metric", "robust_acc/pgd_ce/eps=0.1", "classic attacks", "AutoAttack-grade"],
+    ),
+    (
+        "objective on the classic claim",
+        _optimize(objective="robust_acc_classic"),
+        ["objective[0].metric", "robust_acc_classic", "classic attacks alone"],
+    ),
+    (
+        "objective where AutoAttack did not run",
+        _optimize(objective="robust_acc/worst/eps=0.2"),
+        ["objective[0].metric", "robust_acc/worst/eps=0.2", "no AutoAttack-grade attack runs at eps=0.2", "aa_eps"],
+    ),
+    (
+        "objective mode",
+        _optimize(objective=[{"metric": "robust_acc", "mode": "up"}]),
+        ["objective.0.mode", "'up'", "'max' or 'min'"],
+    ),
     ("negative gpu", _optimize(resources={"gpu": -1}), ["resources.gpu", "-1", "greater than or equal to 0"]),
     ("gpu fraction above one", _optimize(resources={"gpu": 1.5}), ["resources.gpu", "1.5", "whole GPUs"]),
     ("zero cpu", _optimize(resources={"cpu": 0}), ["resources.cpu", "0", "greater than 0"]),
@@ -214,23 +281,44 @@ BAD: list[tuple[str, dict[str, Any], list[str]]] = [
     ("max_concurrent zero", _optimize(max_concurrent=0), ["max_concurrent", "greater than or equal to 1"]),
     ("negative retries", _optimize(max_retries=-1), ["max_retries", "-1", "greater than or equal to 0"]),
     ("unknown scheduler", _optimize(scheduler="hyperband"), ["scheduler.type", "hyperband", "'none' or 'asha'"]),
-    ("asha on a final metric", _optimize(scheduler={"type": "asha", "metric": "robust_acc"}),
-     ["scheduler.metric", "robust_acc", "epoch_robust_acc", "clean_acc", "train_loss"]),
-    ("asha grace beyond epochs", _optimize(scheduler={"type": "asha", "grace_period": 4}),
-     ["scheduler.grace_period", "4", "below trial.epochs"]),
-    ("asha without the per-epoch PGD", _optimize(scheduler={"type": "asha"}, trial={"epoch_eval_samples": 0}),
-     ["scheduler.metric", "epoch_eval_samples > 0"]),
+    (
+        "asha on a final metric",
+        _optimize(scheduler={"type": "asha", "metric": "robust_acc"}),
+        ["scheduler.metric", "robust_acc", "epoch_robust_acc", "clean_acc", "train_loss"],
+    ),
+    (
+        "asha grace beyond epochs",
+        _optimize(scheduler={"type": "asha", "grace_period": 4}),
+        ["scheduler.grace_period", "4", "below trial.epochs"],
+    ),
+    (
+        "asha without the per-epoch PGD",
+        _optimize(scheduler={"type": "asha"}, trial={"epoch_eval_samples": 0}),
+        ["scheduler.metric", "epoch_eval_samples > 0"],
+    ),
     ("file store", _optimize(tracking_uri="file:///tmp/mlruns"), ["tracking_uri", "file:///tmp/mlruns", "sqlite:///"]),
-    ("unset environment variable", _optimize(trial={"data_root": "${PCLC_NOT_SET_ANYWHERE}/x"}),
-     ["trial.data_root", "PCLC_NOT_SET_ANYWHERE", "not set"]),
+    (
+        "unset environment variable",
+        _optimize(trial={"data_root": "${PCLC_NOT_SET_ANYWHERE}/x"}),
+        ["trial.data_root", "PCLC_NOT_SET_ANYWHERE", "not set"],
+    ),
     ("ablation without variants", _ablation(variants=[]), ["variants", "at least one variant"]),
     ("ablation variant without loss", _ablation(variants=[{"margin": 0.9}]), ["variants[0]", "needs `loss`"]),
-    ("ablation variant over a fixed field", _ablation(variants=[{"loss": "pc", "eps": [0.1]}]),
-     ["variants[0].eps", "not variable", "margin"]),
-    ("ablation variant with a bad value", _ablation(variants=[{"loss": "pc", "margin": [0.9, 0]}]),
-     ["variants (pc)", "margin=0", "greater than 0"]),
-    ("ablation with a space", _ablation(space={"margin": {"type": "uniform", "low": 0.9, "high": 0.99}}),
-     ["space", "only for mode optimize"]),
+    (
+        "ablation variant over a fixed field",
+        _ablation(variants=[{"loss": "pc", "eps": [0.1]}]),
+        ["variants[0].eps", "not variable", "margin"],
+    ),
+    (
+        "ablation variant with a bad value",
+        _ablation(variants=[{"loss": "pc", "margin": [0.9, 0]}]),
+        ["variants (pc)", "margin=0", "greater than 0"],
+    ),
+    (
+        "ablation with a space",
+        _ablation(space={"margin": {"type": "uniform", "low": 0.9, "high": 0.99}}),
+        ["space", "only for mode optimize"],
+    ),
     ("ablation with asha", _ablation(scheduler="asha"), ["scheduler.type", "'asha'", "use none"]),
     ("ablation trial count", _ablation(num_trials=5), ["num_trials = 5", "grid has 6 trials"]),
     ("ablation duplicate seeds", _ablation(seeds=[1, 1]), ["seeds", "[1, 1]", "distinct"]),
@@ -275,6 +363,12 @@ def test_tiny_imagenet_follows_the_authors_notebook() -> None:
     assert (trial.dataset, trial.model, trial.headline_eps) == ("tiny_imagenet", "vgg13", 0.015)
     assert trial.eps == trial.aa_eps == [0.005, 0.01, 0.015]
     assert (trial.optimizer, trial.lr, trial.batch_size, trial.schedule, trial.milestones, trial.gamma) == (
-        "adam", 0.01, 256, "step", [50, 100], 0.2)  # fmt: skip
+        "adam",
+        0.01,
+        256,
+        "step",
+        [50, 100],
+        0.2,
+    )
     assert (trial.warmup_epochs, trial.epochs, trial.reset_optimizer) == (150, 300, True)  # 150 CE, then 150 PC-LC
     assert (trial.attack_steps, trial.step_scale) == (10, 1.0)  # 10 steps of eps/10 (step = step_scale · eps / steps)

@@ -12,15 +12,21 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pclc.config import TrialConfig
-from sweeps.tracking import SweepTracker, TrialRun, failure_reason, param_value
+from pclc.contract import param_value
+from sweeps.tracking import SweepTracker, TrialRun, failure_reason
 
 
 def _tracker(tmp_path: Path) -> SweepTracker:
     tracker = SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     tracker.start_parent(
-        name="unit", mode="optimize", headline_metric="robust_acc", objective=[{"metric": "robust_acc", "mode": "max"}],
-        experiment_path=str(tmp_path / "ray_results/unit"), resolved_config="name: unit\n", resume=False,
-    )  # fmt: skip
+        name="unit",
+        mode="optimize",
+        headline_metric="robust_acc",
+        objective=[{"metric": "robust_acc", "mode": "max"}],
+        experiment_path=str(tmp_path / "ray_results/unit"),
+        resolved_config="name: unit\n",
+        resume=False,
+    )
     return tracker
 
 
@@ -36,7 +42,7 @@ def test_a_retried_trial_reopens_its_run_and_logs_no_epoch_twice(tmp_path: Path)
     assert second.run_id == first.run_id and second.reopened
     for epoch in (2, 3):  # epoch 2 again: the checkpoint was older than the last logged epoch
         second.log_epoch({"epoch": epoch, "train_loss": 1.0 / epoch})
-    second.log_final({"epoch": 3, "train_loss": 1 / 3, "robust_acc": 0.5, "done": 1.0}, {"metrics": {}}, None)
+    second.log_final({"epoch": 3, "train_loss": 1 / 3, "robust_acc": 0.5}, {"metrics": {}}, None)
 
     client = MlflowClient(tracker.tracking_uri)
     run = client.get_run(first.run_id)
@@ -44,7 +50,7 @@ def test_a_retried_trial_reopens_its_run_and_logs_no_epoch_twice(tmp_path: Path)
     assert run.data.tags["pclc.attempts"] == "2"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch")] == [1, 2, 3]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3]
-    assert "done" not in run.data.metrics and run.data.metrics["robust_acc"] == 0.5
+    assert run.data.metrics["robust_acc"] == 0.5
     assert len(tracker.child_runs()) == 1
     # a third attempt after the run finished only reads the final metrics back
     third = TrialRun.open(tracker.target, trial_id="t1", params=params)
@@ -58,7 +64,9 @@ def test_reconcile_leaves_one_closed_run_per_trial(tmp_path: Path) -> None:
     params = TrialConfig().to_dict()
     TrialRun.open(tracker.target, trial_id="kept", params=params).log_epoch({"epoch": 1})
     TrialRun.open(tracker.target, trial_id="orphan", params=params)  # Tune lost it: the driver died
-    counts = tracker.reconcile({"kept": TrialOutcome(), "never_started": TrialOutcome(error="ValueError: bad", params=params)})
+    counts = tracker.reconcile(
+        {"kept": TrialOutcome(), "never_started": TrialOutcome(error="ValueError: bad", params=params)}
+    )
     runs = {r.data.tags["pclc.trial_id"]: r for r in tracker.child_runs()}
     assert set(runs) == {"kept", "never_started"} and counts["orphans_deleted"] == 1
     assert runs["kept"].info.status == "KILLED"  # ended without its final evaluation
@@ -93,7 +101,7 @@ def test_a_locked_sqlite_store_is_waited_out_not_lost(tmp_path: Path) -> None:
 def test_failure_reason_is_the_exception_line_of_a_traceback() -> None:
     tb = 'Traceback (most recent call last):\n  File "x.py", line 1, in f\n    raise X\nNonFiniteLossError: loss is nan\n'
     assert failure_reason(tb) == "NonFiniteLossError: loss is nan"
-    ray_text = "ray::ImplicitFunc.train() (pid=1, ip=10.0.0.1)\n  File \"t.py\", line 3\nRuntimeError: injected\n"
+    ray_text = 'ray::ImplicitFunc.train() (pid=1, ip=10.0.0.1)\n  File "t.py", line 3\nRuntimeError: injected\n'
     assert failure_reason(ray_text) == "RuntimeError: injected"
     assert failure_reason("the worker died unexpectedly\n") == "the worker died unexpectedly"
     assert failure_reason("") == "unknown error"

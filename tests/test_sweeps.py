@@ -31,7 +31,6 @@ from sweeps.driver import run_sweep
 cloudpickle.register_pickle_by_value(sweep_util)  # Ray workers cannot import the tests folder
 
 
-
 def _uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
@@ -64,7 +63,9 @@ def test_optimize_sweep_logs_one_finished_child_per_trial_with_every_write(local
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"evaluation.json", "weights"} <= artifacts
         assert [a.path for a in client.list_artifacts(child.info.run_id, "weights")] == ["weights/model.pt"]
-        evaluation = json.loads(Path(client.download_artifacts(child.info.run_id, "evaluation.json", str(tmp_path))).read_text())
+        evaluation = json.loads(
+            Path(client.download_artifacts(child.info.run_id, "evaluation.json", str(tmp_path))).read_text()
+        )
         assert evaluation["metrics"]["robust_acc"] == child.data.metrics["robust_acc"]
 
     # the trials really ran side by side (two writers on the SQLite file)
@@ -82,8 +83,9 @@ def test_optimize_sweep_logs_one_finished_child_per_trial_with_every_write(local
 @pytest.mark.slow
 def test_failing_trial_is_retried_from_its_checkpoint_then_recorded_failed(local_ray: None, tmp_path: Path) -> None:
     notes_file = tmp_path / "attempts.jsonl"
-    cfg = tiny_ablation("faults", tmp_path, variants=[{"loss": "ce"}, {"loss": "pc", "margin": 0.99}], seeds=[0],
-                        max_retries=2)  # fmt: skip
+    cfg = tiny_ablation(
+        "faults", tmp_path, variants=[{"loss": "ce"}, {"loss": "pc", "margin": 0.99}], seeds=[0], max_retries=2
+    )
     run_fn = functools.partial(sweep_util.failing_after_first_epoch, notes_file=str(notes_file))
     result = run_sweep(cfg, run_fn=run_fn, out=io.StringIO())
 
@@ -146,12 +148,20 @@ def test_nan_loss_fails_the_trial_with_the_reason_and_the_sweep_goes_on(local_ra
 def test_asha_stops_a_weak_trial_early_and_each_run_says_how_it_ended(local_ray: None, tmp_path: Path) -> None:
     # one trial at a time: the first (a sane lr) sets the rung, the second (lr 1e-7 learns nothing) falls
     # below it at epoch 1 and is stopped; the rest are up to TPE and ASHA
-    space = {"margin": {"type": "uniform", "low": 0.9, "high": 0.999}, "lr": {"type": "choice", "values": [0.003, 1e-7]}}
+    space = {
+        "margin": {"type": "uniform", "low": 0.9, "high": 0.999},
+        "lr": {"type": "choice", "values": [0.003, 1e-7]},
+    }
     cfg = tiny_optimize(
-        "asha", tmp_path, num_trials=4, max_concurrent=1, trial={"epochs": 4}, space=space,
+        "asha",
+        tmp_path,
+        num_trials=4,
+        max_concurrent=1,
+        trial={"epochs": 4},
+        space=space,
         initial_points=[{"margin": 0.995, "lr": 0.003}, {"margin": 0.995, "lr": 1e-7}],
         scheduler={"type": "asha", "metric": "epoch_robust_acc", "grace_period": 1, "reduction_factor": 2},
-    )  # fmt: skip
+    )
     result = run_sweep(cfg, out=io.StringIO())
     uri = _uri(tmp_path)
     _, children = runs(uri, "asha")

@@ -25,7 +25,22 @@ def test_every_test_has_a_timeout(request: pytest.FixtureRequest) -> None:
 def test_a_hanging_test_is_stopped(tmp_path: Path) -> None:
     hang = tmp_path / "test_hang.py"
     hang.write_text("import time, pytest\n\n@pytest.mark.timeout(2)\ndef test_hang():\n    time.sleep(60)\n")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(hang),
-                           "-c", str(REPO / "pyproject.toml"), "--rootdir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=100)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(hang),
+            "-c",
+            str(REPO / "pyproject.toml"),
+            "--rootdir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
     assert proc.returncode == 1 and "Timeout" in proc.stdout + proc.stderr, proc.stdout[-2000:]

@@ -147,7 +147,9 @@ def test_augmentation_draws_only_from_its_own_generator(digits) -> None:
     ("every", "also", "due"),
     [(1, (), [1, 2, 3, 4, 5]), (2, (), [2, 4, 5]), (3, (), [3, 5]), (10, (), [5]), (2, (1, 3), [1, 2, 3, 4, 5])],
 )
-def test_checkpoints_every_k_epochs_at_the_rungs_and_at_the_end(every: int, also: tuple[int, ...], due: list[int]) -> None:
+def test_checkpoints_every_k_epochs_at_the_rungs_and_at_the_end(
+    every: int, also: tuple[int, ...], due: list[int]
+) -> None:
     assert [e for e in range(1, 6) if checkpoint_due(e, every=every, last=5, also=also)] == due
 
 
