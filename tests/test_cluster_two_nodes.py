@@ -562,9 +562,26 @@ def test_two_node_cluster_journey(pair: Pair) -> None:
         return [Path(f"/proc/{p}/comm").read_text().strip() for p in sh("ip", "netns", "pids", pair.worker.netns).stdout.split()
                 if Path(f"/proc/{p}/comm").exists()]  # fmt: skip
 
-    # `ray down` stops the head's Ray; the worker's raylet exits on its own once the head's GCS is gone.
-    wait_until("no Ray process on either node", lambda: not ray_on(pair.head) and not ray_on(pair.worker)
+    # `ray down` stops the head's Ray; the worker's raylet exits on its own once the head's GCS is gone,
+    # but its log monitor never does (it only talks to the GCS when there are logs to publish): the
+    # README's `ray stop` on each worker, here over the worker's sshd, removes what is left.
+    wait_until("the head's Ray and the worker's raylet stop", lambda: not ray_on(pair.head)
                and not {"raylet", "gcs_server"} & set(in_netns()), 180,
+               lambda: f"head {ray_on(pair.head)} netns {in_netns()}")  # fmt: skip
+    left = {p: Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")[:120] for p in ray_on(pair.worker)
+            if Path(f"/proc/{p}/cmdline").exists()}  # fmt: skip
+    print(f"[two nodes] on the worker after ray down: {left}", flush=True)
+    ssh = [shutil.which("ssh") or "ssh", "-i", str(pair.key), "-o", "StrictHostKeyChecking=no", "-o",
+           "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", f"{getpass.getuser()}@{pair.worker.ip}"]  # fmt: skip
+    stop_worker = subprocess.run(
+        [*ssh, "source ~/.bashrc; ray stop"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert stop_worker.returncode == 0, stop_worker.stderr
+    wait_until("no Ray process on either node", lambda: not ray_on(pair.head) and not ray_on(pair.worker), 60,
                lambda: f"head {ray_on(pair.head)} worker {ray_on(pair.worker)} netns {in_netns()}")  # fmt: skip
     print(
         f"[two nodes] no Ray left {time.monotonic() - stopped:.1f} s after ray down; total "
