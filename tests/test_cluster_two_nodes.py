@@ -1,7 +1,8 @@
 """The cluster journey with a second node: `ray up ray_cluster_local.yaml` brings up a head and a worker,
 the README's `ray job submit` runs the smoke sweep, every trial runs on the worker and logs to the head's
 MLflow server at the head's address, the worker's raylet is SIGKILLed mid-sweep and comes back, the
-sweep still ends with exactly its trials in MLflow, and `ray down` leaves no Ray process on either node.
+sweep still ends with exactly its trials in MLflow, and `ray down` (plus the README's `ray stop` on the
+worker, for the log monitor Ray leaves there) leaves no Ray process on either node.
 
 The two machines are made by the test: the worker is a network namespace with its own address, joined
 to this machine (the head) by a veth pair on a free /30 of 10.77.0.0/16; all cluster traffic stays on
