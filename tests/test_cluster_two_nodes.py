@@ -404,7 +404,9 @@ def test_two_node_cluster_journey(pair: Pair) -> None:
     cfg_text = config.read_text()
 
     # ---- ray up: the head (setup, Ray without trial resources, MLflow); its autoscaler brings up the worker
-    up = pair.ray("up", "-y", "--log-style=record", str(config), timeout=600)
+    up = pair.ray(
+        "up", "-y", "--no-config-cache", "--log-style=record", str(config), timeout=600
+    )
     assert up.returncode == 0, (
         f"ray up failed\n{cfg_text}\n{tail(up.stdout)}\n{tail(up.stderr)}\n{logs(pair)}"
     )
