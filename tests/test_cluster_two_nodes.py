@@ -101,11 +101,7 @@ class Pair:
 
     @property
     def ssh_control_dir(self) -> Path:
-        return (
-            Path("/tmp")
-            / f"ray_ssh_{_ray_hash(getpass.getuser())}"
-            / _ray_hash(self.cluster_name)
-        )
+        return Path("/tmp") / f"ray_ssh_{_ray_hash(getpass.getuser())}" / _ray_hash(self.cluster_name)
 
     def ray(self, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
         """A `ray` CLI command from the repository root, as a user runs it; output kept for failures."""
@@ -127,10 +123,7 @@ def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 def free_subnet() -> ipaddress.IPv4Network:
     """A /30 of 10.77.0.0/16 that no interface of this machine uses (one per concurrent run)."""
-    used = [
-        ipaddress.ip_interface(w).network
-        for w in re.findall(r"inet (\S+)", sh("ip", "-4", "-o", "addr").stdout)
-    ]
+    used = [ipaddress.ip_interface(w).network for w in re.findall(r"inet (\S+)", sh("ip", "-4", "-o", "addr").stdout)]
     for net in ipaddress.ip_network("10.77.0.0/16").subnets(new_prefix=30):
         if not any(net.overlaps(u) for u in used):
             return net
@@ -244,13 +237,9 @@ def pair() -> Iterator[Pair]:
     """A head on this machine and a worker in a network namespace, each with an sshd; torn down fully."""
     from ray._private.utils import get_dashboard_dependency_error
 
-    assert get_dashboard_dependency_error() is None, (
-        "the head needs Ray's dashboard: pip install 'ray[default]'"
-    )
+    assert get_dashboard_dependency_error() is None, "the head needs Ray's dashboard: pip install 'ray[default]'"
     if os.geteuid() != 0:  # network namespaces and veth pairs
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(
-            "a second node in a network namespace needs root"
-        )
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("a second node in a network namespace needs root")
     tools = ensure_debian_packages({**PACKAGES, "ip": "iproute2"})
     root = Path(tempfile.mkdtemp(prefix="pclc-2n-", dir="/tmp"))
     tag = _ray_hash(root.name)[:6]
@@ -263,9 +252,7 @@ def pair() -> Iterator[Pair]:
     for path in (key, ssh / "host_ed25519"):
         sh(tools["ssh-keygen"], "-q", "-t", "ed25519", "-N", "", "-f", str(path))
     (ssh / "authorized_keys").write_text((ssh / "id_ed25519.pub").read_text())
-    Path("/run/sshd").mkdir(
-        mode=0o755, exist_ok=True
-    )  # sshd's privilege-separation directory
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
     ip, in_ns = tools["ip"], (tools["ip"], "netns", "exec", netns)
     sshds: list[subprocess.Popen[bytes]] = []
     try:
@@ -299,9 +286,7 @@ def pair() -> Iterator[Pair]:
             wait_for_sshd(host, port, from_netns=None if host.netns else netns)
         env = {**os.environ, MARKER: str(root), "RAY_USAGE_STATS_ENABLED": "0"}
         env.pop("RAY_ADDRESS", None)
-        made = Pair(
-            root=root, head=head, worker=worker, key=key, ssh_port=ssh_port, env=env
-        )
+        made = Pair(root=root, head=head, worker=worker, key=key, ssh_port=ssh_port, env=env)
         yield made
     finally:
         for host_root in (root / "h", root / "w"):
@@ -317,11 +302,7 @@ def pair() -> Iterator[Pair]:
         sh(ip, "link", "del", veth_head, check=False)  # deletes its peer too
         sh(ip, "netns", "del", netns, check=False)
         shutil.rmtree(root, ignore_errors=True)
-        control = (
-            Path("/tmp")
-            / f"ray_ssh_{_ray_hash(getpass.getuser())}"
-            / _ray_hash(f"pclc-test-{root.name}")
-        )
+        control = Path("/tmp") / f"ray_ssh_{_ray_hash(getpass.getuser())}" / _ray_hash(f"pclc-test-{root.name}")
         shutil.rmtree(control, ignore_errors=True)
         with contextlib.suppress(OSError):
             control.parent.rmdir()
@@ -345,9 +326,7 @@ def cluster_config(pair: Pair, ports: dict[str, int]) -> Path:
     head_extra = (f" --num-cpus=0 --num-gpus=0 --node-ip-address={pair.head.ip} --dashboard-port={ports['dashboard']}"
                   f" --ray-client-server-port={ports['client']} --dashboard-agent-listen-port={ports['agent']}{small}")  # fmt: skip
     cfg["head_start_ray_commands"] = [
-        c.replace("--port=6379", f"--port={ports['gcs']}") + head_extra
-        if "ray start --head" in c
-        else c
+        c.replace("--port=6379", f"--port={ports['gcs']}") + head_extra if "ray start --head" in c else c
         for c in cfg["head_start_ray_commands"]
     ]
     # A worker takes the head's temp folder unless told: on one file system the restarted worker's
@@ -365,9 +344,7 @@ def cluster_config(pair: Pair, ports: dict[str, int]) -> Path:
 def dashboard_get(port: int, path: str) -> Any:
     """GET a JSON document from the head's dashboard (local to the head); None when it does not answer."""
     try:
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{port}{path}", timeout=10
-        ) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
             return json.load(response)
     except (OSError, ValueError):
         return None
@@ -404,12 +381,8 @@ def test_two_node_cluster_journey(pair: Pair) -> None:
     cfg_text = config.read_text()
 
     # ---- ray up: the head (setup, Ray without trial resources, MLflow); its autoscaler brings up the worker
-    up = pair.ray(
-        "up", "-y", "--no-config-cache", "--log-style=record", str(config), timeout=600
-    )
-    assert up.returncode == 0, (
-        f"ray up failed\n{cfg_text}\n{tail(up.stdout)}\n{tail(up.stderr)}\n{logs(pair)}"
-    )
+    up = pair.ray("up", "-y", "--no-config-cache", "--log-style=record", str(config), timeout=600)
+    assert up.returncode == 0, f"ray up failed\n{cfg_text}\n{tail(up.stdout)}\n{tail(up.stderr)}\n{logs(pair)}"
 
     def worker_alive() -> list[dict[str, Any]]:
         return [
@@ -420,26 +393,16 @@ def test_two_node_cluster_journey(pair: Pair) -> None:
 
     wait_until("the worker joins", worker_alive, 300, lambda: logs(pair))
     print(f"[two nodes] worker up after {time.monotonic() - started:.1f} s", flush=True)
-    assert "pclc" in (pair.worker.home / ".pclc_env").read_text(), (
-        "setup_node.sh did not run on the worker"
-    )
+    assert "pclc" in (pair.worker.home / ".pclc_env").read_text(), "setup_node.sh did not run on the worker"
     nodes = state_api(ports["dashboard"], "nodes")
     head_nodes = [n for n in nodes if n["is_head_node"]]
     assert len(head_nodes) == 1 and head_nodes[0]["node_ip"] == pair.head.ip, nodes
-    assert not {
-        k: v
-        for k, v in head_nodes[0]["resources_total"].items()
-        if k in ("CPU", "GPU") and v
-    }, nodes
+    assert not {k: v for k, v in head_nodes[0]["resources_total"].items() if k in ("CPU", "GPU") and v}, nodes
 
-    shown = pair.ray(
-        "exec", "--no-config-cache", str(config), "cat ~/pclc-mlflow/url", timeout=300
-    )
+    shown = pair.ray("exec", "--no-config-cache", str(config), "cat ~/pclc-mlflow/url", timeout=300)
     url = shown.stdout.strip().splitlines()[-1].strip()
     assert url == f"http://{pair.head.ip}:{ports['mlflow']}", (url, shown.stderr)
-    assert listening_addresses(ports["mlflow"]) == {
-        pair.head.ip
-    }  # the only way the worker can reach it
+    assert listening_addresses(ports["mlflow"]) == {pair.head.ip}  # the only way the worker can reach it
 
     # ---- the README's journey: ray job submit … python -m sweeps … --address auto --tracking-uri … --storage-path …
     sweep = (f"python -m sweeps sweeps/configs/{SWEEP}.yaml --smoke-test --address auto"
@@ -456,21 +419,13 @@ def test_two_node_cluster_journey(pair: Pair) -> None:
         experiment = client.get_experiment_by_name(EXPERIMENT)
         if experiment is None:
             return []
-        return [
-            r
-            for r in client.search_runs([experiment.experiment_id])
-            if r.data.tags.get("pclc.role") == "trial"
-        ]
+        return [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("pclc.role") == "trial"]
 
     def job_status() -> str:
-        return (dashboard_get(ports["dashboard"], f"/api/jobs/{job_id}") or {}).get(
-            "status", ""
-        )
+        return (dashboard_get(ports["dashboard"], f"/api/jobs/{job_id}") or {}).get("status", "")
 
     def job_logs() -> str:
-        return (
-            dashboard_get(ports["dashboard"], f"/api/jobs/{job_id}/logs") or {}
-        ).get("logs", "")
+        return (dashboard_get(ports["dashboard"], f"/api/jobs/{job_id}/logs") or {}).get("logs", "")
 
     def ray_on(host: Host) -> list[int]:
         return host.ray_pids()
@@ -510,9 +465,7 @@ def test_two_node_cluster_journey(pair: Pair) -> None:
                         900, lambda: tail(job_logs()) + logs(pair))  # fmt: skip
     driver = job_logs()
     assert status == "SUCCEEDED", f"{status}\n{tail(driver)}\n{logs(pair)}"
-    assert "retrying from its last checkpoint" in driver, tail(
-        driver
-    )  # the kill hit running trials
+    assert "retrying from its last checkpoint" in driver, tail(driver)  # the kill hit running trials
     print(f"[two nodes] sweep done at {time.monotonic() - started:.1f} s", flush=True)
 
     # ---- MLflow on the head: exactly the sweep's trials, each once, finished, all of them run on the worker
@@ -526,25 +479,12 @@ def test_two_node_cluster_journey(pair: Pair) -> None:
             run.info.run_name,
             tags.get("pclc.failure_reason"),
         )
-        assert (
-            tags["pclc.node_ip"] == pair.worker.ip and tags["pclc.node_id"] != head_id
-        ), tags
+        assert tags["pclc.node_ip"] == pair.worker.ip and tags["pclc.node_id"] != head_id, tags
         assert {"robust_acc", "clean_acc"} <= run.data.metrics.keys()
-        assert "evaluation.json" in {
-            a.path for a in client.list_artifacts(run.info.run_id)
-        }
+        assert "evaluation.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
     # Through the head's server (the only listener is the veth address) into the head's artifact store.
-    assert (
-        len(
-            list(
-                (pair.head.home / "pclc-mlflow" / "artifacts").rglob("evaluation.json")
-            )
-        )
-        == TRIALS
-    )
-    assert (pair.root / "ray_results" / EXPERIMENT).is_dir(), (
-        "Ray Tune wrote elsewhere than --storage-path"
-    )
+    assert len(list((pair.head.home / "pclc-mlflow" / "artifacts").rglob("evaluation.json"))) == TRIALS
+    assert (pair.root / "ray_results" / EXPERIMENT).is_dir(), "Ray Tune wrote elsewhere than --storage-path"
 
     # ---- stop: MLflow (ray down leaves it), then `ray down`; no Ray process is left on either node
     stop = pair.ray(
@@ -556,9 +496,7 @@ def test_two_node_cluster_journey(pair: Pair) -> None:
     )
     assert stop.returncode == 0, f"{tail(stop.stdout)}\n{tail(stop.stderr)}"
     down = pair.ray("down", "-y", "--log-style=record", str(config), timeout=300)
-    assert down.returncode == 0, (
-        f"ray down failed\n{tail(down.stdout)}\n{tail(down.stderr)}"
-    )
+    assert down.returncode == 0, f"ray down failed\n{tail(down.stdout)}\n{tail(down.stderr)}"
     stopped = time.monotonic()
 
     def in_netns() -> list[str]:
