@@ -326,32 +326,24 @@ class _Lazy:
         return self.attack.perturb(x, y)
 
 
+def _apgd_settings(eps: float, suite: AttackSuite) -> dict[str, Any]:
+    """What both APGDs take from the suite: the reference's settings (one restart, L∞, our seed and logger)."""
+    return {
+        "n_iter": suite.aa_steps,
+        "norm": "Linf",
+        "n_restarts": 1,
+        "eps": float(eps),
+        "seed": suite.seed,
+        "logger": logging.getLogger(AA_LOGGER),
+    }
+
+
 def _apgd(model: nn.Module, eps: float, suite: AttackSuite, loss: str) -> Attack:
-    return APGDAttack(
-        model,
-        n_iter=suite.aa_steps,
-        norm="Linf",
-        n_restarts=1,
-        eps=float(eps),
-        seed=suite.seed,
-        loss=loss,
-        eot_iter=1,
-        rho=0.75,
-        logger=logging.getLogger(AA_LOGGER),
-    )
+    return APGDAttack(model, loss=loss, eot_iter=1, rho=0.75, **_apgd_settings(eps, suite))
 
 
 def _apgd_targeted(model: nn.Module, eps: float, suite: AttackSuite, targets: int) -> APGDAttack_targeted:
-    return APGDAttack_targeted(
-        model,
-        n_iter=suite.aa_steps,
-        norm="Linf",
-        n_restarts=1,
-        eps=float(eps),
-        seed=suite.seed,
-        n_target_classes=targets,
-        logger=logging.getLogger(AA_LOGGER),
-    )
+    return APGDAttack_targeted(model, n_target_classes=targets, **_apgd_settings(eps, suite))
 
 
 @ATTACK_BUILDERS.register("apgd_ce", info=_aa("white", _aa_steps))

@@ -17,6 +17,21 @@ class ConfigError(ValueError):
     """A config that cannot run; the message names the field, the value and what is allowed."""
 
 
+# How a model is optimised, besides its loss and epochs: what a sweep may vary per trial, and what
+# decides a trained substitute (sweeps.config, sweeps.preparation).
+OPTIMIZATION_FIELDS: tuple[str, ...] = (
+    "batch_size",
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "milestones",
+    "gamma",
+    "augment",
+)
+
+
 class TrialConfig(BaseModel):
     """Everything one trial needs: data → model → train → evaluate."""
 

@@ -29,7 +29,7 @@ from pydantic import (
 )
 
 from pclc import metrics as M
-from pclc.config import ConfigError, TrialConfig, parse_override, read_yaml
+from pclc.config import OPTIMIZATION_FIELDS, ConfigError, TrialConfig, parse_override, read_yaml
 from pclc.contract import normalize_tracking_uri
 
 # Fields a sweep may vary per trial. The rest are fixed per sweep because `prepare()` builds the
@@ -41,15 +41,7 @@ SEARCHABLE: tuple[str, ...] = (
     "lc_weight",
     "warmup_epochs",
     "reset_optimizer",
-    "batch_size",
-    "optimizer",
-    "lr",
-    "momentum",
-    "weight_decay",
-    "schedule",
-    "milestones",
-    "gamma",
-    "augment",
+    *OPTIMIZATION_FIELDS,
     "seed",
 )
 

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 import torch
 
-from pclc.config import TrialConfig
+from pclc.config import OPTIMIZATION_FIELDS, TrialConfig
 from pclc.data import Dataset
 from pclc.experiment import Prepared, substitute_config
 
@@ -42,22 +42,7 @@ STORAGE_FOLDER = "pclc_prepared"  # under the storage root, beside the sweeps' e
 CACHE_DIR_FOLDER = "prepared"  # under `cache_dir`, beside the substitutes `train_substitute` caches
 
 # What `fit` reads from the substitute's config (its loss is CE: no margin, weight or warm-up).
-_SUBSTITUTE_FIELDS = (
-    "model",
-    "epochs",
-    "seed",
-    "batch_size",
-    "optimizer",
-    "lr",
-    "momentum",
-    "weight_decay",
-    "schedule",
-    "milestones",
-    "gamma",
-    "augment",
-    "bf16",
-    "device",
-)
+_SUBSTITUTE_FIELDS = ("model", "epochs", "seed", *OPTIMIZATION_FIELDS, "bf16", "device")
 
 
 @dataclass(frozen=True)

@@ -75,13 +75,23 @@ class Host:
 
     def ray_pids(self) -> list[int]:
         """Ray's processes on this node (by the node's marker in their environment)."""
-        out = subprocess.run([sys.executable, str(self.root / "bin" / "stop_node.py"), str(self.root), "list"],
-                             capture_output=True, text=True, timeout=60, check=False).stdout  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, str(self.root / "bin" / "stop_node.py"), str(self.root), "list"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        ).stdout
         return [int(p) for p in out.split()]
 
     def stop_all(self) -> None:
-        subprocess.run([sys.executable, str(self.root / "bin" / "stop_node.py"), str(self.root), "all"],
-                       capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        subprocess.run(
+            [sys.executable, str(self.root / "bin" / "stop_node.py"), str(self.root), "all"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
 
 
 @dataclass
@@ -106,8 +116,15 @@ class Pair:
     def ray(self, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
         """A `ray` CLI command from the repository root, as a user runs it; output kept for failures."""
         started = time.monotonic()
-        proc = subprocess.run([str(VENV / "bin" / "ray"), *args], cwd=REPO, env=self.env, capture_output=True,
-                              text=True, timeout=timeout, check=False)  # fmt: skip
+        proc = subprocess.run(
+            [str(VENV / "bin" / "ray"), *args],
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
         print(
             f"[two nodes] ray {' '.join(args[:2])}: {time.monotonic() - started:.1f} s",
             flush=True,
@@ -158,8 +175,12 @@ def wait_for_sshd(host: Host, port: int, *, from_netns: str | None) -> None:
     probe = "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1)"
     prefix = ["ip", "netns", "exec", from_netns] if from_netns else []
     cmd = [*prefix, sys.executable, "-c", probe, host.ip, str(port)]
-    wait_until(f"the {host.name}'s sshd answers", lambda: subprocess.run(cmd, capture_output=True, check=False).returncode == 0,
-               30, lambda: (host.root / "sshd.log").read_text())  # fmt: skip
+    wait_until(
+        f"the {host.name}'s sshd answers",
+        lambda: subprocess.run(cmd, capture_output=True, check=False).returncode == 0,
+        30,
+        lambda: (host.root / "sshd.log").read_text(),
+    )
 
 
 def make_host(
@@ -176,31 +197,43 @@ def make_host(
     bin_dir, tmp = root / "bin", root / "tmp"
     for d in (root, host.home, bin_dir, tmp):
         d.mkdir(mode=0o700)
-    marks = {MARKER: str(root), "RAY_TMPDIR": str(tmp), "TMPDIR": str(tmp), "RAY_USAGE_STATS_ENABLED": "0",
-             "HOME": str(host.home)}  # fmt: skip
+    marks = {
+        MARKER: str(root),
+        "RAY_TMPDIR": str(tmp),
+        "TMPDIR": str(tmp),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "HOME": str(host.home),
+    }
     shell = root / "node_shell.sh"
-    shell.write_text(textwrap.dedent(f"""\
+    shell.write_text(
+        textwrap.dedent(f"""\
         #!/bin/bash
         export {" ".join(f"{k}={shlex.quote(v)}" for k, v in marks.items())}
         cd "$HOME"
         if [ -n "${{SSH_ORIGINAL_COMMAND:-}}" ]; then exec bash -c "$SSH_ORIGINAL_COMMAND"; fi
         exec bash -l
-        """))  # fmt: skip
+        """)
+    )
     shell.chmod(0o755)
-    (host.home / ".bashrc").write_text(textwrap.dedent(f"""\
+    (host.home / ".bashrc").write_text(
+        textwrap.dedent(f"""\
         [ -f ~/.pclc_env ] && . ~/.pclc_env
         export PATH={bin_dir}:"$PATH"
-        """))  # fmt: skip
+        """)
+    )
     (bin_dir / "stop_node.py").write_text(STOP_SCRIPT)
-    (bin_dir / "ray").write_text(textwrap.dedent(f"""\
+    (bin_dir / "ray").write_text(
+        textwrap.dedent(f"""\
         #!/bin/bash
         if [ "${{1:-}}" = stop ]; then exec {VENV}/bin/python {bin_dir}/stop_node.py {root} ray; fi
         exec {VENV}/bin/ray "$@"
-        """))  # fmt: skip
+        """)
+    )
     (bin_dir / "ray").chmod(0o755)
     # The head's autoscaler runs `ssh -i ~/ray_bootstrap_key.pem`, and ssh reads that `~` from the passwd
     # home, not $HOME: on this node the home is the test's folder (only -i's argument is rewritten).
-    (bin_dir / "ssh").write_text(textwrap.dedent(f"""\
+    (bin_dir / "ssh").write_text(
+        textwrap.dedent(f"""\
         #!/bin/bash
         args=() key=
         for a in "$@"; do
@@ -209,9 +242,11 @@ def make_host(
             args+=("$a")
         done
         exec {tools["ssh"]} "${{args[@]}}"
-        """))  # fmt: skip
+        """)
+    )
     (bin_dir / "ssh").chmod(0o755)
-    (root / "sshd_config").write_text(textwrap.dedent(f"""\
+    (root / "sshd_config").write_text(
+        textwrap.dedent(f"""\
         Port {port}
         ListenAddress {ip}
         HostKey {ssh}/host_ed25519
@@ -227,7 +262,8 @@ def make_host(
         MaxStartups 64
         PrintMotd no
         ForceCommand {shell}
-        """))  # fmt: skip
+        """)
+    )
     sh(tools["sshd"], "-t", "-f", str(root / "sshd_config"))
     return host
 
@@ -280,8 +316,13 @@ def pair() -> Iterator[Pair]:
         for host in (head, worker):
             prefix = in_ns if host.netns else ()
             log = (host.root / "sshd.log").open("wb")
-            sshds.append(subprocess.Popen([*prefix, tools["sshd"], "-D", "-e", "-f", str(host.root / "sshd_config")],
-                                          stdout=subprocess.DEVNULL, stderr=log))  # fmt: skip
+            sshds.append(
+                subprocess.Popen(
+                    [*prefix, tools["sshd"], "-D", "-e", "-f", str(host.root / "sshd_config")],
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
+                )
+            )
         for host, port in ((head, ssh_port), (worker, 22)):
             wait_for_sshd(host, port, from_netns=None if host.netns else netns)
         env = {**os.environ, MARKER: str(root), "RAY_USAGE_STATS_ENABLED": "0"}
@@ -313,18 +354,30 @@ def cluster_config(pair: Pair, ports: dict[str, int]) -> Path:
     cfg = yaml.safe_load((REPO / "ray_cluster_local.yaml").read_text())
     cfg["cluster_name"] = pair.cluster_name
     cfg["provider"].update(head_ip=pair.head.ip, worker_ips=[pair.worker.ip])
-    cfg["auth"] = {"ssh_user": getpass.getuser(), "ssh_private_key": str(pair.key),
-                   "ssh_proxy_command": f"nc %h {pair.ssh_port}"}  # fmt: skip  # the CLI's way to the head only
+    cfg["auth"] = {
+        "ssh_user": getpass.getuser(),
+        "ssh_private_key": str(pair.key),
+        "ssh_proxy_command": f"nc %h {pair.ssh_port}",
+    }  # the CLI's way to the head only
     (setup,) = cfg["setup_commands"]
     # No pip (this venv has the project); shared storage; this machine has two addresses, so MLflow is
     # told which one is the head's (the README's advice for a head with several networks).
-    cfg["setup_commands"] = [with_settings(
-        setup, PCLC_INSTALL="0", PCLC_VENV=str(VENV), PCLC_STORAGE=str(pair.root / "ray_results"),
-        PCLC_MLFLOW_PORT=str(ports["mlflow"]), PCLC_MLFLOW_WORKERS="1", PCLC_MLFLOW_HOST=pair.head.ip,
-    )]  # fmt: skip
+    cfg["setup_commands"] = [
+        with_settings(
+            setup,
+            PCLC_INSTALL="0",
+            PCLC_VENV=str(VENV),
+            PCLC_STORAGE=str(pair.root / "ray_results"),
+            PCLC_MLFLOW_PORT=str(ports["mlflow"]),
+            PCLC_MLFLOW_WORKERS="1",
+            PCLC_MLFLOW_HOST=pair.head.ip,
+        )
+    ]
     small = " --object-store-memory=200000000"  # /dev/shm is shared with other tests
-    head_extra = (f" --num-cpus=0 --num-gpus=0 --node-ip-address={pair.head.ip} --dashboard-port={ports['dashboard']}"
-                  f" --ray-client-server-port={ports['client']} --dashboard-agent-listen-port={ports['agent']}{small}")  # fmt: skip
+    head_extra = (
+        f" --num-cpus=0 --num-gpus=0 --node-ip-address={pair.head.ip} --dashboard-port={ports['dashboard']}"
+        f" --ray-client-server-port={ports['client']} --dashboard-agent-listen-port={ports['agent']}{small}"
+    )
     cfg["head_start_ray_commands"] = [
         c.replace("--port=6379", f"--port={ports['gcs']}") + head_extra if "ray start --head" in c else c
         for c in cfg["head_start_ray_commands"]
@@ -358,9 +411,13 @@ def state_api(port: int, what: str) -> list[dict[str, Any]]:
 
 def logs(pair: Pair) -> str:
     out = []
-    for pattern in ("h/home/pclc-mlflow/server.log", "h/tmp/ray/session_latest/logs/monitor.*",
-                    "h/tmp/ray/session_latest/logs/raylet.err", "w/tmp/ray/session_latest/logs/raylet.err",
-                    "w/tmp/ray/session_latest/logs/raylet.out"):  # fmt: skip
+    for pattern in (
+        "h/home/pclc-mlflow/server.log",
+        "h/tmp/ray/session_latest/logs/monitor.*",
+        "h/tmp/ray/session_latest/logs/raylet.err",
+        "w/tmp/ray/session_latest/logs/raylet.err",
+        "w/tmp/ray/session_latest/logs/raylet.out",
+    ):
         for path in pair.root.glob(pattern):
             out.append(f"--- {path}\n{tail(path.read_text(errors='replace'), 2000)}")
     return "\n".join(out)
@@ -405,12 +462,28 @@ def test_two_node_cluster_journey(pair: Pair) -> None:
     assert listening_addresses(ports["mlflow"]) == {pair.head.ip}  # the only way the worker can reach it
 
     # ---- the README's journey: ray job submit … python -m sweeps … --address auto --tracking-uri … --storage-path …
-    sweep = (f"python -m sweeps sweeps/configs/{SWEEP}.yaml --smoke-test --address auto"
-             " --tracking-uri $(cat ~/pclc-mlflow/url) --storage-path $PCLC_STORAGE")  # fmt: skip
+    sweep = (
+        f"python -m sweeps sweeps/configs/{SWEEP}.yaml --smoke-test --address auto"
+        " --tracking-uri $(cat ~/pclc-mlflow/url) --storage-path $PCLC_STORAGE"
+    )
     dashboard = f"http://127.0.0.1:{ports['dashboard']}"
     job_id = f"pclc-{pair.root.name}"
-    job = pair.ray("job", "submit", "--address", dashboard, "--submission-id", job_id, "--no-wait",
-                   "--working-dir", ".", "--", "bash", "-c", sweep, timeout=300)  # fmt: skip
+    job = pair.ray(
+        "job",
+        "submit",
+        "--address",
+        dashboard,
+        "--submission-id",
+        job_id,
+        "--no-wait",
+        "--working-dir",
+        ".",
+        "--",
+        "bash",
+        "-c",
+        sweep,
+        timeout=300,
+    )
     assert job.returncode == 0, f"{tail(job.stdout)}\n{tail(job.stderr)}"
 
     client = MlflowClient(tracking_uri=url)
@@ -431,10 +504,17 @@ def test_two_node_cluster_journey(pair: Pair) -> None:
         return host.ray_pids()
 
     # ---- mid-sweep: a trial has logged an epoch on the worker, then the worker's raylet is SIGKILLed
-    wait_until("a trial logs its first epoch", lambda: any(r.data.metrics for r in trial_runs()), 600,
-               lambda: job_status() + tail(job_logs()) + logs(pair))  # fmt: skip
-    raylets = [int(p) for p in sh("ip", "netns", "pids", pair.worker.netns).stdout.split()
-               if Path(f"/proc/{p}/comm").read_text().strip() == "raylet"]  # fmt: skip
+    wait_until(
+        "a trial logs its first epoch",
+        lambda: any(r.data.metrics for r in trial_runs()),
+        600,
+        lambda: job_status() + tail(job_logs()) + logs(pair),
+    )
+    raylets = [
+        int(p)
+        for p in sh("ip", "netns", "pids", pair.worker.netns).stdout.split()
+        if Path(f"/proc/{p}/comm").read_text().strip() == "raylet"
+    ]
     assert len(raylets) == 1, raylets
     os.kill(raylets[0], signal.SIGKILL)
     killed = time.monotonic()
@@ -461,8 +541,12 @@ def test_two_node_cluster_journey(pair: Pair) -> None:
         flush=True,
     )
 
-    status = wait_until("the job ends", lambda: (st := job_status()) in ("SUCCEEDED", "FAILED", "STOPPED") and st,
-                        900, lambda: tail(job_logs()) + logs(pair))  # fmt: skip
+    status = wait_until(
+        "the job ends",
+        lambda: (st := job_status()) in ("SUCCEEDED", "FAILED", "STOPPED") and st,
+        900,
+        lambda: tail(job_logs()) + logs(pair),
+    )
     driver = job_logs()
     assert status == "SUCCEEDED", f"{status}\n{tail(driver)}\n{logs(pair)}"
     assert "retrying from its last checkpoint" in driver, tail(driver)  # the kill hit running trials
@@ -500,20 +584,39 @@ def test_two_node_cluster_journey(pair: Pair) -> None:
     stopped = time.monotonic()
 
     def in_netns() -> list[str]:
-        return [Path(f"/proc/{p}/comm").read_text().strip() for p in sh("ip", "netns", "pids", pair.worker.netns).stdout.split()
-                if Path(f"/proc/{p}/comm").exists()]  # fmt: skip
+        return [
+            Path(f"/proc/{p}/comm").read_text().strip()
+            for p in sh("ip", "netns", "pids", pair.worker.netns).stdout.split()
+            if Path(f"/proc/{p}/comm").exists()
+        ]
 
     # `ray down` stops the head's Ray; the worker's raylet exits on its own once the head's GCS is gone,
     # but its log monitor never does (it only talks to the GCS when there are logs to publish): the
     # README's `ray stop` on each worker, here over the worker's sshd, removes what is left.
-    wait_until("the head's Ray and the worker's raylet stop", lambda: not ray_on(pair.head)
-               and not {"raylet", "gcs_server"} & set(in_netns()), 180,
-               lambda: f"head {ray_on(pair.head)} netns {in_netns()}")  # fmt: skip
-    left = {p: Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")[:120] for p in ray_on(pair.worker)
-            if Path(f"/proc/{p}/cmdline").exists()}  # fmt: skip
+    wait_until(
+        "the head's Ray and the worker's raylet stop",
+        lambda: not ray_on(pair.head) and not {"raylet", "gcs_server"} & set(in_netns()),
+        180,
+        lambda: f"head {ray_on(pair.head)} netns {in_netns()}",
+    )
+    left = {
+        p: Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")[:120]
+        for p in ray_on(pair.worker)
+        if Path(f"/proc/{p}/cmdline").exists()
+    }
     print(f"[two nodes] on the worker after ray down: {left}", flush=True)
-    ssh = [shutil.which("ssh") or "ssh", "-i", str(pair.key), "-o", "StrictHostKeyChecking=no", "-o",
-           "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", f"{getpass.getuser()}@{pair.worker.ip}"]  # fmt: skip
+    ssh = [
+        shutil.which("ssh") or "ssh",
+        "-i",
+        str(pair.key),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        f"{getpass.getuser()}@{pair.worker.ip}",
+    ]
     stop_worker = subprocess.run(
         [*ssh, "source ~/.bashrc; ray stop"],
         capture_output=True,
@@ -522,8 +625,12 @@ def test_two_node_cluster_journey(pair: Pair) -> None:
         check=False,
     )
     assert stop_worker.returncode == 0, stop_worker.stderr
-    wait_until("no Ray process on either node", lambda: not ray_on(pair.head) and not ray_on(pair.worker), 60,
-               lambda: f"head {ray_on(pair.head)} worker {ray_on(pair.worker)} netns {in_netns()}")  # fmt: skip
+    wait_until(
+        "no Ray process on either node",
+        lambda: not ray_on(pair.head) and not ray_on(pair.worker),
+        60,
+        lambda: f"head {ray_on(pair.head)} worker {ray_on(pair.worker)} netns {in_netns()}",
+    )
     print(
         f"[two nodes] no Ray left {time.monotonic() - stopped:.1f} s after ray down; total "
         f"{time.monotonic() - started:.1f} s",
