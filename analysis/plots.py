@@ -385,6 +385,24 @@ def _authors_default(trials: pd.DataFrame) -> pd.Series:
     )
 
 
+# The trade-off plot: the Pareto front as a ringed line, the authors' default as a gold star on top.
+FRONT_STYLE: dict[str, object] = {
+    "color": "black",
+    "linewidth": 1.2,
+    "marker": "o",
+    "markerfacecolor": "none",
+    "markersize": 9,
+}
+DEFAULT_STYLE: dict[str, object] = {
+    "marker": "*",
+    "s": 260,
+    "facecolor": "gold",
+    "edgecolor": "black",
+    "linewidth": 0.8,
+    "zorder": 5,
+}
+
+
 def clean_vs_robust(sweep: Sweep) -> Figure:
     """Every analysed trial, clean against robust accuracy, the Pareto front drawn, the authors' default marked."""
     y_metric = sweep.headline if sweep.headline != M.CLEAN_ACC else M.ROBUST_ACC
@@ -411,29 +429,12 @@ def clean_vs_robust(sweep: Sweep) -> Figure:
     points = data[[M.CLEAN_ACC, y_metric]].to_numpy(dtype=float)
     maximize = [sweep.direction(M.CLEAN_ACC) == "max", sweep.direction(y_metric) == "max"]
     front = data[pareto_mask(points, maximize)].sort_values(M.CLEAN_ACC)
-    ax.plot(
-        front[M.CLEAN_ACC] * kx,
-        front[y_metric] * ky,
-        color="black",
-        linewidth=1.2,
-        marker="o",
-        markerfacecolor="none",
-        markersize=9,
-        label=f"Pareto front ({len(front)} trials)",
-    )
+    ax.plot(front[M.CLEAN_ACC] * kx, front[y_metric] * ky, **FRONT_STYLE, label=f"Pareto front ({len(front)} trials)")
     default = data[_authors_default(data)]
     label = f"authors' default ({AUTHORS_LOSS}, ξ={AUTHORS_MARGIN:g}, λ={AUTHORS_LC_WEIGHT:g})"
     if len(default):
         ax.scatter(
-            default[M.CLEAN_ACC] * kx,
-            default[y_metric] * ky,
-            marker="*",
-            s=260,
-            facecolor="gold",
-            edgecolor="black",
-            linewidth=0.8,
-            zorder=5,
-            label=f"{label}, {len(default)} trials",
+            default[M.CLEAN_ACC] * kx, default[y_metric] * ky, **DEFAULT_STYLE, label=f"{label}, {len(default)} trials"
         )
     else:
         ax.plot([], [], marker="*", linestyle="none", color="gold", label=f"{label}: not in this sweep")

@@ -227,17 +227,20 @@ def build_fgsm(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     return GradientSignAttack(model, loss_fn=_ce(), eps=float(eps), clip_min=CLIP[0], clip_max=CLIP[1])
 
 
+def _iterative(eps: float, suite: AttackSuite, loss_fn: nn.Module) -> dict[str, Any]:
+    """What the paper's iterative attacks (PGD, MIM, BIM) share: the suite's steps and step size in [0, 1]."""
+    return {
+        "loss_fn": loss_fn,
+        "eps": float(eps),
+        "nb_iter": suite.steps,
+        "eps_iter": suite.step_size(eps),
+        "clip_min": CLIP[0],
+        "clip_max": CLIP[1],
+    }
+
+
 def _pgd(model: nn.Module, eps: float, suite: AttackSuite, loss_fn: nn.Module) -> Attack:
-    return LinfPGDAttack(
-        model,
-        loss_fn=loss_fn,
-        eps=float(eps),
-        nb_iter=suite.steps,
-        eps_iter=suite.step_size(eps),
-        rand_init=True,
-        clip_min=CLIP[0],
-        clip_max=CLIP[1],
-    )
+    return LinfPGDAttack(model, rand_init=True, **_iterative(eps, suite, loss_fn))
 
 
 @ATTACK_BUILDERS.register("pgd_ce", info=_classic("white", _steps))
@@ -259,30 +262,13 @@ def build_pgd_cw(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
 @ATTACK_BUILDERS.register("mim", info=_classic("white", _steps))
 def build_mim(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """Momentum iterative attack (Dong et al.), CE summed over the batch as in the authors' notebook."""
-    return MomentumIterativeAttack(
-        model,
-        loss_fn=_ce(),
-        eps=float(eps),
-        nb_iter=suite.steps,
-        decay_factor=1.0,
-        eps_iter=suite.step_size(eps),
-        clip_min=CLIP[0],
-        clip_max=CLIP[1],
-    )
+    return MomentumIterativeAttack(model, decay_factor=1.0, **_iterative(eps, suite, _ce()))
 
 
 @ATTACK_BUILDERS.register("bim", info=_classic("white", _steps))
 def build_bim(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """Basic iterative attack: PGD without the random start (Kurakin et al.)."""
-    return LinfBasicIterativeAttack(
-        model,
-        loss_fn=_ce(),
-        eps=float(eps),
-        nb_iter=suite.steps,
-        eps_iter=suite.step_size(eps),
-        clip_min=CLIP[0],
-        clip_max=CLIP[1],
-    )
+    return LinfBasicIterativeAttack(model, **_iterative(eps, suite, _ce()))
 
 
 @ATTACK_BUILDERS.register("spsa", info=_classic("black", lambda s: s.steps * s.spsa_samples))
