@@ -33,6 +33,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -108,16 +109,10 @@ def _ray_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:10]  # as ray.autoscaler's SSHCommandRunner names it
 
 
-@dataclass
-class Node:
-    """A loopback "head node": its folder, SSH access and the processes that belong to it."""
+class RayCli:
+    """A test cluster as the `ray` CLI sees it: its name, Ray's SSH sockets for it, and `ray …` commands."""
 
     root: Path  # short /tmp path: Ray's socket paths must stay under 108 characters
-    home: Path
-    user: str
-    key: Path
-    ssh_port: int
-    sshd: subprocess.Popen[bytes]
     env: dict[str, str]  # for the CLI processes run here (ray up, ray job, ray down)
 
     @property
@@ -129,7 +124,7 @@ class Node:
         """Where Ray's SSH keeps its ControlMaster sockets for this cluster (a fixed /tmp path in Ray)."""
         return Path("/tmp") / f"ray_ssh_{_ray_hash(getpass.getuser())}" / _ray_hash(self.cluster_name)
 
-    def run(self, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    def ray(self, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
         """A `ray` CLI command from the repository root, as a user runs it; output kept for failures."""
         started = time.monotonic()
         proc = subprocess.run(
@@ -138,6 +133,36 @@ class Node:
         # Reported, never asserted: what each step costs (pytest -s shows it).
         print(f"[cluster] ray {' '.join(args[:2])}: {time.monotonic() - started:.1f} s", flush=True)
         return proc
+
+    def submit(self, dashboard: str, command: str, *options: str, timeout: float) -> subprocess.CompletedProcess[str]:
+        """`ray job submit` of a shell command with this checkout as the job's working dir, as the README does."""
+        return self.ray(
+            "job",
+            "submit",
+            "--address",
+            dashboard,
+            *options,
+            "--working-dir",
+            ".",
+            "--",
+            "bash",
+            "-c",
+            command,
+            timeout=timeout,
+        )
+
+
+@dataclass
+class Node(RayCli):
+    """A loopback "head node": its folder, SSH access and the processes that belong to it."""
+
+    root: Path
+    home: Path
+    user: str
+    key: Path
+    ssh_port: int
+    sshd: subprocess.Popen[bytes]
+    env: dict[str, str]
 
     def processes(self, which: str) -> str:
         """`all`: stop every process of the node; `ray`: its Ray processes; `list`: Ray's pids still running."""
@@ -150,6 +175,68 @@ class Node:
 
 
 # --------------------------------------------------------------------------- the machine
+
+
+def locked_account() -> bool:
+    """OpenSSH refuses a "!"-locked account unless PAM decides."""
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/shadow").read_text().splitlines():
+            if line.split(":")[0] == getpass.getuser():
+                return line.split(":")[1].startswith("!")
+    return False
+
+
+def write_node_session(root: Path, home: Path, bin_dir: Path, marks: dict[str, str], shell: Path) -> None:
+    """A test node's SSH session: its home and temp dir (`marks`), setup_node.sh's settings, and a `ray stop`
+    that stops only the node's own processes."""
+    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in {**marks, "HOME": str(home)}.items())
+    shell.write_text(
+        textwrap.dedent(f"""\
+        #!/bin/bash
+        export {exports}
+        cd "$HOME"
+        if [ -n "${{SSH_ORIGINAL_COMMAND:-}}" ]; then exec bash -c "$SSH_ORIGINAL_COMMAND"; fi
+        exec bash -l
+        """)
+    )
+    shell.chmod(0o755)
+    (home / ".bashrc").write_text(
+        textwrap.dedent(f"""\
+        # the test node's ~/.bashrc: cluster/setup_node.sh's settings, then the node's scoped `ray stop`
+        [ -f ~/.pclc_env ] && . ~/.pclc_env
+        export PATH={bin_dir}:"$PATH"
+        """)
+    )
+    (bin_dir / "stop_node.py").write_text(STOP_SCRIPT)
+    (bin_dir / "ray").write_text(
+        textwrap.dedent(f"""\
+        #!/bin/bash
+        if [ "${{1:-}}" = stop ]; then exec {VENV}/bin/python {bin_dir}/stop_node.py {root} ray; fi
+        exec {VENV}/bin/ray "$@"
+        """)
+    )
+    (bin_dir / "ray").chmod(0o755)
+
+
+def sshd_config(*, port: int, address: str, ssh: Path, pid_file: Path, shell: Path) -> str:
+    """A test node's sshd: key login only, on `address`, every session through the node's `shell`."""
+    return textwrap.dedent(f"""\
+        Port {port}
+        ListenAddress {address}
+        HostKey {ssh}/host_ed25519
+        PidFile {pid_file}
+        AuthorizedKeysFile {ssh}/authorized_keys
+        PermitRootLogin prohibit-password
+        PubkeyAuthentication yes
+        PasswordAuthentication no
+        KbdInteractiveAuthentication no
+        UsePAM {"yes" if locked_account() else "no"}
+        StrictModes no
+        MaxSessions 64
+        MaxStartups 64
+        PrintMotd no
+        ForceCommand {shell}
+        """)
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -183,61 +270,10 @@ def node() -> Iterator[Node]:
 
     # Every session: the node's home and temp dir, then the command the client asked for.
     shell = ssh / "node_shell.sh"
-    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in {**marks, "HOME": str(home)}.items())
-    shell.write_text(
-        textwrap.dedent(f"""\
-        #!/bin/bash
-        export {exports}
-        cd "$HOME"
-        if [ -n "${{SSH_ORIGINAL_COMMAND:-}}" ]; then exec bash -c "$SSH_ORIGINAL_COMMAND"; fi
-        exec bash -l
-        """)
-    )
-    shell.chmod(0o755)
-    (home / ".bashrc").write_text(
-        textwrap.dedent(f"""\
-        # the test node's ~/.bashrc: cluster/setup_node.sh's settings, then the node's scoped `ray stop`
-        [ -f ~/.pclc_env ] && . ~/.pclc_env
-        export PATH={bin_dir}:"$PATH"
-        """)
-    )
-    (bin_dir / "stop_node.py").write_text(STOP_SCRIPT)
-    (bin_dir / "ray").write_text(
-        textwrap.dedent(f"""\
-        #!/bin/bash
-        if [ "${{1:-}}" = stop ]; then exec {VENV}/bin/python {bin_dir}/stop_node.py {root} ray; fi
-        exec {VENV}/bin/ray "$@"
-        """)
-    )
-    (bin_dir / "ray").chmod(0o755)
-
+    write_node_session(root, home, bin_dir, marks, shell)
     (ssh_port,) = free_ports(1)
-    locked = False  # OpenSSH refuses a "!"-locked account unless PAM decides
-    with contextlib.suppress(OSError):
-        locked = any(
-            ln.split(":")[1].startswith("!")
-            for ln in Path("/etc/shadow").read_text().splitlines()
-            if ln.split(":")[0] == user
-        )
     config = ssh / "sshd_config"
-    config.write_text(
-        textwrap.dedent(f"""\
-        Port {ssh_port}
-        ListenAddress 127.0.0.1
-        HostKey {ssh}/host_ed25519
-        PidFile {ssh}/sshd.pid
-        AuthorizedKeysFile {ssh}/authorized_keys
-        PermitRootLogin prohibit-password
-        PubkeyAuthentication yes
-        PasswordAuthentication no
-        KbdInteractiveAuthentication no
-        UsePAM {"yes" if locked else "no"}
-        StrictModes no
-        MaxSessions 64
-        PrintMotd no
-        ForceCommand {shell}
-        """)
-    )
+    config.write_text(sshd_config(port=ssh_port, address="127.0.0.1", ssh=ssh, pid_file=ssh / "sshd.pid", shell=shell))
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
     subprocess.run([tools["sshd"], "-t", "-f", str(config)], check=True, capture_output=True)
@@ -280,29 +316,37 @@ def with_settings(command: str, **settings: str) -> str:
     return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in assigned.items()), *words[n:]])
 
 
-def node_config(node: Node, ports: dict[str, int]) -> Path:
-    """ray_cluster_local.yaml aimed at the loopback node; each change is one the test needs."""
+def local_cluster(
+    cluster: RayCli, *, head_ip: str, worker_ips: list[str], key: Path, ssh_port: int, mlflow_port: int, **settings: str
+) -> dict[str, Any]:
+    """ray_cluster_local.yaml aimed at a test cluster: its name, nodes and SSH key, and the real setup command
+    minus pip (this venv has the project; 2 shared cores), with shared storage, the MLflow port, one MLflow
+    worker and `settings`. The CLI reaches the head's sshd through `nc` to its port."""
     cfg = yaml.safe_load((REPO / "ray_cluster_local.yaml").read_text())
-    cfg["cluster_name"] = node.cluster_name
-    cfg["provider"].update(head_ip="127.0.0.1", worker_ips=[])
-    cfg["auth"] = {
-        "ssh_user": node.user,
-        "ssh_private_key": str(node.key),
-        "ssh_proxy_command": f"nc %h {node.ssh_port}",
-    }
-    # The real setup command, minus pip (this venv has the project; 2 shared cores), plus this node's
-    # storage, port and a single MLflow worker.
+    cfg["cluster_name"] = cluster.cluster_name
+    cfg["provider"].update(head_ip=head_ip, worker_ips=worker_ips)
+    cfg["auth"] = {"ssh_user": getpass.getuser(), "ssh_private_key": str(key), "ssh_proxy_command": f"nc %h {ssh_port}"}
     (setup,) = cfg["setup_commands"]
+    storage = str(cluster.root / "ray_results")
     cfg["setup_commands"] = [
         with_settings(
             setup,
             PCLC_INSTALL="0",
             PCLC_VENV=str(VENV),
-            PCLC_STORAGE=str(node.root / "ray_results"),
-            PCLC_MLFLOW_PORT=str(ports["mlflow"]),
+            PCLC_STORAGE=storage,
+            PCLC_MLFLOW_PORT=str(mlflow_port),
             PCLC_MLFLOW_WORKERS="1",
+            **settings,
         )
     ]
+    return cfg
+
+
+def node_config(node: Node, ports: dict[str, int]) -> Path:
+    """ray_cluster_local.yaml aimed at the loopback node; each change is one the test needs."""
+    cfg = local_cluster(
+        node, head_ip="127.0.0.1", worker_ips=[], key=node.key, ssh_port=node.ssh_port, mlflow_port=ports["mlflow"]
+    )
     # Free ports instead of Ray's fixed defaults, and a small object store: other Ray instances may run here.
     extra = (
         f" --dashboard-port={ports['dashboard']} --ray-client-server-port={ports['client']}"
@@ -323,18 +367,21 @@ def tail(text: str, n: int = 6000) -> str:
     return text if len(text) <= n else "…" + text[-n:]
 
 
-def node_logs(node: Node) -> str:
-    """What to read when the cluster misbehaves: MLflow's log, Ray's monitor and raylet errors."""
+def read_logs(root: Path, patterns: tuple[str, ...]) -> str:
+    """The tails of the files under `root` that match `patterns`: what to read when a cluster misbehaves."""
     out = []
-    for pattern in (
-        "home/pclc-mlflow/server.log",
-        "tmp/ray/session_latest/logs/monitor.*",
-        "tmp/ray/session_latest/logs/raylet.err",
-        "tmp/ray/session_latest/logs/dashboard.err",
-    ):
-        for path in node.root.glob(pattern):
+    for pattern in patterns:
+        for path in root.glob(pattern):
             out.append(f"--- {path}\n{tail(path.read_text(errors='replace'), 2000)}")
     return "\n".join(out)
+
+
+def node_logs(node: Node) -> str:
+    """MLflow's log, Ray's monitor and raylet errors of the loopback node."""
+    logs = ("home/pclc-mlflow/server.log", "tmp/ray/session_latest/logs/monitor.*")
+    return read_logs(
+        node.root, (*logs, "tmp/ray/session_latest/logs/raylet.err", "tmp/ray/session_latest/logs/dashboard.err")
+    )
 
 
 def analyze(node: Node, *args: str) -> None:
@@ -366,12 +413,12 @@ def test_ray_up_runs_a_sweep_that_logs_to_the_heads_mlflow_then_ray_down(node: N
     cfg_text = config.read_text()
 
     # ---- ray up: the project synced, setup_node.sh, Ray's head, then MLflow on the head
-    up = node.run("up", "-y", "--no-config-cache", "--log-style=record", str(config), timeout=600)
+    up = node.ray("up", "-y", "--no-config-cache", "--log-style=record", str(config), timeout=600)
     assert up.returncode == 0, f"ray up failed\n{cfg_text}\n{tail(up.stdout)}\n{tail(up.stderr)}\n{node_logs(node)}"
     assert (node.home / "pclc-sweeps" / "sweeps" / "configs" / f"{SWEEP}.yaml").is_file(), "file_mounts did not sync"
     assert "pclc" in (node.home / ".pclc_env").read_text()
     # The tracking URI, found as the README's cluster section finds it (the last line `ray exec` prints).
-    shown = node.run("exec", "--no-config-cache", str(config), "cat ~/pclc-mlflow/url", timeout=300)
+    shown = node.ray("exec", "--no-config-cache", str(config), "cat ~/pclc-mlflow/url", timeout=300)
     assert shown.returncode == 0, f"{tail(shown.stdout)}\n{tail(shown.stderr)}"
     url = shown.stdout.strip().splitlines()[-1].strip()
     assert url == (node.home / "pclc-mlflow" / "url").read_text().strip()
@@ -386,19 +433,7 @@ def test_ray_up_runs_a_sweep_that_logs_to_the_heads_mlflow_then_ray_down(node: N
         f"python -m sweeps sweeps/configs/{SWEEP}.yaml --smoke-test --address auto"
         " --tracking-uri $(cat ~/pclc-mlflow/url) --storage-path $PCLC_STORAGE"
     )
-    job = node.run(
-        "job",
-        "submit",
-        "--address",
-        f"http://127.0.0.1:{ports['dashboard']}",
-        "--working-dir",
-        ".",
-        "--",
-        "bash",
-        "-c",
-        sweep,
-        timeout=900,
-    )
+    job = node.submit(f"http://127.0.0.1:{ports['dashboard']}", sweep, timeout=900)
     assert job.returncode == 0, f"the sweep job failed\n{tail(job.stdout)}\n{tail(job.stderr)}\n{node_logs(node)}"
 
     # ---- the runs, read back from the head's MLflow server: one parent, one child per trial
@@ -424,7 +459,7 @@ def test_ray_up_runs_a_sweep_that_logs_to_the_heads_mlflow_then_ray_down(node: N
 
     # ---- keep the results (the SQLite store lives on the head's disk), as the README's cluster section says
     kept = node.root / "mlflow-cluster.db"
-    down_db = node.run("rsync-down", str(config), "~/pclc-mlflow/mlflow.db", str(kept), timeout=300)
+    down_db = node.ray("rsync-down", str(config), "~/pclc-mlflow/mlflow.db", str(kept), timeout=300)
     assert down_db.returncode == 0, f"{tail(down_db.stdout)}\n{tail(down_db.stderr)}"
     copied = MlflowClient(tracking_uri=f"sqlite:///{kept}").get_experiment_by_name(EXPERIMENT)
     assert (
@@ -434,10 +469,10 @@ def test_ray_up_runs_a_sweep_that_logs_to_the_heads_mlflow_then_ray_down(node: N
     analyze(node, "--tracking-uri", f"sqlite:///{kept}", "--no-log-artifacts")
 
     # ---- tear down as the README's cluster section says: MLflow (ray down leaves it on own machines), then Ray
-    stop = node.run("exec", "--no-config-cache", str(config), "bash ~/pclc-sweeps/cluster/stop_mlflow.sh", timeout=300)
+    stop = node.ray("exec", "--no-config-cache", str(config), "bash ~/pclc-sweeps/cluster/stop_mlflow.sh", timeout=300)
     assert stop.returncode == 0, f"{tail(stop.stdout)}\n{tail(stop.stderr)}"
     assert listening_addresses(ports["mlflow"]) == set()
-    down = node.run("down", "-y", "--log-style=record", str(config), timeout=300)
+    down = node.ray("down", "-y", "--log-style=record", str(config), timeout=300)
     assert down.returncode == 0, f"ray down failed\n{tail(down.stdout)}\n{tail(down.stderr)}"
     deadline = time.monotonic() + 30
     while (left := node.processes("list")) and time.monotonic() < deadline:

@@ -22,7 +22,6 @@ import ipaddress
 import json
 import os
 import re
-import shlex
 import shutil
 import signal
 import subprocess
@@ -42,12 +41,13 @@ from machine import ensure_debian_packages, free_ports, listening_addresses
 from test_cluster_local import (
     MARKER,
     PACKAGES,
-    REPO,
-    STOP_SCRIPT,
-    VENV,
+    RayCli,
     _ray_hash,
+    local_cluster,
+    read_logs,
+    sshd_config,
     tail,
-    with_settings,
+    write_node_session,
 )
 
 pytestmark = [
@@ -95,7 +95,7 @@ class Host:
 
 
 @dataclass
-class Pair:
+class Pair(RayCli):
     """The head (this machine's end of the veth pair) and the worker (the namespace's end)."""
 
     root: Path
@@ -104,32 +104,6 @@ class Pair:
     key: Path
     ssh_port: int  # the head's sshd (the worker's listens on 22 in its namespace)
     env: dict[str, str]  # for the CLI processes run here (ray up, ray job, ray down)
-
-    @property
-    def cluster_name(self) -> str:
-        return f"pclc-test-{self.root.name}"
-
-    @property
-    def ssh_control_dir(self) -> Path:
-        return Path("/tmp") / f"ray_ssh_{_ray_hash(getpass.getuser())}" / _ray_hash(self.cluster_name)
-
-    def ray(self, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-        """A `ray` CLI command from the repository root, as a user runs it; output kept for failures."""
-        started = time.monotonic()
-        proc = subprocess.run(
-            [str(VENV / "bin" / "ray"), *args],
-            cwd=REPO,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        print(
-            f"[two nodes] ray {' '.join(args[:2])}: {time.monotonic() - started:.1f} s",
-            flush=True,
-        )
-        return proc
 
 
 def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -159,15 +133,6 @@ def wait_until(
             return found
         time.sleep(0.5)
     raise AssertionError(f"{what}: not within {timeout:.0f} s\n{explain()}")
-
-
-def locked_account() -> bool:
-    """OpenSSH refuses a "!"-locked account unless PAM decides."""
-    with contextlib.suppress(OSError):
-        for line in Path("/etc/shadow").read_text().splitlines():
-            if line.split(":")[0] == getpass.getuser():
-                return line.split(":")[1].startswith("!")
-    return False
 
 
 def wait_for_sshd(host: Host, port: int, *, from_netns: str | None) -> None:
@@ -202,34 +167,9 @@ def make_host(
         "RAY_TMPDIR": str(tmp),
         "TMPDIR": str(tmp),
         "RAY_USAGE_STATS_ENABLED": "0",
-        "HOME": str(host.home),
     }
     shell = root / "node_shell.sh"
-    shell.write_text(
-        textwrap.dedent(f"""\
-        #!/bin/bash
-        export {" ".join(f"{k}={shlex.quote(v)}" for k, v in marks.items())}
-        cd "$HOME"
-        if [ -n "${{SSH_ORIGINAL_COMMAND:-}}" ]; then exec bash -c "$SSH_ORIGINAL_COMMAND"; fi
-        exec bash -l
-        """)
-    )
-    shell.chmod(0o755)
-    (host.home / ".bashrc").write_text(
-        textwrap.dedent(f"""\
-        [ -f ~/.pclc_env ] && . ~/.pclc_env
-        export PATH={bin_dir}:"$PATH"
-        """)
-    )
-    (bin_dir / "stop_node.py").write_text(STOP_SCRIPT)
-    (bin_dir / "ray").write_text(
-        textwrap.dedent(f"""\
-        #!/bin/bash
-        if [ "${{1:-}}" = stop ]; then exec {VENV}/bin/python {bin_dir}/stop_node.py {root} ray; fi
-        exec {VENV}/bin/ray "$@"
-        """)
-    )
-    (bin_dir / "ray").chmod(0o755)
+    write_node_session(root, host.home, bin_dir, marks, shell)
     # The head's autoscaler runs `ssh -i ~/ray_bootstrap_key.pem`, and ssh reads that `~` from the passwd
     # home, not $HOME: on this node the home is the test's folder (only -i's argument is rewritten).
     (bin_dir / "ssh").write_text(
@@ -246,23 +186,7 @@ def make_host(
     )
     (bin_dir / "ssh").chmod(0o755)
     (root / "sshd_config").write_text(
-        textwrap.dedent(f"""\
-        Port {port}
-        ListenAddress {ip}
-        HostKey {ssh}/host_ed25519
-        PidFile {root}/sshd.pid
-        AuthorizedKeysFile {ssh}/authorized_keys
-        PermitRootLogin prohibit-password
-        PubkeyAuthentication yes
-        PasswordAuthentication no
-        KbdInteractiveAuthentication no
-        UsePAM {"yes" if locked_account() else "no"}
-        StrictModes no
-        MaxSessions 64
-        MaxStartups 64
-        PrintMotd no
-        ForceCommand {shell}
-        """)
+        sshd_config(port=port, address=ip, ssh=ssh, pid_file=root / "sshd.pid", shell=shell)
     )
     sh(tools["sshd"], "-t", "-f", str(root / "sshd_config"))
     return host
@@ -351,28 +275,17 @@ def pair() -> Iterator[Pair]:
 
 def cluster_config(pair: Pair, ports: dict[str, int]) -> Path:
     """ray_cluster_local.yaml aimed at the two nodes; each change is one the test needs."""
-    cfg = yaml.safe_load((REPO / "ray_cluster_local.yaml").read_text())
-    cfg["cluster_name"] = pair.cluster_name
-    cfg["provider"].update(head_ip=pair.head.ip, worker_ips=[pair.worker.ip])
-    cfg["auth"] = {
-        "ssh_user": getpass.getuser(),
-        "ssh_private_key": str(pair.key),
-        "ssh_proxy_command": f"nc %h {pair.ssh_port}",
-    }  # the CLI's way to the head only
-    (setup,) = cfg["setup_commands"]
-    # No pip (this venv has the project); shared storage; this machine has two addresses, so MLflow is
-    # told which one is the head's (the README's advice for a head with several networks).
-    cfg["setup_commands"] = [
-        with_settings(
-            setup,
-            PCLC_INSTALL="0",
-            PCLC_VENV=str(VENV),
-            PCLC_STORAGE=str(pair.root / "ray_results"),
-            PCLC_MLFLOW_PORT=str(ports["mlflow"]),
-            PCLC_MLFLOW_WORKERS="1",
-            PCLC_MLFLOW_HOST=pair.head.ip,
-        )
-    ]
+    # This machine has two addresses, so MLflow is told which one is the head's (the README's advice for a
+    # head with several networks).
+    cfg = local_cluster(
+        pair,
+        head_ip=pair.head.ip,
+        worker_ips=[pair.worker.ip],
+        key=pair.key,
+        ssh_port=pair.ssh_port,
+        mlflow_port=ports["mlflow"],
+        PCLC_MLFLOW_HOST=pair.head.ip,
+    )
     small = " --object-store-memory=200000000"  # /dev/shm is shared with other tests
     head_extra = (
         f" --num-cpus=0 --num-gpus=0 --node-ip-address={pair.head.ip} --dashboard-port={ports['dashboard']}"
@@ -410,17 +323,10 @@ def state_api(port: int, what: str) -> list[dict[str, Any]]:
 
 
 def logs(pair: Pair) -> str:
-    out = []
-    for pattern in (
-        "h/home/pclc-mlflow/server.log",
-        "h/tmp/ray/session_latest/logs/monitor.*",
-        "h/tmp/ray/session_latest/logs/raylet.err",
-        "w/tmp/ray/session_latest/logs/raylet.err",
-        "w/tmp/ray/session_latest/logs/raylet.out",
-    ):
-        for path in pair.root.glob(pattern):
-            out.append(f"--- {path}\n{tail(path.read_text(errors='replace'), 2000)}")
-    return "\n".join(out)
+    """The head's (h/) MLflow and Ray logs, and the worker's (w/) raylet."""
+    head = ("h/home/pclc-mlflow/server.log", "h/tmp/ray/session_latest/logs/monitor.*")
+    worker = ("w/tmp/ray/session_latest/logs/raylet.err", "w/tmp/ray/session_latest/logs/raylet.out")
+    return read_logs(pair.root, (*head, "h/tmp/ray/session_latest/logs/raylet.err", *worker))
 
 
 def test_two_node_cluster_journey(pair: Pair) -> None:
@@ -468,22 +374,7 @@ def test_two_node_cluster_journey(pair: Pair) -> None:
     )
     dashboard = f"http://127.0.0.1:{ports['dashboard']}"
     job_id = f"pclc-{pair.root.name}"
-    job = pair.ray(
-        "job",
-        "submit",
-        "--address",
-        dashboard,
-        "--submission-id",
-        job_id,
-        "--no-wait",
-        "--working-dir",
-        ".",
-        "--",
-        "bash",
-        "-c",
-        sweep,
-        timeout=300,
-    )
+    job = pair.submit(dashboard, sweep, "--submission-id", job_id, "--no-wait", timeout=300)
     assert job.returncode == 0, f"{tail(job.stdout)}\n{tail(job.stderr)}"
 
     client = MlflowClient(tracking_uri=url)
