@@ -13,13 +13,13 @@ model whose weights still require grad, for comparison.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from bench_json import write_numbers
 from torch import nn
 
 from pclc.attacks import AttackSuite, build_pgd_ce, craft, frozen
@@ -149,19 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, value in (("PGD craft", worst), ("APGD-CE craft", worst_apgd)):
         verdict = "within" if value <= TARGET_RATIO else "ABOVE"
         print(f"worst {name}/floor ratio {value:.2f}: {verdict} the {TARGET_RATIO} target{note}")
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "worst_ratio": worst,
-                    "worst_apgd_ratio": worst_apgd,
-                    "target": TARGET_RATIO,
-                    "rows": rows,
-                    "smoke_test": args.smoke_test,
-                },
-                indent=2,
-            )
-        )
+    write_numbers(args, worst_ratio=worst, worst_apgd_ratio=worst_apgd, target=TARGET_RATIO, rows=rows)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_json import write_numbers
+
 TRAIN_TARGET_S = 60.0
 SMOKE = [
     "epochs=2",
@@ -55,20 +57,14 @@ def main(argv: list[str] | None = None) -> None:
         f"  clean {metrics['clean_acc']:.3f}, classic worst {metrics.get('robust_acc_classic', float('nan')):.3f}, "
         f"AutoAttack-grade worst {metrics.get('robust_acc_aa', float('nan')):.3f}, headline {metrics['robust_acc']:.3f}"
     )
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "train_wall_s": wall,
-                    "trial_s": metrics["trial_seconds"],
-                    "eval_s": metrics["eval_seconds"],
-                    "eval_share": share,
-                    "target_s": TRAIN_TARGET_S,
-                    "smoke_test": args.smoke_test,
-                },
-                indent=2,
-            )
-        )
+    write_numbers(
+        args,
+        train_wall_s=wall,
+        trial_s=metrics["trial_seconds"],
+        eval_s=metrics["eval_seconds"],
+        eval_share=share,
+        target_s=TRAIN_TARGET_S,
+    )
 
 
 if __name__ == "__main__":

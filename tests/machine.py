@@ -1,4 +1,5 @@
-"""What the end-to-end tests need from this machine: Debian packages, free ports, listening sockets.
+"""What the end-to-end tests need from this machine: Debian packages, free ports, listening sockets,
+a live MLflow server.
 
 Installs what is missing with apt-get (CI machines start bare); fails under CI, skips elsewhere,
 only where apt-get cannot run at all.
@@ -11,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,12 @@ def listening_addresses(port: int) -> set[str]:
                 packed = b"".join(words)
                 found.add(socket.inet_ntop(socket.AF_INET if width == 8 else socket.AF_INET6, packed))
     return found
+
+
+def mlflow_answers(uri: str) -> bool:
+    """Whether the MLflow server at `uri` answers its health check now."""
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=2) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False

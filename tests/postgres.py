@@ -19,12 +19,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from machine import ensure_debian_packages, free_ports
+from machine import ensure_debian_packages, free_ports, mlflow_answers
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -173,11 +172,7 @@ class HeadMlflow:
         return self._script("stop_mlflow.sh")
 
     def answers(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as answer:
-                return bool(answer.status == 200)
-        except OSError:
-            return False
+        return mlflow_answers(self.uri)
 
     @contextlib.contextmanager
     def running(self) -> Iterator[HeadMlflow]:

@@ -16,13 +16,13 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from machine import mlflow_answers
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
@@ -32,6 +32,7 @@ from pclc.contract import param_value
 from pclc.experiment import Evaluation, Reporter, run_trial
 from sweeps.config import SweepConfig, objective_metrics, parse_sweep
 from sweeps.driver import ray_session, set_tune_environment
+from sweeps.tracking import SweepTracker
 
 EPOCH_KEYS = (M.EPOCH, M.TRAIN_LOSS, M.CLEAN_ACC, M.EPOCH_ROBUST_ACC)
 
@@ -140,6 +141,29 @@ def assert_mlflow_holds_every_report(uri: str, experiment: str, notes_dir: Path,
             assert sorted(logged) == sorted(points), (trial_id, key)  # all there, none twice
 
 
+def started_tracker(
+    uri: str,
+    name: str,
+    *,
+    experiment_path: str,
+    objective: list[dict[str, str]] | None = None,
+    resolved_config: str | None = None,
+) -> SweepTracker:
+    """A `SweepTracker` on `uri` with its parent run of an optimize sweep `name` (headline robust_acc) open;
+    the objective defaults to max robust_acc, the resolved config to `name: <name>`."""
+    tracker = SweepTracker(uri)
+    tracker.start_parent(
+        name=name,
+        mode="optimize",
+        headline_metric="robust_acc",
+        objective=[{"metric": "robust_acc", "mode": "max"}] if objective is None else objective,
+        experiment_path=experiment_path,
+        resolved_config=f"name: {name}\n" if resolved_config is None else resolved_config,
+        resume=False,
+    )
+    return tracker
+
+
 # --------------------------------------------------------------------------- injected faults
 
 
@@ -174,8 +198,14 @@ class Hooked:
             self.after_final(evaluation)
 
 
+def _resume_epoch(options: dict[str, Any]) -> Any:
+    """The epoch a trial resumes after (None for a fresh start), from the options passed on to `run_trial`."""
+    resume = options.get("resume")
+    return None if resume is None else resume["epoch"]
+
+
 def failing_after_first_epoch(
-    cfg: TrialConfig, report: Reporter, *, prepared: Any = None, resume: Any = None, notes_file: str, **options: Any
+    cfg: TrialConfig, report: Reporter, *, notes_file: str, **options: Any
 ) -> dict[str, float]:
     """Trials with loss 'pc' raise after each epoch they train; every attempt is noted in `notes_file`
     (bind it with functools.partial)."""
@@ -184,33 +214,25 @@ def failing_after_first_epoch(
         {
             "seed": cfg.seed,
             "loss": cfg.loss,
-            "prepared": prepared is not None,
-            "resume_epoch": None if resume is None else resume["epoch"],
+            "prepared": options.get("prepared") is not None,
+            "resume_epoch": _resume_epoch(options),
         },
     )
     if cfg.loss != "pc":
-        return run_trial(cfg, report, prepared=prepared, resume=resume, **options)
+        return run_trial(cfg, report, **options)
 
     def fail(metrics: dict[str, float]) -> None:
         raise RuntimeError(f"injected failure after epoch {int(metrics['epoch'])}")
 
-    return run_trial(cfg, Hooked(report, after_epoch=fail), prepared=prepared, resume=resume, **options)
+    return run_trial(cfg, Hooked(report, after_epoch=fail), **options)
 
 
 def killed_once_mid_trial(
-    cfg: TrialConfig,
-    report: Reporter,
-    *,
-    prepared: Any = None,
-    resume: Any = None,
-    notes_file: str,
-    marker: str,
-    kill_epoch: int,
-    **options: Any,
+    cfg: TrialConfig, report: Reporter, *, notes_file: str, marker: str, kill_epoch: int, **options: Any
 ) -> dict[str, float]:
     """SIGKILL of the trial's own worker process once, when epoch `kill_epoch` has trained but before it is
     reported (the epoch's work is lost mid-way); `marker` makes it happen to the first attempt only."""
-    _note(notes_file, {"pid": os.getpid(), "resume_epoch": None if resume is None else resume["epoch"]})
+    _note(notes_file, {"pid": os.getpid(), "resume_epoch": _resume_epoch(options)})
 
     def die(metrics: dict[str, float]) -> None:
         _note(notes_file, {"pid": os.getpid(), "epoch": int(metrics["epoch"])})
@@ -218,18 +240,11 @@ def killed_once_mid_trial(
             open(marker, "w").close()
             os.kill(os.getpid(), signal.SIGKILL)
 
-    return run_trial(cfg, Hooked(report, before_epoch=die), prepared=prepared, resume=resume, **options)
+    return run_trial(cfg, Hooked(report, before_epoch=die), **options)
 
 
 def noting_reports(
-    cfg: TrialConfig,
-    report: Reporter,
-    *,
-    prepared: Any = None,
-    resume: Any = None,
-    notes_dir: str,
-    go_file: str | None = None,
-    **options: Any,
+    cfg: TrialConfig, report: Reporter, *, notes_dir: str, go_file: str | None = None, **options: Any
 ) -> dict[str, float]:
     """Note every report of the trial (after it went through) in `<notes_dir>/<trial>.jsonl`, so a test
     can compare MLflow with what the trial really reported. With `go_file`, wait after epoch 1 until that
@@ -247,19 +262,11 @@ def noting_reports(
     def note_final(evaluation: Evaluation) -> None:
         _note(path, {"final": True, "metrics": evaluation.metrics, "time": time.time()})
 
-    return run_trial(
-        cfg, Hooked(report, after_epoch=note_epoch, after_final=note_final), prepared=prepared, resume=resume, **options
-    )
+    return run_trial(cfg, Hooked(report, after_epoch=note_epoch, after_final=note_final), **options)
 
 
 def filling_disk_after_first_epoch(
-    cfg: TrialConfig,
-    report: Reporter,
-    *,
-    prepared: Any = None,
-    resume: Any = None,
-    fill_dir: str,
-    **options: Any,
+    cfg: TrialConfig, report: Reporter, *, fill_dir: str, **options: Any
 ) -> dict[str, float]:
     """After epoch 1 is reported, fill the file system of `fill_dir` to the last byte (disk full)."""
 
@@ -273,7 +280,7 @@ def filling_disk_after_first_epoch(
                     if exc.errno != errno.ENOSPC:
                         raise
 
-    return run_trial(cfg, Hooked(report, after_epoch=fill), prepared=prepared, resume=resume, **options)
+    return run_trial(cfg, Hooked(report, after_epoch=fill), **options)
 
 
 # --------------------------------------------------------------------------- a real MLflow server
@@ -316,15 +323,10 @@ class MlflowServer:
             command, cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         deadline = time.monotonic() + timeout
-        while True:
+        while not self.answers():
             assert self.proc.poll() is None, (self.folder / f"server{self.starts}.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the MLflow server did not answer in time"
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.3)
+            time.sleep(0.3)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -339,11 +341,7 @@ class MlflowServer:
             os.killpg(self.proc.pid, signal.SIGKILL)
 
     def answers(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as answer:
-                return bool(answer.status == 200)
-        except OSError:
-            return False
+        return mlflow_answers(self.uri)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pclc import metrics as M
-from pclc.config import make_config
+from pclc.config import TrialConfig, make_config
 from pclc.experiment import Evaluation, prepare, run_trial, substitute_config, train_substitute
 from pclc.train import load_checkpoint
 
@@ -156,20 +156,25 @@ def test_weights_from_uint8_images_equal_those_from_float_images(tmp_path: Path)
     assert _weights_hash(tiny, prepared=stored) == _weights_hash(tiny, prepared=as_float)
 
 
+def _fgsm_checkpointing(*, epochs: int, checkpoint_every: int, **changes: Any) -> TrialConfig:
+    """SMALL with one FGSM eps and no per-epoch evaluation, checkpointing every `checkpoint_every` epochs."""
+    return make_config(
+        {
+            **SMALL,
+            "epochs": epochs,
+            "attacks": ["fgsm"],
+            "eps": [0.1],
+            "checkpoint_every": checkpoint_every,
+            "epoch_eval_samples": 0,
+            **changes,
+        }
+    )
+
+
 def test_checkpoint_every_two_epochs_resumes_exactly(prepared) -> None:
     # Epochs between checkpoints report no state (recorded as {}); a trial killed after epoch 3 resumes from epoch 2's
     # checkpoint and ends with the uninterrupted run's weights, bit for bit.
-    cfg = make_config(
-        {
-            **SMALL,
-            "epochs": 4,
-            "attacks": ["fgsm"],
-            "eps": [0.1],
-            "checkpoint_every": 2,
-            "epoch_eval_samples": 0,
-            "device": "cpu",
-        }
-    )
+    cfg = _fgsm_checkpointing(epochs=4, checkpoint_every=2, device="cpu")
     straight = Recorder()
     run_trial(cfg, straight, prepared=prepared)
     epochs = [(m[M.EPOCH], bool(s)) for m, s in straight.calls if s is not None]
@@ -185,17 +190,7 @@ def test_checkpoint_every_two_epochs_resumes_exactly(prepared) -> None:
 
 
 def test_rung_epochs_checkpoint_besides_the_interval(prepared) -> None:
-    cfg = make_config(
-        {
-            **SMALL,
-            "epochs": 3,
-            "attacks": ["fgsm"],
-            "eps": [0.1],
-            "checkpoint_every": 5,
-            "epoch_eval_samples": 0,
-            "eval_limit": 32,
-        }
-    )
+    cfg = _fgsm_checkpointing(epochs=3, checkpoint_every=5, eval_limit=32)
     rec = Recorder()
     run_trial(cfg, rec, prepared=prepared, checkpoint_at=(1,), device="cpu")
     assert [(m[M.EPOCH], bool(s)) for m, s in rec.calls if s is not None] == [(1, True), (2, False), (3, True)]

@@ -31,6 +31,7 @@ from sweep_util import (  # noqa: F401  (local_ray is a fixture)
     local_ray,
     notes,
     runs,
+    started_tracker,
     tiny_ablation,
     tiny_optimize,
 )
@@ -129,17 +130,7 @@ def test_a_trial_killed_between_checkpoints_resumes_from_the_last_one_with_the_s
 
 
 def _tracker(uri: str, name: str, tmp_path: Path) -> SweepTracker:
-    tracker = SweepTracker(uri)
-    tracker.start_parent(
-        name=name,
-        mode="optimize",
-        headline_metric="robust_acc",
-        objective=[{"metric": "robust_acc", "mode": "max"}],
-        experiment_path=str(tmp_path / "ray_results" / name),
-        resolved_config=f"name: {name}\n",
-        resume=False,
-    )
-    return tracker
+    return started_tracker(uri, name, experiment_path=str(tmp_path / "ray_results" / name))
 
 
 @pytest.mark.slow
@@ -338,15 +329,8 @@ def test_the_driver_wraps_up_a_sweep_through_a_tracking_server_outage(
     from sweeps.tracking import TrackingTarget
 
     monkeypatch.setenv("PCLC_TRACKING_PATIENCE_S", "120")
-    tracker = SweepTracker(server.uri)
-    tracker.start_parent(
-        name="outage-wrapup",
-        mode="optimize",
-        headline_metric="robust_acc",
-        objective=[],
-        experiment_path="/nowhere/outage-wrapup",
-        resolved_config="name: x\n",
-        resume=False,
+    tracker = started_tracker(
+        server.uri, "outage-wrapup", experiment_path="/nowhere/outage-wrapup", objective=[], resolved_config="name: x\n"
     )
     target = TrackingTarget(server.uri, tracker.experiment_id, tracker.parent_run_id)
     run = TrialRun.open(target, trial_id="t1", params={"seed": 0})

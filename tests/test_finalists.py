@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 from mlflow.tracking import MlflowClient
+from sweep_util import TINY_TRIAL, started_tracker
 
 from pclc import metrics as M
 from pclc.config import make_config
 from pclc.experiment import Silent, run_trial
 from sweeps.cli import main
 from sweeps.finalists import FINALIST, KILL_AFTER_ENV, state_path
-from sweeps.tracking import SweepTracker, TrialRun
+from sweeps.tracking import TrialRun
 
 EXPERIMENT = "finalists"
 QUICK = ["--limit", "64", "--aa-steps", "5", "--square-queries", "20", "--chunk-size", "32"]
@@ -32,19 +33,10 @@ FINALIST_N = M.to_mlflow(M.finalist_key("n_samples"))
 
 # A trial of a few seconds on digits, scored on the same 64 test samples `pclc evaluate --limit 64` uses.
 TRIAL: dict[str, Any] = {
-    "dataset": "digits",
-    "model": "small_cnn",
-    "epochs": 3,
-    "warmup_epochs": 1,
-    "lr": 0.003,
-    "eval_limit": 64,
+    **{k: v for k, v in TINY_TRIAL.items() if k not in {"attack_steps", "aa_steps", "aa_limit", "epoch_attack_steps"}},
     "epoch_eval_samples": 0,
     "attacks": ["fgsm"],
-    "eps": [0.1, 0.2],
-    "headline_eps": 0.1,
-    "masking_eps": 0.5,
     "save_weights": True,
-    "threads": 1,
 }
 TRIALS = {  # name → changes; `weak` hardly trains, so `strong` is the sweep's best by robust_acc
     "strong": {"seed": 0},
@@ -71,16 +63,7 @@ def store(tmp_path: Path, trained: dict[str, Path]) -> tuple[str, dict[str, str]
     """(tracking URI, name → child run id): a fresh sweep store holding `strong`, `weak`, and `no_weights`
     (the weak trial logged as one that ran with save_weights: false)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = SweepTracker(uri)
-    tracker.start_parent(
-        name=EXPERIMENT,
-        mode="optimize",
-        headline_metric="robust_acc",
-        objective=[{"metric": "robust_acc", "mode": "max"}],
-        experiment_path=str(tmp_path / "ray_results" / EXPERIMENT),
-        resolved_config=f"name: {EXPERIMENT}\n",
-        resume=False,
-    )
+    tracker = started_tracker(uri, EXPERIMENT, experiment_path=str(tmp_path / "ray_results" / EXPERIMENT))
     ids = {}
     for name, folder in [("strong", trained["strong"]), ("weak", trained["weak"]), ("no_weights", trained["weak"])]:
         payload = json.loads((folder / "metrics.json").read_text())

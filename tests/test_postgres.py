@@ -15,11 +15,10 @@ from sweep_util import (
     final_metric_names,
     notes,
     runs,
+    started_tracker,
     tiny_optimize,
     write_like_a_trial,
 )
-
-from sweeps.tracking import SweepTracker
 
 pytestmark = pytest.mark.slow
 
@@ -39,16 +38,7 @@ def test_32_writers_through_start_mlflow_on_postgresql_survive_a_restart(
     trial = tiny_optimize("pg", tmp_path).trial
     with throwaway_postgres(home) as pg, HeadMlflow(home, pg.uri, workers=1).running() as server:
         assert ":" not in pg.uri.split("@")[0].removeprefix("postgresql://")  # no password in the URI
-        tracker = SweepTracker(server.uri)
-        tracker.start_parent(
-            name="pg",
-            mode="optimize",
-            headline_metric="robust_acc",
-            objective=[],
-            experiment_path=str(tmp_path / "pg"),
-            resolved_config="name: pg\n",
-            resume=False,
-        )
+        tracker = started_tracker(server.uri, "pg", experiment_path=str(tmp_path / "pg"), objective=[])
         names = final_metric_names(trial)
         fork = multiprocessing.get_context("fork")
         writers = [
