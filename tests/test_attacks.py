@@ -94,18 +94,8 @@ def test_every_attack_says_what_it_is(name: str) -> None:
 
 # ------------------------------------------------------------------ the suite spec
 def test_suite_from_config() -> None:
-    cfg = make_config(
-        {
-            "attacks": ["fgsm", "spsa"],
-            "eps": [0.2, 0.1],
-            "headline_eps": 0.1,
-            "attack_steps": 7,
-            "step_scale": 2.0,
-            "spsa_samples": 32,
-            "eval_batch_size": 50,
-            "seed": 3,
-        }
-    )
+    suite_fields = dict(attacks=["fgsm", "spsa"], eps=[0.2, 0.1], headline_eps=0.1, attack_steps=7, step_scale=2.0)
+    cfg = make_config({**suite_fields, "spsa_samples": 32, "eval_batch_size": 50, "seed": 3})
     s = AttackSuite.from_config(cfg)
     assert s == AttackSuite(
         attacks=("fgsm", "spsa"),
