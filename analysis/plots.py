@@ -687,6 +687,7 @@ def parallel_coordinates(sweep: Sweep) -> Figure:
     ax.set_yticks([])
     ax.set_ylim(-0.12, 1.12)
     ax.set_xlim(-0.2, len(names) - 0.8)
+    ax.set_xlabel("the searched knobs, then the objective")
     ax.set_ylabel("each axis from its lowest to its highest value")
     fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=metric_label(sweep, headline))
     ax.set_title(f"Searched knobs against {headline} ({len(trials)} finished trials; best on top)")

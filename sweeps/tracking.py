@@ -87,6 +87,41 @@ def artifact_root(tracking_uri: str) -> str | None:
     return None
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def ensure_sqlite_store(tracking_uri: str) -> None:
+    """A new SQLite store is built aside and linked into place whole. MLflow creates its tables one
+    migration at a time (a minute on a busy machine): a sweep killed in between would leave a file that
+    no later run can open ("table … already exists"). A store that exists is left alone."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    path = Path(tracking_uri.removeprefix("sqlite:///"))
+    if path.exists():
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a driver killed while building one
+        pid = int(stale.name.split(".")[-2].split("-")[0])
+        if not _alive(pid):
+            stale.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{random.getrandbits(32):08x}.tmp")
+    try:
+        SqlAlchemyStore(f"sqlite:///{tmp}", artifact_root(tracking_uri)).engine.dispose()
+        with contextlib.suppress(FileExistsError):  # another driver made it first: theirs stands
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def retrying(fn: Callable[..., T], *args: Any, attempts: int = 60, **kwargs: Any) -> T:
     """Call `fn`, retrying with jittered back-off while SQLite reports a lock (about 2 min at most)."""
     delay = 0.05
@@ -210,6 +245,7 @@ class SweepTracker:
 
     def __init__(self, tracking_uri: str) -> None:
         self.tracking_uri = tracking_uri
+        ensure_sqlite_store(tracking_uri)
         self.client = MlflowClient(tracking_uri)
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None

@@ -21,13 +21,29 @@ FAST_TIMEOUT_S = 300  # pyproject's `timeout`: every test, unless it says otherw
 SLOW_TIMEOUT_S = 900  # an end-to-end test (real sweeps, cluster, browser) without its own timeout
 
 
+# The suite's longest files, longest first (`pytest --durations`, summed per file, on the 2-core CI machine):
+# a hint for the order only; a file missing here just starts later.
+LONGEST_FILES = (
+    "test_kill_points.py",
+    "test_cluster_two_nodes.py",
+    "test_sweeps.py",
+    "test_faults.py",
+    "test_benchmarks.py",
+    "test_concurrency.py",
+    "test_cluster_local.py",
+    "test_sweep_resume.py",
+    "test_postgres.py",
+    "test_journey.py",
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Nothing hangs CI: slow tests get a longer explicit timeout than the global one, never none.
 
-    Files holding slow tests run first, so that under `pytest -n 2 --dist loadfile` (make test) the
-    long end-to-end files start early and the short ones fill in around them instead of trailing."""
+    Files run longest first, so that under `pytest -n 2 --dist loadfile` (make test) the long end-to-end
+    files start early and the short ones fill in around them instead of trailing."""
     for item in items:
         if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within a file is kept
+    order = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: order.get(item.path.name, len(order)))  # stable: the order within a file is kept

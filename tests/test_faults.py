@@ -37,7 +37,7 @@ from sweep_util import (  # noqa: F401  (local_ray is a fixture)
 )
 
 from pclc.config import TrialConfig
-from pclc.experiment import run_trial
+from pclc.experiment import Silent, run_trial
 from pclc.train import load_checkpoint
 from sweeps.driver import StorageError, run_sweep
 from sweeps.tracking import SweepTracker, TrackingUnavailable, TrialRun
@@ -90,6 +90,16 @@ def test_a_trial_killed_mid_epoch_is_retried_from_its_last_checkpoint(local_ray:
 
 
 @pytest.mark.slow
+class LastCheckpoint(Silent):
+    """A reporter that keeps the newest checkpoint: an uninterrupted run's final weights."""
+
+    state: dict[str, Any]
+
+    def on_epoch(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        if state is not None:
+            self.state = state
+
+
 def test_a_trial_killed_between_checkpoints_resumes_from_the_last_one_with_the_same_weights(
     local_ray: None, tmp_path: Path
 ) -> None:
@@ -117,12 +127,10 @@ def test_a_trial_killed_between_checkpoints_resumes_from_the_last_one_with_the_s
     _, (child,) = runs(uri, "interval")
     assert [s for s, _ in history(uri, child, "epoch")] == [1, 2, 3, 4, 5]  # each epoch once
     (weights,) = (tmp_path / "ray_results" / "interval" / "outputs").glob("*/model.pt")
-    straight: list[dict[str, Any]] = []
-    run_trial(
-        cfg.trial_config({"loss": "pclc", "seed": 0, "out_dir": None}), lambda m, s: straight.append(s) if s else None
-    )
+    straight = LastCheckpoint()
+    run_trial(cfg.trial_config({"loss": "pclc", "seed": 0, "out_dir": None}), straight)
     swept = load_checkpoint(weights)
-    for key, value in straight[-1]["model"].items():
+    for key, value in straight.state["model"].items():
         assert torch.equal(swept[key], value), key
 
 

@@ -3,7 +3,10 @@ SQLite lock is waited out instead of losing a write, and failure reasons are the
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -109,3 +112,27 @@ def test_failure_reason_is_the_exception_line_of_a_traceback() -> None:
 
 def test_params_encode_lists_as_json() -> None:
     assert param_value([0.1, 0.2]) == "[0.1, 0.2]" and param_value(None) == "None" and param_value(0.5) == "0.5"
+
+
+def test_a_sweep_killed_while_mlflow_creates_its_store_leaves_it_whole_or_absent(tmp_path: Path) -> None:
+    # MLflow builds a new SQLite store one migration at a time (about a second); a driver killed in between
+    # used to leave a file that every later run refused ("table … already exists"). Kill it at many moments.
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    create = (
+        "from sweeps.tracking import SweepTracker; print('go', flush=True); "
+        f"SweepTracker({uri!r}).ensure_experiment('first')"
+    )
+    outcomes = []
+    for after in (0.05, 0.2, 0.35, 0.5, 0.65, 0.8, 1.0, 1.3):
+        proc = subprocess.Popen([sys.executable, "-c", create], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert proc.stdout is not None and proc.stdout.readline() == b"go\n"
+        time.sleep(after)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        exists = (tmp_path / "mlflow.db").exists()
+        outcomes.append((after, exists))
+        if exists:  # whole: the next sweep opens it and records into it
+            break
+    tracker = SweepTracker(uri)
+    assert tracker.ensure_experiment("next"), outcomes
+    assert (tmp_path / "mlflow.db").exists() and not list(tmp_path.glob(".mlflow.db.*")), outcomes
