@@ -519,8 +519,10 @@ def load_npz(path: str | Path) -> Dataset:
     Without a test split, TEST_FRACTION of every class is held out with SPLIT_SEED.
 
     Example:
-        >>> np.savez("/tmp/mine.npz", x=np.zeros((10, 8, 8), np.uint8), y=np.arange(10) % 2)
-        >>> load_npz("/tmp/mine.npz").input_shape
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "mine.npz"
+        >>> np.savez(path, x=np.zeros((10, 8, 8), np.uint8), y=np.arange(10) % 2)
+        >>> load_npz(str(path)).input_shape
         (1, 8, 8)
     """
     return _npz_dataset(path).as_float()
