@@ -41,7 +41,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Nothing hangs CI: slow tests get a longer explicit timeout than the global one, never none.
 
     Files run longest first, so that under `pytest -n 2 --dist loadfile` (make test) the long end-to-end
-    files start early and the short ones fill in around them instead of trailing."""
+    files start early and the short ones fill in around them instead of trailing (with xdist's
+    `--no-loadscope-reorder`, which make test passes: by default it orders files by their test count)."""
     for item in items:
         if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
             item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
