@@ -663,9 +663,11 @@ def ray_session(address: str | None, **init: Any) -> Iterator[None]:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     started = not ray.is_initialized()
     if started:
-        # address None: a local Ray on this machine; "auto": join the cluster started with `ray start`
+        # address None: a private local Ray on this machine ("local": ray.init(None) would join any cluster
+        # `ray start` left running here, even one being torn down); "auto": join the cluster started with
+        # `ray start`
         try:
-            ray.init(address=address, include_dashboard=False, configure_logging=False, **init)
+            ray.init(address=address or "local", include_dashboard=False, configure_logging=False, **init)
         except OSError as exc:
             if "AF_UNIX path length" not in str(exc):
                 raise
