@@ -3,6 +3,7 @@ CLI, a local Ray started by the command, MLflow, and the closing summary, end to
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -57,3 +58,16 @@ def test_dry_run_prints_the_trial_count_resources_and_an_estimate_and_starts_not
     assert per_trial > 0 and wall >= 8 * per_trial  # 16 trials, 2 at a time: 8 waves (plus preparation)
     assert gpu_hours == pytest.approx(16 * per_trial * 0.25 / 3600, rel=0.02, abs=2e-3)
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no mlflow.db, no ray_results: nothing started
+
+
+def test_without_address_a_sweep_starts_its_own_ray_and_joins_no_other(tmp_path: Path) -> None:
+    # `ray.init(None)` joins whatever cluster this machine names (RAY_ADDRESS, a `ray start` left running),
+    # even one that is gone; `pclc sweep` without --address promises a private local Ray instead.
+    probe = (
+        "from sweeps.driver import ray_session\n"
+        "with ray_session(None, num_cpus=1):\n"
+        "    import ray; print('cpus', ray.cluster_resources()['CPU'])\n"
+    )
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:9", "RAY_gcs_server_port_wait_time_s": "3"}  # nothing there
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0 and "cpus 1.0" in proc.stdout, proc.stderr[-3000:]
