@@ -109,7 +109,7 @@ def ensure_sqlite_store(tracking_uri: str) -> None:
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a driver killed while building one
+    for stale in path.parent.glob(f".{path.name}.*.tmp*"):  # left by a driver killed while building one
         pid = int(stale.name.split(".")[-2].split("-")[0])
         if not _alive(pid):
             stale.unlink(missing_ok=True)
@@ -120,6 +120,7 @@ def ensure_sqlite_store(tracking_uri: str) -> None:
             os.link(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+        tmp.with_name(f"{tmp.name}-journal").unlink(missing_ok=True)
 
 
 def retrying(fn: Callable[..., T], *args: Any, attempts: int = 60, **kwargs: Any) -> T:
