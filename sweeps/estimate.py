@@ -21,7 +21,7 @@ PROBE_SAMPLES = 32  # test samples the evaluation probe attacks; its time is sca
 
 
 class _OneEpoch(Exception):
-    """Raised by the report callback once the first epoch is measured: the dry run trains no more."""
+    """Raised by the reporter once the first epoch is measured: the dry run trains no more."""
 
 
 @dataclass(frozen=True)
