@@ -8,7 +8,7 @@ FINISHED, none FAILED or RUNNING, one parent and one MLflow run per trial, every
 once, trials that had finished before the kill untouched, and Optuna's initial point evaluated once.
 
     python benchmarks/kill_points.py                 # 4 trials × 4 epochs, 8 kill points
-    python benchmarks/kill_points.py --smoke-test    # 3 trials × 2 epochs, 6 kill points (CI)
+    python benchmarks/kill_points.py --smoke-test    # 3 trials × 2 epochs, 4 kill points (CI)
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # 3 trials, 2 at a time: the kills also land between trials (one ended, the third not yet started)
     trials, epochs = (3, 2) if args.smoke_test else (4, 4)
-    fractions = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7] if args.smoke_test else [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9]
+    fractions = [0.25, 0.4, 0.55, 0.7] if args.smoke_test else [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9]
     rows = []
     with tempfile.TemporaryDirectory(prefix="pclc-kill-") as tmp:
         base = Path(tmp) / "uninterrupted"

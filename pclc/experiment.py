@@ -21,7 +21,7 @@ from torch import nn
 
 from pclc import metrics as M
 from pclc.attacks import AttackSuite
-from pclc.config import TrialConfig
+from pclc.config import OPTIMIZATION_FIELDS, TrialConfig
 from pclc.data import Dataset, load_stored, pixels
 from pclc.evaluate import epoch_robust_acc, evaluate
 from pclc.gpu import fp32_precision
@@ -116,13 +116,22 @@ def substitute_config(cfg: TrialConfig) -> TrialConfig:
     )
 
 
+# What `fit` reads from the substitute's config (its loss is CE: no margin, weight or warm-up).
+SUBSTITUTE_FIELDS = ("model", "epochs", "seed", *OPTIMIZATION_FIELDS, "bf16", "device")
+
+
+def substitute_key(cfg: TrialConfig) -> dict[str, Any]:
+    """Every field that decides the substitute's weights besides its data: two configs with the same key share one."""
+    sub = substitute_config(cfg)
+    return {k: getattr(sub, k) for k in SUBSTITUTE_FIELDS}
+
+
 def _substitute_cache_path(cfg: TrialConfig) -> Path | None:
     if cfg.cache_dir is None:
         return None
-    sub = substitute_config(cfg)
-    keys = ("dataset", "train_limit", "model", "epochs", "seed", "batch_size", "optimizer", "lr", "augment")
-    digest = hashlib.sha256(json.dumps({k: getattr(sub, k) for k in keys}, sort_keys=True).encode()).hexdigest()
-    return Path(cfg.cache_dir) / f"substitute-{sub.model}-{digest[:12]}.pt"
+    key = {"dataset": cfg.dataset, "data_root": cfg.data_root, "train_limit": cfg.train_limit, **substitute_key(cfg)}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return Path(cfg.cache_dir) / f"substitute-{key['model']}-{digest[:12]}.pt"
 
 
 def train_substitute(cfg: TrialConfig, data: Dataset) -> dict[str, torch.Tensor]:
@@ -210,7 +219,17 @@ def run_trial(
     if resume is not None:
         trainer.load_state_dict(resume)
     train_loss = float("nan")
-    train_seconds = 0.0  # this attempt's training epochs and their per-epoch signal, not the reporting
+    # The cost counts every attempt: what earlier ones spent up to their last checkpoint travels in it.
+    spent = {"trial_seconds": 0.0, "train_seconds": 0.0, "gpu_hours": 0.0, **(resume or {}).get("spent", {})}
+    train_seconds = spent["train_seconds"]  # training epochs and their per-epoch signal, not the reporting
+
+    def cost(now: float) -> dict[str, float]:
+        return {
+            "trial_seconds": spent["trial_seconds"] + now - started,
+            "train_seconds": train_seconds,
+            "gpu_hours": spent["gpu_hours"] + gpu_hours(device, now - started),
+        }
+
     while trainer.epoch < cfg.epochs:
         epoch_started = time.perf_counter()
         train_loss = trainer.train_epoch(data.x_train, data.y_train)
@@ -226,10 +245,11 @@ def run_trial(
                 )
         # the cost so far, every epoch: a trial the scheduler stops early still says what it cost
         train_seconds += time.perf_counter() - epoch_started
+        so_far = cost(time.perf_counter())
         epoch_metrics[M.TRAIN_SECONDS] = train_seconds
-        epoch_metrics[M.GPU_HOURS] = gpu_hours(device, time.perf_counter() - started)
+        epoch_metrics[M.GPU_HOURS] = so_far["gpu_hours"]
         due = checkpoint_due(trainer.epoch, every=cfg.checkpoint_every, last=cfg.epochs, also=checkpoint_at)
-        reporter.on_epoch(epoch_metrics, trainer.state_dict() if due else None)
+        reporter.on_epoch(epoch_metrics, {**trainer.state_dict(), "spent": so_far} if due else None)
 
     # ---- evaluate: the attack suite, robust accuracy, probability gap, masking checks (IEEE fp32, no TF32)
     evaluation_started = time.perf_counter()
@@ -244,13 +264,14 @@ def run_trial(
             masking_eps=cfg.masking_eps,
         )
     now = time.perf_counter()
+    total = cost(now)
     final = {
         **result.metrics,
         M.EPOCH: cfg.epochs,
-        M.TRIAL_SECONDS: now - started,
+        M.TRIAL_SECONDS: total["trial_seconds"],
         M.EVAL_SECONDS: now - evaluation_started,
         M.TRAIN_SECONDS: train_seconds,
-        M.GPU_HOURS: gpu_hours(device, now - started),
+        M.GPU_HOURS: total["gpu_hours"],
     }
     if math.isfinite(train_loss):  # a trial resumed after its last epoch trained no epoch here
         final[M.TRAIN_LOSS] = train_loss

@@ -23,7 +23,8 @@ ROBUST_ACC_CLASSIC = "robust_acc_classic"  # worst classic attack at the headlin
 ROBUST_ACC_AA = "robust_acc_aa"  # worst AutoAttack-grade attack at the headline eps
 PROB_GAP = "prob_gap"
 EVAL_SECONDS = "eval_seconds"  # wall time of the final evaluation (the attack suite), within trial_seconds
-TRIAL_SECONDS = "trial_seconds"  # wall time of the whole trial (this attempt): set-up, training, evaluation
+TRIAL_SECONDS = "trial_seconds"  # wall time of the whole trial: set-up, training, evaluation; a resumed
+# trial adds what earlier attempts spent up to their last checkpoint (their work after it is not counted)
 TRAIN_SECONDS = "train_seconds"  # wall time of the training epochs (with their per-epoch signal), within trial_seconds
 GPU_HOURS = "gpu_hours"  # the trial's GPU share × trial_seconds / 3600: what it costs on a GPU (0 on a CPU)
 # What a trial costs; the sweep's parent run holds each summed over its trials as `total_key(name)`.

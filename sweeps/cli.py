@@ -54,7 +54,7 @@ def _preflight_sweep(args: argparse.Namespace) -> None:
     from sweeps.config import check_tracking_store, load_sweep
     from sweeps.storage import experiment_path, read_metadata, storage_root
 
-    cfg = load_sweep(args.config, list(getattr(args, "set", None) or []))
+    cfg = load_sweep(args.config, args.set, smoke=args.smoke_test)
     uri = normalize_tracking_uri(args.tracking_uri) if args.tracking_uri else cfg.tracking_uri
     if uri is None:  # a sweep being resumed goes on logging to the store it began with: probe that one
         uri = read_metadata(experiment_path(storage_root(cfg, args.storage_path), cfg.name)).get("tracking_uri")
@@ -69,7 +69,7 @@ def _sweep(args: argparse.Namespace) -> int:
         from sweeps.config import load_sweep
         from sweeps.estimate import dry_run
 
-        return dry_run(load_sweep(args.config, list(args.set or [])), sys.stdout)
+        return dry_run(load_sweep(args.config, args.set, smoke=args.smoke_test), sys.stdout)
     _preflight_sweep(args)
     from sweeps.driver import sweep_command
 

@@ -592,14 +592,54 @@ def parse_sweep(data: dict[str, Any], *, source: str = "sweep") -> SweepConfig:
     return cfg
 
 
-def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
-    """The one loader: YAML file ← `--set key=value` (dotted keys, e.g. trial.epochs=2)."""
+def load_sweep(path: str | Path, overrides: list[str] | None = None, *, smoke: bool = False) -> SweepConfig:
+    """The one loader: YAML file ← `--set key=value` (dotted keys, e.g. trial.epochs=2).
+
+    `smoke` (`--smoke-test`) shrinks the sweep to check the plumbing; the user's `--set` still wins over
+    its sizes, so `--smoke-test --set trial.epochs=6` runs 6 epochs."""
+    overrides = list(overrides or [])
+    if smoke:
+        overrides = overrides + smoke_overrides(load_sweep(path, overrides)) + overrides
     data = read_yaml(path)
-    for item in overrides or []:
+    for item in overrides:
         key, value = parse_override(item)
         _set_dotted(data, key, value)
     source = str(path) + (" (with --set)" if overrides else "")
     return parse_sweep(data, source=source)
+
+
+def smoke_overrides(cfg: SweepConfig) -> list[str]:
+    """`--smoke-test`: 2 trials of 2 epochs on a small subset, cheap attacks: checks the plumbing."""
+    sets = [
+        "trial.epochs=2",
+        "trial.warmup_epochs=1",
+        "trial.train_limit=256",
+        "trial.eval_limit=64",
+        "trial.epoch_eval_samples=32",
+        "trial.attack_steps=2",
+        "trial.spsa_samples=8",
+        "trial.substitute_epochs=1",
+        "scheduler=none",
+        f"name={cfg.name}-smoke",
+        # AutoAttack still runs (the objective needs it), on a few samples with a small budget
+        "trial.aa_limit=16",
+        "trial.aa_steps=5",
+        "trial.square_queries=50",
+        "trial.epoch_attack_steps=2",
+    ]
+    if cfg.mode == "optimize":
+        sets.append("num_trials=2")
+        if "warmup_epochs" in cfg.space:
+            sets.append("space.warmup_epochs={type: int, low: 1, high: 2}")
+            points = [{**p, "warmup_epochs": 1} if "warmup_epochs" in p else p for p in cfg.initial_points]
+            sets.append(f"initial_points={json.dumps(points)}")
+    else:
+        first = [
+            {k: (v[0] if isinstance(v, list) and k != "milestones" else v) for k, v in var.items()}
+            for var in cfg.variants[:2]
+        ]
+        sets += [f"variants={json.dumps(first)}", f"seeds=[{cfg.seeds[0]}]"]
+    return sets
 
 
 def resolved_yaml(cfg: SweepConfig) -> str:

@@ -611,40 +611,6 @@ def print_summary(cfg: SweepConfig, result: SweepResult, out: TextIO) -> None:
 # --------------------------------------------------------------------------- the command
 
 
-def smoke_overrides(cfg: SweepConfig) -> list[str]:
-    """`--smoke-test`: 2 trials of 2 epochs on a small subset, cheap attacks: checks the plumbing."""
-    sets = [
-        "trial.epochs=2",
-        "trial.warmup_epochs=1",
-        "trial.train_limit=256",
-        "trial.eval_limit=64",
-        "trial.epoch_eval_samples=32",
-        "trial.attack_steps=2",
-        "trial.spsa_samples=8",
-        "trial.substitute_epochs=1",
-        "scheduler=none",
-        f"name={cfg.name}-smoke",
-        # AutoAttack still runs (the objective needs it), on a few samples with a small budget
-        "trial.aa_limit=16",
-        "trial.aa_steps=5",
-        "trial.square_queries=50",
-        "trial.epoch_attack_steps=2",
-    ]
-    if cfg.mode == "optimize":
-        sets.append("num_trials=2")
-        if "warmup_epochs" in cfg.space:
-            sets.append("space.warmup_epochs={type: int, low: 1, high: 2}")
-            points = [{**p, "warmup_epochs": 1} if "warmup_epochs" in p else p for p in cfg.initial_points]
-            sets.append(f"initial_points={json.dumps(points)}")
-    else:
-        first = [
-            {k: (v[0] if isinstance(v, list) and k != "milestones" else v) for k, v in var.items()}
-            for var in cfg.variants[:2]
-        ]
-        sets += [f"variants={json.dumps(first)}", f"seeds=[{cfg.seeds[0]}]"]
-    return sets
-
-
 def set_tune_environment() -> None:
     """The process-wide settings a sweep needs from Tune, which reads them from the environment."""
     # Trials report the objective only with their final evaluation (see FinalMetricOptunaSearch).
@@ -686,10 +652,8 @@ def ray_session(address: str | None, **init: Any) -> Iterator[None]:
 
 def sweep_command(args: argparse.Namespace) -> int:
     """`pclc sweep CONFIG [--resume] [--address A] [--tracking-uri U] [--storage-path P] [--smoke-test]`."""
-    overrides = list(getattr(args, "set", None) or [])
-    cfg = load_sweep(args.config, overrides)  # every config error is raised here, before Ray starts
-    if getattr(args, "smoke_test", False):
-        cfg = load_sweep(args.config, overrides + smoke_overrides(cfg))
+    # every config error is raised here, before Ray starts
+    cfg = load_sweep(args.config, getattr(args, "set", None), smoke=getattr(args, "smoke_test", False))
     tracking_uri = args.tracking_uri
     if tracking_uri:
         from pclc.contract import normalize_tracking_uri

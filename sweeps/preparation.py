@@ -22,9 +22,9 @@ from typing import Any, TextIO
 
 import torch
 
-from pclc.config import OPTIMIZATION_FIELDS, TrialConfig
+from pclc.config import TrialConfig
 from pclc.data import Dataset
-from pclc.experiment import Prepared, substitute_config
+from pclc.experiment import Prepared, substitute_key
 
 __all__ = [
     "CACHE_FORMAT",
@@ -40,9 +40,6 @@ __all__ = [
 CACHE_FORMAT = 1  # bump when the cached payload or `prepare` itself changes: old entries are then not read
 STORAGE_FOLDER = "pclc_prepared"  # under the storage root, beside the sweeps' experiment folders
 CACHE_DIR_FOLDER = "prepared"  # under `cache_dir`, beside the substitutes `train_substitute` caches
-
-# What `fit` reads from the substitute's config (its loss is CE: no margin, weight or warm-up).
-_SUBSTITUTE_FIELDS = ("model", "epochs", "seed", *OPTIMIZATION_FIELDS, "bf16", "device")
 
 
 @dataclass(frozen=True)
@@ -70,8 +67,7 @@ def preparation_key(trial: TrialConfig, *, gpu: float = 0.0) -> dict[str, Any]:
         key["npz"] = [stat.st_size, stat.st_mtime_ns] if stat else None
     key["substitute"] = None
     if "transfer" in trial.attacks:
-        sub = substitute_config(trial)
-        key["substitute"] = {k: getattr(sub, k) for k in _SUBSTITUTE_FIELDS}
+        key["substitute"] = substitute_key(trial)
         key["substitute"]["on_gpu"] = gpu > 0  # device "auto" trains it on the worker's GPU
     return key
 

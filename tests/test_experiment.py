@@ -81,6 +81,19 @@ def test_resumed_trial_ends_where_the_straight_one_does(prepared) -> None:
     assert resumed.calls[-1][0][M.TRAIN_LOSS] == pytest.approx(straight.calls[-1][0][M.TRAIN_LOSS])
 
 
+def test_a_resumed_trial_counts_what_earlier_attempts_spent(prepared) -> None:
+    cfg = make_config(SMALL)
+    first = Recorder()
+    run_trial(cfg.model_copy(update={"epochs": 1}), first, prepared=prepared)
+    state = first.calls[0][1]
+    assert state["spent"]["train_seconds"] == first.calls[0][0][M.TRAIN_SECONDS] > 0
+    earlier = {"trial_seconds": 1000.0, "train_seconds": 400.0, "gpu_hours": 0.0}
+    resumed = Recorder()
+    final = run_trial(cfg, resumed, prepared=prepared, resume={**state, "spent": earlier})
+    assert final[M.TRIAL_SECONDS] > 1000 and 400 < final[M.TRAIN_SECONDS] < final[M.TRIAL_SECONDS]
+    assert resumed.calls[0][1]["spent"]["train_seconds"] > 400  # a later resume counts both attempts
+
+
 def test_substitute_is_a_separately_seeded_ce_model_and_cached(tmp_path: Path, prepared) -> None:
     cfg = make_config({**SMALL, "cache_dir": str(tmp_path / "cache")})
     sub = substitute_config(cfg)
@@ -90,6 +103,14 @@ def test_substitute_is_a_separately_seeded_ce_model_and_cached(tmp_path: Path, p
     again = train_substitute(cfg, prepared.data)  # read back from the cache, not retrained
     for key in first:
         assert torch.equal(first[key], again[key])
+
+
+def test_the_substitute_cache_tells_apart_every_training_field(tmp_path: Path, prepared) -> None:
+    # weight decay, momentum, schedule and gamma once slipped through the key: a stale substitute was reused
+    cfg = make_config({**SMALL, "cache_dir": str(tmp_path / "cache")})
+    train_substitute(cfg, prepared.data)
+    train_substitute(cfg.model_copy(update={"weight_decay": 0.01}), prepared.data)
+    assert len(list((tmp_path / "cache").glob("substitute-*.pt"))) == 2
 
 
 def test_prepare_skips_the_substitute_without_transfer() -> None:

@@ -1,6 +1,6 @@
-"""A kill at any moment loses no trial: the driver is SIGKILLed at six moments spread over a small
-sweep (benchmarks/kill_points.py --smoke-test), each run resumed, and every resume must end with
-exactly N FINISHED trials, none RUNNING or duplicated, every epoch logged once."""
+"""A kill at any moment loses no trial: the driver is SIGKILLed at four moments spread over a small
+sweep (benchmarks/kill_points.py --smoke-test; the full benchmark kills at eight), each run resumed, and
+every resume must end with exactly N FINISHED trials, none RUNNING or duplicated, every epoch logged once."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_six_kill_points_all_survive(tmp_path: Path) -> None:
+def test_four_kill_points_all_survive(tmp_path: Path) -> None:
     out = tmp_path / "kill.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks/kill_points.py"), "--smoke-test", "--json", str(out)],
@@ -26,6 +26,6 @@ def test_six_kill_points_all_survive(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert result["total"] >= 6 and result["survived"] == result["total"], proc.stdout
-    assert sum(r["killed"] for r in result["rows"]) >= 5, proc.stdout  # the kills landed while it ran
+    assert result["total"] >= 4 and result["survived"] == result["total"], proc.stdout
+    assert sum(r["killed"] for r in result["rows"]) >= 3, proc.stdout  # the kills landed while it ran
     assert f"kill points survived: {result['total']} / {result['total']}" in proc.stdout

@@ -102,6 +102,20 @@ def test_set_overrides_use_dotted_keys(tmp_path: Path) -> None:
     assert (cfg.trial.epochs, cfg.num_trials, cfg.space["margin"].high) == (5, 3, 0.9)
 
 
+def test_smoke_test_shrinks_the_sweep_and_the_users_set_still_wins() -> None:
+    quickstart = Path(__file__).parents[1] / "sweeps/configs/quickstart.yaml"
+    smoke = load_sweep(quickstart, smoke=True)
+    assert (smoke.name, smoke.num_trials, smoke.trial.epochs, smoke.trial.train_limit) == (
+        "quickstart-smoke",
+        2,
+        2,
+        256,
+    )
+    assert smoke.full_initial_points()[0]["warmup_epochs"] == 1  # inside the shrunk warm-up range
+    mine = load_sweep(quickstart, ["trial.epochs=6", "name=mine"], smoke=True)
+    assert (mine.name, mine.num_trials, mine.trial.epochs, mine.trial.eval_limit) == ("mine", 2, 6, 64)
+
+
 def test_objective_names_are_canonical_and_lists_make_a_pareto_search() -> None:
     cfg = parse_sweep(_optimize(objective=["clean_acc", {"metric": "robust_acc/apgd_ce/eps=0.10"}]))
     assert [o.metric for o in cfg.objective] == ["clean_acc", "robust_acc/apgd_ce/eps=0.1"]

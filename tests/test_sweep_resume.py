@@ -1,5 +1,5 @@
 """Resume when Tune's snapshot names a checkpoint that is gone: the trial resumes from the newest one
-still on storage, or starts over. (A SIGKILL of the driver at six moments of a sweep, each resumed, is
+still on storage, or starts over. (A SIGKILL of the driver at four moments of a sweep, each resumed, is
 tests/test_kill_points.py.)"""
 
 from __future__ import annotations
