@@ -159,7 +159,9 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         help="override a sweep-file field, dotted for nesting (num_trials=4, trial.epochs=3); repeatable",
     )
     parser.add_argument(
-        "--smoke-test", action="store_true", help="2 trials of 2 epochs on a data subset: checks the plumbing"
+        "--smoke-test",
+        action="store_true",
+        help="2 trials of 2 epochs on a data subset: checks the plumbing (--set still wins)",
     )
     parser.add_argument(
         "--dry-run",

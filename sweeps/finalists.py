@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -456,6 +456,23 @@ def attempt(run_id: str, settings: Settings) -> Finalist:
         return Finalist(run_id=run_id, error=text)
 
 
+def attempt_on_worker(run_id: str, settings: Settings) -> Finalist:
+    """`attempt` in a Ray task, as a sweep's trial runs: on the GPU Ray gave it, on the CPU when it gave none
+    (`auto` would take a GPU nobody reserved), and refused at once when torch cannot use the GPU it was given."""
+    from pclc.gpu import GPUUnavailableError, check_gpus_usable, cuda_info
+    from sweeps.trainable import assigned_gpu_ids, trial_device
+
+    gpu_ids = assigned_gpu_ids()
+    cuda = cuda_info()
+    try:
+        check_gpus_usable(
+            gpu_ids=gpu_ids, cuda_available=cuda.available, driver=cuda.driver, torch_cuda=cuda.torch_cuda
+        )
+    except GPUUnavailableError as exc:
+        return Finalist(run_id=run_id, error=f"run {run_id}: {str(exc).replace('this trial', 'this Ray task')}")
+    return attempt(run_id, replace(settings, device=trial_device(settings.device, gpu_ids=gpu_ids)))
+
+
 # --------------------------------------------------------------------------- many runs
 
 
@@ -475,7 +492,7 @@ def run_ray(run_ids: list[str], settings: Settings, address: str) -> list[Finali
     try:
         gpus = float(ray.cluster_resources().get("GPU", 0))
         num_gpus = 1 if gpus >= 1 and settings.device in ("auto", "cuda") else 0
-        task = ray.remote(num_cpus=1, num_gpus=num_gpus)(attempt)
+        task = ray.remote(num_cpus=1, num_gpus=num_gpus)(attempt_on_worker)
         refs = [task.remote(rid, settings) for rid in run_ids]
         out = []
         for rid, ref in zip(run_ids, refs):

@@ -224,6 +224,28 @@ def test_unknown_runs_and_stores_are_one_message_and_exit_2(
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
+def test_with_address_a_task_given_a_gpu_torch_cannot_use_is_refused_and_records_nothing(
+    store: tuple[str, dict[str, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+    from ray.cluster_utils import Cluster
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine's torch can use CUDA: a GPU here is usable")
+    uri, ids = store
+    # A one-node cluster that advertises a GPU: Ray hands it to the task, torch (CPU-only here) cannot use it.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 1, "include_dashboard": False})
+    try:
+        assert evaluate(uri, "--address", cluster.address, "--run-id", ids["strong"], *QUICK) == 2
+    finally:
+        cluster.shutdown()
+    err = capsys.readouterr().err
+    assert f"run {ids['strong']}: this Ray task was given GPU 0 but torch.cuda.is_available() is False" in err, err
+    assert FINALIST not in MlflowClient(uri).get_run(ids["strong"]).data.tags
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_with_address_each_run_is_one_ray_task(
     store: tuple[str, dict[str, str]], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -2,27 +2,35 @@
 
 Real parts only: the `pclc` command in subprocesses, a local Ray, MLflow in SQLite, `mlflow ui` on
 loopback, and Debian's Chromium driven by Playwright. A screenshot of each page lands in tmp_path.
+The one smoke sweep is also checked for its summary and cost metrics, and for writing only into its
+folders (`pclc train`'s share of that check is in test_safety.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from machine import ensure_debian_packages, free_ports, listening_addresses
 from mlflow.tracking import MlflowClient
+from sweep_util import runs
 
 from sweeps.tracking import experiment_ui_path
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "sweeps/configs/quickstart.yaml"
 BIN = Path(sys.executable).parent
 CHROMIUM_FLAGS = [
     "--no-sandbox",
@@ -35,22 +43,92 @@ CHROMIUM_FLAGS = [
 ]
 
 
-def pclc(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([str(BIN / "pclc"), *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+@dataclass(frozen=True)
+class Journey:
+    """The laptop journey's folders and what its commands printed."""
+
+    work: Path  # the user's folder: the commands' cwd
+    home: Path  # their HOME
+    tmp: Path  # their TMPDIR
+    sweep_out: str
+    analyze_out: str
+
+
+def pclc(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([str(BIN / "pclc"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"pclc {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished smoke sweep of the quickstart file, analysed: the store a user browses."""
-    work = tmp_path_factory.mktemp("journey")
-    out = pclc("sweep", str(REPO / "sweeps/configs/quickstart.yaml"), "--smoke-test", cwd=work).stdout
-    assert "MLflow UI: mlflow ui --backend-store-uri sqlite:///" in out
+def journey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journey]:
+    """The README's first commands, once for the module: `pclc sweep quickstart.yaml --smoke-test` (the
+    embedded defaults: a local Ray it starts itself, MLflow in <cwd>/mlflow.db), then `pclc analyze`.
+
+    They run with their own HOME and TMPDIR, so the tests below can also check what they leave where."""
+    root = tmp_path_factory.mktemp("journey")
+    work, home = root / "work", root / "home"
+    for d in (work, home):
+        d.mkdir()
+    # A short TMPDIR: Ray puts AF_UNIX sockets under it, and their paths must stay below 108 bytes.
+    tmp = Path(tempfile.mkdtemp(prefix="pclc-", dir="/tmp"))
+    env = {**os.environ, "HOME": str(home), "TMPDIR": str(tmp), "PYTHONDONTWRITEBYTECODE": "1"}
+    for var in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "MPLCONFIGDIR", "TORCH_HOME"):
+        env.pop(var, None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        sweep = pclc("sweep", str(QUICKSTART), "--smoke-test", cwd=work, env=env).stdout
+        report = pclc("analyze", "--experiment", "quickstart-smoke", cwd=work, env=env).stdout
+        yield Journey(work=work, home=home, tmp=tmp, sweep_out=sweep, analyze_out=report)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def swept(journey: Journey) -> Path:
+    """The folder of the finished, analysed smoke sweep: the store a user browses."""
+    return journey.work
+
+
+def test_the_sweep_prints_its_summary_and_logs_every_trial_and_its_cost(journey: Journey) -> None:
+    out = journey.sweep_out
+    assert "sweep quickstart-smoke: 2 trials: 2 finished, 0 failed" in out
+    assert "best configurations by robust_acc (max):" in out
+    uri = f"sqlite:///{journey.work / 'mlflow.db'}"  # the embedded default: <cwd>/mlflow.db
+    assert f"MLflow UI: mlflow ui --backend-store-uri {uri}" in out
     assert "?workflowType=machine_learning)" in out  # the printed link opens the runs, not GenAI traces
-    report = pclc("analyze", "--experiment", "quickstart-smoke", cwd=work).stdout
-    assert "report.html" in report
-    return work
+    assert (journey.work / "ray_results" / "quickstart-smoke").is_dir()
+    parent, children = runs(uri, "quickstart-smoke")
+    assert parent.info.status == "FINISHED" and len(children) == 2
+    assert all(c.info.status == "FINISHED" and c.data.params["epochs"] == "2" for c in children)
+    # what each trial cost, and the sweep's sums in the parent run (CPU trials: no GPU-hours)
+    for child in children:
+        cost = child.data.metrics
+        assert cost["train_seconds"] > 0 and cost["eval_seconds"] > 0 and cost["gpu_hours"] == 0.0
+        assert cost["train_seconds"] + cost["eval_seconds"] <= cost["trial_seconds"]
+    totals = parent.data.metrics
+    for name in ("trial_seconds", "train_seconds", "eval_seconds", "gpu_hours"):
+        assert totals[f"total_{name}"] == pytest.approx(sum(c.data.metrics[name] for c in children))
+    assert "report.html" in journey.analyze_out
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def test_sweep_and_analyze_write_only_into_their_folders(journey: Journey) -> None:
+    written = _files(journey.work)
+    assert not [f for f in written if not f.startswith(("mlflow.db", "mlartifacts/", "ray_results/", "reports/"))], (
+        written
+    )
+    assert any(f.startswith("ray_results/quickstart-smoke/") for f in written)
+    assert any(f.startswith("reports/quickstart-smoke/") for f in written)
+    # HOME: only third-party state the project does not configure: Ray's auth token (~/.ray) and
+    # matplotlib's font cache (~/.cache/matplotlib); nothing of the project's own
+    home = _files(journey.home)
+    assert not [f for f in home if not f.startswith((".ray/", ".cache/matplotlib/"))], home
+    # TMPDIR: Ray's own session folder (ray/session_*) is Ray's, and exempt; nothing else may be left
+    assert not [f for f in _files(journey.tmp) if not f.startswith("ray/")], _files(journey.tmp)
 
 
 @contextlib.contextmanager
