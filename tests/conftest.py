@@ -26,14 +26,15 @@ SLOW_TIMEOUT_S = 900  # an end-to-end test (real sweeps, cluster, browser) witho
 LONGEST_FILES = (
     "test_kill_points.py",
     "test_cluster_two_nodes.py",
-    "test_sweeps.py",
     "test_faults.py",
-    "test_benchmarks.py",
     "test_concurrency.py",
-    "test_cluster_local.py",
+    "test_sweeps.py",
+    "test_benchmarks.py",
+    "test_journey.py",
     "test_sweep_resume.py",
     "test_postgres.py",
-    "test_journey.py",
+    "test_sweep_cluster.py",
+    "test_finalists.py",
 )
 
 
