@@ -220,14 +220,14 @@ def run_trial(
         trainer.load_state_dict(resume)
     train_loss = float("nan")
     # The cost counts every attempt: what earlier ones spent up to their last checkpoint travels in it.
-    spent = {"trial_seconds": 0.0, "train_seconds": 0.0, "gpu_hours": 0.0, **(resume or {}).get("spent", {})}
-    train_seconds = spent["train_seconds"]  # training epochs and their per-epoch signal, not the reporting
+    spent = {M.TRIAL_SECONDS: 0.0, M.TRAIN_SECONDS: 0.0, M.GPU_HOURS: 0.0, **(resume or {}).get("spent", {})}
+    train_seconds = spent[M.TRAIN_SECONDS]  # training epochs and their per-epoch signal, not the reporting
 
     def cost(now: float) -> dict[str, float]:
         return {
-            "trial_seconds": spent["trial_seconds"] + now - started,
-            "train_seconds": train_seconds,
-            "gpu_hours": spent["gpu_hours"] + gpu_hours(device, now - started),
+            M.TRIAL_SECONDS: spent[M.TRIAL_SECONDS] + now - started,
+            M.TRAIN_SECONDS: train_seconds,
+            M.GPU_HOURS: spent[M.GPU_HOURS] + gpu_hours(device, now - started),
         }
 
     while trainer.epoch < cfg.epochs:
@@ -246,8 +246,8 @@ def run_trial(
         # the cost so far, every epoch: a trial the scheduler stops early still says what it cost
         train_seconds += time.perf_counter() - epoch_started
         so_far = cost(time.perf_counter())
-        epoch_metrics[M.TRAIN_SECONDS] = train_seconds
-        epoch_metrics[M.GPU_HOURS] = so_far["gpu_hours"]
+        epoch_metrics[M.TRAIN_SECONDS] = so_far[M.TRAIN_SECONDS]
+        epoch_metrics[M.GPU_HOURS] = so_far[M.GPU_HOURS]
         due = checkpoint_due(trainer.epoch, every=cfg.checkpoint_every, last=cfg.epochs, also=checkpoint_at)
         reporter.on_epoch(epoch_metrics, {**trainer.state_dict(), "spent": so_far} if due else None)
 
@@ -264,15 +264,7 @@ def run_trial(
             masking_eps=cfg.masking_eps,
         )
     now = time.perf_counter()
-    total = cost(now)
-    final = {
-        **result.metrics,
-        M.EPOCH: cfg.epochs,
-        M.TRIAL_SECONDS: total["trial_seconds"],
-        M.EVAL_SECONDS: now - evaluation_started,
-        M.TRAIN_SECONDS: train_seconds,
-        M.GPU_HOURS: total["gpu_hours"],
-    }
+    final = {**result.metrics, M.EPOCH: cfg.epochs, **cost(now), M.EVAL_SECONDS: now - evaluation_started}
     if math.isfinite(train_loss):  # a trial resumed after its last epoch trained no epoch here
         final[M.TRAIN_LOSS] = train_loss
     evaluation = Evaluation(metrics=final, warnings=list(result.warnings), config=cfg.to_dict())

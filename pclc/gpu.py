@@ -102,7 +102,9 @@ def driver_problem(*, driver: str, torch_cuda: str) -> str | None:
     )
 
 
-def check_gpus_usable(*, gpu_ids: Sequence[str | int], cuda_available: bool, driver: str, torch_cuda: str) -> None:
+def check_gpus_usable(
+    *, gpu_ids: Sequence[str | int], cuda_available: bool, driver: str, torch_cuda: str, who: str = "this trial"
+) -> None:
     """Raise GPUUnavailableError when GPUs were assigned (`gpu_ids`) but CUDA is unusable; else nothing.
 
     Pure: the caller passes what it was given and what it found, so the decision is testable anywhere.
@@ -123,7 +125,7 @@ def check_gpus_usable(*, gpu_ids: Sequence[str | int], cuda_available: bool, dri
             "so check `nvidia-smi` and CUDA_VISIBLE_DEVICES on this node"
         )
     raise GPUUnavailableError(
-        f"this trial was given GPU {given} but torch.cuda.is_available() is False: {why}. "
+        f"{who} was given GPU {given} but torch.cuda.is_available() is False: {why}. "
         "Refusing to train on the CPU while a GPU is reserved"
     )
 

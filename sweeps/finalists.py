@@ -466,10 +466,14 @@ def attempt_on_worker(run_id: str, settings: Settings) -> Finalist:
     cuda = cuda_info()
     try:
         check_gpus_usable(
-            gpu_ids=gpu_ids, cuda_available=cuda.available, driver=cuda.driver, torch_cuda=cuda.torch_cuda
+            gpu_ids=gpu_ids,
+            cuda_available=cuda.available,
+            driver=cuda.driver,
+            torch_cuda=cuda.torch_cuda,
+            who="this Ray task",
         )
     except GPUUnavailableError as exc:
-        return Finalist(run_id=run_id, error=f"run {run_id}: {str(exc).replace('this trial', 'this Ray task')}")
+        return Finalist(run_id=run_id, error=f"run {run_id}: {exc}")
     return attempt(run_id, replace(settings, device=trial_device(settings.device, gpu_ids=gpu_ids)))
 
 
