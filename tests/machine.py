@@ -1,5 +1,5 @@
 """What the end-to-end tests need from this machine: Debian packages, free ports, listening sockets,
-a live MLflow server.
+a live MLflow server, and a user's own folders for the commands under test.
 
 Installs what is missing with apt-get (CI machines start bare); fails under CI, skips elsewhere,
 only where apt-get cannot run at all.
@@ -12,7 +12,10 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -85,3 +88,37 @@ def mlflow_answers(uri: str) -> bool:
             return bool(answer.status == 200)
     except OSError:
         return False
+
+
+@dataclass(frozen=True)
+class UserFolders:
+    """Where a command under test may write: its cwd, HOME and TMPDIR, and the environment naming them."""
+
+    work: Path
+    home: Path
+    tmp: Path
+    env: dict[str, str]
+
+
+@contextlib.contextmanager
+def user_folders(root: Path) -> Iterator[UserFolders]:
+    """Fresh `work` and `home` under `root` and a short TMPDIR (removed after); no inherited XDG, matplotlib,
+    torch or MLflow settings, so what the commands leave where is theirs alone."""
+    work, home = root / "work", root / "home"
+    for d in (work, home):
+        d.mkdir()
+    # A short TMPDIR: Ray puts AF_UNIX sockets under it, and their paths must stay below 108 bytes.
+    tmp = Path(tempfile.mkdtemp(prefix="pclc-", dir="/tmp"))
+    env = {**os.environ, "HOME": str(home), "TMPDIR": str(tmp), "PYTHONDONTWRITEBYTECODE": "1"}
+    for var in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "MPLCONFIGDIR", "TORCH_HOME"):
+        env.pop(var, None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        yield UserFolders(work=work, home=home, tmp=tmp, env=env)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def files_under(folder: Path) -> list[str]:
+    """Every file (or link) under `folder`, as sorted relative paths."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink())

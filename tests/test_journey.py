@@ -9,11 +9,8 @@ folders (`pclc train`'s share of that check is in test_safety.py).
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -21,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from machine import ensure_debian_packages, free_ports, listening_addresses
+from machine import UserFolders, ensure_debian_packages, files_under, free_ports, listening_addresses, user_folders
 from mlflow.tracking import MlflowClient
 from sweep_util import runs
 
@@ -47,9 +44,7 @@ CHROMIUM_FLAGS = [
 class Journey:
     """The laptop journey's folders and what its commands printed."""
 
-    work: Path  # the user's folder: the commands' cwd
-    home: Path  # their HOME
-    tmp: Path  # their TMPDIR
+    user: UserFolders  # the commands' cwd (`work`), HOME and TMPDIR
     sweep_out: str
     analyze_out: str
 
@@ -66,38 +61,26 @@ def journey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journey]:
     embedded defaults: a local Ray it starts itself, MLflow in <cwd>/mlflow.db), then `pclc analyze`.
 
     They run with their own HOME and TMPDIR, so the tests below can also check what they leave where."""
-    root = tmp_path_factory.mktemp("journey")
-    work, home = root / "work", root / "home"
-    for d in (work, home):
-        d.mkdir()
-    # A short TMPDIR: Ray puts AF_UNIX sockets under it, and their paths must stay below 108 bytes.
-    tmp = Path(tempfile.mkdtemp(prefix="pclc-", dir="/tmp"))
-    env = {**os.environ, "HOME": str(home), "TMPDIR": str(tmp), "PYTHONDONTWRITEBYTECODE": "1"}
-    for var in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "MPLCONFIGDIR", "TORCH_HOME"):
-        env.pop(var, None)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    try:
-        sweep = pclc("sweep", str(QUICKSTART), "--smoke-test", cwd=work, env=env).stdout
-        report = pclc("analyze", "--experiment", "quickstart-smoke", cwd=work, env=env).stdout
-        yield Journey(work=work, home=home, tmp=tmp, sweep_out=sweep, analyze_out=report)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with user_folders(tmp_path_factory.mktemp("journey")) as user:
+        sweep = pclc("sweep", str(QUICKSTART), "--smoke-test", cwd=user.work, env=user.env).stdout
+        report = pclc("analyze", "--experiment", "quickstart-smoke", cwd=user.work, env=user.env).stdout
+        yield Journey(user=user, sweep_out=sweep, analyze_out=report)
 
 
 @pytest.fixture(scope="module")
 def swept(journey: Journey) -> Path:
     """The folder of the finished, analysed smoke sweep: the store a user browses."""
-    return journey.work
+    return journey.user.work
 
 
 def test_the_sweep_prints_its_summary_and_logs_every_trial_and_its_cost(journey: Journey) -> None:
     out = journey.sweep_out
     assert "sweep quickstart-smoke: 2 trials: 2 finished, 0 failed" in out
     assert "best configurations by robust_acc (max):" in out
-    uri = f"sqlite:///{journey.work / 'mlflow.db'}"  # the embedded default: <cwd>/mlflow.db
+    uri = f"sqlite:///{journey.user.work / 'mlflow.db'}"  # the embedded default: <cwd>/mlflow.db
     assert f"MLflow UI: mlflow ui --backend-store-uri {uri}" in out
     assert "?workflowType=machine_learning)" in out  # the printed link opens the runs, not GenAI traces
-    assert (journey.work / "ray_results" / "quickstart-smoke").is_dir()
+    assert (journey.user.work / "ray_results" / "quickstart-smoke").is_dir()
     parent, children = runs(uri, "quickstart-smoke")
     assert parent.info.status == "FINISHED" and len(children) == 2
     assert all(c.info.status == "FINISHED" and c.data.params["epochs"] == "2" for c in children)
@@ -112,12 +95,9 @@ def test_the_sweep_prints_its_summary_and_logs_every_trial_and_its_cost(journey:
     assert "report.html" in journey.analyze_out
 
 
-def _files(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink())
-
-
 def test_sweep_and_analyze_write_only_into_their_folders(journey: Journey) -> None:
-    written = _files(journey.work)
+    user = journey.user
+    written = files_under(user.work)
     assert not [f for f in written if not f.startswith(("mlflow.db", "mlartifacts/", "ray_results/", "reports/"))], (
         written
     )
@@ -125,10 +105,10 @@ def test_sweep_and_analyze_write_only_into_their_folders(journey: Journey) -> No
     assert any(f.startswith("reports/quickstart-smoke/") for f in written)
     # HOME: only third-party state the project does not configure: Ray's auth token (~/.ray) and
     # matplotlib's font cache (~/.cache/matplotlib); nothing of the project's own
-    home = _files(journey.home)
+    home = files_under(user.home)
     assert not [f for f in home if not f.startswith((".ray/", ".cache/matplotlib/"))], home
     # TMPDIR: Ray's own session folder (ray/session_*) is Ray's, and exempt; nothing else may be left
-    assert not [f for f in _files(journey.tmp) if not f.startswith("ray/")], _files(journey.tmp)
+    assert not [f for f in files_under(user.tmp) if not f.startswith("ray/")], files_under(user.tmp)
 
 
 @contextlib.contextmanager

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+from machine import files_under, user_folders
 
 from pclc.train import CheckpointError, load_checkpoint
 from sweeps.cli import main
@@ -123,29 +122,17 @@ def test_mlflow_commands_the_project_shows_bind_loopback_only() -> None:
 # --------------------------------------------------------------------------- where the commands write
 
 
-def _files(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink())
-
-
 @pytest.mark.slow
 def test_train_writes_only_into_its_folder(tmp_path: Path) -> None:
     """`pclc train` leaves nothing outside runs/ (the sweep and analyze share of this is in test_journey.py)."""
-    cwd, home = tmp_path / "work", tmp_path / "home"
-    for d in (cwd, home):
-        d.mkdir()
-    tmp = Path(tempfile.mkdtemp(prefix="pclc-", dir="/tmp"))
-    try:
-        env = {**os.environ, "HOME": str(home), "TMPDIR": str(tmp), "PYTHONDONTWRITEBYTECODE": "1"}
-        for var in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "MPLCONFIGDIR", "TORCH_HOME"):
-            env.pop(var, None)
-        fast = ["epochs=1", "warmup_epochs=0", "eval_limit=32", "attack_steps=1", "attacks=[fgsm]"]
-        fast += ["epoch_eval_samples=0", "train_limit=128"]
-        argv = [sys.executable, "-m", "sweeps.cli", "train", "--quiet", *(a for f in fast for a in ("--set", f))]
-        proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    fast = ["epochs=1", "warmup_epochs=0", "eval_limit=32", "attack_steps=1", "attacks=[fgsm]"]
+    fast += ["epoch_eval_samples=0", "train_limit=128"]
+    argv = [sys.executable, "-m", "sweeps.cli", "train", "--quiet", *(a for f in fast for a in ("--set", f))]
+    with user_folders(tmp_path) as user:
+        proc = subprocess.run(argv, cwd=user.work, env=user.env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, f"{proc.stdout[-2000:]}{proc.stderr[-3000:]}"
-        written = _files(cwd)
+        written = files_under(user.work)
         assert written and all(f.startswith("runs/train-digits-") for f in written), written
-        assert not [f for f in _files(home) if not f.startswith(".cache/matplotlib/")], _files(home)
-        assert _files(tmp) == [], _files(tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        home = files_under(user.home)
+        assert not [f for f in home if not f.startswith(".cache/matplotlib/")], home
+        assert files_under(user.tmp) == [], files_under(user.tmp)
