@@ -1,14 +1,16 @@
 """Does a sweep survive its driver being SIGKILLed at any moment? A kill-point sweep.
 
 Runs a small sweep once uninterrupted to time it, then, for each kill point spread over that time
-(early, mid-epoch, around checkpoints, during final evaluations, between trials, near the end),
-starts the same sweep afresh, SIGKILLs the driver's whole process group (the driver and the Ray it
+(early, mid-epoch, around checkpoints, during final evaluations, between trials, near the end) or
+set by an event (Tune just started, the first checkpoint, the first trial finished: narrow windows a
+fraction of the time hits only by chance), starts the same sweep afresh, SIGKILLs the driver's whole process group (the driver and the Ray it
 started) at that moment, resumes it with `--resume`, and checks the invariants: exactly N trials
 FINISHED, none FAILED or RUNNING, one parent and one MLflow run per trial, every epoch logged exactly
 once, trials that had finished before the kill untouched, and Optuna's initial point evaluated once.
 
-    python benchmarks/kill_points.py                 # 4 trials × 4 epochs, 8 kill points
-    python benchmarks/kill_points.py --smoke-test    # 3 trials × 2 epochs, 4 kill points (CI)
+    python benchmarks/kill_points.py                 # 4 trials × 4 epochs, 11 kill points (3 events)
+    python benchmarks/kill_points.py --smoke-test    # 3 trials × 2 epochs, 4 kill points (1 event; CI)
+    python benchmarks/kill_points.py --smoke-test --at tune-started 0.4 --keep /tmp/kp   # these, kept
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -38,14 +43,37 @@ def sweep_file(work: Path, trials: int, epochs: int) -> Path:
     return path
 
 
-def run(work: Path, *extra: str, kill_after: float | None = None, timeout: float = 900) -> tuple[int, float, str]:
-    """The sweep command in `work`; SIGKILLed (whole process group) after `kill_after` seconds if given."""
+PROGRESS = r"^\[\d+/\d+\] trial \w+ finished"  # the driver's line for a trial that ended
+
+
+def _experiment(work: Path) -> Path:
+    return work / "ray_results" / "kp"
+
+
+# Moments a fraction of the wall time hits only by chance: each kill lands as soon as its condition holds.
+EVENTS: dict[str, Callable[[Path], bool]] = {
+    "tune-started": lambda work: (_experiment(work) / "tuner.pkl").exists(),  # before Tune's first snapshot
+    "first-checkpoint": lambda work: any(_experiment(work).glob("trial_*/checkpoint_*")),
+    "first-trial-finished": lambda work: bool(re.search(PROGRESS, (work / "driver.log").read_text(), re.M)),
+}
+
+
+def run(
+    work: Path, *extra: str, kill_after: float | None = None, kill_at: str | None = None, timeout: float = 900
+) -> tuple[int, float, str]:
+    """The sweep command in `work`; SIGKILLed (whole process group) after `kill_after` seconds, or as soon
+    as the event `kill_at` (see EVENTS) has happened, if given."""
     cmd = [sys.executable, "-m", "sweeps", str(work / "kp.yaml"), *extra]
     start = time.monotonic()
     with open(work / "driver.log", "a") as log:
         proc = subprocess.Popen(cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait = kill_after if kill_after is not None else timeout
+        if kill_at is not None:
+            while proc.poll() is None and not EVENTS[kill_at](work) and time.monotonic() - start < timeout:
+                time.sleep(0.02)
+            wait = 0  # the moment has come: kill it unless it has ended
         try:
-            proc.wait(timeout=kill_after if kill_after is not None else timeout)
+            proc.wait(timeout=wait)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=60)
@@ -101,9 +129,7 @@ def check(work: Path, trials: int, epochs: int, done_before: dict[str, int]) -> 
 
 def phase(work: Path, log: str) -> str:
     """What the sweep had done when it was killed: trials ended (driver's progress lines), checkpoints on disk."""
-    import re
-
-    done = len(re.findall(r"^\[\d+/\d+\] trial \w+ finished", log, re.M))
+    done = len(re.findall(PROGRESS, log, re.M))
     checkpoints = len(list((work / "ray_results" / "kp").glob("trial_*/checkpoint_*")))
     return f"{done} trial(s) ended, {checkpoints} checkpoint(s) on disk"
 
@@ -112,14 +138,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke-test", action="store_true")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--at",
+        nargs="+",
+        metavar="POINT",
+        help=f"kill points: fractions of the uninterrupted sweep's time, or events ({', '.join(EVENTS)})",
+    )
+    parser.add_argument("--keep", type=Path, help="keep each sweep's folder (logs, store, Ray results) here")
     args = parser.parse_args(argv)
     # 3 trials, 2 at a time: the kills also land between trials (one ended, the third not yet started)
     trials, epochs = (3, 2) if args.smoke_test else (4, 4)
-    fractions = [0.25, 0.4, 0.55, 0.7] if args.smoke_test else [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9]
+    default = (
+        ["tune-started", 0.25, 0.55, 0.7]
+        if args.smoke_test
+        else [0.1, "tune-started", 0.2, 0.3, "first-checkpoint", 0.4, 0.5, "first-trial-finished", 0.6, 0.75, 0.9]
+    )
+    points = [p if p in EVENTS else float(p) for p in args.at] if args.at else default
     rows = []
-    with tempfile.TemporaryDirectory(prefix="pclc-kill-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="pclc-kill-") as scratch:
+        tmp = args.keep or scratch
         base = Path(tmp) / "uninterrupted"
-        base.mkdir()
+        base.mkdir(parents=True)
         sweep_file(base, trials, epochs)
         rc, total, log = run(base)
         if rc != 0 or check(base, trials, epochs, {}):
@@ -127,21 +166,37 @@ def main(argv: list[str] | None = None) -> int:
         print(f"uninterrupted sweep: {trials} trials × {epochs} epochs in {total:.0f} s")
         print("| kill at | of the sweep | state at the kill | resume | survived |")
         print("| --- | --- | --- | --- | --- |")
-        for f in fractions:
-            work = Path(tmp) / f"kill-{f:.2f}"
+        for point in points:
+            event = point if isinstance(point, str) else None
+            work = Path(tmp) / f"kill-{event or f'{point:.2f}'}"
             work.mkdir()
             sweep_file(work, trials, epochs)
-            rc, _, log = run(work, kill_after=f * total)
+            if event:
+                rc, at, log = run(work, kill_at=event)
+            else:
+                rc, _, log = run(work, kill_after=point * total)
+                at = point * total
             killed = rc == -signal.SIGKILL
             state = phase(work, log) if killed else "(had ended before the kill)"
             done_before = finished_runs(work)
+            if args.keep and (work / "ray_results").is_dir():  # what the resume found, for a post-mortem
+                shutil.copytree(work / "ray_results", work / "ray_results.at-kill")
             rc2, resume_s, log2 = run(work, "--resume")
             problems = check(work, trials, epochs, done_before) if rc2 == 0 else [f"resume exited {rc2}: {log2[-500:]}"]
+            fraction = at / total
             rows.append(
-                {"at_s": f * total, "fraction": f, "killed": killed, "resume_s": resume_s, "problems": problems}
+                {
+                    "at_s": at,
+                    "event": event,
+                    "fraction": fraction,
+                    "killed": killed,
+                    "resume_s": resume_s,
+                    "problems": problems,
+                }
             )
             print(
-                f"| {f * total:.0f} s | {f:.0%} | {state} | {resume_s:.0f} s | {'yes' if not problems else 'NO: ' + '; '.join(problems)} |"
+                f"| {at:.0f} s{f' ({event})' if event else ''} | {fraction:.0%} | {state} | {resume_s:.0f} s "
+                f"| {'yes' if not problems else 'NO: ' + '; '.join(problems)} |"
             )
     survived = sum(not r["problems"] for r in rows)
     print(f"kill points survived: {survived} / {len(rows)}")

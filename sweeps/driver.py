@@ -46,6 +46,7 @@ from sweeps.storage import (  # noqa: F401  (StorageError: raised by run_sweep, 
 )
 from sweeps.tracking import SweepTracker, TrackingTarget, TrialOutcome, failure_reason
 from sweeps.trainable import GRID_KEY, VARIANT, RunTrial, TrialSetup, restoring_from_storage, trainable
+from sweeps.tune_state import align_search_state, has_snapshot
 
 _IGNORED_ON_RESUME = ("storage_path", "tracking_uri")
 
@@ -283,13 +284,16 @@ class SweepPlan:
 def plan_sweep(
     cfg: SweepConfig, *, resume: bool, storage_path: str | None, tracking_uri: str | None, out: TextIO
 ) -> SweepPlan:
-    """Storage, experiment folder and tracking store of the sweep; refuses a resume that would mix two sweeps."""
+    """Storage, experiment folder and tracking store of the sweep; refuses a resume that would mix two sweeps
+    or that Tune would silently start over (`sweeps.tune_state`)."""
     root = storage_root(cfg, storage_path)
     check_storage(root)  # also done by sweep_command before Ray starts; here for callers of run_sweep
     exp_path = experiment_path(root, cfg.name)
-    restorable = tune.Tuner.can_restore(exp_path)
+    restorable = has_snapshot(exp_path)
     if resume and not restorable:
-        print(f"pclc sweep: nothing to resume at {exp_path}; starting the sweep", file=out)
+        started = tune.Tuner.can_restore(exp_path)  # the driver died before Tune's first snapshot
+        why = " (the driver stopped before Tune saved any trial)" if started else ""
+        print(f"pclc sweep: nothing to resume at {exp_path}{why}; starting the sweep", file=out)
     if restorable:
         _check_unchanged(cfg, exp_path)
     stored = read_metadata(exp_path) if restorable else {}
@@ -299,6 +303,10 @@ def plan_sweep(
             f"the sweep at {exp_path} is tracked in {stored['tracking_uri']}; resume with that "
             f"--tracking-uri (got {uri}) so its runs are not split over two stores"
         )
+    if restorable:
+        aligned = align_search_state(exp_path)  # a kill mid-copy can tear Tune's saved state: mend it first
+        if aligned:
+            print(f"pclc sweep: {aligned}", file=out)
     return SweepPlan(root=root, experiment_path=exp_path, tracking_uri=uri, restorable=restorable)
 
 

@@ -478,6 +478,7 @@ class TrialRun:
         self.pending: list[Metric] = []  # metrics the server has not acknowledged yet
         self._previous = run
         self._last_epoch: dict[str, float] = {}
+        self._stored_at: dict[int, dict[str, float]] = {}  # see `logged_at`
         self.recorded_failure: str | None = None  # see `open(keep_recorded_failure=True)`
 
     @classmethod
@@ -609,6 +610,22 @@ class TrialRun:
         self.logged_epochs.add(step)
         self.flush()
 
+    def logged_at(self, step: int) -> dict[str, float]:
+        """The metrics logged at epoch `step`: this attempt's last epoch, or what an earlier attempt
+        logged there (read back from the store: a trial resumed after its last epoch trains none)."""
+        if step not in self.logged_epochs:
+            return {}
+        if self._last_epoch.get(M.EPOCH) == step:
+            return self._last_epoch
+        if step not in self._stored_at:
+            found: dict[str, float] = {}
+            for name in self._previous.data.metrics:
+                rows = [m for m in retrying(self.client.get_metric_history, self.run_id, name) if m.step == step]
+                if rows:
+                    found[M.from_mlflow(name)] = max(rows, key=lambda m: m.timestamp).value
+            self._stored_at[step] = found
+        return self._stored_at[step]
+
     def log_final(self, final: dict[str, float], evaluation: dict[str, Any], weights: Path | None) -> None:
         """The final evaluation at step=epochs, evaluation.json, the weights if asked; then FINISHED.
 
@@ -616,12 +633,9 @@ class TrialRun:
         """
         deadline = time.monotonic() + self.patience_s
         step = int(final[M.EPOCH])
-        # keys the last epoch already logged at this step with the same value are not written twice
-        fresh = {
-            k: v
-            for k, v in final.items()
-            if not (step in self.logged_epochs and k in self._last_epoch and _same(self._last_epoch[k], v))
-        }
+        # keys already logged at this step with the same value are not written twice
+        already = self.logged_at(step)
+        fresh = {k: v for k, v in final.items() if not (k in already and _same(already[k], v))}
         self.pending += _metrics(fresh, step, int(time.time() * 1000))
         what = "logging the final evaluation"
         self.flush(deadline=deadline, what=what)

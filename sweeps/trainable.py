@@ -299,4 +299,5 @@ class TuneReporter:
         evaluation = replace(evaluation, metrics=self._priced(evaluation.metrics))
         self.run.log_final(evaluation.metrics, evaluation.to_dict(), self.weights)
         # Tune gets the last per-epoch values too (e.g. epoch_robust_acc for ASHA) under the final ones
-        tune.report({**self.last_epoch, **evaluation.metrics})
+        last_epoch = self.last_epoch or self.run.logged_at(int(evaluation.metrics[M.EPOCH]))
+        tune.report({**last_epoch, **evaluation.metrics})

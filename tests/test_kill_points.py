@@ -1,6 +1,7 @@
-"""A kill at any moment loses no trial: the driver is SIGKILLed at four moments spread over a small
-sweep (benchmarks/kill_points.py --smoke-test; the full benchmark kills at eight), each run resumed, and
-every resume must end with exactly N FINISHED trials, none RUNNING or duplicated, every epoch logged once."""
+"""A kill at any moment loses no trial: the driver is SIGKILLed at four moments of a small sweep, one of them
+as soon as Tune has started (benchmarks/kill_points.py --smoke-test; the full benchmark kills at eleven),
+each run resumed, and every resume must end with exactly N FINISHED trials, none RUNNING or duplicated,
+every epoch logged once."""
 
 from __future__ import annotations
 
@@ -28,4 +29,5 @@ def test_four_kill_points_all_survive(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     assert result["total"] >= 4 and result["survived"] == result["total"], proc.stdout
     assert sum(r["killed"] for r in result["rows"]) >= 3, proc.stdout  # the kills landed while it ran
+    assert [r["killed"] for r in result["rows"] if r["event"] == "tune-started"] == [True], proc.stdout
     assert f"kill points survived: {result['total']} / {result['total']}" in proc.stdout

@@ -5,10 +5,12 @@ tests/test_kill_points.py.)"""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,45 @@ def _snapshot_checkpoints(exp_path: Path) -> dict[str, str]:
     return named
 
 
+def _kill_when(command: list[str], cwd: Path, ready: Callable[[], bool], what: str) -> None:
+    """Start the sweep `command` in `cwd` and SIGKILL its whole process group once `ready()` holds."""
+    with open(cwd / "first.log", "w") as log:
+        first = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 300
+            while not ready():
+                assert first.poll() is None, (cwd / "first.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, f"the sweep never {what}"
+                time.sleep(0.05)
+        finally:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_resume_when_the_driver_died_before_tunes_first_snapshot(tmp_path: Path) -> None:
+    # Tune writes tuner.pkl, starts trials, and only then its first snapshot of them. A resume in that
+    # window used to "restart" from tuner.pkl with ONE trial instead of num_trials, and exit 0 (CI caught it).
+    cfg = tiny_optimize("early", tmp_path, num_trials=2, max_concurrent=2)
+    sweep_file = tmp_path / "early.yaml"
+    sweep_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp_path = tmp_path / "ray_results" / "early"
+    command = [sys.executable, "-m", "sweeps", str(sweep_file)]
+    _kill_when(command, tmp_path, lambda: (exp_path / "tuner.pkl").exists(), "wrote tuner.pkl")
+    for snapshot in (*exp_path.glob("experiment_state-*"), *exp_path.glob("search*state-*")):
+        snapshot.unlink()  # the window, made exact: whatever Tune managed to save after tuner.pkl is gone
+
+    second = subprocess.run(command + ["--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "before Tune saved any trial); starting the sweep" in second.stdout, second.stdout[-3000:]
+    assert "2 trials: 2 finished, 0 failed" in second.stdout, second.stdout[-3000:]
+    parent, children = runs(uri, "early")  # the same parent; runs the killed trials had opened are gone
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+    initial = [c for c in children if (c.data.params["margin"], c.data.params["lc_weight"]) == ("0.995", "0.05")]
+    assert len(initial) == 1
+
+
 @pytest.mark.slow
 def test_resume_when_the_snapshot_names_a_deleted_checkpoint(tmp_path: Path) -> None:
     # The window issue 10 met by chance: the snapshot names checkpoint_000001, num_to_keep then deleted it.
@@ -48,19 +89,9 @@ def test_resume_when_the_snapshot_names_a_deleted_checkpoint(tmp_path: Path) -> 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     exp_path = tmp_path / "ray_results" / "gone"
     command = [sys.executable, "-m", "sweeps", str(sweep_file)]
-    with open(tmp_path / "first.log", "w") as log:
-        first = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            deadline = time.monotonic() + 300
-            while len(_snapshot_checkpoints(exp_path)) < 2:
-                assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "the snapshot never named a checkpoint of both trials"
-                time.sleep(0.2)
-        finally:
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait(timeout=60)
-    import shutil
-
+    _kill_when(
+        command, tmp_path, lambda: len(_snapshot_checkpoints(exp_path)) >= 2, "named a checkpoint of both trials"
+    )
     named = _snapshot_checkpoints(exp_path)
     keep_newer, keep_none = sorted(named)
     shutil.rmtree(exp_path / f"trial_{keep_newer}" / named[keep_newer])
@@ -76,3 +107,63 @@ def test_resume_when_the_snapshot_names_a_deleted_checkpoint(tmp_path: Path) -> 
     for child in children:
         for key in EPOCH_KEYS:
             assert [s for s, _ in history(uri, child, key)] == [1, 2, 3, 4, 5, 6], (key, child.data.tags)
+
+
+def _snapshot_trials(exp_path: Path) -> list[dict]:
+    import json
+
+    states = sorted(exp_path.glob("experiment_state-*.json"))
+    try:
+        return [json.loads(t) for t, _ in json.loads(states[-1].read_text())["trial_data"]] if states else []
+    except (OSError, ValueError):  # being written
+        return []
+
+
+@pytest.mark.slow
+def test_resume_when_the_search_state_is_newer_than_the_trial_snapshot(tmp_path: Path) -> None:
+    # Tune copies the trial snapshot and the search state to storage one file at a time: a kill mid-copy
+    # can pair a search that created N trials with a snapshot that holds fewer. Made exact here: the
+    # snapshot loses the trial that took the initial point.
+    import json
+
+    from sweeps.tune_state import DamagedState, align_search_state
+
+    cfg = tiny_optimize("torn", tmp_path, num_trials=3, max_concurrent=2)
+    sweep_file = tmp_path / "torn.yaml"
+    sweep_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp_path = tmp_path / "ray_results" / "torn"
+    command = [sys.executable, "-m", "sweeps", str(sweep_file)]
+    _kill_when(command, tmp_path, lambda: len(_snapshot_trials(exp_path)) == 2, "saved a snapshot of two trials")
+
+    # the other direction first, on a copy: a snapshot newer than the search state only sets the count
+    other = tmp_path / "other"
+    shutil.copytree(exp_path, other)
+    (gen,) = other.glob("search_gen_state-*.json")
+    import ray.cloudpickle as cloudpickle
+
+    state = cloudpickle.loads(gen.read_bytes())
+    gen.write_bytes(cloudpickle.dumps({**state, "counter": 1}))
+    assert "counted 1 trials, the saved snapshot holds 2" in align_search_state(str(other))
+    assert cloudpickle.loads(gen.read_bytes())["counter"] == 2
+    assert align_search_state(str(other)) is None  # now they agree
+    (searcher,) = other.glob("searcher-state-*.pkl")
+    searcher.write_bytes(searcher.read_bytes()[:100])  # half-copied: Tune would start over with one trial
+    with pytest.raises(DamagedState, match=f"{searcher}.*cannot be read"):
+        align_search_state(str(other))
+
+    (snapshot,) = exp_path.glob("experiment_state-*.json")
+    data = json.loads(snapshot.read_text())
+    initial = [i for i, (t, _) in enumerate(data["trial_data"]) if json.loads(t)["config"]["margin"] == 0.995]
+    assert len(initial) == 1
+    del data["trial_data"][initial[0]]
+    snapshot.write_text(json.dumps(data))
+
+    second = subprocess.run(command + ["--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "counted 2 trials, the saved snapshot holds 1" in second.stdout, second.stdout[-3000:]
+    assert "3 trials: 3 finished, 0 failed" in second.stdout, second.stdout[-3000:]
+    parent, children = runs(uri, "torn")
+    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    points = [(c.data.params["margin"], c.data.params["lc_weight"]) for c in children]
+    assert points.count(("0.995", "0.05")) == 1, points  # queued again, evaluated once

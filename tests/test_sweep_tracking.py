@@ -60,6 +60,30 @@ def test_a_retried_trial_reopens_its_run_and_logs_no_epoch_twice(tmp_path: Path)
     assert third.finished_metrics() == {"epoch": 3.0, "train_loss": pytest.approx(1 / 3), "robust_acc": 0.5}
 
 
+def test_a_trial_resumed_after_its_last_epoch_logs_no_epoch_metric_twice(tmp_path: Path) -> None:
+    # The driver was killed between the last epoch's checkpoint and the final evaluation: the resumed
+    # attempt trains no epoch, and its final metrics repeat the last epoch's values at the same step.
+    tracker = _tracker(tmp_path)
+    params = TrialConfig().to_dict()
+    first = TrialRun.open(tracker.target, trial_id="t1", params=params)
+    for epoch in (1, 2, 3):
+        first.log_epoch({"epoch": epoch, "train_loss": 1.0 / epoch, "clean_acc": 0.9, "train_seconds": 2.0 * epoch})
+
+    second = TrialRun.open(tracker.target, trial_id="t1", params=params)
+    assert second.logged_at(3) == {"epoch": 3, "train_loss": pytest.approx(1 / 3), "clean_acc": 0.9, "train_seconds": 6}
+    assert second.logged_at(4) == {}
+    second.log_final(
+        {"epoch": 3, "clean_acc": 0.9, "train_seconds": 6.0, "robust_acc": 0.5, "eps=0.1/pgd": 0.6}, {}, None
+    )
+
+    client = MlflowClient(tracker.tracking_uri)
+    for key in ("epoch", "clean_acc", "train_seconds", "train_loss"):
+        assert [m.step for m in client.get_metric_history(first.run_id, key)] == [1, 2, 3], key
+    for key in ("robust_acc", "eps_0.1/pgd"):  # the final evaluation's own metrics: logged once, at the last step
+        assert [m.step for m in client.get_metric_history(first.run_id, key)] == [3], key
+    assert client.get_run(first.run_id).info.status == "FINISHED"
+
+
 def test_reconcile_leaves_one_closed_run_per_trial(tmp_path: Path) -> None:
     from sweeps.tracking import TrialOutcome
 

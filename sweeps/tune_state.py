@@ -1,0 +1,135 @@
+"""Tune's saved experiment: whether a resume can continue it, and its search state made to agree with
+its snapshot of the trials before Tune restores both.
+
+Tune saves three files per snapshot, each rewritten in place: `experiment_state-*.json` (the trials),
+`search_gen_state-*.json` (how many trials the search has created, the concurrency limiter's live set)
+and `searcher-state-*.pkl` (Optuna's study). It copies them to storage one by one in the background,
+so a driver killed mid-copy can leave a trial list from one moment beside a search state from the next:
+the search then counts trials the snapshot never recorded, and the resumed sweep ends short of
+`num_trials` (or runs past it, the other way round).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+TUNER_FILE = "tuner.pkl"  # written when the experiment starts
+SNAPSHOT = "experiment_state-*.json"  # the trials: what a resume restores
+SEARCH_STATE = "search_gen_state-*.json"  # a cloudpickle, whatever its name says
+SEARCHER_STATE = "searcher-state-*.pkl"
+LIMITER = "name:ConcurrencyLimiter"
+
+
+def has_snapshot(exp_path: str) -> bool:
+    """Tune saved the experiment and a snapshot of its trials at `exp_path`, so a resume can continue it.
+
+    A driver killed between Tune writing `tuner.pkl` and its first snapshot leaves only the former;
+    Tune would then "restart" the experiment from the pickled Tuner with one trial instead of the
+    sweep's `num_trials`, so such a folder counts as nothing to resume.
+    """
+    import pyarrow.fs
+
+    if "://" in exp_path:
+        fs, path = pyarrow.fs.FileSystem.from_uri(exp_path)
+    else:
+        fs, path = pyarrow.fs.LocalFileSystem(), exp_path
+    try:
+        names = [info.base_name for info in fs.get_file_info(pyarrow.fs.FileSelector(path))]
+    except (FileNotFoundError, OSError):
+        return False
+    return TUNER_FILE in names and any(fnmatch.fnmatch(n, SNAPSHOT) for n in names)
+
+
+class DamagedState(ValueError):
+    """A file of Tune's saved state cannot be read: Tune would silently start the sweep over with one trial."""
+
+
+def _read(path: Path, load: Callable[[bytes], Any], exp_path: str) -> Any:
+    try:
+        return load(path.read_bytes())
+    except Exception as exc:  # truncated or half-copied: any unpickling or JSON error
+        raise DamagedState(
+            f"the sweep's saved Tune state {path} cannot be read ({type(exc).__name__}: {exc}); the driver was "
+            f"probably killed while Tune copied it. The trials' results in MLflow are kept. To run the sweep "
+            f"again, move {exp_path} aside (its runs stay under the same parent run) and start it without --resume"
+        ) from None
+
+
+def _newest(folder: Path, pattern: str) -> Path | None:
+    """The file Tune restores from: the greatest name (names end in the session's start time)."""
+    found = sorted(folder.glob(pattern))
+    return found[-1] if found else None
+
+
+def align_search_state(exp_path: str) -> str | None:
+    """Make the saved search state agree with the saved trials; what was changed, or None. A file that
+    cannot be read raises `DamagedState`, naming it: Tune itself would start the sweep over silently.
+
+    Trials the search created after the snapshot (unknown to it) are forgotten: they leave the
+    concurrency limiter, fail in Optuna's study, and an initial point one of them had taken is queued
+    again, so it is still evaluated exactly once. The count of created trials becomes the snapshot's.
+    Local storage only (the window needs a driver killed mid-copy; remote copies are left to Tune).
+    """
+    folder = Path(exp_path)
+    if "://" in exp_path:
+        return None
+    snapshot, search, searcher = (_newest(folder, p) for p in (SNAPSHOT, SEARCH_STATE, SEARCHER_STATE))
+    if snapshot is None or search is None:
+        return None
+    import ray.cloudpickle as cloudpickle
+
+    trials = _read(snapshot, lambda b: {json.loads(t)["trial_id"] for t, _ in json.loads(b)["trial_data"]}, exp_path)
+    state = _read(search, cloudpickle.loads, exp_path)
+    loaded = _read(searcher, pickle.loads, exp_path) if searcher is not None else None
+    if state.get("counter") == len(trials):
+        return None
+    created = state["counter"]
+    state["counter"] = len(trials)
+    limiter = state.get(LIMITER) or {}
+    optuna_state = loaded if isinstance(loaded, dict) and "_ot_trials" in loaded else None
+    known = set(limiter.get("live_trials", ())) | set((optuna_state or {}).get("_ot_trials", {}))
+    unknown = sorted(known - trials)
+    for trial_id in unknown:
+        if trial_id in limiter.get("live_trials", ()):
+            limiter["live_trials"].discard(trial_id)
+            limiter["num_unfinished_live_trials"] = max(0, limiter.get("num_unfinished_live_trials", 1) - 1)
+        if optuna_state is not None and trial_id in optuna_state["_ot_trials"]:
+            _forget_optuna_trial(optuna_state, optuna_state["_ot_trials"].pop(trial_id))
+    if optuna_state is not None and unknown:
+        _replace(searcher, pickle.dumps(optuna_state))
+    _replace(search, cloudpickle.dumps(state))
+    forgotten = f"; forgot {len(unknown)} trial(s) it never recorded" if unknown else ""
+    return (
+        f"the saved search state counted {created} trials, the saved snapshot holds {len(trials)}: "
+        f"the search continues from the snapshot{forgotten}"
+    )
+
+
+def _forget_optuna_trial(state: dict[str, Any], trial: Any) -> None:
+    """Fail `trial` in the study; if it had taken one of the initial points, queue that point again."""
+    from optuna.trial import TrialState
+
+    study = state["_ot_study"]
+    params = dict(trial.params)
+    try:
+        study.tell(trial, state=TrialState.FAIL)
+    except (RuntimeError, ValueError):  # it had finished: Optuna keeps what it learned
+        return
+    if any(_same_point(params, point) for point in state.get("_points_to_evaluate") or []):
+        study.enqueue_trial(params)
+
+
+def _same_point(params: dict[str, Any], point: dict[str, Any]) -> bool:
+    return all(k in params and params[k] == v for k, v in point.items())
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically: this file is what the resume reads."""
+    tmp = path.with_name(f".{path.name}.pclc-tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
