@@ -54,6 +54,16 @@ def _kill_when(command: list[str], cwd: Path, ready: Callable[[], bool], what: s
             first.wait(timeout=60)
 
 
+def test_a_folder_is_resumable_only_once_tune_saved_a_snapshot_of_its_trials(tmp_path: Path) -> None:
+    from sweeps.tune_state import has_snapshot
+
+    assert not has_snapshot(str(tmp_path / "missing"))
+    (tmp_path / "tuner.pkl").write_bytes(b"")
+    assert not has_snapshot(str(tmp_path))  # Tune started, nothing to continue yet
+    (tmp_path / "experiment_state-2026-11-26_05-29-56.json").write_text("{}")
+    assert has_snapshot(str(tmp_path)) and has_snapshot(f"file://{tmp_path}")
+
+
 @pytest.mark.slow
 def test_resume_when_the_driver_died_before_tunes_first_snapshot(tmp_path: Path) -> None:
     # Tune writes tuner.pkl, starts trials, and only then its first snapshot of them. A resume in that
