@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -37,6 +38,15 @@ def _snapshot_checkpoints(exp_path: Path) -> dict[str, str]:
         if trial.get("status") in ("RUNNING", "PENDING", "PAUSED") and found:
             named[trial["trial_id"]] = found[-1]
     return named
+
+
+def _sweep(tmp_path: Path, name: str, **changes: Any) -> tuple[list[str], str, Path]:
+    """A small sweep file in `tmp_path`: (the command that runs it, its MLflow store, its Ray experiment)."""
+    cfg = tiny_optimize(name, tmp_path, **changes)
+    sweep_file = tmp_path / f"{name}.yaml"
+    sweep_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    command = [sys.executable, "-m", "sweeps", str(sweep_file)]
+    return command, f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "ray_results" / name
 
 
 def _kill_when(command: list[str], cwd: Path, ready: Callable[[], bool], what: str) -> None:
@@ -68,12 +78,7 @@ def test_a_folder_is_resumable_only_once_tune_saved_a_snapshot_of_its_trials(tmp
 def test_resume_when_the_driver_died_before_tunes_first_snapshot(tmp_path: Path) -> None:
     # Tune writes tuner.pkl, starts trials, and only then its first snapshot of them. A resume in that
     # window used to "restart" from tuner.pkl with ONE trial instead of num_trials, and exit 0 (CI caught it).
-    cfg = tiny_optimize("early", tmp_path, num_trials=2, max_concurrent=2)
-    sweep_file = tmp_path / "early.yaml"
-    sweep_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    exp_path = tmp_path / "ray_results" / "early"
-    command = [sys.executable, "-m", "sweeps", str(sweep_file)]
+    command, uri, exp_path = _sweep(tmp_path, "early", num_trials=2, max_concurrent=2)
     _kill_when(command, tmp_path, lambda: (exp_path / "tuner.pkl").exists(), "wrote tuner.pkl")
     for snapshot in (*exp_path.glob("experiment_state-*"), *exp_path.glob("search*state-*")):
         snapshot.unlink()  # the window, made exact: whatever Tune managed to save after tuner.pkl is gone
@@ -93,12 +98,7 @@ def test_resume_when_the_snapshot_names_a_deleted_checkpoint(tmp_path: Path) -> 
     # The window issue 10 met by chance: the snapshot names checkpoint_000001, num_to_keep then deleted it.
     # Made deterministic here: kill once the snapshot names checkpoints, then delete exactly those folders
     # (one trial keeps newer checkpoints, the other keeps none at all).
-    cfg = tiny_optimize("gone", tmp_path, num_trials=2, max_concurrent=2, trial={"epochs": 6})
-    sweep_file = tmp_path / "gone.yaml"
-    sweep_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    exp_path = tmp_path / "ray_results" / "gone"
-    command = [sys.executable, "-m", "sweeps", str(sweep_file)]
+    command, uri, exp_path = _sweep(tmp_path, "gone", num_trials=2, max_concurrent=2, trial={"epochs": 6})
     _kill_when(
         command, tmp_path, lambda: len(_snapshot_checkpoints(exp_path)) >= 2, "named a checkpoint of both trials"
     )
@@ -138,13 +138,9 @@ def test_resume_when_the_search_state_is_newer_than_the_trial_snapshot(tmp_path:
 
     from sweeps.tune_state import DamagedState, align_search_state
 
-    cfg = tiny_optimize("torn", tmp_path, num_trials=3, max_concurrent=2)
-    sweep_file = tmp_path / "torn.yaml"
-    sweep_file.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    exp_path = tmp_path / "ray_results" / "torn"
-    command = [sys.executable, "-m", "sweeps", str(sweep_file)]
-    _kill_when(command, tmp_path, lambda: len(_snapshot_trials(exp_path)) == 2, "saved a snapshot of two trials")
+    command, uri, exp_path = _sweep(tmp_path, "torn", num_trials=3, max_concurrent=2)
+    _kill_when(command, tmp_path, lambda: len(_snapshot_trials(exp_path)) >= 2, "saved a snapshot of two trials")
+    saved = len(_snapshot_trials(exp_path))
 
     # the other direction first, on a copy: a snapshot newer than the search state only sets the count
     other = tmp_path / "other"
@@ -153,9 +149,10 @@ def test_resume_when_the_search_state_is_newer_than_the_trial_snapshot(tmp_path:
     import ray.cloudpickle as cloudpickle
 
     state = cloudpickle.loads(gen.read_bytes())
+    created = state["counter"]  # as the kill left it
     gen.write_bytes(cloudpickle.dumps({**state, "counter": 1}))
-    assert "counted 1 trials, the saved snapshot holds 2" in align_search_state(str(other))
-    assert cloudpickle.loads(gen.read_bytes())["counter"] == 2
+    assert f"counted 1 trials, the saved snapshot holds {saved}" in align_search_state(str(other))
+    assert cloudpickle.loads(gen.read_bytes())["counter"] == saved
     assert align_search_state(str(other)) is None  # now they agree
     (searcher,) = other.glob("searcher-state-*.pkl")
     searcher.write_bytes(searcher.read_bytes()[:100])  # half-copied: Tune would start over with one trial
@@ -171,7 +168,7 @@ def test_resume_when_the_search_state_is_newer_than_the_trial_snapshot(tmp_path:
 
     second = subprocess.run(command + ["--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "counted 2 trials, the saved snapshot holds 1" in second.stdout, second.stdout[-3000:]
+    assert f"counted {created} trials, the saved snapshot holds {saved - 1}" in second.stdout, second.stdout[-3000:]
     assert "3 trials: 3 finished, 0 failed" in second.stdout, second.stdout[-3000:]
     parent, children = runs(uri, "torn")
     assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
