@@ -1,4 +1,4 @@
-"""A kill at any moment loses no trial: the driver is SIGKILLed at four moments of a small sweep, one of them
+"""A kill at any moment loses no trial: the driver is SIGKILLed at three moments of a small sweep, one of them
 as soon as Tune has started (benchmarks/kill_points.py --smoke-test; the full benchmark kills at eleven),
 each run resumed, and every resume must end with exactly N FINISHED trials, none RUNNING or duplicated,
 every epoch logged once."""
@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_four_kill_points_all_survive(tmp_path: Path) -> None:
+def test_three_kill_points_all_survive(tmp_path: Path) -> None:
     out = tmp_path / "kill.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks/kill_points.py"), "--smoke-test", "--json", str(out)],
@@ -27,7 +27,7 @@ def test_four_kill_points_all_survive(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert result["total"] >= 4 and result["survived"] == result["total"], proc.stdout
-    assert sum(r["killed"] for r in result["rows"]) >= 3, proc.stdout  # the kills landed while it ran
+    assert result["total"] >= 3 and result["survived"] == result["total"], proc.stdout
+    assert sum(r["killed"] for r in result["rows"]) >= 2, proc.stdout  # the kills landed while it ran
     assert [r["killed"] for r in result["rows"] if r["event"] == "tune-started"] == [True], proc.stdout
     assert f"kill points survived: {result['total']} / {result['total']}" in proc.stdout
