@@ -67,7 +67,7 @@ _ONE_NUMBER = {
         "large_eps_acc",
     ),
     "aa_zero_gradients": (
-        "the reference AutoAttack met points whose input gradient is exactly zero: their robustness is unmeasured",
+        "points whose input gradient is exactly zero under CE and the margin loss alike: their robustness is unmeasured",
         "zero-gradient points",
         "aa_zero_gradient_points",
     ),

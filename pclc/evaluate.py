@@ -14,13 +14,23 @@ import torch
 from torch import nn
 
 from pclc import metrics as M
-from pclc.attacks import AUTOATTACK, BLACK_BOX, CLASSIC, WHITE_BOX, AttackSuite, SuiteResult, run_suite
+from pclc.attacks import (
+    AUTOATTACK,
+    BLACK_BOX,
+    CLASSIC,
+    WHITE_BOX,
+    AttackSuite,
+    SuiteResult,
+    run_suite,
+    zero_gradient_points,
+)
 
 BLACKBOX_MARGIN = 0.02  # a black-box attack beating every white-box one by more than this is suspect
 CE_CW_MARGIN = 0.10  # PGD-CE leaving this much more accuracy than PGD-CW is suspect
 COLLAPSE_ACC = 0.10  # PGD at the large masking eps should leave no more accuracy than this
 CLASSIC_AA_MARGIN = 0.03  # the worst classic attack leaving this much more than AutoAttack-grade ones is masking
 SQUARE_MARGIN = 0.002  # the reference's own threshold: Square finding what the white-box attacks missed
+ZERO_GRADIENT_SHARE = 0.01  # share of scored points no gradient loss can move (CE and margin both exactly 0)
 EPOCH_TARGETS = 3  # per-epoch APGD-T targets only the top-3 false classes (where PC-LC's errors go)
 _FLAGS = {M.masking_key(c) for c in M.MASKING_FLAGS}
 
@@ -67,11 +77,13 @@ def masking_checks(
     masking_eps: float | None = None,
     classic_vs_aa: dict[float, tuple[float, float]] | None = None,
     reference: dict[str, float] | None = None,
+    zero_gradients: tuple[int, int] | None = None,
 ) -> tuple[dict[str, float], list[str]]:
     """Gradient-masking checks on per-(attack, eps) robust accuracies; returns (metrics, warnings).
 
     `classic_vs_aa[eps]` is (worst classic, worst AutoAttack-grade) accuracy on the same samples;
-    `reference` the reference AutoAttack's own findings (`SuiteResult.flags`).
+    `reference` the reference AutoAttack's own findings (`SuiteResult.flags`); `zero_gradients` is
+    (points no gradient loss can move, points checked), from `pclc.attacks.zero_gradient_points`.
 
     A check whose attacks were not run is left out of the metrics (it cannot fire).
     Flags are 1.0 when they fire; `masking/any` is 1.0 if any flag fired.
@@ -158,18 +170,23 @@ def masking_checks(
             "report the AutoAttack-grade number (the headline robust_acc already does).",
         )
 
-    # 5. The reference AutoAttack's own flags.
-    if reference:
-        zero = reference.get("aa_zero_gradients", 0.0)
+    # 5. Points whose input gradient is exactly zero under every loss: gradient attacks cannot move them.
+    if zero_gradients is not None and zero_gradients[1] > 0:
+        points, checked = zero_gradients
         record(
             "aa_zero_gradient_points",
-            zero,
+            float(points),
             "aa_zero_gradients",
-            zero > 0,
-            f"APGD met {int(zero)} point(s) whose input gradient is exactly zero "
-            "(the reference AutoAttack's check). Gradient-based attacks cannot move those points, so their "
-            "robustness is unmeasured; look for saturated or non-differentiable layers.",
+            points / checked > ZERO_GRADIENT_SHARE,
+            f"{points} of {checked} clean-correct point(s) on the AutoAttack subset have an input gradient "
+            "that is exactly zero under the cross-entropy and the CW margin loss alike "
+            f"(threshold {ZERO_GRADIENT_SHARE:.0%} of them). Gradient-based attacks cannot move those points, "
+            "so their robustness is unmeasured; look for quantised, saturated or non-differentiable layers. "
+            "(A zero cross-entropy gradient alone is float32 saturation on confident points, not masking.)",
         )
+
+    # 6. The reference AutoAttack's own Square check.
+    if reference:
         gain = reference.get("aa_square_gain", 0.0)
         record(
             "aa_square_gain",
@@ -223,13 +240,20 @@ def evaluate(
         probe = dataclasses.replace(suite, attacks=("pgd_ce",), eps=(float(masking_eps),), aa_eps=None)
         large_eps_acc = run_suite(model, x, y, probe).accuracy("pgd_ce", masking_eps)
     accuracy = {(a, e): result.accuracy(a, e) for (a, e) in result.adv_pred}
+    checked = (suite.aa_subset(len(result.y)) & result.clean_correct).nonzero().squeeze(1).to(x.device)
+    zero = zero_gradient_points(model, x[checked], y[checked], suite.batch_size) if len(checked) else None
     classic_vs_aa = {
         eps: (metrics[M.robust_key(M.WORST_CLASSIC, eps)], metrics[M.robust_key(M.WORST_AA, eps)])
         for eps in result.eps
         if M.robust_key(M.WORST_CLASSIC, eps) in metrics and M.robust_key(M.WORST_AA, eps) in metrics
     }
     masking, warnings = masking_checks(
-        accuracy, large_eps_acc, masking_eps=masking_eps, classic_vs_aa=classic_vs_aa, reference=result.flags
+        accuracy,
+        large_eps_acc,
+        masking_eps=masking_eps,
+        classic_vs_aa=classic_vs_aa,
+        reference=result.flags,
+        zero_gradients=(int(zero.sum()), len(zero)) if zero is not None else None,
     )
     metrics.update(masking)
     return Evaluation(metrics=metrics, warnings=warnings + _reference_notes(result))

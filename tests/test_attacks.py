@@ -338,6 +338,6 @@ def test_reference_flags_are_read_from_its_warnings() -> None:
         logger.warning("Square Attack has decreased the robust accuracy of 1.56%. This might indicate ...")
         logger.debug("robust accuracy after APGD-CE: 50.00%")
     logger.warning("after listening: not collected")
-    assert flags.zero_gradients == 5
+    assert not hasattr(flags, "zero_gradients")  # CE underflow, not masking: pclc.attacks.zero_gradient_points
     assert flags.square_gain == pytest.approx(0.0156)
     assert len(flags.messages) == 3

@@ -19,25 +19,41 @@ import yaml
 from sweep_util import EPOCH_KEYS, history, runs, tiny_optimize
 
 
-def _snapshot_checkpoints(exp_path: Path) -> dict[str, str]:
-    """trial id → the checkpoint folder Tune's newest experiment snapshot names, for unfinished trials."""
+def _snapshot_checkpoints(snapshot: dict[str, Any]) -> dict[str, str]:
+    """trial id → the checkpoint folder a (parsed) experiment snapshot names, for unfinished trials."""
     import json
     import re
 
-    states = sorted(exp_path.glob("experiment_state-*.json"))
-    if not states:
-        return {}
-    try:
-        data = json.loads(states[-1].read_text())
-    except (OSError, ValueError):  # being written
-        return {}
     named = {}
-    for trial_json, metadata in data["trial_data"]:
+    for trial_json, metadata in snapshot["trial_data"]:
         trial = json.loads(trial_json)
         found = re.findall(r"checkpoint_\d+", str(metadata))
         if trial.get("status") in ("RUNNING", "PENDING", "PAUSED") and found:
             named[trial["trial_id"]] = found[-1]
     return named
+
+
+def _whole_state(exp_path: Path) -> dict[str, tuple[Path, bytes, Any]] | None:
+    """Tune's three state files, pattern → (path, bytes, parsed), when each reads back whole; None while
+    any is missing or mid-write."""
+    import json
+    import pickle
+
+    import ray.cloudpickle as cloudpickle
+
+    from sweeps.tune_state import SEARCH_STATE, SEARCHER_STATE, SNAPSHOT
+
+    whole = {}
+    for pattern, load in ((SNAPSHOT, json.loads), (SEARCH_STATE, cloudpickle.loads), (SEARCHER_STATE, pickle.loads)):
+        found = sorted(exp_path.glob(pattern))
+        if not found:
+            return None
+        try:
+            data = found[-1].read_bytes()
+            whole[pattern] = (found[-1], data, load(data))
+        except Exception:  # being written: any unpickling or JSON error
+            return None
+    return whole
 
 
 def _sweep(tmp_path: Path, name: str, **changes: Any) -> tuple[list[str], str, Path]:
@@ -62,6 +78,28 @@ def _kill_when(command: list[str], cwd: Path, ready: Callable[[], bool], what: s
         finally:
             os.killpg(first.pid, signal.SIGKILL)
             first.wait(timeout=60)
+
+
+def _kill_at_whole_state(
+    command: list[str], cwd: Path, exp_path: Path, ready: Callable[[dict[str, Any]], bool], what: str
+) -> dict[str, Any]:
+    """Kill the sweep once its saved state, read back whole, satisfies `ready(snapshot)`, then put those
+    whole files back: the kill can land mid-write of any of them (issue 22), and a test builds its case
+    from files it knows are whole. Returns the parsed snapshot."""
+    from sweeps.tune_state import SNAPSHOT
+
+    captured: dict[str, tuple[Path, bytes, Any]] = {}
+
+    def whole_and_ready() -> bool:
+        state = _whole_state(exp_path)
+        if state is not None and ready(state[SNAPSHOT][2]):
+            captured.update(state)
+        return bool(captured)
+
+    _kill_when(command, cwd, whole_and_ready, what)
+    for path, data, _ in captured.values():
+        path.write_bytes(data)
+    return captured[SNAPSHOT][2]
 
 
 def test_a_folder_is_resumable_only_once_tune_saved_a_snapshot_of_its_trials(tmp_path: Path) -> None:
@@ -99,10 +137,10 @@ def test_resume_when_the_snapshot_names_a_deleted_checkpoint(tmp_path: Path) -> 
     # Made deterministic here: kill once the snapshot names checkpoints, then delete exactly those folders
     # (one trial keeps newer checkpoints, the other keeps none at all).
     command, uri, exp_path = _sweep(tmp_path, "gone", num_trials=2, max_concurrent=2, trial={"epochs": 6})
-    _kill_when(
-        command, tmp_path, lambda: len(_snapshot_checkpoints(exp_path)) >= 2, "named a checkpoint of both trials"
+    snapshot = _kill_at_whole_state(
+        command, tmp_path, exp_path, lambda s: len(_snapshot_checkpoints(s)) >= 2, "named a checkpoint of both trials"
     )
-    named = _snapshot_checkpoints(exp_path)
+    named = _snapshot_checkpoints(snapshot)
     keep_newer, keep_none = sorted(named)
     shutil.rmtree(exp_path / f"trial_{keep_newer}" / named[keep_newer])
     (exp_path / f"trial_{keep_newer}" / "checkpoint_999999").mkdir()  # a half-written folder: not a checkpoint
@@ -119,16 +157,6 @@ def test_resume_when_the_snapshot_names_a_deleted_checkpoint(tmp_path: Path) -> 
             assert [s for s, _ in history(uri, child, key)] == [1, 2, 3, 4, 5, 6], (key, child.data.tags)
 
 
-def _snapshot_trials(exp_path: Path) -> list[dict]:
-    import json
-
-    states = sorted(exp_path.glob("experiment_state-*.json"))
-    try:
-        return [json.loads(t) for t, _ in json.loads(states[-1].read_text())["trial_data"]] if states else []
-    except (OSError, ValueError):  # being written
-        return []
-
-
 @pytest.mark.slow
 def test_resume_when_the_search_state_is_newer_than_the_trial_snapshot(tmp_path: Path) -> None:
     # Tune copies the trial snapshot and the search state to storage one file at a time: a kill mid-copy
@@ -139,8 +167,10 @@ def test_resume_when_the_search_state_is_newer_than_the_trial_snapshot(tmp_path:
     from sweeps.tune_state import DamagedState, align_search_state
 
     command, uri, exp_path = _sweep(tmp_path, "torn", num_trials=2, max_concurrent=2)
-    _kill_when(command, tmp_path, lambda: len(_snapshot_trials(exp_path)) >= 2, "saved a snapshot of two trials")
-    saved = len(_snapshot_trials(exp_path))
+    snapshot = _kill_at_whole_state(
+        command, tmp_path, exp_path, lambda s: len(s["trial_data"]) >= 2, "saved a snapshot of two trials"
+    )
+    saved = len(snapshot["trial_data"])
 
     # the other direction first, on a copy: a snapshot newer than the search state only sets the count
     other = tmp_path / "other"
@@ -159,12 +189,12 @@ def test_resume_when_the_search_state_is_newer_than_the_trial_snapshot(tmp_path:
     with pytest.raises(DamagedState, match=f"{searcher}.*cannot be read"):
         align_search_state(str(other))
 
-    (snapshot,) = exp_path.glob("experiment_state-*.json")
-    data = json.loads(snapshot.read_text())
+    (snapshot_file,) = exp_path.glob("experiment_state-*.json")
+    data = json.loads(snapshot_file.read_text())
     initial = [i for i, (t, _) in enumerate(data["trial_data"]) if json.loads(t)["config"]["margin"] == 0.995]
     assert len(initial) == 1
     del data["trial_data"][initial[0]]
-    snapshot.write_text(json.dumps(data))
+    snapshot_file.write_text(json.dumps(data))
 
     second = subprocess.run(command + ["--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
