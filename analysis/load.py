@@ -28,7 +28,12 @@ from pclc.contract import (
     MODE,
     OBJECTIVE,
     PARENT,
+    PHASE,
+    PHASE_CONFIRM,
+    PHASE_SEARCH,
+    REFERENCE,
     ROLE,
+    SEARCH_TRIAL,
     STOPPED_EARLY,
     TRIAL_ID,
     VARIANT,
@@ -160,9 +165,11 @@ def variant_label(variant: str, config: str) -> str:
 class Sweep:
     """One sweep's trial runs and what the report needs to say about them.
 
-    `runs` holds every trial run (any outcome); `trials` the analysed ones: finished, with a finite headline.
+    `runs` holds every trial run (any outcome); `trials` the analysed ones of the search (or the ablation
+    grid): finished, with a finite headline; `confirmed` the same of its confirmation on fresh seeds.
     Columns: run_id, trial_id, variant, config (label of the configuration, seeds pooled), status, outcome,
-    failure_reason, start_time, then one per param (plain TrialConfig names) and per metric (schema names).
+    failure_reason, start_time, phase, reference (a reference arm's name), search_trial (the search trial a
+    confirmation run re-trains), then one per param (plain TrialConfig names) and per metric (schema names).
     """
 
     experiment: str
@@ -180,11 +187,20 @@ class Sweep:
     notes: list[str] = field(default_factory=list)  # plain-English remarks for the report
     _histories: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
 
-    @property
-    def trials(self) -> pd.DataFrame:
+    def analysed(self, phase: str) -> pd.DataFrame:
+        """The finished runs of `phase` with a finite headline."""
         if self.headline not in self.runs:
             return self.runs.iloc[0:0]
-        return self.runs[(self.runs["outcome"] == FINISHED) & self.runs[self.headline].notna()]
+        runs = self.runs
+        return runs[(runs["outcome"] == FINISHED) & runs[self.headline].notna() & (runs["phase"] == phase)]
+
+    @property
+    def trials(self) -> pd.DataFrame:
+        return self.analysed(PHASE_SEARCH)
+
+    @property
+    def confirmed(self) -> pd.DataFrame:
+        return self.analysed(PHASE_CONFIRM)
 
     def counts(self) -> dict[str, int]:
         out = {k: int((self.runs["outcome"] == k).sum()) for k in (FINISHED, FAILED, STOPPED, RUNNING)}
@@ -260,6 +276,9 @@ def _run_row(run: Run) -> tuple[dict[str, Any], dict[str, str], dict[str, float]
         "start_time": pd.Timestamp(run.info.start_time, unit="ms", tz="UTC") if run.info.start_time else pd.NaT,
         "_variant_tag": tags.get(VARIANT),
         "stopped_early": tags.get(STOPPED_EARLY) == "true",
+        "phase": tags.get(PHASE, PHASE_SEARCH),  # an older sweep's runs, untagged, were all its search
+        "reference": tags.get(REFERENCE),
+        "search_trial": tags.get(SEARCH_TRIAL),
     }
     metrics = {canonical_metric(k): float(v) for k, v in data.metrics.items()}
     return info, dict(data.params), metrics
@@ -406,7 +425,8 @@ def _table(child_runs: list[Run]) -> tuple[pd.DataFrame, list[str], list[str], l
     )
     metric_names = sorted({k for m in raw_metrics for k in m})
     info_cols = ["run_id", "trial_id", "variant", "config", "status", "outcome", "failure_reason", "start_time"]
-    frame = pd.DataFrame(list(infos), columns=info_cols[:2] + info_cols[4:] + ["_variant_tag", "stopped_early"])
+    extra = ["_variant_tag", "stopped_early", "phase", "reference", "search_trial"]
+    frame = pd.DataFrame(list(infos), columns=info_cols[:2] + info_cols[4:] + extra)
     columns: dict[str, pd.Series] = {}
     for name in param_names:
         if name in info_cols or name in metric_names:  # a param never hides a column; it keeps a prefix
@@ -421,6 +441,8 @@ def _table(child_runs: list[Run]) -> tuple[pd.DataFrame, list[str], list[str], l
     frame.insert(2, "variant", frame["_variant_tag"].where(frame["_variant_tag"].notna(), loss).astype(str))
 
     finished = frame[frame["outcome"] == FINISHED]
+    if (finished["phase"] == PHASE_SEARCH).any():  # the confirmation's own settings (aa_limit) label nothing
+        finished = finished[finished["phase"] == PHASE_SEARCH]
     params = [c for c in columns if c not in metric_names]
     config_params = [
         p

@@ -54,6 +54,12 @@ EPOCH_METRICS: dict[str, Literal["max", "min"]] = {
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ENV_RE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
 _MAX_CORNERS = 4096  # corner trial configs built per sweep file (cheap: pydantic only)
+# The references a sweep compares with when its file names none: plain CE with the sweep's own trial
+# settings and, where PC-LC is trained, the authors' ξ and λ (Li et al., AAAI-21).
+CE_REFERENCE: dict[str, Any] = {"name": "ce", "loss": "ce"}
+AUTHORS_REFERENCE: dict[str, Any] = {"name": "pclc-authors", "loss": "pclc", "margin": 0.995, "lc_weight": 0.05}
+VARIANT = "variant"  # key of a trial override (and its Tune config): the arm's label in the grid
+REFERENCE = "reference"  # key of a trial override (and its Tune config) naming the reference arm it is
 
 
 class SweepConfigError(ConfigError):
@@ -169,6 +175,17 @@ class Scheduler(BaseModel):
         return EPOCH_METRICS[self.metric]
 
 
+class Confirm(BaseModel):
+    """Optimize mode: after the search, the top configurations and the references are re-trained on
+    fresh seeds and scored with AutoAttack on the whole evaluation set. A one-seed search on a subset
+    ranks noise (its winner is biased upward); the printed best and the verdict come from these runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    top: int = Field(2, ge=0)  # distinct configurations confirmed, best first (0: no confirmation)
+    seeds: list[int] | None = None  # fresh seeds, none used by the search; default: the 3 after trial.seed
+
+
 # --------------------------------------------------------------------------- the sweep file
 
 
@@ -194,6 +211,12 @@ class SweepConfig(BaseModel):
     # mode ablation: each variant is {loss: name, field: value or [values]} → its grid, × seeds
     variants: list[dict[str, Any]] = Field(default_factory=list)
     seeds: list[int] = Field(default_factory=lambda: [0])
+
+    # the verdict: every configuration is compared with these arms, trained on the same seeds and scored on
+    # the same samples; each is {name, field: value} over searchable fields. None: CE, plus the authors'
+    # ξ 0.995 λ 0.05 where the sweep trains PC-LC; [] for no reference (the sweep then ranks, it does not judge)
+    reference: list[dict[str, Any]] | None = None
+    confirm: Confirm = Field(default_factory=Confirm)
 
     # execution
     resources: Resources = Field(default_factory=Resources)
@@ -248,8 +271,23 @@ class SweepConfig(BaseModel):
         robust = [o.metric for o in self.objective if o.metric.startswith(M.ROBUST_ACC)]
         return (robust or [self.objective[0].metric])[0]
 
+    def references(self) -> list[dict[str, Any]]:
+        """The reference arms, each {name, field: value}: the file's, or the default (see `reference`)."""
+        if self.reference is not None:
+            return [{"name": str(r.get("name") or _arm_name(r)), **r} for r in self.reference]
+        losses = {self.trial.loss, *(v.get("loss") for v in self.variants)}
+        if "loss" in self.space:
+            losses |= set(self.space["loss"].values or [])
+        return [dict(CE_REFERENCE)] + ([dict(AUTHORS_REFERENCE)] if "pclc" in losses else [])
+
+    def same_arm(self, a: dict[str, Any], b: dict[str, Any]) -> bool:
+        """Two override dicts train the same configuration (whatever their seeds and labels)."""
+        return _without_seed(self.trial_config(a)) == _without_seed(self.trial_config(b))
+
     def trial_overrides(self) -> list[dict[str, Any]]:
-        """Ablation: one override dict per trial (variant grid × seeds), with a `variant` label."""
+        """Ablation: one override dict per trial (variant grid × seeds), with a `variant` label; a grid
+        point that trains a reference carries its name under `reference`, and a reference the grid lacks
+        is added as a variant of its own, on the same seeds."""
         out: list[dict[str, Any]] = []
         for variant in self.variants:
             label = str(variant.get("name") or variant.get("loss", "variant"))
@@ -259,21 +297,84 @@ class SweepConfig(BaseModel):
             for combo in itertools.product(*grids):
                 values = dict(zip(keys, combo))
                 for seed in self.seeds:
-                    out.append({"variant": label, **values, "seed": seed})
+                    out.append({VARIANT: label, **values, "seed": seed})
+        for ref in self.references():
+            fields = {k: v for k, v in ref.items() if k != "name"}
+            matches = [o for o in out if REFERENCE not in o and self.same_arm(o, fields)]
+            for o in matches:
+                o[REFERENCE] = ref["name"]
+            if not matches:
+                out += [{VARIANT: ref["name"], **fields, "seed": seed, REFERENCE: ref["name"]} for seed in self.seeds]
         return out
 
-    def total_trials(self) -> int:
-        return len(self.trial_overrides()) if self.mode == "ablation" else int(self.num_trials or 0)
+    def confirm_seeds(self) -> list[int]:
+        """The fresh seeds of the confirmation runs."""
+        if self.confirm.seeds is not None:
+            return list(self.confirm.seeds)
+        return [self.trial.seed + i for i in (1, 2, 3)]
+
+    def confirm_overrides(self, ranked: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Optimize: the confirmation grid, (top configurations + references) × fresh seeds.
+
+        `ranked` holds the search's finished trials, best first, each its sampled values and `trial_id`.
+        A configuration that is a reference (the authors' initial point, say) is confirmed once, as the
+        reference; labels: `search #k` (k its rank among distinct configurations), or the reference's name.
+        """
+        if self.mode != "optimize" or self.confirm.top == 0:
+            return []
+        refs = [({k: v for k, v in r.items() if k != "name"}, r["name"]) for r in self.references()]
+        arms: list[tuple[dict[str, Any], dict[str, Any]]] = []  # (overrides, labels)
+        for row in ranked:
+            values = {k: row[k] for k in self.space if k in row}
+            if any(self.same_arm(values, a) for a, _ in arms):
+                continue
+            label = {VARIANT: f"search #{len(arms) + 1}", SEARCH_TRIAL: row["trial_id"]}
+            for fields, name in refs:
+                if self.same_arm(values, fields):
+                    label[REFERENCE] = name
+            arms.append((values, label))
+            if len(arms) == self.confirm.top:
+                break
+        for fields, name in refs:
+            if not any(label.get(REFERENCE) == name for _, label in arms):
+                arms.append((fields, {VARIANT: name, REFERENCE: name}))
+        return [{**label, **values, "seed": seed} for values, label in arms for seed in self.confirm_seeds()]
+
+    def total_trials(self, *, confirmation: bool = True) -> int:
+        """Trials the sweep runs: the grid, or the search and (at most) its confirmation, the top
+        configurations and the references on each fresh seed."""
+        if self.mode == "ablation":
+            return len(self.trial_overrides())
+        arms = self.confirm.top + len(self.references()) if self.confirm.top and confirmation else 0
+        return int(self.num_trials or 0) + arms * len(self.confirm_seeds())
 
     def full_initial_points(self) -> list[dict[str, Any]]:
         """Initial points with every space dimension set (missing ones from the base trial)."""
         base = self.trial.model_dump()
         return [{k: point.get(k, base[k]) for k in self.space} for point in self.initial_points]
 
-    def trial_config(self, overrides: dict[str, Any]) -> TrialConfig:
-        """The TrialConfig of one trial: the base trial with `overrides` applied."""
-        values = {**self.trial.model_dump(), **{k: v for k, v in overrides.items() if k != "variant"}}
+    def trial_config(self, overrides: dict[str, Any], *, confirmation: bool = False) -> TrialConfig:
+        """The TrialConfig of one trial: the base trial (the confirmation's, if asked) with `overrides`
+        applied (labels left out)."""
+        base = self.confirm_trial() if confirmation else self.trial
+        values = {**base.model_dump(), **{k: v for k, v in overrides.items() if k not in LABELS}}
         return TrialConfig(**values)
+
+    def confirm_trial(self) -> TrialConfig:
+        """The base trial of the confirmation runs: AutoAttack on every evaluated sample, not a subset."""
+        return self.trial.model_copy(update={"aa_limit": None})
+
+
+SEARCH_TRIAL = "search_trial"  # key of a confirmation override: the search trial it re-trains
+LABELS = (VARIANT, REFERENCE, SEARCH_TRIAL)  # keys of a trial override that label it, not TrialConfig fields
+
+
+def _without_seed(cfg: TrialConfig) -> dict[str, Any]:
+    return {k: v for k, v in cfg.model_dump().items() if k != "seed"}
+
+
+def _arm_name(fields: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in fields.items())
 
 
 def _as_grid(key: str, value: Any) -> list[Any]:
@@ -411,6 +512,8 @@ def _problems(cfg: SweepConfig) -> list[str]:
                 f"num_trials = {cfg.num_trials}: the ablation grid has {cfg.total_trials()} trials; drop num_trials"
             )
 
+    out += _arm_problems(cfg)
+
     if cfg.scheduler.type == "asha":
         if cfg.scheduler.metric == M.EPOCH_ROBUST_ACC and cfg.trial.epoch_eval_samples == 0:
             out.append("scheduler.metric = 'epoch_robust_acc': needs trial.epoch_eval_samples > 0")
@@ -428,8 +531,47 @@ def _problems(cfg: SweepConfig) -> list[str]:
     return out
 
 
+def _arm_problems(cfg: SweepConfig) -> list[str]:
+    """What is wrong with the `reference` and `confirm` blocks."""
+    out: list[str] = []
+    searchable = ", ".join(SEARCHABLE)
+    names: list[str] = []
+    for i, ref in enumerate(cfg.reference or []):
+        if not isinstance(ref, dict):
+            out.append(f"reference[{i}] = {ref!r}: give a mapping, e.g. {{name: ce, loss: ce}}")
+            continue
+        for key, value in ref.items():
+            if key == "seed":
+                out.append(f"reference[{i}].seed: a reference runs on the sweep's own seeds")
+            elif key != "name" and key not in SEARCHABLE:
+                out.append(f"reference[{i}].{key}: not variable per trial; allowed: name, {searchable}")
+            elif isinstance(value, list) and key != "milestones":
+                out.append(f"reference[{i}].{key} = {value!r}: a reference is one configuration; give one value")
+        names.append(str(ref.get("name") or _arm_name(ref)))
+    if len(set(names)) != len(names):
+        out.append(f"reference: names {names} must differ (each names a row of the verdict)")
+    if cfg.mode == "ablation" and cfg.confirm != Confirm():
+        out.append("confirm: only for mode optimize (an ablation runs every arm on `seeds` already)")
+    seeds = cfg.confirm_seeds()
+    if len(set(seeds)) != len(seeds):
+        out.append(f"confirm.seeds = {seeds}: give distinct integers")
+    searched = {cfg.trial.seed} if "seed" not in cfg.space else set()
+    if cfg.mode == "optimize" and cfg.confirm.top and (reused := sorted(searched & set(seeds))):
+        out.append(
+            f"confirm.seeds = {seeds}: seed {reused[0]} is the search's own (trial.seed); confirmation needs fresh seeds"
+        )
+    if cfg.mode == "optimize" and cfg.confirm.top and not seeds:
+        out.append("confirm.seeds = []: give at least one fresh seed, or set confirm.top to 0")
+    return out
+
+
 def _corner_problems(cfg: SweepConfig) -> list[str]:
-    """Build the TrialConfig of every corner of the space (or grid point) and report the first misfits."""
+    """Build the TrialConfig of every reference and every corner of the space (or grid point) and report
+    the first misfits (references first: the ablation grid is laid out around them)."""
+    references = [({k: v for k, v in r.items() if k != "name"}, f"reference ({r['name']})") for r in cfg.references()]
+    out = _misfits(cfg, references)
+    if out:
+        return out
     if cfg.mode == "ablation":
         candidates = [(o, f"variants ({o['variant']})") for o in cfg.trial_overrides()]
     else:
@@ -441,6 +583,11 @@ def _corner_problems(cfg: SweepConfig) -> list[str]:
             combos = [{k: v} for k, vals in dims.items() for v in vals]
         candidates = [(c, "space") for c in combos]
         candidates += [(p, f"initial_points[{i}]") for i, p in enumerate(cfg.full_initial_points())]
+    return _misfits(cfg, candidates)
+
+
+def _misfits(cfg: SweepConfig, candidates: list[tuple[dict[str, Any], str]]) -> list[str]:
+    """The first (at most 5) problems of building each candidate's TrialConfig, one line each."""
     out: list[str] = []
     seen: set[str] = set()
     for overrides, where in candidates:
@@ -460,7 +607,7 @@ def _corner_problems(cfg: SweepConfig) -> list[str]:
 
 
 def _short(values: dict[str, Any]) -> str:
-    return "{" + ", ".join(f"{k}={v!r}" for k, v in values.items() if k != "variant") + "}"
+    return "{" + ", ".join(f"{k}={v!r}" for k, v in values.items() if k not in LABELS) + "}"
 
 
 # --------------------------------------------------------------------------- loading

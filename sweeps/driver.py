@@ -34,7 +34,7 @@ from analysis.stats import mean_sd, pareto_mask
 from pclc import contract as C
 from pclc import metrics as M
 from pclc.config import ConfigError
-from sweeps.config import SweepConfig, load_sweep, resolved_yaml
+from sweeps.config import LABELS, SweepConfig, load_sweep, resolved_yaml
 from sweeps.storage import (  # noqa: F401  (StorageError: raised by run_sweep, imported from here by callers)
     CONFIG_COPY,
     METADATA_FILE,
@@ -138,9 +138,11 @@ def _trial_dirname(trial: Any) -> str:
 class TrackingCallback(tune.Callback):
     """Live MLflow status on the driver: FAILED (with reason) once retries run out, KILLED if stopped early."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, experiment_path: str) -> None:
+    def __init__(
+        self, tracking_uri: str, experiment_id: str, parent_run_id: str, experiment_path: str, phase: str
+    ) -> None:
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
-        self.experiment_path = experiment_path
+        self.experiment_path, self.phase = experiment_path, phase
         self._tracker: SweepTracker | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # pickled into the Tuner state: no client inside
@@ -152,7 +154,8 @@ class TrackingCallback(tune.Callback):
             stored = read_metadata(self.experiment_path)
             for key in ("tracking_uri", "experiment_id", "parent_run_id"):
                 setattr(self, key, stored.get(key, getattr(self, key)))
-            self._tracker = SweepTracker(self.tracking_uri)
+            # a Tuner saved before phases existed holds no phase: it was a search
+            self._tracker = SweepTracker(self.tracking_uri, phase=getattr(self, "phase", C.PHASE_SEARCH))
             self._tracker.experiment_id, self._tracker.parent_run_id = self.experiment_id, self.parent_run_id
         return self._tracker
 
@@ -230,6 +233,8 @@ class SweepResult:
     stopped_early: int = 0
     reconcile: dict[str, int] = field(default_factory=dict)
     grid: Any = field(default=None, repr=False)  # Tune's ResultGrid, for callers that want more
+    confirmed: list[dict[str, Any]] = field(default_factory=list)  # the confirmation runs that finished
+    verdict: Any = None  # analysis.verdict.Verdict: the comparisons with the references
 
     @property
     def failed(self) -> list[str]:
@@ -279,6 +284,12 @@ class SweepPlan:
     experiment_path: str  # <root>/<name>: Tune's experiment folder
     tracking_uri: str
     restorable: bool  # the folder holds a Tune experiment: it is continued, not started again
+    phase: str = C.PHASE_SEARCH  # the search (or ablation grid), or its confirmation
+
+    @property
+    def name(self) -> str:
+        """Tune's name for the experiment: the folder's last part."""
+        return self.experiment_path.rstrip("/").rsplit("/", 1)[-1]
 
 
 def plan_sweep(
@@ -310,6 +321,26 @@ def plan_sweep(
     return SweepPlan(root=root, experiment_path=exp_path, tracking_uri=uri, restorable=restorable)
 
 
+CONFIRM_SUFFIX = ".confirm"  # the confirmation's Tune experiment: <root>/<name>.confirm, beside the search's
+CONFIRM_ARMS = "confirm_arms.json"  # in that folder: the arms it was started with, checked on resume
+
+
+def plan_confirmation(cfg: SweepConfig, plan: SweepPlan, arms: list[dict[str, Any]], *, out: TextIO) -> SweepPlan:
+    """The confirmation's own Tune experiment, continued only if it was started for the same arms (a
+    search run anew can rank differently: an old confirmation must not be taken for its own)."""
+    exp_path = experiment_path(plan.root, cfg.name + CONFIRM_SUFFIX)
+    restorable = has_snapshot(exp_path)
+    if restorable:
+        stored = Path(exp_path) / CONFIRM_ARMS
+        if "://" not in exp_path and stored.is_file() and json.loads(stored.read_text()) != arms:
+            raise ConfigError(
+                f"the confirmation at {exp_path} was started for other configurations than this search ranks "
+                f"best now; delete {exp_path} to confirm these ones"
+            )
+        print(f"pclc sweep: resuming the confirmation at {exp_path}", file=out)
+    return SweepPlan(plan.root, exp_path, plan.tracking_uri, restorable, phase=C.PHASE_CONFIRM)
+
+
 def open_parent_run(cfg: SweepConfig, plan: SweepPlan) -> SweepTracker:
     """The MLflow experiment and the sweep's parent run, created (or reopened) here on the driver."""
     tracker = SweepTracker(plan.tracking_uri)
@@ -334,10 +365,13 @@ def build_tuner(
     prepared: Any = None,
     verbose: int = 0,
     retry_failed: bool = False,
+    arms: list[dict[str, Any]] | None = None,
     out: TextIO,
 ) -> tune.Tuner:
     """The Tuner, fresh or restored with its trials and Optuna state, and the files a later resume reads.
 
+    With `arms` it is the confirmation's: a grid over those overrides on `cfg.confirm_trial()` (AutoAttack
+    on every evaluated sample), no search, no scheduler.
     The data and the transfer substitute are prepared here, once per sweep (as a Ray task on a worker, cached
     in shared storage: `sweeps.preparation`), and shared with every trial through the object store.
     """
@@ -345,17 +379,18 @@ def build_tuner(
 
     exp_path = plan.experiment_path
     prepared = prepared if prepared is not None else prepare_for_sweep(cfg, storage_root=plan.root, out=out)
+    base = cfg.trial if arms is None else cfg.confirm_trial()
     setup = TrialSetup(
-        base=cfg.trial.model_dump(),
-        outputs_root=_outputs_root(exp_path, cfg.name),
+        base=base.model_dump(),
+        outputs_root=_outputs_root(exp_path, plan.name),
         threads=max(1, math.floor(cfg.resources.cpu)),
         target=target,
-        searched=tuple(cfg.space) if cfg.mode == "optimize" else _varied(cfg),
+        searched=tuple(cfg.space) if cfg.mode == "optimize" and arms is None else _varied(cfg, arms),
         run_fn=run_fn,
         extra_tags={C.SWEEP: cfg.name},
         experiment_path=exp_path,
         skip_recorded_failures=plan.restorable and not retry_failed,
-        checkpoint_epochs=rung_epochs(cfg),
+        checkpoint_epochs=rung_epochs(cfg) if arms is None else (),
     )
     fn = tune.with_resources(
         restoring_from_storage(tune.with_parameters(trainable, prepared=prepared, setup=setup)),
@@ -365,31 +400,40 @@ def build_tuner(
         print(f"pclc sweep: resuming {exp_path}", file=out)
         tuner = tune.Tuner.restore(exp_path, trainable=fn, resume_errored=True)
     else:
-        param_space, search_alg, num_samples = build_searcher(cfg)
+        if arms is None:
+            param_space, search_alg, num_samples = build_searcher(cfg)
+            scheduler, total = build_scheduler(cfg), cfg.total_trials(confirmation=False)
+        else:
+            param_space, search_alg, num_samples = {GRID_KEY: tune.grid_search(arms)}, None, 1
+            scheduler, total = None, len(arms)
+            _write_local(exp_path, CONFIRM_ARMS, json.dumps(arms))
         tuner = tune.Tuner(
             fn,
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 search_alg=search_alg,
-                scheduler=build_scheduler(cfg),
+                scheduler=scheduler,
                 num_samples=num_samples,
                 max_concurrent_trials=cfg.max_concurrent if search_alg is None else None,
                 trial_dirname_creator=_trial_dirname,
                 reuse_actors=True,  # one worker process per concurrent slot: no re-import per trial
             ),
             run_config=tune.RunConfig(
-                name=cfg.name,
+                name=plan.name,
                 storage_path=plan.root,
                 failure_config=tune.FailureConfig(max_failures=cfg.max_retries),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 callbacks=[
-                    TrackingCallback(plan.tracking_uri, target.experiment_id, target.parent_run_id, exp_path),
-                    ProgressPrinter([o.metric for o in cfg.objective], cfg.total_trials()),
+                    TrackingCallback(
+                        plan.tracking_uri, target.experiment_id, target.parent_run_id, exp_path, plan.phase
+                    ),
+                    ProgressPrinter([o.metric for o in cfg.objective], total),
                 ],
                 verbose=verbose,
             ),
         )
-        _write_local(exp_path, CONFIG_COPY, resolved_yaml(cfg))
+        if arms is None:
+            _write_local(exp_path, CONFIG_COPY, resolved_yaml(cfg))
     _write_local(exp_path, METADATA_FILE, json.dumps({"tracking_uri": plan.tracking_uri, **target.__dict__}, indent=2))
     return tuner
 
@@ -454,6 +498,10 @@ def run_sweep(
         )
         grid = fit(tuner, plan)
         result = collect(cfg, grid, tracker, plan)
+        arms = cfg.confirm_overrides(best_rows(cfg, result.finished, top=len(result.finished)))
+        if arms:
+            confirm(cfg, result, plan, tracker, arms=arms, run_fn=run_fn, verbose=verbose, out=out)
+        result.verdict = judge(tracker, out)
         tracker.log_cost_totals()
     except BaseException as exc:
         tracker.finish_parent("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", reason=repr(exc))
@@ -463,16 +511,55 @@ def run_sweep(
     return result
 
 
+def confirm(
+    cfg: SweepConfig,
+    result: SweepResult,
+    plan: SweepPlan,
+    tracker: SweepTracker,
+    *,
+    arms: list[dict[str, Any]],
+    run_fn: RunTrial | None,
+    verbose: int,
+    out: TextIO,
+) -> None:
+    """The confirmation phase: `arms` (top configurations + references × fresh seeds) as a grid, tracked as
+    children of the same parent run (tag `pclc.phase` = confirm); its outcome is added to `result`."""
+    cplan = plan_confirmation(cfg, plan, arms, out=out)
+    ctracker = SweepTracker(plan.tracking_uri, phase=C.PHASE_CONFIRM)
+    ctracker.experiment_id, ctracker.parent_run_id = tracker.experiment_id, tracker.parent_run_id
+    configs = len(arms) // max(1, len(cfg.confirm_seeds()))
+    print(
+        f"pclc sweep: confirming {configs} configurations (the search's best and the references) on fresh seeds "
+        f"{cfg.confirm_seeds()}, AutoAttack on all {cfg.trial.eval_limit} evaluated samples: {len(arms)} trials",
+        file=out,
+    )
+    tuner = build_tuner(cfg, cplan, ctracker.target, run_fn=run_fn, verbose=verbose, arms=arms, out=out)
+    confirmed = collect(cfg, fit(tuner, cplan), ctracker, cplan)
+    result.trials.update(confirmed.trials)
+    result.confirmed = confirmed.finished
+    result.stopped_early += confirmed.stopped_early
+
+
+def judge(cfg: SweepConfig, tracker: SweepTracker) -> Any:
+    """The verdict from MLflow: the confirmation runs (optimize) or the grid (ablation) against the references."""
+    from analysis.verdict import verdict_for_parent
+
+    return verdict_for_parent(
+        tracker.client, tracker.experiment_id, tracker.parent_run_id, tracking_uri=tracker.tracking_uri
+    )
+
+
 def _outputs_root(exp_path: str, name: str) -> str:
     if "://" in exp_path:  # remote storage: trial outputs stay on the trial's node
         return str(Path(tempfile.gettempdir()) / "pclc_outputs" / name)
     return str(Path(exp_path) / "outputs")
 
 
-def _varied(cfg: SweepConfig) -> tuple[str, ...]:
+def _varied(cfg: SweepConfig, arms: list[dict[str, Any]] | None = None) -> tuple[str, ...]:
+    """The TrialConfig fields a grid varies: its variants', or its `arms`' (labels left out), and the seed."""
     keys: list[str] = []
-    for v in cfg.variants:
-        keys += [k for k in v if k not in ("name",) and k not in keys]
+    for v in arms if arms is not None else [*cfg.variants, *cfg.references()]:
+        keys += [k for k in v if k not in ("name", *LABELS) and k not in keys]
     return tuple(keys + (["seed"] if "seed" not in keys else []))
 
 
@@ -495,14 +582,16 @@ def collect(cfg: SweepConfig, grid: Any, tracker: SweepTracker, plan: SweepPlan)
         config = dict(res.config or {})
         sampled = config.get(GRID_KEY, config)
         try:
-            params: dict[str, Any] | None = cfg.trial_config(sampled).to_dict()
+            params: dict[str, Any] | None = cfg.trial_config(
+                sampled, confirmation=plan.phase == C.PHASE_CONFIRM
+            ).to_dict()
         except Exception:
             params = None
         error = failure_reason(str(res.error)) if res.error is not None else None
         trials[tid] = TrialOutcome(error=error, params=params)
         metrics = res.metrics or {}
         if error is None and all(o.metric in metrics for o in cfg.objective):
-            row = {"trial_id": tid, **{k: sampled[k] for k in sampled if k != VARIANT}}
+            row = {"trial_id": tid, **{k: sampled[k] for k in sampled if k not in LABELS}}
             if VARIANT in sampled:
                 row[VARIANT] = sampled[VARIANT]
             row.update({o.metric: metrics[o.metric] for o in cfg.objective})
@@ -598,14 +687,30 @@ def print_summary(cfg: SweepConfig, result: SweepResult, out: TextIO) -> None:
                 if k not in shown_metrics and not k.endswith(" sd") and k != "seeds"
             )
             print(f"  {point:<40} {metrics}   ({entry['seeds']} seeds)", file=out)
-    title = "Pareto front" if cfg.multi_objective else "best configurations"
-    print(f"{title} by {objective}:", file=out)
-    if not result.best:
-        print("  (no trial finished its evaluation)", file=out)
-    for i, row in enumerate(result.best, 1):
-        metrics = "  ".join(f"{m}={_fmt(row[m])}" for m in shown_metrics if m in row)
-        params = " ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k not in shown_metrics and k != "trial_id")
-        print(f"  {i}. {metrics}   {params}   [trial {row['trial_id']}]", file=out)
+    verdict = result.verdict
+    if verdict is not None and verdict.source == "confirmation":
+        print(
+            f"confirmed on fresh seeds, best {verdict.metric} first (mean [95 % interval]; the search's score beside):",
+            file=out,
+        )
+        for i, arm in enumerate(sorted(verdict.arms, key=lambda a: -a.estimate.value), 1):
+            searched = "" if arm.search_score is None else f"   search: {arm.search_score:.4g} (1 seed)"
+            role = "   [reference]" if arm.reference else ""
+            print(
+                f"  {i}. {verdict.metric}={arm.estimate.text()}  clean_acc={arm.clean:.4g}  "
+                f"{arm.label}  ({len(arm.runs)} seeds){searched}{role}",
+                file=out,
+            )
+    else:
+        title = "Pareto front" if cfg.multi_objective else "best configurations"
+        unconfirmed = " (one seed each, not confirmed)" if cfg.mode == "optimize" else ""
+        print(f"{title} by {objective}{unconfirmed}:", file=out)
+        if not result.best:
+            print("  (no trial finished its evaluation)", file=out)
+        for i, row in enumerate(result.best, 1):
+            metrics = "  ".join(f"{m}={_fmt(row[m])}" for m in shown_metrics if m in row)
+            params = " ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k not in shown_metrics and k != "trial_id")
+            print(f"  {i}. {metrics}   {params}   [trial {row['trial_id']}]", file=out)
     for tid in result.failed[:10]:
         print(f"  failed: trial {tid}: {result.trials[tid].error}", file=out)
     print(f"Ray results: {result.experiment_path}", file=out)
@@ -614,6 +719,13 @@ def print_summary(cfg: SweepConfig, result: SweepResult, out: TextIO) -> None:
         f"MLflow UI: {result.ui_command}   (then open http://127.0.0.1:5000{C.experiment_ui_path(result.experiment_id)})",
         file=out,
     )
+    if verdict is not None:
+        print(
+            f"verdict ({verdict.metric}, each arm against each reference, paired on the same samples and seeds):",
+            file=out,
+        )
+        for sentence in verdict.sentences() or ["(nothing to compare)"]:
+            print(f"  {sentence}", file=out)
 
 
 # --------------------------------------------------------------------------- the command

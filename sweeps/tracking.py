@@ -228,6 +228,7 @@ class TrackingTarget:
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
+    phase: str = C.PHASE_SEARCH  # the part of the sweep its trials belong to (tag C.PHASE)
 
 
 @dataclass(frozen=True)
@@ -244,12 +245,13 @@ class TrialOutcome:
 class SweepTracker:
     """The driver's view: the experiment, the parent run, and the final word on every child run."""
 
-    def __init__(self, tracking_uri: str) -> None:
+    def __init__(self, tracking_uri: str, *, phase: str = C.PHASE_SEARCH) -> None:
         self.tracking_uri = tracking_uri
         ensure_sqlite_store(tracking_uri)
         self.client = MlflowClient(tracking_uri)
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
+        self.phase = phase  # the trials `close_trial` and `reconcile` speak for
 
     def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Every write of the driver waits out a tracking server that is down (up to the patience,
@@ -260,7 +262,7 @@ class SweepTracker:
     @property
     def target(self) -> TrackingTarget:
         assert self.experiment_id and self.parent_run_id, "call start_parent first"
-        return TrackingTarget(self.tracking_uri, self.experiment_id, self.parent_run_id)
+        return TrackingTarget(self.tracking_uri, self.experiment_id, self.parent_run_id, self.phase)
 
     def ensure_experiment(self, name: str) -> str:
         """Create the experiment once, here on the driver (trials only look it up)."""
@@ -407,14 +409,17 @@ class SweepTracker:
                 self._call(self.client.set_terminated, run_id, "KILLED")
 
     def reconcile(self, trials: dict[str, TrialOutcome]) -> dict[str, int]:
-        """Make MLflow agree with Tune at the end: `trials` maps every trial id to how it ended.
+        """Make MLflow agree with Tune at the end of this phase: `trials` maps every trial id of the
+        phase to how it ended.
 
         Child runs of trials Tune no longer knows (the driver was killed before Tune saved its state,
         so the trial was started again under a new id) are deleted: one run per trial, no duplicates.
+        The other phase's runs are not this Tune experiment's, and are left alone.
         """
         counts = {"closed": 0, "orphans_deleted": 0, "duplicates_deleted": 0}
         seen: set[str] = set()
-        for run in sorted(self.child_runs(), key=lambda r: r.info.start_time):
+        mine = [r for r in self.child_runs() if run_phase(r) == self.phase]
+        for run in sorted(mine, key=lambda r: r.info.start_time):
             tid = run.data.tags.get(TRIAL_ID)
             if tid not in trials:
                 self._call(self.client.delete_run, run.info.run_id)
@@ -436,7 +441,12 @@ class SweepTracker:
 
 
 def _trial_tags(target: TrackingTarget, trial_id: str) -> dict[str, str]:
-    return {PARENT: target.parent_run_id, ROLE: C.ROLE_TRIAL, TRIAL_ID: trial_id}
+    return {PARENT: target.parent_run_id, ROLE: C.ROLE_TRIAL, TRIAL_ID: trial_id, C.PHASE: target.phase}
+
+
+def run_phase(run: Run) -> str:
+    """The part of its sweep a trial run belongs to; an older sweep's runs, untagged, were all its search."""
+    return run.data.tags.get(C.PHASE, C.PHASE_SEARCH)
 
 
 def find_trial_run(client: MlflowClient, target: TrackingTarget, trial_id: str) -> Run | None:

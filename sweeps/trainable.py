@@ -31,6 +31,7 @@ from pclc import metrics as M
 from pclc.config import TrialConfig, make_config
 from pclc.gpu import check_gpus_usable, cuda_info
 from pclc.train import load_checkpoint, save_checkpoint
+from sweeps.config import LABELS, REFERENCE, SEARCH_TRIAL, VARIANT
 from sweeps.tracking import TrackingTarget, TrialRun
 
 if TYPE_CHECKING:
@@ -38,8 +39,8 @@ if TYPE_CHECKING:
 
 CHECKPOINT_FILE = "state.pt"
 PENDING_FILE = "mlflow_pending.json"  # in the trial's output folder: metrics MLflow has not taken yet
-VARIANT = "variant"  # ablation label carried in the trial's Tune config (not a TrialConfig field)
-GRID_KEY = "trial"  # ablation: Tune grid-searches over override dicts under this key
+GRID_KEY = "trial"  # ablation and confirmation: Tune grid-searches over override dicts under this key
+LABEL_TAGS = {VARIANT: C.VARIANT, REFERENCE: C.REFERENCE, SEARCH_TRIAL: C.SEARCH_TRIAL}  # override label → run tag
 
 RunTrial = Callable[
     ..., dict[str, float]
@@ -77,8 +78,8 @@ def _deterministic(exc: BaseException) -> bool:
 
 def trial_config(setup: TrialSetup, config: dict[str, Any], trial_id: str) -> TrialConfig:
     """The TrialConfig of this trial: base ← sampled params, with its own absolute output folder."""
-    sampled = config.get(GRID_KEY, config)  # ablation: one grid point's overrides under GRID_KEY
-    values = {**setup.base, **{k: v for k, v in sampled.items() if k != VARIANT}}
+    sampled = config.get(GRID_KEY, config)  # ablation, confirmation: one grid point's overrides under GRID_KEY
+    values = {**setup.base, **{k: v for k, v in sampled.items() if k not in LABELS}}
     values["out_dir"] = str(Path(setup.outputs_root) / trial_id)
     values["threads"] = setup.base.get("threads") or setup.threads
     return make_config(values, source=f"trial {trial_id}")
@@ -138,9 +139,9 @@ def trainable(config: dict[str, Any], *, prepared: Any, setup: TrialSetup) -> No
         C.SEARCHED: json.dumps(list(setup.searched)),
         **cuda.tags(device=torch.device("cuda" if on_gpu else "cpu")),
     }
-    variant = config.get(GRID_KEY, {}).get(VARIANT)
-    if variant is not None:
-        tags[C.VARIANT] = str(variant)
+    for label, value in config.get(GRID_KEY, {}).items():
+        if label in LABEL_TAGS:
+            tags[LABEL_TAGS[label]] = str(value)
     out = Path(cfg.out_dir)  # type: ignore[arg-type]
     run = TrialRun.open(
         setup.target,

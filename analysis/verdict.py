@@ -1,0 +1,240 @@
+"""The sweep's conclusion: each configuration against each reference arm, on the same samples and seeds,
+with intervals and multiplicity-corrected paired tests (`analysis.compare`), said in one sentence each.
+
+Which runs speak: in an optimize sweep, the confirmation runs (the search's top configurations and the
+references re-trained on fresh seeds, AutoAttack on every evaluated sample); a one-seed search on a
+subset ranks noise, and its winner is biased upward, so its own scores are shown beside, never used. In
+an ablation, the grid itself (every arm already runs on the same seeds).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from analysis.compare import Comparison, Estimate, compare, run_interval
+from analysis.load import SEED, Sweep, load_sweep
+from analysis.stats import t_halfwidth
+from pclc import metrics as M
+
+# (scored sample indices, per-sample correctness under the headline) of one run, or None when not stored
+Outcomes = Callable[[str], "tuple[np.ndarray, np.ndarray] | None"]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One configuration of the verdict: its runs (one per seed), its mean headline with an interval."""
+
+    name: str  # `search #1`, a reference's name, or an ablation variant
+    config: str  # the configuration's label (ξ=…, λ=…)
+    reference: str | None  # the reference's name, when this arm is one
+    runs: pd.DataFrame  # its analysed runs, one per seed
+    estimate: Estimate  # mean headline over seeds (Student t), or one run's (Wilson)
+    clean: float  # mean clean accuracy
+    search_score: float | None = None  # confirmation: the headline its search trial scored (one seed, a subset)
+    search_samples: int | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name if self.config in ("default", self.name) else f"{self.name} ({self.config})"
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(int(s) for s in self.runs[SEED]) if SEED in self.runs else []
+
+
+@dataclass(frozen=True)
+class Line:
+    """One comparison of the verdict: `arm` minus `reference` on the headline."""
+
+    arm: Arm
+    reference: Arm
+    result: Comparison
+    seeds: int
+    samples: int | None
+
+    def sentence(self, metric: str) -> str:
+        d = self.result.difference
+        samples = f" × {self.samples} samples" if self.samples else ""
+        return (
+            f"{self.arm.label} vs {self.reference.label}: {d.text(points=True)}, {self.result.outcome} "
+            f"({self.seeds} seed{'s' if self.seeds != 1 else ''}{samples}, {metric}, AutoAttack-checked; "
+            f"p = {self.result.p_corrected:.3g} after {CORRECTION_NAME})"
+        )
+
+
+CORRECTION_NAME = "Holm's correction"
+
+
+@dataclass
+class Verdict:
+    """The arms, the comparisons and what the reader must know about them."""
+
+    metric: str
+    source: str  # "confirmation" or "grid"
+    arms: list[Arm] = field(default_factory=list)
+    lines: list[Line] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def sentences(self) -> list[str]:
+        """The verdict, one sentence per comparison, then what did not confirm or could not be compared."""
+        return [line.sentence(self.metric) for line in self.lines] + self.notes
+
+
+def _estimate(runs: pd.DataFrame, metric: str, correct: np.ndarray | None) -> Estimate:
+    values = runs[metric].astype(float).to_numpy()
+    if len(values) >= 2:
+        half = t_halfwidth(float(np.std(values, ddof=1)), len(values))
+        half = 0.0 if not math.isfinite(half) else half
+        mean = float(values.mean())
+        return Estimate(mean, mean - half, mean + half, "seeds", len(values))
+    if correct is not None:
+        return run_interval(correct)
+    return Estimate(float(values[0]), math.nan, math.nan, "run", 1)
+
+
+def verdict(sweep: Sweep, *, outcomes: Outcomes | None = None) -> Verdict:
+    """The verdict of a loaded sweep. `outcomes(run_id)` gives a run's per-sample headline outcomes
+    (needed only for one-seed comparisons: several seeds are compared seed by seed on their accuracies)."""
+    metric = sweep.headline
+    confirmed = sweep.confirmed
+    frame, source = (confirmed, "confirmation") if len(confirmed) else (sweep.trials, "grid")
+    out = Verdict(metric=metric, source=source)
+    if sweep.mode == "optimize" and source == "grid":
+        out.notes.append(
+            "No confirmation runs: the search's ranking is one seed per configuration on a subset, with no "
+            "reference beside it; it ranks, it does not judge (set confirm.top > 0 in the sweep file)."
+        )
+        return out
+    if frame.empty:
+        out.notes.append("No finished run to judge.")
+        return out
+    cache: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
+
+    def outcome(run_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+        if outcomes is None:
+            return None
+        if run_id not in cache:
+            cache[run_id] = outcomes(run_id)
+        return cache[run_id]
+
+    for (variant, config), runs in frame.groupby(["variant", "config"], sort=False):
+        runs = runs.sort_values(SEED) if SEED in runs else runs
+        references = runs["reference"].dropna().unique()
+        one = outcome(runs["run_id"].iloc[0]) if len(runs) == 1 else None
+        search_score = search_samples = None
+        if source == "confirmation" and runs["search_trial"].notna().any():
+            found = sweep.trials[sweep.trials["trial_id"] == runs["search_trial"].dropna().iloc[0]]
+            if len(found):
+                search_score = float(found[metric].iloc[0])
+                search_samples = _scored(found.iloc[0])
+        out.arms.append(
+            Arm(
+                name=str(variant),
+                config=str(config),
+                reference=str(references[0]) if len(references) else None,
+                runs=runs,
+                estimate=_estimate(runs, metric, None if one is None else one[1]),
+                clean=float(runs[M.CLEAN_ACC].mean()) if M.CLEAN_ACC in runs else math.nan,
+                search_score=search_score,
+                search_samples=search_samples,
+            )
+        )
+    refs = [a for a in out.arms if a.reference is not None]
+    if not refs:
+        out.notes.append("No reference arm in this sweep (reference: []): nothing to judge against.")
+        return out
+    pairs, meta = [], []
+    for arm in out.arms:
+        # every arm against every reference; a later reference against the earlier ones (e.g. the authors' vs CE)
+        against = refs[: refs.index(arm)] if arm.reference is not None else refs
+        for ref in against:
+            paired = _paired(arm, ref, metric, outcome)
+            if isinstance(paired, str):
+                out.notes.append(f"{arm.label} vs {ref.label}: not compared ({paired}).")
+                continue
+            pairs.append(paired[:2])
+            meta.append((arm, ref, *paired[2:]))
+    for result, (arm, ref, seeds, samples) in zip(compare(pairs), meta):
+        out.lines.append(Line(arm=arm, reference=ref, result=result, seeds=seeds, samples=samples))
+    out.notes.extend(_winner_notes(out, metric))
+    return out
+
+
+def _scored(run: pd.Series) -> int | None:
+    """How many samples the headline of a run was taken on (the AutoAttack subset, or every evaluated one)."""
+    limit, evaluated = run.get("aa_limit"), run.get("eval_limit")
+    values = [int(v) for v in (limit, evaluated) if v is not None and not pd.isna(v)]
+    return min(values) if values else None
+
+
+def _paired(
+    arm: Arm, ref: Arm, metric: str, outcome: Callable[[str], tuple[np.ndarray, np.ndarray] | None]
+) -> tuple[list, list, int, int | None] | str:
+    """(a's per-sample vectors or accuracies per seed, b's, seeds, samples) on the seeds both ran, or why not."""
+    if SEED not in arm.runs or SEED not in ref.runs:
+        return "no seed recorded"
+    a = arm.runs.set_index(SEED)
+    b = ref.runs.set_index(SEED)
+    seeds = sorted(set(a.index) & set(b.index))
+    if not seeds:
+        return f"no common seed: {arm.seeds} against {ref.seeds}"
+    vectors_a, vectors_b, samples = [], [], None
+    for seed in seeds:
+        oa, ob = outcome(a.loc[seed, "run_id"]), outcome(b.loc[seed, "run_id"])
+        if oa is None or ob is None:
+            break
+        if not np.array_equal(oa[0], ob[0]):
+            return f"seed {seed} was scored on different samples"
+        vectors_a.append(oa[1])
+        vectors_b.append(ob[1])
+        samples = len(oa[0])
+    else:
+        return vectors_a, vectors_b, len(seeds), samples
+    if len(seeds) < 2:
+        return "one seed and no stored per-sample outcomes: a paired test needs one or the other"
+    # several seeds: the paired test is over the per-seed accuracies, which the metrics hold
+    return [float(a.loc[s, metric]) for s in seeds], [float(b.loc[s, metric]) for s in seeds], len(seeds), None
+
+
+def _winner_notes(v: Verdict, metric: str) -> list[str]:
+    """Where the search's ranking and the confirmation disagree (the winner's curse, made visible)."""
+    notes = []
+    searched = [a for a in v.arms if a.search_score is not None]
+    for arm in searched:
+        est = arm.estimate
+        if math.isfinite(est.high) and arm.search_score > est.high:
+            notes.append(
+                f"{arm.label} scored {100 * arm.search_score:.1f} % in the search (one seed"
+                f"{f', {arm.search_samples} samples' if arm.search_samples else ''}) but {est.text()} over "
+                f"{est.n} fresh seeds: its search score did not confirm (the top of a one-seed ranking is "
+                "biased upward)."
+            )
+    if len(searched) >= 2:
+        best = max(searched, key=lambda a: a.estimate.value)
+        if best.name != searched[0].name:
+            notes.append(
+                f"The search's #1 is not the best once confirmed: {best.label} is ({best.estimate.text()} against "
+                f"{searched[0].estimate.text()})."
+            )
+    return notes
+
+
+def load_outcomes_fn(client: MlflowClient, metric: str) -> Outcomes:
+    """`outcomes(run_id)` read from each run's per-sample outcomes artifact (None where a run has none)."""
+
+    def read(run_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+        return None
+
+    return read
+
+
+def verdict_for_parent(client: MlflowClient, experiment_id: str, parent_run_id: str, *, tracking_uri: str) -> Verdict:
+    """The verdict of the sweep under `parent_run_id`, read from MLflow (what `pclc sweep` prints last)."""
+    sweep = load_sweep(parent_run_id=parent_run_id, client=client, tracking_uri=tracking_uri)
+    return verdict(sweep, outcomes=load_outcomes_fn(client, sweep.headline))
