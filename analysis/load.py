@@ -41,6 +41,7 @@ from pclc.contract import (
 )
 from pclc.losses import IGNORED_BY_LOSS  # the paper's knobs each loss ignores
 from pclc.metrics import canonical_metric
+from pclc.outcomes import Outcomes, OutcomesError
 
 # Params that change between trials without defining a configuration: seeds, per-trial paths, resources.
 NOT_CONFIG = frozenset(
@@ -557,3 +558,29 @@ def fetch_warnings(client: MlflowClient, run_ids: list[str], *, limit: int = 20)
             if warnings:
                 out[rid] = [str(w) for w in warnings]
     return out
+
+
+def fetch_outcomes(client: MlflowClient, run_id: str, *, finalist: bool = False) -> Outcomes | None:
+    """The per-sample outcomes a trial run logged (`outcomes.json`), or with `finalist` those of its
+    `pclc evaluate` re-score (`finalist/outcomes.json`, keys without the `finalist/` prefix); None for a run
+    without them (logged before they existed, or never finished). For paired tests between runs on the
+    same samples: `Outcomes.accuracy(key)` equals the run's logged metric `key` exactly.
+
+    Example (an illustration: it needs a store):
+        >>> o = fetch_outcomes(client, run_id)  # doctest: +SKIP
+        >>> o.correct["robust_acc/worst/eps=0.1"][o.scored["robust_acc/worst/eps=0.1"]].mean()  # doctest: +SKIP
+    """
+    artifact = C.FINALIST_OUTCOMES_ARTIFACT if finalist else C.OUTCOMES_ARTIFACT
+    folder = artifact.rpartition("/")[0] or None
+    try:
+        listed = {a.path for a in client.list_artifacts(run_id, folder)}
+        if artifact not in listed:
+            return None
+        with tempfile.TemporaryDirectory(prefix="pclc-analysis-") as tmp:
+            text = Path(client.download_artifacts(run_id, artifact, tmp)).read_text()
+    except (MlflowException, OSError) as exc:
+        raise AnalysisError(f"run {run_id}: cannot read {artifact}: {exc}") from None
+    try:
+        return Outcomes.from_json(text)
+    except OutcomesError as exc:
+        raise AnalysisError(f"run {run_id}: {artifact}: {exc}") from None

@@ -16,6 +16,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from pclc.metrics import FINALIST_PREFIX
+
 # --------------------------------------------------------------------------- tags
 PARENT = "mlflow.parentRunId"  # MLflow's own: a trial's parent (sweep) run
 ROLE = "pclc.role"  # ROLE_SWEEP on the parent, ROLE_TRIAL on every child
@@ -40,6 +42,10 @@ DETERMINISTIC = "pclc.failure_deterministic"  # "1": the failure would repeat (N
 FINAL = "pclc.final"  # "1" once the final evaluation is logged
 STOPPED_EARLY = "pclc.stopped_early"  # "true" when a scheduler (ASHA) stopped the trial
 EVALUATION_ARTIFACT = "evaluation.json"  # metrics, warnings and resolved config of a finished trial
+# Per-sample outcomes (pclc.outcomes: which test samples, correct or not under each attack × eps): a trial's,
+# logged with evaluation.json, and `pclc evaluate`'s re-score of it, beside its `finalist/*` metrics.
+OUTCOMES_ARTIFACT = "outcomes.json"
+FINALIST_OUTCOMES_ARTIFACT = f"{FINALIST_PREFIX}{OUTCOMES_ARTIFACT}"
 # MLflow 3's experiment kind: model training (runs), not a GenAI app (traces). The 3.17 UI itself picks the
 # view from its workflow switch instead (default GenAI), so the link we print names it: `experiment_ui_path`.
 EXPERIMENT_KIND, CUSTOM_MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"

@@ -24,6 +24,7 @@ from pclc.attacks import (
     run_suite,
     zero_gradient_points,
 )
+from pclc.outcomes import Outcomes
 
 BLACKBOX_MARGIN = 0.02  # a black-box attack beating every white-box one by more than this is suspect
 CE_CW_MARGIN = 0.10  # PGD-CE leaving this much more accuracy than PGD-CW is suspect
@@ -37,10 +38,12 @@ _FLAGS = {M.masking_key(c) for c in M.MASKING_FLAGS}
 
 @dataclass
 class Evaluation:
-    """The final metrics (DESIGN.md schema) and the plain-English warnings of the masking checks."""
+    """The final metrics (DESIGN.md schema), the plain-English warnings of the masking checks, and the
+    per-sample outcomes every accuracy metric is the mean of (samples indexed by position in x)."""
 
     metrics: dict[str, float]
     warnings: list[str] = field(default_factory=list)
+    outcomes: Outcomes | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"metrics": dict(self.metrics), "warnings": list(self.warnings)}
@@ -233,7 +236,8 @@ def evaluate(
     if float(headline_eps) not in suite.eps:
         raise ValueError(f"headline_eps {headline_eps} is not in the suite's eps grid {list(suite.eps)}")
     result = run_suite(model, x, y, suite, substitute=substitute)
-    metrics = _scores(result, float(headline_eps))
+    outcomes = sample_outcomes(result, headline_eps=float(headline_eps))
+    metrics = _scores(result, outcomes, float(headline_eps))
 
     large_eps_acc = None
     if masking_eps is not None:
@@ -256,7 +260,7 @@ def evaluate(
         zero_gradients=(int(zero.sum()), len(zero)) if zero is not None else None,
     )
     metrics.update(masking)
-    return Evaluation(metrics=metrics, warnings=warnings + _reference_notes(result))
+    return Evaluation(metrics=metrics, warnings=warnings + _reference_notes(result), outcomes=outcomes)
 
 
 def _reference_notes(result: SuiteResult) -> list[str]:
@@ -265,22 +269,39 @@ def _reference_notes(result: SuiteResult) -> list[str]:
     return [f"AutoAttack: {m}" for m in dict.fromkeys(result.messages) if not any(k in m for k in known)]
 
 
-def _scores(result: SuiteResult, headline_eps: float) -> dict[str, float]:
-    metrics: dict[str, float] = {M.CLEAN_ACC: result.clean_correct.float().mean().item()}
+def sample_outcomes(result: SuiteResult, *, headline_eps: float) -> Outcomes:
+    """Per sample, scored and still correct for clean_acc, every robust_acc/<attack>/eps=<eps>, and the
+    worst / worst_classic / worst_aa cases per eps; robust_acc (and _classic, _aa) name their eps' key.
+
+    Samples are positions in the evaluated (x, y) (`Outcomes.at` names the dataset's indices). Every
+    accuracy metric `evaluate` reports is the mean of these flags (`Outcomes.accuracy`), so a paired test
+    on them agrees with the logged numbers.
+    """
+    everyone = torch.ones(len(result.y), dtype=torch.bool)
+    scored: dict[str, torch.Tensor] = {M.CLEAN_ACC: everyone}
+    correct: dict[str, torch.Tensor] = {M.CLEAN_ACC: result.clean_correct}
     for attack, eps in result.adv_pred:
-        metrics[M.robust_key(attack, eps)] = result.accuracy(attack, eps)
+        key = M.robust_key(attack, eps)
+        scored[key], correct[key] = result.mask(attack, eps), result.robust(attack, eps)
     for eps in result.eps:
-        _, scope = result.worst(eps)  # the samples every attack scored: the AutoAttack subset, if any ran
-        metrics[M.robust_key(M.WORST, eps)] = result.worst_accuracy(eps)
+        # the worst cases are over the samples every attack scored (the AutoAttack subset, if any ran),
+        # the per-family ones too, so the three compare on the same samples
+        robust, scope = result.worst(eps)
+        scored[M.robust_key(M.WORST, eps)], correct[M.robust_key(M.WORST, eps)] = scope, robust
         for aggregate, family in ((M.WORST_CLASSIC, CLASSIC), (M.WORST_AA, AUTOATTACK)):
             ran = tuple(a for a in result.attacks if a in family and (a, eps) in result.adv_pred)
             if ran:
-                robust, _ = result.worst(eps, ran)
-                metrics[M.robust_key(aggregate, eps)] = robust[scope].float().mean().item()
-    metrics[M.ROBUST_ACC] = metrics[M.robust_key(M.WORST, headline_eps)]
+                key = M.robust_key(aggregate, eps)
+                scored[key], correct[key] = scope, result.worst(eps, ran)[0]
+    headlines = {M.ROBUST_ACC: M.robust_key(M.WORST, headline_eps)}
     for headline, aggregate in ((M.ROBUST_ACC_CLASSIC, M.WORST_CLASSIC), (M.ROBUST_ACC_AA, M.WORST_AA)):
-        if M.robust_key(aggregate, headline_eps) in metrics:
-            metrics[headline] = metrics[M.robust_key(aggregate, headline_eps)]
+        if M.robust_key(aggregate, headline_eps) in correct:
+            headlines[headline] = M.robust_key(aggregate, headline_eps)
+    return Outcomes(dataset="", indices=range(len(result.y)), scored=scored, correct=correct, headlines=headlines)
+
+
+def _scores(result: SuiteResult, outcomes: Outcomes, headline_eps: float) -> dict[str, float]:
+    metrics = outcomes.metrics()  # every accuracy, from the per-sample flags that are logged with it
     metrics[M.PROB_GAP] = prob_gap(result.clean_probs, result.y)
     for attack in result.attacks:
         rate = second_class_rate(result.clean_logits, result.y, result.pred(attack, headline_eps))

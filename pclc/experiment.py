@@ -22,10 +22,12 @@ from torch import nn
 from pclc import metrics as M
 from pclc.attacks import AttackSuite
 from pclc.config import OPTIMIZATION_FIELDS, TrialConfig
+from pclc.contract import OUTCOMES_ARTIFACT
 from pclc.data import Dataset, load_stored, pixels
 from pclc.evaluate import epoch_robust_acc, evaluate
 from pclc.gpu import fp32_precision
 from pclc.models import create_model
+from pclc.outcomes import Outcomes
 from pclc.train import (
     Trainer,
     accuracy,
@@ -41,14 +43,16 @@ from pclc.train import (
 
 @dataclass(frozen=True)
 class Evaluation:
-    """A trial's end: the final metrics, the evaluation's plain-English warnings, the resolved config."""
+    """A trial's end: the final metrics, the evaluation's plain-English warnings, the resolved config, and
+    the per-sample outcomes its accuracies are the means of (test-split indices of `config`'s dataset)."""
 
     metrics: dict[str, float]
     warnings: list[str]
     config: dict[str, Any]
+    outcomes: Outcomes | None = None  # written beside metrics.json (the sweep: logged with evaluation.json)
 
     def to_dict(self) -> dict[str, Any]:
-        """The payload of metrics.json (and of the sweep's evaluation.json)."""
+        """The payload of metrics.json (and of the sweep's evaluation.json); the outcomes have their own file."""
         return {"metrics": self.metrics, "warnings": self.warnings, "config": self.config}
 
 
@@ -267,19 +271,33 @@ def run_trial(
     final = {**result.metrics, M.EPOCH: cfg.epochs, **cost(now), M.EVAL_SECONDS: now - evaluation_started}
     if math.isfinite(train_loss):  # a trial resumed after its last epoch trained no epoch here
         final[M.TRAIN_LOSS] = train_loss
-    evaluation = Evaluation(metrics=final, warnings=list(result.warnings), config=cfg.to_dict())
+    # the samples scored are the first eval_limit of the test split: recorded as indices, for paired tests
+    outcomes = (
+        result.outcomes.at(dataset=cfg.dataset, indices=range(len(y_eval))) if result.outcomes is not None else None
+    )
+    evaluation = Evaluation(metrics=final, warnings=list(result.warnings), config=cfg.to_dict(), outcomes=outcomes)
     if cfg.out_dir:
-        write_outputs(cfg, final, evaluation.warnings, model)
+        write_outputs(cfg, final, evaluation.warnings, model, outcomes=outcomes)
     reporter.on_final(evaluation)
     return final
 
 
-def write_outputs(cfg: TrialConfig, final: dict[str, float], warnings: list[str], model: nn.Module) -> Path:
-    """metrics.json (metrics, warnings, resolved config) and, if asked, the final weights."""
+def write_outputs(
+    cfg: TrialConfig,
+    final: dict[str, float],
+    warnings: list[str],
+    model: nn.Module,
+    *,
+    outcomes: Outcomes | None = None,
+) -> Path:
+    """metrics.json (metrics, warnings, resolved config), the per-sample outcomes.json and, if asked,
+    the final weights."""
     out = Path(cfg.out_dir)  # type: ignore[arg-type]
     out.mkdir(parents=True, exist_ok=True)
     payload = Evaluation(metrics=final, warnings=warnings, config=cfg.to_dict()).to_dict()
     (out / "metrics.json").write_text(json.dumps(payload, indent=2, sort_keys=True))
+    if outcomes is not None:
+        (out / OUTCOMES_ARTIFACT).write_text(outcomes.to_json())
     if cfg.save_weights:
         save_checkpoint({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / "model.pt")
     return out

@@ -4,7 +4,8 @@ A sweep scores every trial cheaply (AutoAttack-grade attacks on a fixed subset, 
 file asks). The finalists, picked by run id or as the top N of a sweep, are scored here again with the
 reference's standard AutoAttack (APGD-CE → APGD-T → FAB-T → Square) on the first `limit` test samples,
 and the numbers go into the same MLflow child run under `finalist/…` (pclc.metrics.finalist_key) with the
-tag `pclc.finalist` = "1". The run's status and its own metrics are left as they are.
+tag `pclc.finalist` = "1", beside their per-sample outcomes (`finalist/outcomes.json`, pclc.outcomes). The
+run's status and its own metrics are left as they are.
 
 Resume: the samples are scored in chunks; after each chunk the per-sample clean/robust flags are written
 (atomically) to `<state_dir>/<run_id>-eps<eps>.json`, and a restarted command scores only the chunks
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pclc import contract as C
 from pclc import metrics as M
 
 if TYPE_CHECKING:  # torch, MLflow and the attacks load when there is work, not for `pclc --help`
@@ -40,6 +42,7 @@ if TYPE_CHECKING:  # torch, MLflow and the attacks load when there is work, not 
 
     from pclc.attacks import AttackSuite
     from pclc.config import TrialConfig
+    from pclc.outcomes import Outcomes
 
 # Tags on the trial's child run (beside sweeps.tracking's).
 FINALIST = "pclc.finalist"  # "1" once a full AutoAttack re-score is logged
@@ -359,6 +362,8 @@ def evaluate_run(run_id: str, settings: Settings) -> Finalist:
             raise FinalistError(f"run {run_id} has no {EVALUATION}: its final evaluation was never logged")
         cfg = _trial_config(evaluation, run_id)
         state_dict = load_checkpoint(weights)
+        earlier = _download(client, run_id, C.FINALIST_OUTCOMES_ARTIFACT, tmp)
+        earlier_text = earlier.read_text() if earlier is not None else None
 
     eps_list = tuple(sorted({float(e) for e in (settings.eps or (cfg.headline_eps,))}))
     out = Finalist(
@@ -390,6 +395,7 @@ def evaluate_run(run_id: str, settings: Settings) -> Finalist:
     x, y = data.x_test[:n], data.y_test[:n]
     batch_size = settings.batch_size or cfg.eval_batch_size
     metrics: dict[str, float] = {}
+    flags: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}  # eps → (clean_correct, robust), per sample
     for eps in todo:
         suite = AttackSuite(
             attacks=(ATTACK,),
@@ -419,6 +425,7 @@ def evaluate_run(run_id: str, settings: Settings) -> Finalist:
         )
         out.chunks_reused += reused
         out.chunks_scored += scored
+        flags[eps] = (clean, robust)
         metrics[M.finalist_key(M.CLEAN_ACC)] = clean.float().mean().item()
         metrics[M.finalist_key(M.robust_key(ATTACK, eps))] = robust.float().mean().item()
         if eps == cfg.headline_eps:
@@ -432,6 +439,11 @@ def evaluate_run(run_id: str, settings: Settings) -> Finalist:
         "square_queries": settings.square_queries,
         "eps": sorted(covered | set(todo)),
     }
+    # The per-sample outcomes go first: a kill before the tag below leaves a run that is scored again.
+    outcomes = finalist_outcomes(
+        flags, dataset=cfg.dataset, n=n, headline_eps=cfg.headline_eps, earlier=earlier_text, kept=covered - set(todo)
+    )
+    retrying(client.log_text, run_id, outcomes.to_json(), C.FINALIST_OUTCOMES_ARTIFACT)
     retrying(
         client.log_batch,
         run_id,
@@ -441,6 +453,50 @@ def evaluate_run(run_id: str, settings: Settings) -> Finalist:
     logged = retrying(client.get_run, run_id).data.metrics
     out.metrics = {M.from_mlflow(k): v for k, v in logged.items() if k.startswith(M.FINALIST_PREFIX)}
     return out
+
+
+def finalist_outcomes(
+    flags: dict[float, tuple[torch.Tensor, torch.Tensor]],
+    *,
+    dataset: str,
+    n: int,
+    headline_eps: float,
+    earlier: str | None = None,
+    kept: set[float] | frozenset[float] = frozenset(),
+) -> Outcomes:
+    """The re-score's per-sample outcomes on the first `n` test samples: clean_acc and
+    robust_acc/autoattack/eps=<eps> for each eps of `flags` (eps → (clean_correct, robust)), robust_acc naming
+    the headline eps; keys `finalist_key` prefixes when logged. The eps in `kept`, scored by an earlier call
+    and not again now, come from that call's artifact text `earlier` (when it has them, on the same samples)."""
+    import torch
+
+    from pclc.outcomes import Outcomes, OutcomesError
+
+    everyone = torch.ones(n, dtype=torch.bool)
+    clean: Any = None
+    robust: dict[float, Any] = {}  # eps → per-sample robust flags
+    if earlier is not None and kept:
+        try:
+            before = Outcomes.from_json(earlier)
+        except OutcomesError as exc:
+            print(f"pclc evaluate: note: ignoring the earlier {C.FINALIST_OUTCOMES_ARTIFACT}: {exc}", file=sys.stderr)
+        else:
+            if before.dataset == dataset and before.indices.tolist() == list(range(n)):
+                clean = before.correct.get(M.CLEAN_ACC)
+                robust = {
+                    e: before.correct[M.robust_key(ATTACK, e)]
+                    for e in kept
+                    if M.robust_key(ATTACK, e) in before.correct
+                }
+    for eps, (clean_now, robust_now) in flags.items():
+        clean, robust[eps] = clean_now, robust_now  # the clean flags are the same at every eps
+    if clean is None:
+        raise ValueError("finalist outcomes need at least one eps scored now or kept from an earlier call")
+    correct = {M.CLEAN_ACC: clean, **{M.robust_key(ATTACK, e): robust[e] for e in sorted(robust)}}
+    headline = M.robust_key(ATTACK, headline_eps)
+    headlines = {M.ROBUST_ACC: headline} if headline in correct else {}
+    scored = {key: everyone for key in correct}  # the standard AutoAttack scores every sample
+    return Outcomes(dataset=dataset, indices=range(n), scored=scored, correct=correct, headlines=headlines)
 
 
 def attempt(run_id: str, settings: Settings) -> Finalist:

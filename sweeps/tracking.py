@@ -636,8 +636,17 @@ class TrialRun:
             self._stored_at[step] = found
         return self._stored_at[step]
 
-    def log_final(self, final: dict[str, float], evaluation: dict[str, Any], weights: Path | None) -> None:
-        """The final evaluation at step=epochs, evaluation.json, the weights if asked; then FINISHED.
+    def log_final(
+        self,
+        final: dict[str, float],
+        evaluation: dict[str, Any],
+        weights: Path | None,
+        *,
+        outcomes: str | None = None,
+    ) -> None:
+        """The final evaluation at step=epochs, evaluation.json, the per-sample `outcomes` (the JSON text of
+        `pclc.outcomes`) when given, the weights if asked; then FINISHED. The tag `pclc.final` comes last,
+        so a run it marks holds every one of them.
 
         Waits up to `patience_s` for an unreachable server, then raises `TrackingUnavailable`.
         """
@@ -654,6 +663,8 @@ class TrialRun:
             patiently(fn, *args, deadline=deadline, what=what, uri=self.uri)
 
         call(self.client.log_dict, self.run_id, evaluation, C.EVALUATION_ARTIFACT)
+        if outcomes is not None:
+            call(self.client.log_text, self.run_id, outcomes, C.OUTCOMES_ARTIFACT)
         if weights is not None and weights.is_file():
             call(self.client.log_artifact, self.run_id, str(weights), "weights")
         call(self.client.set_tag, self.run_id, FINAL, "1")

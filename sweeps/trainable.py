@@ -3,8 +3,8 @@
 It only reads the config and reports: every epoch goes to MLflow (per-epoch metrics) and to Tune
 (with a checkpoint every `checkpoint_every` epochs, at ASHA's rungs and at the last epoch, so a retried
 or resumed trial continues from its last checkpoint); the final
-evaluation goes to MLflow (metrics, evaluation.json, weights) before Tune hears of it, so a kill
-at any point leaves nothing half-recorded that a retry would duplicate. Metrics the tracking
+evaluation goes to MLflow (metrics, evaluation.json, per-sample outcomes.json, weights) before Tune
+hears of it, so a kill at any point leaves nothing half-recorded that a retry would duplicate. Metrics the tracking
 server could not take (it was down) wait in the trial's output folder (`PENDING_FILE`).
 """
 
@@ -270,7 +270,8 @@ def _naming(path: Path | str, doing: str = "writing") -> Iterator[None]:
 
 class TuneReporter:
     """A trial's reporter: each epoch to MLflow, then to Tune with a checkpoint; the final evaluation to
-    MLflow (metrics, evaluation.json, weights), then to Tune, so a kill never leaves half a record."""
+    MLflow (metrics, evaluation.json, outcomes.json, weights), then to Tune, so a kill never leaves half a
+    record."""
 
     def __init__(self, run: TrialRun, *, weights: Path | None, checkpoint_dest: str, gpu_share: float) -> None:
         self.run, self.weights, self.checkpoint_dest = run, weights, checkpoint_dest
@@ -298,7 +299,8 @@ class TuneReporter:
 
     def on_final(self, evaluation: Evaluation) -> None:
         evaluation = replace(evaluation, metrics=self._priced(evaluation.metrics))
-        self.run.log_final(evaluation.metrics, evaluation.to_dict(), self.weights)
+        outcomes = evaluation.outcomes.to_json() if evaluation.outcomes is not None else None
+        self.run.log_final(evaluation.metrics, evaluation.to_dict(), self.weights, outcomes=outcomes)
         # Tune gets the last per-epoch values too (e.g. epoch_robust_acc for ASHA) under the final ones
         last_epoch = self.last_epoch or self.run.logged_at(int(evaluation.metrics[M.EPOCH]))
         tune.report({**last_epoch, **evaluation.metrics})

@@ -26,7 +26,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from analysis import cli, plots
-from analysis.load import AnalysisError, load_sweep, resolve_tracking_uri
+from analysis.load import AnalysisError, fetch_outcomes, load_sweep, resolve_tracking_uri
 from analysis.report import write_report
 from analysis.stats import pareto_mask, t_halfwidth
 from pclc import contract as C
@@ -34,6 +34,7 @@ from pclc import metrics as M
 from pclc.config import TrialConfig
 from pclc.contract import param_value, parse_param
 from pclc.metrics import canonical_metric
+from pclc.outcomes import Outcomes
 
 ATTACKS = ["fgsm", "pgd_ce", "pgd_cw", "transfer"]
 AA_ATTACKS = ["apgd_ce", "autoattack"]  # AutoAttack-grade: at the headline eps only, pclc's default
@@ -884,3 +885,32 @@ def test_analysis_imports_neither_ray_nor_sweeps() -> None:
         names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         roots = {name.split(".")[0] for name in names}
         assert not roots & {"ray", "sweeps"}, f"{path.name} imports {roots & {'ray', 'sweeps'}}"
+
+
+# --------------------------------------------------------------------------- per-sample outcomes
+
+
+def test_fetch_outcomes_reads_back_what_was_logged_and_none_for_older_runs(store) -> None:
+    client = store["client"]
+    assert fetch_outcomes(client, store["single"][1][0]) is None  # a run logged before outcomes existed
+    exp = client.create_experiment("outcomes_reader", artifact_location=(store["root"] / "art" / "outcomes").as_uri())
+    try:
+        run = client.create_run(exp).info.run_id
+        written = Outcomes(
+            dataset="digits",
+            indices=range(8),
+            scored={M.CLEAN_ACC: [True] * 8},
+            correct={M.CLEAN_ACC: [True] * 6 + [False] * 2},
+        )
+        client.log_text(run, written.to_json(), C.OUTCOMES_ARTIFACT)
+        back = fetch_outcomes(client, run)
+        assert back is not None and back.to_json() == written.to_json() and back.accuracy(M.CLEAN_ACC) == 0.75
+        assert fetch_outcomes(client, run, finalist=True) is None  # never re-scored by `pclc evaluate`
+        newer = json.dumps({**written.to_dict(), "version": 99})
+        client.log_text(run, newer, C.FINALIST_OUTCOMES_ARTIFACT)
+        with pytest.raises(
+            AnalysisError, match=f"run {run}: finalist/outcomes.json: outcomes format version 99 is not"
+        ):
+            fetch_outcomes(client, run, finalist=True)
+    finally:
+        client.delete_experiment(exp)  # the module's store stays as the other tests know it

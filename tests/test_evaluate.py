@@ -6,21 +6,24 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from trained import digits, model, small_cnn, substitute, train  # noqa: F401  (fixtures)
 
 from pclc import metrics as M
-from pclc.attacks import ATTACK_BUILDERS, CLASSIC, AttackSuite
+from pclc.attacks import ATTACK_BUILDERS, CLASSIC, AttackSuite, run_suite
 from pclc.evaluate import (
     Evaluation,
     epoch_robust_acc,
     evaluate,
     masking_checks,
     prob_gap,
+    sample_outcomes,
     second_class_rate,
 )
+from pclc.outcomes import Outcomes
 
 EPS = (0.1, 0.2)
 HEADLINE = 0.2
@@ -125,6 +128,53 @@ def test_worst_case_is_at_most_every_attack(normal: Evaluation, suite: AttackSui
         m[M.ROBUST_ACC_CLASSIC], m[M.ROBUST_ACC_AA]
     )
     assert m[M.ROBUST_ACC_AA] <= m[M.robust_key("autoattack", HEADLINE)]
+
+
+# ------------------------------------------------------------------ per-sample outcomes
+HEADLINES = (M.CLEAN_ACC, M.ROBUST_ACC, M.ROBUST_ACC_CLASSIC, M.ROBUST_ACC_AA)
+
+
+def test_outcomes_read_back_from_their_artifact_equal_every_accuracy_metric(normal: Evaluation, model, digits) -> None:
+    back = Outcomes.from_json(normal.outcomes.to_json())
+    accuracies = {k: v for k, v in normal.metrics.items() if k in HEADLINES or M.parse_robust_key(k) is not None}
+    assert len(accuracies) > 20 and back.metrics() == accuracies  # every one, aggregates and headlines: ==, not ≈
+    # the flags are the model's own outcomes, not just numbers that average right
+    with torch.no_grad():
+        clean = (model(digits[2]).argmax(1) == digits[3]).numpy()
+    assert np.array_equal(back.correct[M.CLEAN_ACC], clean) and back.scored[M.CLEAN_ACC].all()
+    for eps in EPS:
+        ran = [a for a in ATTACK_BUILDERS.names() if M.robust_key(a, eps) in back.correct]
+        every = np.logical_and.reduce([back.correct[M.robust_key(a, eps)] for a in ran])
+        assert np.array_equal(back.correct[M.robust_key(M.WORST, eps)], every)
+        assert not (back.correct[M.robust_key(M.WORST, eps)] & ~clean).any()  # clean-wrong is never robust
+
+
+def test_sample_outcomes_follow_the_suite_result_on_the_autoattack_subset(model, digits) -> None:
+    x, y = digits[2][:96], digits[3][:96]
+    suite = AttackSuite(
+        attacks=("fgsm", "pgd_ce", "apgd_ce"), eps=(0.1, 0.2), steps=3, aa_steps=5, aa_limit=40, aa_eps=(0.1,)
+    )
+    result = run_suite(model, x, y, suite)
+    o = sample_outcomes(result, headline_eps=0.1)
+    assert o.indices.tolist() == list(range(96))
+    assert o.accuracy(M.CLEAN_ACC) == result.clean_correct.float().mean().item()
+    for attack, eps in result.adv_pred:
+        assert o.accuracy(M.robust_key(attack, eps)) == result.accuracy(attack, eps)
+    for eps in (0.1, 0.2):
+        assert o.accuracy(M.robust_key(M.WORST, eps)) == result.worst_accuracy(eps)
+    # at 0.1 every worst case is over the AutoAttack subset, the classic one too (same samples as the others)
+    subset = suite.aa_subset(96).numpy()
+    for aggregate in (M.WORST, M.WORST_CLASSIC, M.WORST_AA):
+        assert np.array_equal(o.scored[M.robust_key(aggregate, 0.1)], subset)
+    assert subset.sum() == 40 and o.scored[M.robust_key("apgd_ce", 0.1)].sum() == 40
+    classic = result.worst(0.1, ("fgsm", "pgd_ce"))[0][torch.from_numpy(subset)].float().mean().item()
+    assert o.accuracy(M.robust_key(M.WORST_CLASSIC, 0.1)) == classic
+    assert o.scored[M.robust_key(M.WORST, 0.2)].all() and M.robust_key(M.WORST_AA, 0.2) not in o.correct
+    assert o.headlines == {
+        M.ROBUST_ACC: M.robust_key(M.WORST, 0.1),
+        M.ROBUST_ACC_CLASSIC: M.robust_key(M.WORST_CLASSIC, 0.1),
+        M.ROBUST_ACC_AA: M.robust_key(M.WORST_AA, 0.1),
+    }
 
 
 def test_headline_eps_must_be_in_the_grid(model, digits, suite) -> None:

@@ -10,7 +10,9 @@ import torch
 
 from pclc import metrics as M
 from pclc.config import TrialConfig, make_config
+from pclc.contract import OUTCOMES_ARTIFACT
 from pclc.experiment import Evaluation, prepare, run_trial, substitute_config, train_substitute
+from pclc.outcomes import Outcomes
 from pclc.train import load_checkpoint
 
 SMALL = {
@@ -65,6 +67,24 @@ def test_trial_reports_every_epoch_then_the_full_evaluation(prepared, tmp_path: 
     assert written["config"]["loss"] == "pclc" and isinstance(written["warnings"], list)
     assert written == json.loads(json.dumps(rec.evaluation.to_dict()))  # the reporter got what metrics.json holds
     assert set(load_checkpoint(tmp_path / "out" / "model.pt")) == set(rec.calls[0][1]["model"])
+
+
+def test_trial_writes_per_sample_outcomes_that_give_back_its_metrics(prepared, tmp_path: Path) -> None:
+    # one epoch, and an AutoAttack-grade attack on a subset: per-key scored samples differ
+    changes = {"epochs": 1, "warmup_epochs": 0, "attacks": ["fgsm", "pgd_cw", "apgd_ce"], "aa_limit": 40}
+    cfg = make_config({**SMALL, **changes, "aa_steps": 5, "out_dir": str(tmp_path / "out")})
+    rec = Recorder()
+    run_trial(cfg, rec, prepared=prepared)
+
+    written = json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]
+    outcomes = Outcomes.from_json((tmp_path / "out" / OUTCOMES_ARTIFACT).read_text())
+    assert outcomes.dataset == "digits" and outcomes.indices.tolist() == list(range(96))  # the first eval_limit
+    recomputed = outcomes.metrics()
+    accuracies = {k for k in written if k in recomputed or M.parse_robust_key(k) is not None}
+    assert accuracies == set(recomputed) and M.ROBUST_ACC in recomputed and M.ROBUST_ACC_AA in recomputed
+    assert all(recomputed[k] == written[k] for k in recomputed), {k: (recomputed[k], written[k]) for k in recomputed}
+    assert outcomes.scored[M.robust_key("apgd_ce", 0.1)].sum() == 40 and outcomes.scored[M.CLEAN_ACC].all()
+    assert rec.evaluation.outcomes.to_json() == outcomes.to_json()  # the reporter gets what the file holds
 
 
 def test_resumed_trial_ends_where_the_straight_one_does(prepared) -> None:

@@ -18,8 +18,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from sweep_util import TINY_TRIAL, started_tracker
 
+from analysis.load import fetch_outcomes
 from pclc import metrics as M
 from pclc.config import make_config
+from pclc.contract import OUTCOMES_ARTIFACT
 from pclc.experiment import Silent, run_trial
 from sweeps.cli import main
 from sweeps.finalists import FINALIST, KILL_AFTER_ENV, state_path
@@ -71,7 +73,8 @@ def store(tmp_path: Path, trained: dict[str, Path]) -> tuple[str, dict[str, str]
         run = TrialRun.open(tracker.target, trial_id=name, params=config)
         final = {k: v for k, v in payload["metrics"].items()}
         weights = folder / "model.pt" if name != "no_weights" else None
-        run.log_final(final, {**payload, "config": config}, weights)
+        outcomes = (folder / OUTCOMES_ARTIFACT).read_text()
+        run.log_final(final, {**payload, "config": config}, weights, outcomes=outcomes)
         ids[name] = run.run_id
     tracker.finish_parent()
     return uri, ids
@@ -120,6 +123,21 @@ def test_evaluate_logs_finalist_metrics_into_the_same_run_and_changes_nothing_el
     assert evaluate(uri, "--run-id", ids["strong"], *QUICK) == 0
     assert "already scored" in capsys.readouterr().out
     assert len(client.get_metric_history(ids["strong"], FINALIST_ROBUST)) == 1
+
+    # its per-sample outcomes: beside the trial's own, and they give back every finalist accuracy exactly;
+    # a later call for one more eps scores only that one and keeps the earlier eps' outcomes
+    assert evaluate(uri, "--run-id", ids["strong"], "--eps", "0.1", "0.2", *QUICK) == 0
+    logged = {M.canonical_metric(k): v for k, v in client.get_run(ids["strong"]).data.metrics.items()}
+    finalist = fetch_outcomes(client, ids["strong"], finalist=True)
+    assert finalist is not None and finalist.dataset == "digits" and finalist.indices.tolist() == list(range(64))
+    assert set(finalist.keys) == {M.CLEAN_ACC, *(M.robust_key("autoattack", e) for e in (0.1, 0.2))}
+    assert {M.finalist_key(k): v for k, v in finalist.metrics().items()} == {
+        k: v for k, v in logged.items() if k.startswith(M.FINALIST_PREFIX) and k != M.finalist_key("n_samples")
+    }
+    trial = fetch_outcomes(client, ids["strong"])
+    assert trial is not None and {k: logged[k] for k in trial.metrics()} == trial.metrics()
+    assert (finalist.correct[M.CLEAN_ACC] == trial.correct[M.CLEAN_ACC]).all()  # same weights, same samples
+    assert fetch_outcomes(client, ids["weak"], finalist=True) is None  # never re-scored
 
 
 @pytest.mark.timeout(240)

@@ -25,6 +25,8 @@ from sweep_util import (  # noqa: F401  (local_ray is a fixture)
     tiny_optimize,
 )
 
+from analysis.load import fetch_outcomes
+from pclc import metrics as M
 from pclc.config import TrialConfig
 from sweeps.driver import run_sweep
 
@@ -67,6 +69,13 @@ def test_optimize_sweep_logs_one_finished_child_per_trial_with_every_write(local
             Path(client.download_artifacts(child.info.run_id, "evaluation.json", str(tmp_path))).read_text()
         )
         assert evaluation["metrics"]["robust_acc"] == child.data.metrics["robust_acc"]
+        # the per-sample outcomes, logged with evaluation.json, give back every accuracy exactly (analysis reads them)
+        outcomes = fetch_outcomes(client, child.info.run_id)
+        assert outcomes is not None and outcomes.dataset == "digits" and outcomes.indices.tolist() == list(range(64))
+        logged = {M.canonical_metric(k): v for k, v in child.data.metrics.items()}
+        recomputed = outcomes.metrics()
+        assert {k for k in logged if k in recomputed or M.parse_robust_key(k)} == set(recomputed)
+        assert {k: logged[k] for k in recomputed} == recomputed
 
     # the trials really ran side by side (two writers on the SQLite file)
     spans = sorted((c.info.start_time, c.info.end_time) for c in children)
