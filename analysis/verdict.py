@@ -18,7 +18,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from analysis.compare import Comparison, Estimate, compare, run_interval
-from analysis.load import SEED, Sweep, load_sweep
+from analysis.load import SEED, Sweep, fetch_outcomes, load_sweep
 from analysis.stats import t_halfwidth
 from pclc import metrics as M
 
@@ -199,7 +199,8 @@ def _paired(
     if len(seeds) < 2:
         return "one seed and no stored per-sample outcomes: a paired test needs one or the other"
     # several seeds: the paired test is over the per-seed accuracies, which the metrics hold
-    return [float(a.loc[s, metric]) for s in seeds], [float(b.loc[s, metric]) for s in seeds], len(seeds), None
+    accuracies = [float(a.loc[s, metric]) for s in seeds], [float(b.loc[s, metric]) for s in seeds]
+    return *accuracies, len(seeds), _scored(arm.runs.iloc[0])
 
 
 def _winner_notes(v: Verdict, metric: str) -> list[str]:
@@ -225,11 +226,19 @@ def _winner_notes(v: Verdict, metric: str) -> list[str]:
     return notes
 
 
-def load_outcomes_fn(client: MlflowClient, metric: str) -> Outcomes:
-    """`outcomes(run_id)` read from each run's per-sample outcomes artifact (None where a run has none)."""
+def headline_outcomes(client: MlflowClient, metric: str) -> Outcomes:
+    """`outcomes(run_id)`: the samples a run's `metric` was taken on and whether each stayed correct, read
+    from its per-sample outcomes artifact (None where a run has none, e.g. one logged before they existed)."""
 
     def read(run_id: str) -> tuple[np.ndarray, np.ndarray] | None:
-        return None
+        stored = fetch_outcomes(client, run_id)
+        if stored is None:
+            return None
+        key = stored.headlines.get(metric, metric)
+        if key not in stored.correct:
+            return None
+        scored = stored.scored[key]
+        return stored.indices[scored], stored.correct[key][scored]
 
     return read
 
@@ -237,4 +246,4 @@ def load_outcomes_fn(client: MlflowClient, metric: str) -> Outcomes:
 def verdict_for_parent(client: MlflowClient, experiment_id: str, parent_run_id: str, *, tracking_uri: str) -> Verdict:
     """The verdict of the sweep under `parent_run_id`, read from MLflow (what `pclc sweep` prints last)."""
     sweep = load_sweep(parent_run_id=parent_run_id, client=client, tracking_uri=tracking_uri)
-    return verdict(sweep, outcomes=load_outcomes_fn(client, sweep.headline))
+    return verdict(sweep, outcomes=headline_outcomes(client, sweep.headline))

@@ -540,13 +540,18 @@ def confirm(
     result.stopped_early += confirmed.stopped_early
 
 
-def judge(cfg: SweepConfig, tracker: SweepTracker) -> Any:
-    """The verdict from MLflow: the confirmation runs (optimize) or the grid (ablation) against the references."""
+def judge(tracker: SweepTracker, out: TextIO) -> Any:
+    """The verdict from MLflow: the confirmation runs (optimize) or the grid (ablation) against the references.
+    What it cannot say it says in a warning: the sweep's results are recorded, whatever the analysis makes of them."""
     from analysis.verdict import verdict_for_parent
 
-    return verdict_for_parent(
-        tracker.client, tracker.experiment_id, tracker.parent_run_id, tracking_uri=tracker.tracking_uri
-    )
+    try:
+        return verdict_for_parent(
+            tracker.client, tracker.experiment_id, tracker.parent_run_id, tracking_uri=tracker.tracking_uri
+        )
+    except Exception as exc:
+        print(f"pclc sweep: warning: no verdict ({type(exc).__name__}: {exc}); run `pclc analyze`", file=out)
+        return None
 
 
 def _outputs_root(exp_path: str, name: str) -> str:
@@ -671,7 +676,7 @@ def print_summary(cfg: SweepConfig, result: SweepResult, out: TextIO) -> None:
     """The end of a sweep: counts, best configurations, where results are, the MLflow UI command."""
     n, failed = len(result.trials), len(result.failed)
     print(
-        f"\nsweep {cfg.name}: {n} trials: {len(result.finished)} finished, {failed} failed, "
+        f"\nsweep {cfg.name}: {n} trials: {len(result.finished) + len(result.confirmed)} finished, {failed} failed, "
         f"{result.stopped_early} stopped early",
         file=out,
     )

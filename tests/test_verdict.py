@@ -125,13 +125,15 @@ def test_a_search_winner_that_is_noise_is_tied_after_confirmation(local_ray: Non
     printed = io.StringIO()
     result = run_sweep(cfg, out=printed, run_fn=sweep_util.noise_trial)
     text = printed.getvalue()
-    assert f"{6 + 4 * 4} trials: {6 + 4 * 4} finished, 0 failed" in text, text[-3000:]
-
     verdict = result.verdict
     assert verdict is not None and verdict.source == "confirmation"
     names = [a.name for a in verdict.arms]
-    assert {"search #1", "ce", "pclc-authors"} <= set(names), names
+    # the top 2 and both references; the authors' initial point is confirmed once, as its reference, if it ranks
+    assert {"search #1", "ce"} <= set(names) and len(names) in (3, 4), names
+    assert any(a.reference == "pclc-authors" for a in verdict.arms)
     assert all(len(a.runs) == 4 for a in verdict.arms)
+    total = 6 + 4 * len(names)
+    assert f"{total} trials: {total} finished, 0 failed" in text, text[-3000:]
     winner = next(a for a in verdict.arms if a.name == "search #1")
     assert winner.search_score is not None  # the search's own score is shown beside
     against_ce = [line for line in verdict.lines if line.reference.name == "ce" and line.arm.reference is None]
@@ -141,7 +143,7 @@ def test_a_search_winner_that_is_noise_is_tied_after_confirmation(local_ray: Non
     # MLflow: the confirmation runs are children of the same parent, tagged as such
     parent, children = runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "noise")
     phases = [c.data.tags.get(C.PHASE) for c in children]
-    assert phases.count(C.PHASE_CONFIRM) == 16 and phases.count(C.PHASE_SEARCH) == 6
+    assert phases.count(C.PHASE_CONFIRM) == 4 * len(names) and phases.count(C.PHASE_SEARCH) == 6
     confirm_runs = [c for c in children if c.data.tags.get(C.PHASE) == C.PHASE_CONFIRM]
     assert all(c.data.params["aa_limit"] == "None" for c in confirm_runs)
     assert {c.data.params["seed"] for c in confirm_runs} == {"1", "2", "3", "4"}
