@@ -16,9 +16,11 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from analysis.compare import METHODS
 from analysis.load import SEED, SYMBOL, Sweep, fetch_warnings, fmt_value, variant_label
 from analysis.plots import Plot, attack_rank, is_accuracy, make_plots, save_figure
-from analysis.stats import best_configs, config_table, pareto_mask, summarize
+from analysis.stats import best_configs, config_table, pareto_mask, summarize, t_halfwidth
+from analysis.verdict import Verdict, headline_outcomes, verdict
 from pclc import metrics as M
 
 ARTIFACT_DIR = "analysis"  # folder of the parent run's artifacts that holds the report
@@ -208,14 +210,16 @@ def render_html(blocks: list[Block], title: str) -> str:
 
 
 def mean_std(mean: float, std: float, n: int, *, percent: bool) -> str:
-    """'54.3 ± 1.2' (std over seeds), '54.3 (n=1)' for one seed, '–' when there is no value."""
+    """'54.3 [51.2, 57.4]' (mean and 95 % Student-t interval over seeds), '54.3 (n=1)' for one seed, '–' when
+    there is no value."""
     if n == 0 or pd.isna(mean):
         return "–"
     k = 100.0 if percent else 1.0
     digits = 1 if percent else 3
     if n == 1 or pd.isna(std):
         return f"{mean * k:.{digits}f} (n=1)"
-    return f"{mean * k:.{digits}f} ± {std * k:.{digits}f}"
+    half = t_halfwidth(std, n)
+    return f"{mean * k:.{digits}f} [{(mean - half) * k:.{digits}f}, {(mean + half) * k:.{digits}f}]"
 
 
 def _cell(row: pd.Series, metric: str) -> str:
@@ -283,6 +287,43 @@ def _common_settings(sweep: Sweep) -> str:
         if p in trials and len(trials) and trials[p].map(lambda v: fmt_value(v)).nunique() == 1:
             parts.append(f"{SYMBOL.get(p, p)}={fmt_value(trials[p].iloc[0])}")
     return ", ".join(parts)
+
+
+def _verdict_section(sweep: Sweep, judged: Verdict) -> list[Block]:
+    """The conclusion first: each arm against each reference, then the arms it rests on, with intervals."""
+    blocks: list[Block] = [Heading("Verdict")]
+    if not judged.lines and not judged.arms:
+        return blocks + [Bullets(judged.sentences() or ["Nothing to judge."])]
+    where = (
+        "the confirmation runs: the search's best configurations and the references re-trained on fresh seeds, "
+        "AutoAttack on every evaluated sample"
+        if judged.source == "confirmation"
+        else "the grid: every arm on the same seeds and samples"
+    )
+    methods = "; ".join(METHODS[k] for k in ("paired_seeds", "paired_run", "correction"))
+    blocks += [
+        Para(
+            f"`{judged.metric}` (AutoAttack-checked), from {where}. Each line is an arm minus a reference, in "
+            f"points, with its 95 % interval; *better* or *worse* only where the corrected p-value is below 0.05, "
+            f"else *tied*. Tests: {methods}."
+        ),
+        Bullets(judged.sentences() or ["No comparison could be made."]),
+    ]
+    rows = []
+    for i, arm in enumerate(sorted(judged.arms, key=lambda a: -a.estimate.value), 1):
+        search = "–" if arm.search_score is None else f"{100 * arm.search_score:.1f} (1 seed)"
+        rows.append(
+            [
+                str(i),
+                arm.label + (" *(reference)*" if arm.reference else ""),
+                str(len(arm.runs)),
+                arm.estimate.text().replace(" %", ""),
+                f"{100 * arm.clean:.1f}",
+                search,
+            ]
+        )
+    header = ["rank", "arm", "seeds", f"`{judged.metric}` % [95 % interval]", "`clean_acc` %", "search score %"]
+    return blocks + [Table(header, rows)]
 
 
 def _runs_section(sweep: Sweep, counts: dict[str, int]) -> list[Block]:
@@ -403,7 +444,7 @@ def _best_section(sweep: Sweep) -> list[Block]:
         [str(i + 1), r["variant"], r["config"], str(r["runs"])] + [_cell(r, m) for m in metrics]
         for i, (_, r) in enumerate(ranked.iterrows())
     ]
-    note = "mean ± std over seeds; accuracies in %"
+    note = "mean [95 % interval] over seeds; accuracies in %"
     blocks: list[Block] = [
         Heading("Best configurations"),
         Para(f"By mean `{headline}` ({sweep.direction(headline)}), {note}; top {len(rows)} of {len(table)}."),
@@ -413,7 +454,7 @@ def _best_section(sweep: Sweep) -> list[Block]:
         blocks.append(
             Para(
                 f"**{COLUMN[FINALIST_ROBUST]}** is `{FINALIST_ROBUST}`: `pclc evaluate` re-scored the saved weights of "
-                "chosen trials with the full AutoAttack (mean ± std over the re-scored seeds; – where none was). "
+                "chosen trials with the full AutoAttack (mean [95 % interval] over the re-scored seeds; – where none was). "
                 "It never enters the ranking, which uses each trial's own numbers."
             )
         )
@@ -467,7 +508,7 @@ def _ablation_section(sweep: Sweep) -> list[Block]:
     )
     blocks += [
         Para(
-            "Accuracy in %, mean ± std over seeds. Each variant at its best configuration by mean "
+            "Accuracy in %, mean [95 % Student-t interval] over seeds. Each variant at its best configuration by mean "
             f"`{sweep.headline}`; `robust_acc` and `worst` are the per-sample worst case over every attack "
             f"(at the headline ε, and at each ε).{families}"
         ),
@@ -519,8 +560,10 @@ class Report:
 
 def build_blocks(sweep: Sweep, plots: list[Plot], client: MlflowClient | None = None) -> list[Block]:
     counts = sweep.counts()
+    judged = verdict(sweep, outcomes=headline_outcomes(client, sweep.headline) if client is not None else None)
     return [
         *_overview(sweep, counts),
+        *_verdict_section(sweep, judged),
         *_runs_section(sweep, counts),
         *_cost_section(sweep),
         *_masking_section(sweep, client),

@@ -39,6 +39,7 @@ SEARCHABLE: tuple[str, ...] = (
     "loss",
     "margin",
     "lc_weight",
+    "epochs",  # with warmup_epochs: how long the configured loss trains after the CE warm-up
     "warmup_epochs",
     "reset_optimizer",
     *OPTIMIZATION_FIELDS,
@@ -261,6 +262,16 @@ class SweepConfig(BaseModel):
 
     # ----------------------------------------------------------------- derived views
 
+    def epoch_range(self) -> tuple[int, int]:
+        """The fewest and the most epochs a trial of this sweep trains (`epochs` may be searched or varied)."""
+        values = [self.trial.epochs]
+        if "epochs" in self.space:
+            values = [int(v) for v in self.space["epochs"].corners()]
+        for v in [*self.variants, *(self.reference or [])]:
+            if "epochs" in v:
+                values += [int(e) for e in _as_grid("epochs", v["epochs"])]
+        return min(values), max(values)
+
     @property
     def multi_objective(self) -> bool:
         return len(self.objective) > 1
@@ -281,8 +292,12 @@ class SweepConfig(BaseModel):
         return [dict(CE_REFERENCE)] + ([dict(AUTHORS_REFERENCE)] if "pclc" in losses else [])
 
     def same_arm(self, a: dict[str, Any], b: dict[str, Any]) -> bool:
-        """Two override dicts train the same configuration (whatever their seeds and labels)."""
-        return _without_seed(self.trial_config(a)) == _without_seed(self.trial_config(b))
+        """Two override dicts train the same configuration (whatever their seeds and labels); an invalid one
+        trains nothing, so it matches nothing (the checks name it)."""
+        try:
+            return _without_seed(self.trial_config(a)) == _without_seed(self.trial_config(b))
+        except ValidationError:
+            return False
 
     def trial_overrides(self) -> list[dict[str, Any]]:
         """Ablation: one override dict per trial (variant grid × seeds), with a `variant` label; a grid
@@ -517,10 +532,11 @@ def _problems(cfg: SweepConfig) -> list[str]:
     if cfg.scheduler.type == "asha":
         if cfg.scheduler.metric == M.EPOCH_ROBUST_ACC and cfg.trial.epoch_eval_samples == 0:
             out.append("scheduler.metric = 'epoch_robust_acc': needs trial.epoch_eval_samples > 0")
-        if cfg.scheduler.grace_period >= cfg.trial.epochs:
+        fewest = cfg.epoch_range()[0]
+        if cfg.scheduler.grace_period >= fewest:
             out.append(
-                f"scheduler.grace_period = {cfg.scheduler.grace_period}: must be below trial.epochs "
-                f"({cfg.trial.epochs}) or ASHA never stops anything"
+                f"scheduler.grace_period = {cfg.scheduler.grace_period}: must be below the fewest epochs a trial "
+                f"trains ({fewest}) or ASHA never stops anything"
             )
     if cfg.resources.gpu > 0 and cfg.trial.device == "cpu":
         out.append(f"resources.gpu = {cfg.resources.gpu}: trial.device is cpu; set device: auto or cuda")
@@ -756,7 +772,8 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None, *, smoke: b
 
 
 def smoke_overrides(cfg: SweepConfig) -> list[str]:
-    """`--smoke-test`: 2 trials of 2 epochs on a small subset, cheap attacks: checks the plumbing."""
+    """`--smoke-test`: 2 trials of 2 epochs on a small subset, cheap attacks, and a confirmation of the best on
+    2 fresh seeds against the first reference: checks the plumbing."""
     sets = [
         "trial.epochs=2",
         "trial.warmup_epochs=1",
@@ -774,11 +791,20 @@ def smoke_overrides(cfg: SweepConfig) -> list[str]:
         "trial.square_queries=50",
         "trial.epoch_attack_steps=2",
     ]
+    refs = cfg.references()
+    if refs:  # the first reference alone: the verdict's plumbing, at a third of the cost
+        sets.append(f"reference={json.dumps(refs[:1])}")
+    if cfg.mode == "optimize" and cfg.confirm.top:
+        sets += ["confirm.top=1", f"confirm.seeds={json.dumps(cfg.confirm_seeds()[:2])}"]
     if cfg.mode == "optimize":
         sets.append("num_trials=2")
-        if "warmup_epochs" in cfg.space:
-            sets.append("space.warmup_epochs={type: int, low: 1, high: 2}")
-            points = [{**p, "warmup_epochs": 1} if "warmup_epochs" in p else p for p in cfg.initial_points]
+        shrunk = {"epochs": ("{type: int, low: 2, high: 3}", 2), "warmup_epochs": ("{type: int, low: 1, high: 2}", 1)}
+        points = [dict(p) for p in cfg.initial_points]
+        for key, (space, value) in shrunk.items():
+            if key in cfg.space:
+                sets.append(f"space.{key}={space}")
+                points = [{**p, key: value} if key in p else p for p in points]
+        if points != cfg.initial_points:
             sets.append(f"initial_points={json.dumps(points)}")
     else:
         first = [

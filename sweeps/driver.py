@@ -118,7 +118,7 @@ def build_scheduler(cfg: SweepConfig) -> ASHAScheduler | None:
 
 
 def _asha_max_t(cfg: SweepConfig) -> int:
-    return max(cfg.trial.epochs - 1, cfg.scheduler.grace_period)
+    return max(cfg.epoch_range()[1] - 1, cfg.scheduler.grace_period)
 
 
 def rung_epochs(cfg: SweepConfig) -> tuple[int, ...]:

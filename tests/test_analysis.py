@@ -342,9 +342,12 @@ def md_table(md: str, section: str) -> list[dict[str, str]]:
 
 
 def mean_sd(values) -> str:
-    """What the report prints for these accuracies over seeds: mean ± std (ddof 1), in %."""
+    """What the report prints for these accuracies over seeds: the mean and its 95 % Student-t interval, in %."""
+    from scipy import stats
+
     v = np.asarray(values, dtype=float) * 100
-    return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}"
+    ci = stats.ttest_1samp(v, 0.0).confidence_interval(0.95)
+    return f"{v.mean():.1f} [{ci.low:.1f}, {ci.high:.1f}]"
 
 
 def best_per_variant(sweep) -> dict[str, str]:
@@ -697,11 +700,11 @@ def test_report_md_ablation_table_and_masking_warning(ablation) -> None:
     rows = [ln for ln in table.splitlines() if re.match(r"\| (ce|pc|lc|pclc)\b.*\| 3 \|", ln)]
     assert [r.split("|")[1].strip().split()[0] for r in rows] == ["ce", "pc", "lc", "pclc"]
     # 4 headline columns + (4 classic attacks, worst, worst_classic) × 3 eps + (2 AutoAttack-grade, worst_aa) × 1 eps
-    assert all(len(re.findall(r"\d+\.\d ± \d+\.\d", r)) == 4 + 6 * 3 + 3 for r in rows)
+    assert all(len(re.findall(r"\d+\.\d \[-?\d+\.\d, \d+\.\d\]", r)) == 4 + 6 * 3 + 3 for r in rows)
     header = list(md_table(md, "Ablation table")[0])
     attacks = [h.split(" ε=")[0] for h in header if " ε=" in h]
     assert list(dict.fromkeys(attacks)) == ATTACKS + AA_ATTACKS + list(M.AGGREGATES)  # aggregates last
-    # classic and AutoAttack-grade robust accuracy side by side: mean ± std over the best configuration's seeds
+    # classic and AutoAttack-grade robust accuracy side by side: mean [interval] over the best configuration's seeds
     t = sweep.trials
     for row in md_table(md, "Ablation table"):
         variant = row["variant (configuration)"].split()[0]

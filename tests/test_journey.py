@@ -75,14 +75,18 @@ def swept(journey: Journey) -> Path:
 
 def test_the_sweep_prints_its_summary_and_logs_every_trial_and_its_cost(journey: Journey) -> None:
     out = journey.sweep_out
-    assert "sweep quickstart-smoke: 2 trials: 2 finished, 0 failed" in out
-    assert "best configurations by robust_acc (max):" in out
+    # the search's 2 trials, then its best and CE re-trained on 2 fresh seeds (the smoke's confirmation)
+    assert "sweep quickstart-smoke: 6 trials: 6 finished, 0 failed" in out
+    assert "confirmed on fresh seeds, best robust_acc first" in out
+    verdict = out.split("\nverdict (")[-1]  # the last lines: each arm against CE, with its interval
+    assert "search #1" in verdict and " vs ce: " in verdict and " points [" in verdict, out[-3000:]
+    assert any(word in verdict for word in ("better", "tied", "worse"))
     uri = f"sqlite:///{journey.user.work / 'mlflow.db'}"  # the embedded default: <cwd>/mlflow.db
     assert f"MLflow UI: mlflow ui --backend-store-uri {uri}" in out
     assert "?workflowType=machine_learning)" in out  # the printed link opens the runs, not GenAI traces
     assert (journey.user.work / "ray_results" / "quickstart-smoke").is_dir()
     parent, children = runs(uri, "quickstart-smoke")
-    assert parent.info.status == "FINISHED" and len(children) == 2
+    assert parent.info.status == "FINISHED" and len(children) == 6
     assert all(c.info.status == "FINISHED" and c.data.params["epochs"] == "2" for c in children)
     # what each trial cost, and the sweep's sums in the parent run (CPU trials: no GPU-hours)
     for child in children:

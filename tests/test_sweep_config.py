@@ -76,8 +76,11 @@ def test_shipped_files_score_with_autoattack_and_the_classic_attacks(path: Path)
 
 def test_quickstart_is_small_and_cpu_only() -> None:
     cfg = load_sweep(Path(__file__).parents[1] / "sweeps/configs/quickstart.yaml")
-    assert (cfg.mode, cfg.trial.dataset, cfg.resources.gpu, cfg.num_trials) == ("optimize", "digits", 0, 16)
-    assert {"margin", "lc_weight", "warmup_epochs", "lr"} <= set(cfg.space)
+    assert (cfg.mode, cfg.trial.dataset, cfg.resources.gpu, cfg.num_trials) == ("optimize", "digits", 0, 6)
+    assert {"margin", "lc_weight", "epochs", "warmup_epochs", "lr"} <= set(cfg.space)  # training length too
+    # the verdict's arms: the 2 best and the references (CE first) on 3 fresh seeds
+    assert (cfg.confirm.top, cfg.confirm_seeds()) == (2, [1, 2, 3])
+    assert [r["name"] for r in cfg.references()] == ["ce", "pclc-authors"]
 
 
 def test_ablation_grid_is_variants_times_values_times_seeds() -> None:
@@ -303,7 +306,7 @@ BAD: list[tuple[str, dict[str, Any], list[str]]] = [
     (
         "asha grace beyond epochs",
         _optimize(scheduler={"type": "asha", "grace_period": 4}),
-        ["scheduler.grace_period", "4", "below trial.epochs"],
+        ["scheduler.grace_period", "4", "below the fewest epochs a trial trains (4)"],
     ),
     (
         "asha without the per-epoch PGD",
@@ -334,7 +337,8 @@ BAD: list[tuple[str, dict[str, Any], list[str]]] = [
         ["space", "only for mode optimize"],
     ),
     ("ablation with asha", _ablation(scheduler="asha"), ["scheduler.type", "'asha'", "use none"]),
-    ("ablation trial count", _ablation(num_trials=5), ["num_trials = 5", "grid has 6 trials"]),
+    # 6 grid points and the default reference the grid lacks (the authors' PC-LC) on both seeds
+    ("ablation trial count", _ablation(num_trials=5), ["num_trials = 5", "grid has 8 trials"]),
     ("ablation duplicate seeds", _ablation(seeds=[1, 1]), ["seeds", "[1, 1]", "distinct"]),
 ]
 
@@ -386,3 +390,17 @@ def test_tiny_imagenet_follows_the_authors_notebook() -> None:
     )
     assert (trial.warmup_epochs, trial.epochs, trial.reset_optimizer) == (150, 300, True)  # 150 CE, then 150 PC-LC
     assert (trial.attack_steps, trial.step_scale) == (10, 1.0)  # 10 steps of eps/10 (step = step_scale · eps / steps)
+
+
+def test_training_length_is_searchable_and_asha_follows_the_longest_trial(tmp_path: Path) -> None:
+    from sweeps.driver import _asha_max_t
+
+    data = _optimize(space={"epochs": {"type": "int", "low": 3, "high": 8}}, initial_points=[])
+    cfg = parse_sweep(_merge(data, {"scheduler": {"type": "asha", "grace_period": 2}}))
+    assert cfg.epoch_range() == (3, 8) and _asha_max_t(cfg) == 7
+    with pytest.raises(
+        SweepConfigError, match=r"grace_period = 3: must be below the fewest epochs a trial trains \(3\)"
+    ):
+        parse_sweep(_merge(data, {"scheduler": {"type": "asha", "grace_period": 3}}))
+    with pytest.raises(SweepConfigError, match="warmup_epochs 4 exceeds epochs 3"):  # every corner is built
+        parse_sweep(_merge(data, {"trial": {"warmup_epochs": 4}}))
