@@ -126,4 +126,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"warning: could not log the report to the parent run: {report.log_error}", file=sys.stderr)
     print(f"report: {report.markdown}")
     print(f"        {report.html}  (self-contained: open it in a browser)")
+    if report.verdict is not None:
+        print(f"verdict ({report.verdict.metric}, from the {report.verdict.source}):")
+        for sentence in report.verdict.sentences() or ["(nothing to compare)"]:
+            print(f"  {sentence}")
     return 0

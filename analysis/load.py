@@ -185,8 +185,9 @@ class Sweep:
     metrics: list[str]
     config_params: list[str]  # params that vary between analysed runs and define a configuration
     other_parents: list[str] = field(default_factory=list)  # other sweeps in the experiment, newest first
+    references: list[str] = field(default_factory=list)  # the reference arms' names, in the sweep file's order
     notes: list[str] = field(default_factory=list)  # plain-English remarks for the report
-    _histories: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+    _histories: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict, repr=False)
 
     def analysed(self, phase: str) -> pd.DataFrame:
         """The finished runs of `phase` with a finite headline."""
@@ -242,24 +243,26 @@ class Sweep:
     def masking_flags(self) -> list[str]:
         return [M.masking_key(f) for f in MASKING_FLAGS if M.masking_key(f) in self.metrics]
 
-    def epoch_history(self, metric: str) -> pd.DataFrame:
-        """Every trial run's per-epoch `metric` (MLflow history, step = epoch): run_id, epoch, value.
+    def epoch_history(self, metric: str, run_ids: list[str] | None = None) -> pd.DataFrame:
+        """The per-epoch `metric` (MLflow history, step = epoch) of every trial run, or of `run_ids`:
+        run_id, epoch, value.
 
-        Read from the store on first use and kept: the learning curves are the only figure that needs it.
+        Read from the store on first use, run by run, and kept: the learning curves and the verdict's best
+        epochs are all that need it.
         """
-        if metric not in self._histories:
+        wanted = list(self.runs["run_id"]) if run_ids is None else list(run_ids)
+        cache = self._histories.setdefault(metric, {})
+        missing = [r for r in wanted if r not in cache]
+        if missing:
             client = MlflowClient(self.tracking_uri)
-            rows = [
-                {"run_id": run_id, "epoch": int(m.step), "value": float(m.value)}
-                for run_id in self.runs["run_id"]
-                for m in client.get_metric_history(run_id, M.to_mlflow(metric))
-            ]
-            frame = pd.DataFrame(rows, columns=["run_id", "epoch", "value"])
-            # one point per epoch: the value an epoch reported (a final re-log at the last step is the same)
-            self._histories[metric] = frame.drop_duplicates(["run_id", "epoch"], keep="first").sort_values(
-                ["run_id", "epoch"]
-            )
-        return self._histories[metric]
+            for run_id in missing:
+                cache[run_id] = [
+                    {"run_id": run_id, "epoch": int(m.step), "value": float(m.value)}
+                    for m in client.get_metric_history(run_id, M.to_mlflow(metric))
+                ]
+        frame = pd.DataFrame([row for r in wanted for row in cache[r]], columns=["run_id", "epoch", "value"])
+        # one point per epoch: the value an epoch reported (a final re-log at the last step is the same)
+        return frame.drop_duplicates(["run_id", "epoch"], keep="first").sort_values(["run_id", "epoch"])
 
     def finalist_metrics(self) -> list[str]:
         """The `finalist/*` re-scores some analysed runs carry (`pclc evaluate`), in metric order."""
@@ -316,6 +319,14 @@ def _objectives(tags: dict[str, str]) -> list[tuple[str, str]]:
     if not out or out[0][0] != headline:
         out = [(headline, dict(out).get(headline, "max"))] + [o for o in out if o[0] != headline]
     return out
+
+
+def _json_list(text: str | None) -> list[str]:
+    try:
+        value = json.loads(text or "[]")
+    except ValueError:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else []
 
 
 def _plural(n: int, word: str) -> str:
@@ -412,6 +423,7 @@ def load_sweep(
         config_params=config_params,
         other_parents=others,
         notes=notes,
+        references=_json_list(parent_tags.get(C.REFERENCES)),
     )
     sweep.notes.extend(_data_notes(sweep, child_runs))
     return sweep

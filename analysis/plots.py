@@ -752,6 +752,43 @@ def learning_curves(sweep: Sweep) -> Figure:
     return fig
 
 
+def arm_curves(sweep: Sweep) -> Figure:
+    """Each arm of the verdict (confirmed configurations and references, or the ablation's grid points): its
+    per-epoch signal, mean and 95 % interval over seeds, and at its last epoch the final AutoAttack-checked
+    headline with its interval. A curve that peaks before the end says the arm trained too long; the gap
+    between the curve's end and the final marker is how much the cheap signal overstates."""
+    from analysis.verdict import verdict
+
+    judged = verdict(sweep)
+    arms = [a for a in judged.arms if a.curve is not None and len(a.curve) >= 2]
+    if not arms:
+        raise NotApplicable(f"needs the verdict's arms with a per-epoch {M.EPOCH_ROBUST_ACC} over two or more epochs")
+    arms = sorted(arms, key=lambda a: -a.estimate.value)[:8]
+    colors = dict(zip([a.label for a in arms], matplotlib.colormaps["tab10"].colors))
+    k = 100.0
+    fig = _new_figure(7.5, 4.4)
+    ax = fig.add_subplot()
+    for arm in arms:
+        c, color = arm.curve, colors[arm.label]
+        ax.plot(
+            c["epoch"], c["mean"] * k, color=color, lw=1.8, label=arm.label + (" (reference)" if arm.reference else "")
+        )
+        ax.fill_between(c["epoch"], c["low"] * k, c["high"] * k, color=color, alpha=0.15, lw=0)
+        est, last = arm.estimate, int(c["epoch"].max())
+        err = None if not np.isfinite(est.low) else [[(est.value - est.low) * k], [(est.high - est.value) * k]]
+        ax.errorbar([last + 0.15], [est.value * k], yerr=err, fmt="D", color=color, ms=6, capsize=3, zorder=5)
+        best, _ = arm.best_epoch or (last, last)
+        ax.scatter([best], [float(c.loc[c["epoch"] == best, "mean"].iloc[0]) * k], marker="^", s=40, color=color)
+    ax.plot([], [], "D", color="0.3", label=f"final {judged.metric} (AutoAttack-checked) ± 95 %")
+    ax.plot([], [], "^", color="0.3", lw=0, label="best epoch of the signal")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{judged.signal} / {judged.metric} (%)")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"Per-epoch {judged.signal} per arm ({judged.source}), mean over seeds, and the final value")
+    _legend(fig, title="arm")
+    return fig
+
+
 # --------------------------------------------------------------------------- all of them
 
 
@@ -766,6 +803,7 @@ PLOTS: list[tuple[str, str, Callable[[Sweep], Figure]]] = [
     ("prob_gap_second_class", "Probability gap and second-class rate", gap_and_second_class),
     ("parallel_coordinates", "Searched knobs against the objective (parallel coordinates)", parallel_coordinates),
     ("learning_curves", "Learning curves of the per-epoch signal, early-stopped trials marked", learning_curves),
+    ("arm_curves", "Per-epoch signal of the verdict's arms, with their final AutoAttack-checked value", arm_curves),
 ]
 
 

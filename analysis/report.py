@@ -550,6 +550,7 @@ class Report:
     markdown: Path
     html: Path
     plots: list[Plot] = field(default_factory=list)
+    verdict: Verdict | None = None  # the report's first section, for the command to print
     artifact_uri: str | None = None  # where the parent run holds the copy, if it was logged
     log_error: str | None = None
 
@@ -558,9 +559,12 @@ class Report:
         return {p.name: p.reason or "" for p in self.plots if p.reason}
 
 
-def build_blocks(sweep: Sweep, plots: list[Plot], client: MlflowClient | None = None) -> list[Block]:
+def build_blocks(
+    sweep: Sweep, plots: list[Plot], client: MlflowClient | None = None, judged: Verdict | None = None
+) -> list[Block]:
     counts = sweep.counts()
-    judged = verdict(sweep, outcomes=headline_outcomes(client, sweep.headline) if client is not None else None)
+    if judged is None:
+        judged = verdict(sweep, outcomes=headline_outcomes(client, sweep.headline) if client is not None else None)
     return [
         *_overview(sweep, counts),
         *_verdict_section(sweep, judged),
@@ -587,11 +591,12 @@ def write_report(
             p.path = save_figure(p.figure, target)
         elif target.exists():  # a plot an earlier analysis drew no longer applies
             target.unlink()
-    blocks = build_blocks(sweep, plots, client)
+    judged = verdict(sweep, outcomes=headline_outcomes(client, sweep.headline))
+    blocks = build_blocks(sweep, plots, client, judged)
     md, page = out / "report.md", out / "report.html"
     md.write_text(render_markdown(blocks), encoding="utf-8")
     page.write_text(render_html(blocks, f"Sweep report: {sweep.experiment}"), encoding="utf-8")
-    report = Report(out_dir=out, markdown=md, html=page, plots=plots)
+    report = Report(out_dir=out, markdown=md, html=page, plots=plots, verdict=judged)
     if log_to_mlflow and sweep.parent_run_id:
         try:
             client.log_artifacts(sweep.parent_run_id, str(out), ARTIFACT_DIR)

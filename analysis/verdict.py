@@ -10,6 +10,7 @@ an ablation, the grid itself (every arm already runs on the same seeds).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -38,10 +39,22 @@ class Arm:
     clean: float  # mean clean accuracy
     search_score: float | None = None  # confirmation: the headline its search trial scored (one seed, a subset)
     search_samples: int | None = None
+    curve: pd.DataFrame | None = None  # epoch, mean, low, high of the per-epoch signal over its seeds
+
+    @property
+    def best_epoch(self) -> tuple[int, int] | None:
+        """(the epoch its mean per-epoch signal peaked, its last epoch), or None without a signal."""
+        if self.curve is None or self.curve.empty:
+            return None
+        best = self.curve.loc[self.curve["mean"].idxmax()]
+        return int(best["epoch"]), int(self.curve["epoch"].max())
 
     @property
     def label(self) -> str:
-        return self.name if self.config in ("default", self.name) else f"{self.name} ({self.config})"
+        """'pclc-authors = search #1 (ξ=0.995, λ=0.05)': the reference's name first, numbers to 3 significant digits."""
+        name = self.name if self.reference in (None, self.name) else f"{self.reference} = {self.name}"
+        config = _NUMBER.sub(lambda m: f"{float(m[0]):.3g}", self.config)
+        return name if self.config in ("default", self.name) else f"{name} ({config})"
 
     @property
     def seeds(self) -> list[int]:
@@ -69,6 +82,7 @@ class Line:
 
 
 CORRECTION_NAME = "Holm's correction"
+_NUMBER = re.compile(r"(?<![\w.])\d+\.\d+(?:e[+-]?\d+)?")  # a decimal in a configuration label
 
 
 @dataclass
@@ -77,13 +91,28 @@ class Verdict:
 
     metric: str
     source: str  # "confirmation" or "grid"
+    signal: str | None = None  # the per-epoch metric the arms' curves are of (epoch_robust_acc)
     arms: list[Arm] = field(default_factory=list)
     lines: list[Line] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def sentences(self) -> list[str]:
-        """The verdict, one sentence per comparison, then what did not confirm or could not be compared."""
-        return [line.sentence(self.metric) for line in self.lines] + self.notes
+        """The verdict, one sentence per comparison, then what did not confirm or could not be compared, then
+        at which epoch each arm's per-epoch signal was best."""
+        return [line.sentence(self.metric) for line in self.lines] + self.notes + self.epochs()
+
+    def epochs(self) -> list[str]:
+        peaks = [(a, a.best_epoch) for a in self.arms if a.best_epoch is not None]
+        if not peaks:
+            return []
+        parts = [f"{a.name} at epoch {best} of {last}" for a, (best, last) in peaks]
+        late = [a.name for a, (best, last) in peaks if best < last]
+        tail = (
+            f"; {', '.join(late)} peaked before the end: shorter training may serve them better"
+            if late
+            else "; every arm was still best at its last epoch"
+        )
+        return [f"Per-epoch `{self.signal}` (mean over seeds) was best: {', '.join(parts)}{tail}."]
 
 
 def _estimate(runs: pd.DataFrame, metric: str, correct: np.ndarray | None) -> Estimate:
@@ -123,6 +152,9 @@ def verdict(sweep: Sweep, *, outcomes: Outcomes | None = None) -> Verdict:
             cache[run_id] = outcomes(run_id)
         return cache[run_id]
 
+    signal = M.EPOCH_ROBUST_ACC if M.EPOCH_ROBUST_ACC in sweep.metrics else None
+    out.signal = signal
+    history = sweep.epoch_history(signal, list(frame["run_id"])) if signal else None
     for (variant, config), runs in frame.groupby(["variant", "config"], sort=False):
         runs = runs.sort_values(SEED) if SEED in runs else runs
         references = runs["reference"].dropna().unique()
@@ -143,9 +175,11 @@ def verdict(sweep: Sweep, *, outcomes: Outcomes | None = None) -> Verdict:
                 clean=float(runs[M.CLEAN_ACC].mean()) if M.CLEAN_ACC in runs else math.nan,
                 search_score=search_score,
                 search_samples=search_samples,
+                curve=None if history is None else _curve(history[history["run_id"].isin(set(runs["run_id"]))]),
             )
         )
-    refs = [a for a in out.arms if a.reference is not None]
+    order = {name: i for i, name in enumerate(sweep.references)}  # the sweep file's order: CE first by default
+    refs = sorted((a for a in out.arms if a.reference is not None), key=lambda a: order.get(a.reference, len(order)))
     if not refs:
         out.notes.append("No reference arm in this sweep (reference: []): nothing to judge against.")
         return out
@@ -164,6 +198,17 @@ def verdict(sweep: Sweep, *, outcomes: Outcomes | None = None) -> Verdict:
         out.lines.append(Line(arm=arm, reference=ref, result=result, seeds=seeds, samples=samples))
     out.notes.extend(_winner_notes(out, metric))
     return out
+
+
+def _curve(history: pd.DataFrame) -> pd.DataFrame:
+    """epoch, mean, low, high: an arm's per-epoch signal over its seeds (the t-interval where there are several)."""
+    rows = []
+    for epoch, values in history.groupby("epoch")["value"]:
+        mean, n = float(values.mean()), len(values)
+        half = t_halfwidth(float(values.std(ddof=1)), n) if n >= 2 else math.nan
+        half = 0.0 if not math.isfinite(half) else half
+        rows.append({"epoch": int(epoch), "mean": mean, "low": mean - half, "high": mean + half, "n": n})
+    return pd.DataFrame(rows, columns=["epoch", "mean", "low", "high", "n"])
 
 
 def _scored(run: pd.Series) -> int | None:

@@ -33,6 +33,7 @@ VARIANT = "pclc.variant"  # ablation: the variant's label; confirmation: `search
 PHASE = "pclc.phase"  # which part of a sweep a trial run belongs to (none: an older sweep's search)
 PHASE_SEARCH, PHASE_CONFIRM = "search", "confirm"  # the search (or ablation grid); its confirmation on fresh seeds
 REFERENCE = "pclc.reference"  # on a reference arm's runs: the reference's name (e.g. ce)
+REFERENCES = "pclc.references"  # on the parent run: JSON list of the reference names, in the sweep file's order
 SEARCH_TRIAL = "pclc.search_trial"  # on a confirmation run: the search trial whose configuration it re-trains
 SWEEP = "pclc.sweep"  # the sweep's name, on every child
 SEARCHED = "pclc.searched"  # JSON list of the TrialConfig fields the sweep varies

@@ -352,6 +352,7 @@ def open_parent_run(cfg: SweepConfig, plan: SweepPlan) -> SweepTracker:
         experiment_path=plan.experiment_path,
         resolved_config=resolved_yaml(cfg),
         resume=plan.restorable,
+        references=[r["name"] for r in cfg.references()],
     )
     return tracker
 

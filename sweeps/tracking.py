@@ -317,6 +317,7 @@ class SweepTracker:
         experiment_path: str,
         resolved_config: str,
         resume: bool,
+        references: list[str] | None = None,
     ) -> str:
         """Open (or, on resume, reopen) the sweep's parent run; returns its id."""
         self.ensure_experiment(name)
@@ -331,6 +332,7 @@ class SweepTracker:
             MODE: mode,
             HEADLINE: headline_metric,
             C.OBJECTIVE: json.dumps(objective),
+            C.REFERENCES: json.dumps(references or []),
             EXPERIMENT_PATH: experiment_path,
             C.GIT_COMMIT: git_commit(),
             C.VERSIONS: json.dumps(package_versions()),

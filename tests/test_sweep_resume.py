@@ -204,3 +204,34 @@ def test_resume_when_the_search_state_is_newer_than_the_trial_snapshot(tmp_path:
     assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
     points = [(c.data.params["margin"], c.data.params["lc_weight"]) for c in children]
     assert points.count(("0.995", "0.05")) == 1, points  # queued again, evaluated once
+
+
+@pytest.mark.slow
+def test_resume_when_the_driver_died_during_the_confirmation(tmp_path: Path) -> None:
+    # The confirmation is a second Tune experiment (<name>.confirm) under the same parent run: a kill there
+    # resumes the finished search (nothing re-runs) and then the confirmation, with one run per trial.
+    import json
+
+    command, uri, exp_path = _sweep(
+        tmp_path, "conf", num_trials=2, reference=[{"name": "ce", "loss": "ce"}], confirm={"top": 1, "seeds": [1, 2]}
+    )
+    confirm_path = exp_path.parent / "conf.confirm"
+
+    def confirming() -> bool:
+        states = sorted(confirm_path.glob("experiment_state-*.json"))
+        try:
+            return bool(states) and len(json.loads(states[-1].read_text())["trial_data"]) >= 2
+        except (OSError, ValueError):  # being written
+            return False
+
+    _kill_when(command, tmp_path, confirming, "saved a snapshot of the confirmation")
+    second = subprocess.run(command + ["--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "6 trials: 6 finished, 0 failed" in second.stdout, second.stdout[-3000:]
+    assert " vs ce: " in second.stdout.split("\nverdict (")[-1], second.stdout[-3000:]
+    parent, children = runs(uri, "conf")
+    assert len(children) == 6 and all(c.info.status == "FINISHED" for c in children)
+    phases = sorted(c.data.tags.get("pclc.phase") for c in children)
+    assert phases == ["confirm"] * 4 + ["search"] * 2
+    trial_ids = [c.data.tags["pclc.trial_id"] for c in children]
+    assert len(set(trial_ids)) == 6  # one run per trial: nothing duplicated by the resume
