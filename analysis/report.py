@@ -445,9 +445,15 @@ def _best_section(sweep: Sweep) -> list[Block]:
         for i, (_, r) in enumerate(ranked.iterrows())
     ]
     note = "mean [95 % interval] over seeds; accuracies in %"
+    searched = (
+        " These are the search's own numbers (one seed per configuration, AutoAttack on its subset): they rank, "
+        "and the top of such a ranking is biased upward; the verdict above gives the confirmed ones."
+        if sweep.mode == "optimize"
+        else ""
+    )
     blocks: list[Block] = [
         Heading("Best configurations"),
-        Para(f"By mean `{headline}` ({sweep.direction(headline)}), {note}; top {len(rows)} of {len(table)}."),
+        Para(f"By mean `{headline}` ({sweep.direction(headline)}), {note}; top {len(rows)} of {len(table)}.{searched}"),
         Table(header, rows),
     ]
     if finalists:

@@ -5,8 +5,8 @@
    directly in this process, for ~20 s trials. Target ≤ 1.10. Also printed: the whole sequential
    K-trial sweep's wall time per trial, which adds the once-per-sweep costs (worker start-up,
    Tuner and MLflow set-up, the final reconcile) spread over K trials.
-2. speed-up: the quickstart's wall time with 1 concurrent trial divided by its time with 2.
-   Target ≥ 1.7 on 2 cores.
+2. speed-up: the quickstart's wall time (the search and its confirmation) with 1 concurrent trial divided
+   by its time with 2. Target ≥ 1.7 on 2 cores. Its time with 2 is the quickstart's budget (≤ 300 s).
 
 Both sides share the data/substitute prepared once (outside the timings), Ray is started once
 (outside the timings), and every trial uses one torch thread.
@@ -141,7 +141,9 @@ def speedup(work: Path, smoke: bool) -> dict[str, float]:
         result = run_sweep(cfg, prepared=prepared, out=io.StringIO())
         times[concurrent] = time.perf_counter() - t0
         assert len(result.finished) == cfg.num_trials, "a quickstart trial failed"
-    return {"one_s": times[1], "two_s": times[2], "speedup": times[1] / times[2], "trials": float(cfg.num_trials or 0)}
+        assert len(result.finished) + len(result.confirmed) == len(result.trials), "a confirmation trial failed"
+    # the whole quickstart: its search and the confirmation of the best and the references on fresh seeds
+    return {"one_s": times[1], "two_s": times[2], "speedup": times[1] / times[2], "trials": float(len(result.trials))}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -127,6 +127,12 @@ def print_estimate(cfg: SweepConfig, est: Estimate, out: TextIO) -> None:
     print(f"estimated wall time: {est.wall_s:.1f} s ({est.wall_s / 3600:.2f} h)", file=out)
     print(f"estimated GPU-hours: {est.gpu_hours:.3f}", file=out)
     notes = ["timed on this machine; a GPU trains faster than this"]
+    confirming = cfg.total_trials() - cfg.total_trials(confirmation=False)
+    if confirming:
+        notes.append(
+            f"{confirming} of the trials confirm the best and the references on fresh seeds, their AutoAttack on "
+            f"all {cfg.trial.eval_limit} evaluated samples rather than {cfg.trial.aa_limit}: they cost more than timed"
+        )
     if cfg.scheduler.type == "asha":
         notes.append(f"ASHA may stop trials from epoch {cfg.scheduler.grace_period} on: an upper bound")
     print(f"note: {'; '.join(notes)}", file=out)
