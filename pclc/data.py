@@ -4,10 +4,11 @@ Images are kept as their source stores them: 8-bit sources (MNIST-type, CIFAR, S
 uint8 .npz) as uint8 (pixel = value / 255), a quarter of float32's bytes in the object store, the
 cache and device memory; the rest as float32 in [0, 1]. `pixels` makes model inputs, where batches
 are cut, on the trial's device; `load_dataset` hands back float32 throughout.
-`digits` (scikit-learn's bundled 8×8 digits) needs nothing on disk; the torchvision sets and Tiny
-ImageNet read `data_root` and download only when asked; `npz:PATH` reads a user file. The data sets
-here are small enough to live on the device, so `batches` slices tensors instead of running a
-DataLoader. Held-out splits use `SPLIT_SEED`, never the trial seed: every trial is scored on the same
+`digits` (scikit-learn's bundled 8×8 digits) and `digits28` (the same images upsampled to MNIST's
+28×28, for 28×28 models and attacks at 784 input dimensions) need nothing on disk; the torchvision
+sets and Tiny ImageNet read `data_root` and download only when asked; `npz:PATH` reads a user file.
+The data sets here are small enough to live on the device, so `batches` slices tensors instead of
+running a DataLoader. Held-out splits use `SPLIT_SEED`, never the trial seed: every trial is scored on the same
 test set.
 """
 
@@ -188,6 +189,29 @@ def digits(**_: Any) -> Dataset:
     y = torch.from_numpy(bunch.target.astype(np.int64))
     train, test = _stratified_split(bunch.target, TEST_FRACTION, SPLIT_SEED)
     return Dataset("digits", x[train], y[train], x[test], y[test], num_classes=10)
+
+
+DIGITS28_SIZE = (28, 28)  # MNIST's input size: what lenet5 and cnn3 take
+
+
+@DATASETS.register("digits28")
+def digits28(**_: Any) -> Dataset:
+    """`digits` upsampled to 28×28 (bilinear, no antialiasing): the same images, labels and split at
+    MNIST's 784 input dimensions, so 28×28 models and attacks run here with nothing to download.
+
+    Kept float32 like `digits` (interpolated values are not multiples of 1/255); a bilinear pixel is a
+    convex combination of [0, 1] pixels, so it stays in [0, 1]. 5.6 MB in all.
+    """
+    small = digits()
+
+    def upsample(x: Tensor) -> Tensor:
+        return torch.nn.functional.interpolate(
+            x, size=DIGITS28_SIZE, mode="bilinear", align_corners=False, antialias=False
+        )
+
+    return Dataset(
+        "digits28", upsample(small.x_train), small.y_train, upsample(small.x_test), small.y_test, num_classes=10
+    )
 
 
 # --- torchvision data sets: files on disk under data_root, downloaded only when asked

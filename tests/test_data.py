@@ -61,6 +61,21 @@ def test_digits_split_is_fixed_whatever_the_trial_seed(digits: Dataset) -> None:
     assert torch.equal(digits.x_train, other.x_train)
 
 
+def test_digits28_is_digits_at_28x28(digits: Dataset) -> None:
+    big = load_dataset("digits28")
+    assert big.input_shape == (1, 28, 28) and big.num_classes == 10
+    assert load_stored("digits28").x_train.dtype == torch.float32  # stored as digits is
+    assert torch.equal(big.y_train, digits.y_train) and torch.equal(big.y_test, digits.y_test)
+    for x28, x8 in [(big.x_train, digits.x_train), (big.x_test, digits.x_test)]:
+        assert len(x28) == len(x8)
+        assert x28.min() >= 0.0 and x28.max() <= 1.0
+        # same images, same order: pooled back to 8×8, an image lies nearest its own original (a few
+        # of digits' near-duplicates aside)
+        pooled = torch.nn.functional.adaptive_avg_pool2d(x28, 8).flatten(1)
+        nearest = torch.cdist(pooled, x8.flatten(1)).argmin(dim=1)
+        assert (nearest == torch.arange(len(x8))).float().mean() > 0.95
+
+
 def test_to_and_subset_train(digits: Dataset) -> None:
     moved = digits.to("cpu")
     assert moved.x_train.device.type == "cpu" and moved.num_classes == 10
@@ -212,7 +227,7 @@ def test_damaged_file_is_a_data_error(tmp_path: Path) -> None:
 def test_unknown_dataset_lists_choices_and_npz() -> None:
     with pytest.raises(DataError, match="digits.*npz:"):
         load_dataset("imagenet")
-    assert set(DATASETS.names()) == {"digits", "tiny_imagenet", *TORCHVISION_SETS}
+    assert set(DATASETS.names()) == {"digits", "digits28", "tiny_imagenet", *TORCHVISION_SETS}
 
 
 # --- npz files

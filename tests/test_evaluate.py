@@ -376,3 +376,11 @@ def test_epoch_robust_acc_is_not_fooled_by_a_saturated_softmax(model, digits) ->
     fooled = run_suite(Scaled(model), x, y, pgd).accuracy("pgd_ce", 0.1)
     assert fooled > honest + 0.2
     assert abs(scaled - honest) < 0.1
+
+
+def test_epoch_robust_acc_more_targets_find_more_and_fewer_attacks_less(model, digits) -> None:
+    # APGD-T seeds once, then tries targets in order on the points still standing: targets 1–3 run the same.
+    x, y = digits[2][:128], digits[3][:128]
+    top3 = epoch_robust_acc(model, x, y, eps=0.1, steps=5, targets=3)
+    assert epoch_robust_acc(model, x, y, eps=0.1, steps=5, targets=9) <= top3
+    assert epoch_robust_acc(model, x, y, eps=0.1, steps=5, targets=3, attacks=("apgd_ce",)) >= top3
