@@ -618,7 +618,9 @@ def test_optimize_layout_plots(optimize) -> None:
     assert set(names) == {"ξ (margin)", "λ (lc_weight)", "lr", "warmup_epochs"}
     assert "authors' default (pclc, ξ=0.995, λ=0.05), 1 trials" in _legend_texts(figure(report, "clean_vs_robust"))
     # a search without a confirmation has no verdict arms to draw: that plot alone is skipped, and says why
-    assert report.skipped == {"arm_curves": "needs the verdict's arms with a per-epoch epoch_robust_acc over two or more epochs"}
+    assert report.skipped == {
+        "arm_curves": "needs the verdict's arms with a per-epoch epoch_robust_acc over two or more epochs"
+    }
 
 
 def test_stop_points_mark_only_the_trials_the_scheduler_stopped() -> None:
