@@ -261,13 +261,6 @@ def _winner_notes(v: Verdict, metric: str) -> list[str]:
                 f"{est.n} fresh seeds: its search score did not confirm (the top of a one-seed ranking is "
                 "biased upward)."
             )
-    if len(searched) >= 2:
-        best = max(searched, key=lambda a: a.estimate.value)
-        if best.name != searched[0].name:
-            notes.append(
-                f"The search's #1 is not the best once confirmed: {best.label} is ({best.estimate.text()} against "
-                f"{searched[0].estimate.text()})."
-            )
     return notes
 
 

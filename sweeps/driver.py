@@ -700,10 +700,10 @@ def print_summary(cfg: SweepConfig, result: SweepResult, out: TextIO) -> None:
             file=out,
         )
         for i, arm in enumerate(sorted(verdict.arms, key=lambda a: -a.estimate.value), 1):
-            searched = "" if arm.search_score is None else f"   search: {arm.search_score:.4g} (1 seed)"
+            searched = "" if arm.search_score is None else f"   search: {100 * arm.search_score:.1f} % (1 seed)"
             role = "   [reference]" if arm.reference else ""
             print(
-                f"  {i}. {verdict.metric}={arm.estimate.text()}  clean_acc={arm.clean:.4g}  "
+                f"  {i}. {verdict.metric}={arm.estimate.text()}  clean_acc={100 * arm.clean:.1f} %  "
                 f"{arm.label}  ({len(arm.runs)} seeds){searched}{role}",
                 file=out,
             )

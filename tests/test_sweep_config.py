@@ -76,7 +76,7 @@ def test_shipped_files_score_with_autoattack_and_the_classic_attacks(path: Path)
 
 def test_quickstart_is_small_and_cpu_only() -> None:
     cfg = load_sweep(Path(__file__).parents[1] / "sweeps/configs/quickstart.yaml")
-    assert (cfg.mode, cfg.trial.dataset, cfg.resources.gpu, cfg.num_trials) == ("optimize", "digits", 0, 6)
+    assert (cfg.mode, cfg.trial.dataset, cfg.resources.gpu, cfg.num_trials) == ("optimize", "digits", 0, 4)
     assert {"margin", "lc_weight", "epochs", "warmup_epochs", "lr"} <= set(cfg.space)  # training length too
     # the verdict's arms: the 2 best and the references (CE first) on 3 fresh seeds
     assert (cfg.confirm.top, cfg.confirm_seeds()) == (2, [1, 2, 3])
