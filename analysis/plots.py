@@ -764,28 +764,27 @@ def arm_curves(sweep: Sweep) -> Figure:
     if not arms:
         raise NotApplicable(f"needs the verdict's arms with a per-epoch {M.EPOCH_ROBUST_ACC} over two or more epochs")
     arms = sorted(arms, key=lambda a: -a.estimate.value)[:8]
-    colors = dict(zip([a.label for a in arms], matplotlib.colormaps["tab10"].colors))
+    colors = dict(zip([a.name for a in arms], matplotlib.colormaps["tab10"].colors))
     k = 100.0
-    fig = _new_figure(7.5, 4.4)
+    fig = _new_figure(8.5, 4.6)
     ax = fig.add_subplot()
     for arm in arms:
-        c, color = arm.curve, colors[arm.label]
-        ax.plot(
-            c["epoch"], c["mean"] * k, color=color, lw=1.8, label=arm.label + (" (reference)" if arm.reference else "")
-        )
-        ax.fill_between(c["epoch"], c["low"] * k, c["high"] * k, color=color, alpha=0.15, lw=0)
+        c, color = arm.curve, colors[arm.name]
+        name = arm.name if arm.reference in (None, arm.name) else f"{arm.reference} = {arm.name}"
+        ax.plot(c["epoch"], c["mean"] * k, color=color, lw=1.8, label=name)
+        ax.fill_between(c["epoch"], c["low"] * k, c["high"] * k, color=color, alpha=0.12, lw=0)
         est, last = arm.estimate, int(c["epoch"].max())
         err = None if not np.isfinite(est.low) else [[(est.value - est.low) * k], [(est.high - est.value) * k]]
-        ax.errorbar([last + 0.15], [est.value * k], yerr=err, fmt="D", color=color, ms=6, capsize=3, zorder=5)
+        ax.errorbar([last + 0.2], [est.value * k], yerr=err, fmt="D", color=color, ms=6, capsize=3, zorder=5)
         best, _ = arm.best_epoch or (last, last)
-        ax.scatter([best], [float(c.loc[c["epoch"] == best, "mean"].iloc[0]) * k], marker="^", s=40, color=color)
-    ax.plot([], [], "D", color="0.3", label=f"final {judged.metric} (AutoAttack-checked) ± 95 %")
-    ax.plot([], [], "^", color="0.3", lw=0, label="best epoch of the signal")
+        ax.scatter([best], [float(c.loc[c["epoch"] == best, "mean"].iloc[0]) * k], marker="^", s=45, color=color)
+    ax.plot([], [], "D", color="0.3", label=f"final {judged.metric}, 95 %")
+    ax.plot([], [], "^", color="0.3", lw=0, label="signal's best epoch")
     ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{judged.signal} / {judged.metric} (%)")
+    ax.set_ylabel("robust accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.set_title(f"Per-epoch {judged.signal} per arm ({judged.source}), mean over seeds, and the final value")
-    _legend(fig, title="arm")
+    ax.set_title(f"Per-epoch {judged.signal} per arm (mean over seeds) and the final {judged.metric}", fontsize=10)
+    _legend(fig, title=f"arm ({judged.source})")
     return fig
 
 
