@@ -12,16 +12,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from analysis.compare import METHODS
+from analysis.compare import METHODS, run_interval
 from analysis.load import SEED, SYMBOL, Sweep, fetch_warnings, fmt_value, variant_label
 from analysis.plots import Plot, attack_rank, is_accuracy, make_plots, save_figure
 from analysis.stats import best_configs, config_table, pareto_mask, summarize, t_halfwidth
 from analysis.verdict import Verdict, headline_outcomes, verdict
 from pclc import metrics as M
+from pclc.attacks import AUTOATTACK, CLASSIC
 
 ARTIFACT_DIR = "analysis"  # folder of the parent run's artifacts that holds the report
 TOP = 10  # best configurations listed
@@ -209,25 +211,51 @@ def render_html(blocks: list[Block], title: str) -> str:
 # --------------------------------------------------------------------------- numbers as text
 
 
-def mean_std(mean: float, std: float, n: int, *, percent: bool) -> str:
-    """'54.3 [51.2, 57.4]' (mean and 95 % Student-t interval over seeds), '54.3 (n=1)' for one seed, '–' when
+def mean_std(mean: float, std: float, n: int, *, percent: bool, samples: int | None = None) -> str:
+    """'54.3 [51.2, 57.4]' (mean and 95 % Student-t interval over seeds); for one seed of an accuracy over
+    `samples` samples, '54.3 [44.4, 63.9] (n=1)' (the run's Wilson interval), else '54.3 (n=1)'; '–' when
     there is no value."""
     if n == 0 or pd.isna(mean):
         return "–"
     k = 100.0 if percent else 1.0
     digits = 1 if percent else 3
     if n == 1 or pd.isna(std):
+        if percent and samples:
+            one = run_interval(np.arange(samples) < round(float(mean) * samples))
+            return f"{mean * k:.{digits}f} [{one.low * k:.{digits}f}, {one.high * k:.{digits}f}] (n=1)"
         return f"{mean * k:.{digits}f} (n=1)"
     half = t_halfwidth(std, n)
     return f"{mean * k:.{digits}f} [{(mean - half) * k:.{digits}f}, {(mean + half) * k:.{digits}f}]"
 
 
-def _cell(row: pd.Series, metric: str) -> str:
+def scored_samples(sweep: Sweep, metric: str) -> int | None:
+    """How many samples one search run's accuracy `metric` is over: every evaluated one for clean accuracy and
+    the classic attacks, the AutoAttack subset for what AutoAttack-grade attacks score (their worst cases
+    included); None where the runs disagree or it is not an accuracy."""
+    trials = sweep.trials
+    if not is_accuracy(metric) or "eval_limit" not in trials or trials["eval_limit"].nunique() != 1:
+        return None
+    evaluated = int(trials["eval_limit"].iloc[0])
+    limits = trials["aa_limit"].dropna().unique() if "aa_limit" in trials else []
+    attacks = trials["attacks"].iloc[0] if "attacks" in trials else ()
+    checked = any(a in AUTOATTACK for a in attacks or ())
+    subset = min(evaluated, int(limits[0])) if checked and len(limits) == 1 else evaluated
+    parsed = M.parse_robust_key(metric)
+    if metric == M.CLEAN_ACC or (parsed is not None and parsed[0] in CLASSIC):
+        return evaluated  # each classic attack scores every evaluated sample
+    return subset  # AutoAttack-grade attacks, and every worst case (taken where all its attacks scored)
+
+
+def _cell(row: pd.Series, metric: str, samples: int | None = None) -> str:
     if f"{metric}:mean" not in row:
         return "–"
     n = row[f"{metric}:n"]
     return mean_std(
-        row[f"{metric}:mean"], row[f"{metric}:std"], 0 if pd.isna(n) else int(n), percent=is_accuracy(metric)
+        row[f"{metric}:mean"],
+        row[f"{metric}:std"],
+        0 if pd.isna(n) else int(n),
+        percent=is_accuracy(metric),
+        samples=samples,
     )
 
 
@@ -441,7 +469,8 @@ def _best_section(sweep: Sweep) -> list[Block]:
     ranked = table.sort_values(f"{headline}:mean", ascending=ascending, kind="stable").head(TOP)
     header = ["rank", "variant", "configuration", "runs"] + [_header(m) for m in metrics]
     rows = [
-        [str(i + 1), r["variant"], r["config"], str(r["runs"])] + [_cell(r, m) for m in metrics]
+        [str(i + 1), r["variant"], r["config"], str(r["runs"])]
+        + [_cell(r, m, scored_samples(sweep, m)) for m in metrics]
         for i, (_, r) in enumerate(ranked.iterrows())
     ]
     note = "mean [95 % interval] over seeds; accuracies in %"
@@ -471,7 +500,8 @@ def _best_section(sweep: Sweep) -> list[Block]:
         mask = pareto_mask(pts[ok], [d == "max" for _, d in objectives])
         front = table[ok][mask].sort_values(f"{headline}:mean", ascending=ascending)
         rows = [
-            [r["variant"], r["config"], str(r["runs"])] + [_cell(r, m) for m in metrics] for _, r in front.iterrows()
+            [r["variant"], r["config"], str(r["runs"])] + [_cell(r, m, scored_samples(sweep, m)) for m in metrics]
+            for _, r in front.iterrows()
         ]
         names = " and ".join(f"`{m}` ({d})" for m, d in objectives)
         blocks += [
@@ -500,9 +530,15 @@ def _ablation_section(sweep: Sweep) -> list[Block]:
         part = long[(long["variant"] == b["variant"]) & (long["config"] == b["config"])]
         s = summarize(part, ["attack", "eps"], "value").set_index(["attack", "eps"])
         seeds = runs[SEED].nunique() if SEED in runs else len(runs)
-        row = [variant_label(b["variant"], b["config"]), str(seeds)] + [_cell(b, m) for m in scalars]
+        row = [variant_label(b["variant"], b["config"]), str(seeds)] + [
+            _cell(b, m, scored_samples(sweep, m)) for m in scalars
+        ]
         for key in attack_cols:
-            row.append(mean_std(*s.loc[key][["mean", "std", "n"]], percent=True) if key in s.index else "–")
+            if key not in s.index:
+                row.append("–")
+                continue
+            samples = scored_samples(sweep, M.robust_key(*key))
+            row.append(mean_std(*s.loc[key][["mean", "std", "n"]], percent=True, samples=samples))
         rows.append(row)
     families = (
         " `robust_acc_classic` and `robust_acc_aa` are the same worst case over the paper's classic attacks only "
@@ -525,7 +561,8 @@ def _ablation_section(sweep: Sweep) -> list[Block]:
     if 1 < len(table) <= 100:
         metrics = [m for m in candidates if f"{m}:mean" in table]
         rows = [
-            [r["variant"], r["config"], str(r["runs"])] + [_cell(r, m) for m in metrics] for _, r in table.iterrows()
+            [r["variant"], r["config"], str(r["runs"])] + [_cell(r, m, scored_samples(sweep, m)) for m in metrics]
+            for _, r in table.iterrows()
         ]
         blocks += [
             Heading("All configurations", 3),

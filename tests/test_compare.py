@@ -92,3 +92,16 @@ def test_difference_text_names_points_with_signs() -> None:
     a, b = _vectors(40, 2, 10, 44)
     diff, _ = paired_difference([a], [b])
     assert diff.text(points=True).startswith("−8.3 points [−")
+
+
+def test_one_run_accuracies_in_the_report_carry_their_wilson_interval() -> None:
+    from statsmodels.stats.proportion import proportion_confint
+
+    from analysis.report import mean_std
+
+    low, high = proportion_confint(26, 48, alpha=0.05, method="wilson")
+    assert mean_std(26 / 48, float("nan"), 1, percent=True, samples=48) == (
+        f"{100 * 26 / 48:.1f} [{100 * low:.1f}, {100 * high:.1f}] (n=1)"
+    )
+    assert mean_std(0.5, float("nan"), 1, percent=True) == "50.0 (n=1)"  # sample count unknown: no interval
+    assert mean_std(0.5, 0.1, 3, percent=False) == "0.500 [0.252, 0.748]"  # over seeds: Student t
