@@ -762,7 +762,9 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None, *, smoke: b
     its sizes, so `--smoke-test --set trial.epochs=6` runs 6 epochs."""
     overrides = list(overrides or [])
     if smoke:
-        overrides = overrides + smoke_overrides(load_sweep(path, overrides)) + overrides
+        given = dict(parse_override(item) for item in overrides)
+        epochs = int(given.get("trial.epochs", SMOKE_EPOCHS))  # a searched length follows the user's --set too
+        overrides = overrides + smoke_overrides(load_sweep(path, overrides), epochs=epochs) + overrides
     data = read_yaml(path)
     for item in overrides:
         key, value = parse_override(item)
@@ -771,11 +773,14 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None, *, smoke: b
     return parse_sweep(data, source=source)
 
 
-def smoke_overrides(cfg: SweepConfig) -> list[str]:
+SMOKE_EPOCHS = 2  # `--smoke-test`: epochs per trial (a searched training length: this or one more)
+
+
+def smoke_overrides(cfg: SweepConfig, *, epochs: int = SMOKE_EPOCHS) -> list[str]:
     """`--smoke-test`: 2 trials of 2 epochs on a small subset, cheap attacks, and a confirmation of the best on
     2 fresh seeds against the first reference: checks the plumbing."""
     sets = [
-        "trial.epochs=2",
+        f"trial.epochs={epochs}",
         "trial.warmup_epochs=1",
         "trial.train_limit=256",
         "trial.eval_limit=64",
@@ -798,7 +803,10 @@ def smoke_overrides(cfg: SweepConfig) -> list[str]:
         sets += ["confirm.top=1", f"confirm.seeds={json.dumps(cfg.confirm_seeds()[:2])}"]
     if cfg.mode == "optimize":
         sets.append("num_trials=2")
-        shrunk = {"epochs": ("{type: int, low: 2, high: 3}", 2), "warmup_epochs": ("{type: int, low: 1, high: 2}", 1)}
+        shrunk = {
+            "epochs": (f"{{type: int, low: {epochs}, high: {epochs + 1}}}", epochs),
+            "warmup_epochs": ("{type: int, low: 1, high: 2}", 1),
+        }
         points = [dict(p) for p in cfg.initial_points]
         for key, (space, value) in shrunk.items():
             if key in cfg.space:
