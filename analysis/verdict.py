@@ -19,7 +19,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from analysis.compare import Comparison, Estimate, compare, run_interval
-from analysis.load import SEED, Sweep, fetch_outcomes, load_sweep
+from analysis.load import SEED, AnalysisError, Sweep, fetch_outcomes, load_sweep
 from analysis.stats import t_halfwidth
 from pclc import metrics as M
 
@@ -145,11 +145,17 @@ def verdict(sweep: Sweep, *, outcomes: Outcomes | None = None) -> Verdict:
         return out
     cache: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
 
+    unread: list[str] = []
+
     def outcome(run_id: str) -> tuple[np.ndarray, np.ndarray] | None:
         if outcomes is None:
             return None
         if run_id not in cache:
-            cache[run_id] = outcomes(run_id)
+            try:
+                cache[run_id] = outcomes(run_id)
+            except AnalysisError as exc:  # e.g. a store copied off its server: the artifacts stayed behind
+                cache[run_id] = None
+                unread.append(str(exc).splitlines()[0])
         return cache[run_id]
 
     signal = M.EPOCH_ROBUST_ACC if M.EPOCH_ROBUST_ACC in sweep.metrics else None
@@ -197,6 +203,11 @@ def verdict(sweep: Sweep, *, outcomes: Outcomes | None = None) -> Verdict:
     for result, (arm, ref, seeds, samples) in zip(compare(pairs), meta):
         out.lines.append(Line(arm=arm, reference=ref, result=result, seeds=seeds, samples=samples))
     out.notes.extend(_winner_notes(out, metric))
+    if unread:
+        out.notes.append(
+            f"Per-sample outcomes of {len(unread)} run(s) could not be read ({unread[0]}); several seeds are "
+            "compared on their logged accuracies instead, and a one-seed comparison is left out."
+        )
     return out
 
 
