@@ -291,6 +291,10 @@ class SweepConfig(BaseModel):
             losses |= set(self.space["loss"].values or [])
         return [dict(CE_REFERENCE)] + ([dict(AUTHORS_REFERENCE)] if "pclc" in losses else [])
 
+    def reference_arms(self) -> list[tuple[str, dict[str, Any]]]:
+        """(name, fields) of each reference: the overrides that train it, its name apart."""
+        return [(r["name"], {k: v for k, v in r.items() if k != "name"}) for r in self.references()]
+
     def same_arm(self, a: dict[str, Any], b: dict[str, Any]) -> bool:
         """Two override dicts train the same configuration (whatever their seeds and labels); an invalid one
         trains nothing, so it matches nothing (the checks name it)."""
@@ -313,13 +317,12 @@ class SweepConfig(BaseModel):
                 values = dict(zip(keys, combo))
                 for seed in self.seeds:
                     out.append({VARIANT: label, **values, "seed": seed})
-        for ref in self.references():
-            fields = {k: v for k, v in ref.items() if k != "name"}
+        for name, fields in self.reference_arms():
             matches = [o for o in out if REFERENCE not in o and self.same_arm(o, fields)]
             for o in matches:
-                o[REFERENCE] = ref["name"]
+                o[REFERENCE] = name
             if not matches:
-                out += [{VARIANT: ref["name"], **fields, "seed": seed, REFERENCE: ref["name"]} for seed in self.seeds]
+                out += [{VARIANT: name, **fields, "seed": seed, REFERENCE: name} for seed in self.seeds]
         return out
 
     def confirm_seeds(self) -> list[int]:
@@ -337,20 +340,20 @@ class SweepConfig(BaseModel):
         """
         if self.mode != "optimize" or self.confirm.top == 0:
             return []
-        refs = [({k: v for k, v in r.items() if k != "name"}, r["name"]) for r in self.references()]
+        refs = self.reference_arms()
         arms: list[tuple[dict[str, Any], dict[str, Any]]] = []  # (overrides, labels)
         for row in ranked:
             values = {k: row[k] for k in self.space if k in row}
             if any(self.same_arm(values, a) for a, _ in arms):
                 continue
             label = {VARIANT: f"search #{len(arms) + 1}", SEARCH_TRIAL: row["trial_id"]}
-            for fields, name in refs:
+            for name, fields in refs:
                 if self.same_arm(values, fields):
                     label[REFERENCE] = name
             arms.append((values, label))
             if len(arms) == self.confirm.top:
                 break
-        for fields, name in refs:
+        for name, fields in refs:
             if not any(label.get(REFERENCE) == name for _, label in arms):
                 arms.append((fields, {VARIANT: name, REFERENCE: name}))
         return [{**label, **values, "seed": seed} for values, label in arms for seed in self.confirm_seeds()]
@@ -584,7 +587,7 @@ def _arm_problems(cfg: SweepConfig) -> list[str]:
 def _corner_problems(cfg: SweepConfig) -> list[str]:
     """Build the TrialConfig of every reference and every corner of the space (or grid point) and report
     the first misfits (references first: the ablation grid is laid out around them)."""
-    references = [({k: v for k, v in r.items() if k != "name"}, f"reference ({r['name']})") for r in cfg.references()]
+    references = [(fields, f"reference ({name})") for name, fields in cfg.reference_arms()]
     out = _misfits(cfg, references)
     if out:
         return out
