@@ -115,13 +115,18 @@ class Verdict:
         return [f"Per-epoch `{self.signal}` (mean over seeds) was best: {', '.join(parts)}{tail}."]
 
 
+def _over_seeds(values: np.ndarray) -> tuple[float, float, float]:
+    """(mean, low, high): the Student-t interval of a mean over seeds (zero width for identical values)."""
+    mean = float(np.mean(values))
+    half = t_halfwidth(float(np.std(values, ddof=1)), len(values)) if len(values) >= 2 else math.nan
+    half = 0.0 if not math.isfinite(half) else half
+    return mean, mean - half, mean + half
+
+
 def _estimate(runs: pd.DataFrame, metric: str, correct: np.ndarray | None) -> Estimate:
     values = runs[metric].astype(float).to_numpy()
     if len(values) >= 2:
-        half = t_halfwidth(float(np.std(values, ddof=1)), len(values))
-        half = 0.0 if not math.isfinite(half) else half
-        mean = float(values.mean())
-        return Estimate(mean, mean - half, mean + half, "seeds", len(values))
+        return Estimate(*_over_seeds(values), "seeds", len(values))
     if correct is not None:
         return run_interval(correct)
     return Estimate(float(values[0]), math.nan, math.nan, "run", 1)
@@ -215,10 +220,8 @@ def _curve(history: pd.DataFrame) -> pd.DataFrame:
     """epoch, mean, low, high: an arm's per-epoch signal over its seeds (the t-interval where there are several)."""
     rows = []
     for epoch, values in history.groupby("epoch")["value"]:
-        mean, n = float(values.mean()), len(values)
-        half = t_halfwidth(float(values.std(ddof=1)), n) if n >= 2 else math.nan
-        half = 0.0 if not math.isfinite(half) else half
-        rows.append({"epoch": int(epoch), "mean": mean, "low": mean - half, "high": mean + half, "n": n})
+        mean, low, high = _over_seeds(values.to_numpy(dtype=float))
+        rows.append({"epoch": int(epoch), "mean": mean, "low": low, "high": high, "n": len(values)})
     return pd.DataFrame(rows, columns=["epoch", "mean", "low", "high", "n"])
 
 
