@@ -71,6 +71,7 @@ def _sweep(name: str, work: Path, trial: dict[str, Any], seeds: list[int]) -> An
             "trial": trial,
             "variants": [{"loss": "pclc"}],
             "seeds": seeds,
+            "reference": [],  # k trials of one configuration: no reference arms beside them
             "max_concurrent": 1,
             "max_retries": 0,
             "storage_path": str(work / "ray_results"),
