@@ -567,9 +567,16 @@ def craft(
     """
     source = _source_model(name, model, substitute)
     attack = ATTACK_BUILDERS.create(name, model=source, eps=float(eps), suite=suite)
-    device = _device_of(source)
+    return run_attack(attack, source, x, y, suite)
+
+
+def run_attack(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: AttackSuite) -> torch.Tensor:
+    """`attack.perturb` over x in batches of `suite.batch_size`: fp32, `model` frozen, the RNG seeded by
+    `suite.seed` and put back afterwards. What `craft` runs, and what adversarial training runs its
+    inner attack with (pclc.training)."""
+    device = _device_of(model)
     out: list[torch.Tensor] = []
-    with frozen(source), torch.enable_grad(), _fp32(device), _seeded(suite.seed, device):
+    with frozen(model), torch.enable_grad(), _fp32(device), _seeded(suite.seed, device):
         for i in range(0, len(x), suite.batch_size):
             xb = x[i : i + suite.batch_size].to(device, torch.float32)
             yb = y[i : i + suite.batch_size].to(device)

@@ -48,9 +48,17 @@ class TrialConfig(BaseModel):
     model: str = "small_cnn"  # a pclc.models registry name
 
     # --- loss: the paper's knobs
-    loss: str = "pclc"  # a pclc.losses registry name: ce | pc | pclc | lc (logit constraint alone, for ablation)
+    loss: str = "pclc"  # a pclc.losses registry name: ce | pc | pclc | lc (LC alone, for ablation) | label_smoothing
     margin: float = Field(0.995, gt=0.0, le=1.0)  # ξ, the PC probability margin
     lc_weight: float = Field(0.05, ge=0.0)  # λ, weight of the logit constraint
+    smoothing: float = Field(0.1, ge=0.0, lt=1.0)  # α of loss label_smoothing (the negative control)
+
+    # --- training mode: what the loss is taken on (pclc.training)
+    training: str = "standard"  # standard | pgd (Madry PGD adversarial training) | trades (Zhang et al.)
+    adv_eps: float | None = Field(None, gt=0.0, le=1.0)  # L∞ radius of the training attack; None = headline_eps
+    adv_steps: int = Field(10, ge=1)  # its iterations
+    adv_step_size: float | None = Field(None, gt=0.0)  # its step; None = 2.5 · adv_eps / adv_steps
+    trades_beta: float = Field(6.0, ge=0.0)  # TRADES' β: weight of KL(p(x) ‖ p(x′)) (its CIFAR-10 value)
 
     # --- training
     epochs: int = Field(12, ge=1)  # total epochs, warm-up included
@@ -150,6 +158,14 @@ class TrialConfig(BaseModel):
         LOSSES.get(v)  # raises, naming the choices
         return v
 
+    @field_validator("training")
+    @classmethod
+    def _known_training(cls, v: str) -> str:
+        from pclc.training import TRAINING_MODES
+
+        TRAINING_MODES.get(v)  # raises, naming the choices
+        return v
+
     @field_validator("model", "substitute_model")
     @classmethod
     def _known_model(cls, v: str | None) -> str | None:
@@ -163,9 +179,16 @@ class TrialConfig(BaseModel):
     def _consistent(self) -> TrialConfig:
         if self.headline_eps not in self.eps:
             raise ValueError(f"headline_eps {self.headline_eps} is not in the eps grid {self.eps}")
+        if self.adv_step_size is not None and self.adv_step_size > (self.adv_eps or self.headline_eps):
+            raise ValueError(
+                f"adv_step_size {self.adv_step_size} exceeds the training attack's radius "
+                f"{self.adv_eps or self.headline_eps} (adv_eps): one step would cross the whole eps-ball"
+            )
         if self.aa_eps is not None and not set(self.aa_eps) <= set(self.eps):
             raise ValueError(f"aa_eps {self.aa_eps} must be radii of the eps grid {self.eps}")
-        if self.warmup_epochs > self.epochs and self.loss != "ce":  # CE has no warm-up: the knob is ignored
+        from pclc.losses import NO_WARMUP
+
+        if self.warmup_epochs > self.epochs and self.loss not in NO_WARMUP:  # CE has no warm-up: the knob is ignored
             raise ValueError(f"warmup_epochs {self.warmup_epochs} exceeds epochs {self.epochs}")
         return self
 

@@ -116,6 +116,7 @@ def substitute_config(cfg: TrialConfig) -> TrialConfig:
             "seed": cfg.substitute_seed,
             "loss": "ce",
             "warmup_epochs": 0,
+            "training": "standard",  # an adversarially trained substitute would be a different transfer attack
         }
     )
 

@@ -19,6 +19,7 @@ __all__ = [
     "IGNORED_BY_LOSS",
     "KNOBS",
     "LOSSES",
+    "NO_WARMUP",
     "LogitConstraint",
     "PCLCLoss",
     "PCLoss",
@@ -126,7 +127,7 @@ class PCLCLoss(nn.Module):
 
 
 # --- registry: the config's `loss` field names one of these; each member knows the paper's knobs it uses
-KNOBS: tuple[str, ...] = ("margin", "lc_weight")  # ξ (PC's margin) and λ (LC's weight)
+KNOBS: tuple[str, ...] = ("margin", "lc_weight", "smoothing")  # ξ (PC's margin), λ (LC's weight), α (smoothing)
 LOSSES: Registry[nn.Module] = Registry("loss")
 """name → builder(**knobs); info: the knobs (of `KNOBS`) the loss uses."""
 
@@ -154,19 +155,33 @@ def _pclc(*, margin: float = 0.995, lc_weight: float = 0.05) -> nn.Module:
     return PCLCLoss(margin=margin, lc_weight=lc_weight)
 
 
+@LOSSES.register("label_smoothing", info=("smoothing",))
+def _label_smoothing(*, smoothing: float = 0.1) -> nn.Module:
+    """CE against (1 − α)·one-hot + α/K (Szegedy et al. 2016): a known gradient masker, the negative
+    control of a robustness sweep (its gains under weak attacks come from a flattened softmax)."""
+    if isinstance(smoothing, bool) or not 0.0 <= float(smoothing) < 1.0:
+        raise ValueError(f"smoothing (α) must be in [0, 1), got {smoothing!r}")
+    return nn.CrossEntropyLoss(label_smoothing=float(smoothing))
+
+
+# Losses that are cross-entropy themselves: a CE warm-up before them would be more of the same, so they have none.
+NO_WARMUP: frozenset[str] = frozenset({"ce", "label_smoothing"})
+
 # The knobs each loss ignores: a sweep that varies them for that loss varies nothing (analysis leaves them out).
 IGNORED_BY_LOSS: dict[str, frozenset[str]] = {
     name: frozenset(KNOBS) - set(LOSSES.info(name)) for name in LOSSES.names()
 }
 
 
-def build_loss(name: str, *, margin: float | None = None, lc_weight: float | None = None) -> nn.Module:
-    """The loss called `name` ("ce", "pc", "pclc", "lc"); None keeps the paper's default; a knob the loss
-    does not use is ignored.
+def build_loss(
+    name: str, *, margin: float | None = None, lc_weight: float | None = None, smoothing: float | None = None
+) -> nn.Module:
+    """The loss called `name` ("ce", "pc", "pclc", "lc", "label_smoothing"); None keeps the default; a knob
+    the loss does not use is ignored.
 
     Example:
         >>> build_loss("pclc", margin=0.9, lc_weight=0.1)
         PCLCLoss(margin=0.9, lc_weight=0.1)
     """
-    knobs = {"margin": margin, "lc_weight": lc_weight}
+    knobs = {"margin": margin, "lc_weight": lc_weight, "smoothing": smoothing}
     return LOSSES.create(name, **{k: knobs[k] for k in LOSSES.info(name)})

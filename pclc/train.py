@@ -1,4 +1,4 @@
-"""The training loop: CE warm-up epochs, then the configured loss.
+"""The training loop: CE warm-up epochs, then the configured loss, each step in the trial's training mode.
 
 Also the pieces a loop needs and nothing else: device choice, seeding, optimizer and
 schedule, augmentation on the device, checkpoints loaded with `weights_only=True`.
@@ -23,7 +23,8 @@ from torch import nn
 from pclc.config import TrialConfig
 from pclc.data import Dataset, batches
 from pclc.gpu import bf16_native
-from pclc.losses import build_loss
+from pclc.losses import NO_WARMUP, build_loss
+from pclc.training import Step, budget_of, build_step
 
 
 class NonFiniteLossError(RuntimeError):
@@ -95,10 +96,24 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return F.grid_sample(x, grid, padding_mode="reflection", align_corners=False)
 
 
+def stream_seed(seed: int, stream: int) -> int:
+    """A seed for consumer `stream` of a trial seeded `seed`, independent of the other streams'."""
+    return int(np.random.SeedSequence((seed % 2**32, stream)).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 def augment_generator(seed: int, device: torch.device) -> torch.Generator:
     """The augmentation's own generator, on the trial's device, seeded apart from the batch order's."""
-    stream = int(np.random.SeedSequence((seed % 2**32, 1)).generate_state(1, dtype=np.uint64)[0] >> 1)
-    return torch.Generator(device=device).manual_seed(stream)
+    return torch.Generator(device=device).manual_seed(stream_seed(seed, 1))
+
+
+def attack_generator(seed: int) -> torch.Generator:
+    """Adversarial training's own generator (on the CPU): each batch's inner-attack seed is drawn from it."""
+    return torch.Generator().manual_seed(stream_seed(seed, 2))
+
+
+def draw_seed(generator: torch.Generator) -> int:
+    """The next seed from `generator` (one batch's inner attack)."""
+    return int(torch.randint(0, 2**31 - 1, (), generator=generator))
 
 
 def checkpoint_due(epoch: int, *, every: int, last: int, also: Collection[int] = ()) -> bool:
@@ -131,10 +146,18 @@ class Trainer:
     scheduler: torch.optim.lr_scheduler.LRScheduler = field(init=False)
     loss_fn: nn.Module = field(init=False)
     augment_generator: torch.Generator = field(init=False)
+    attack_generator: torch.Generator = field(init=False)  # per-batch seeds of the training mode's inner attack
     forward: nn.Module = field(init=False)  # the training forward pass: the model, compiled if cfg.compile
+    step: Step = field(init=False)  # the training mode's loss of one batch (pclc.training)
 
     def __post_init__(self) -> None:
         self.augment_generator = augment_generator(self.cfg.seed, self.device)
+        self.attack_generator = attack_generator(self.cfg.seed)
+        self.step = build_step(
+            self.cfg.training,
+            budget=budget_of(self.cfg.adv_eps or self.cfg.headline_eps, self.cfg.adv_steps, self.cfg.adv_step_size),
+            trades_beta=self.cfg.trades_beta,
+        )
         if self.cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
         # Compiled for training only: attacks and evaluation call the plain model (other shapes, modes, grads).
@@ -143,7 +166,7 @@ class Trainer:
 
     @property
     def warmup(self) -> int:
-        return 0 if self.cfg.loss == "ce" else self.cfg.warmup_epochs
+        return 0 if self.cfg.loss in NO_WARMUP else self.cfg.warmup_epochs
 
     def phase_of(self, epoch: int) -> str:
         return "warmup" if epoch <= self.warmup else "main"
@@ -153,7 +176,9 @@ class Trainer:
         first = not self.phase
         self.phase = phase
         name = "ce" if phase == "warmup" else self.cfg.loss
-        self.loss_fn = build_loss(name, margin=self.cfg.margin, lc_weight=self.cfg.lc_weight)
+        self.loss_fn = build_loss(
+            name, margin=self.cfg.margin, lc_weight=self.cfg.lc_weight, smoothing=self.cfg.smoothing
+        )
         if first or self.cfg.reset_optimizer:
             length = self.warmup if phase == "warmup" else self.cfg.epochs - self.warmup
             self.optimizer = make_optimizer(self.cfg, self.model)
@@ -177,8 +202,9 @@ class Trainer:
                 xb = augment(xb, self.augment_generator)
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
+            seed = draw_seed(self.attack_generator) if self.cfg.training != "standard" else 0
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                loss = self.loss_fn(self.forward(xb), yb)
+                loss = self.step(self.model, self.forward, self.loss_fn, xb, yb, seed)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -205,6 +231,7 @@ class Trainer:
             "scheduler": copy.deepcopy(self.scheduler.state_dict()),
             "generator": self.generator.get_state(),
             "augment_generator": self.augment_generator.get_state(),
+            "attack_generator": self.attack_generator.get_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -217,6 +244,8 @@ class Trainer:
         self.generator.set_state(state["generator"])
         if "augment_generator" in state:  # checkpoints from before augmentation had its own generator
             self.augment_generator.set_state(state["augment_generator"])
+        if "attack_generator" in state:  # checkpoints from before training modes
+            self.attack_generator.set_state(state["attack_generator"])
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:

@@ -39,6 +39,12 @@ SEARCHABLE: tuple[str, ...] = (
     "loss",
     "margin",
     "lc_weight",
+    "smoothing",
+    "training",  # with its budget: a training mode is a configuration like a loss (pclc.training)
+    "adv_eps",
+    "adv_steps",
+    "adv_step_size",
+    "trades_beta",
     "epochs",  # with warmup_epochs: how long the configured loss trains after the CE warm-up
     "warmup_epochs",
     "reset_optimizer",
