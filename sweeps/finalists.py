@@ -277,7 +277,7 @@ def config_label(cfg: TrialConfig) -> str:
     from pclc.losses import IGNORED_BY_LOSS, KNOBS
 
     knobs = [k for k in KNOBS if k not in IGNORED_BY_LOSS.get(cfg.loss, frozenset())]
-    return " ".join([cfg.loss, *(f"{SYMBOL[k]}={getattr(cfg, k):g}" for k in knobs), f"seed={cfg.seed}"])
+    return " ".join([cfg.loss, *(f"{SYMBOL.get(k, k)}={getattr(cfg, k):g}" for k in knobs), f"seed={cfg.seed}"])
 
 
 def _download(client: MlflowClient, run_id: str, artifact: str, folder: str) -> Path | None:

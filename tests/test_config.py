@@ -34,7 +34,7 @@ def test_unknown_key_names_the_key_and_the_allowed_ones() -> None:
         ("margin=1.5", "margin", "less than or equal to 1"),
         ("margin=0", "margin", "greater than 0"),
         ("lc_weight=-0.1", "lc_weight", "greater than or equal to 0"),
-        ("loss=focal", "loss", "choose one of: ce, lc, pc, pclc"),
+        ("loss=focal", "loss", "choose one of: ce, label_smoothing, lc, pc, pclc"),
         ("epochs=many", "epochs", "integer"),
         ("eps=[0.1, 1.5]", "eps", "pixel range"),
         ("attacks=[pgd_ce, deepfool]", "attacks", "unknown attack"),

@@ -189,7 +189,7 @@ def test_mismatched_target_is_refused() -> None:
 
 
 def test_registry_names_and_builders() -> None:
-    assert LOSSES.names() == ["ce", "lc", "pc", "pclc"]
+    assert LOSSES.names() == ["ce", "label_smoothing", "lc", "pc", "pclc"]
     assert isinstance(build_loss("ce", margin=0.9, lc_weight=0.1), nn.CrossEntropyLoss)
     assert isinstance(build_loss("lc", margin=0.9, lc_weight=0.1), LogitConstraint)
     pc = build_loss("pc", margin=0.9, lc_weight=0.1)
@@ -203,9 +203,10 @@ def test_every_loss_names_its_knobs_and_ignores_the_rest(name: str) -> None:
     used = LOSSES.info(name)
     assert set(used) <= set(KNOBS) and IGNORED_BY_LOSS[name] == set(KNOBS) - set(used)
     logits, target = torch.randn(6, 5, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 3, 4, 0])
-    base = build_loss(name, margin=0.9, lc_weight=0.1)(logits, target)
+    knobs = {"margin": 0.9, "lc_weight": 0.1, "smoothing": 0.1}
+    base = build_loss(name, **knobs)(logits, target)
     for knob in IGNORED_BY_LOSS[name]:  # a knob the loss ignores changes nothing
-        changed = build_loss(name, **{"margin": 0.9, "lc_weight": 0.1, knob: {"margin": 0.5, "lc_weight": 0.7}[knob]})
+        changed = build_loss(name, **{**knobs, knob: {"margin": 0.5, "lc_weight": 0.7, "smoothing": 0.3}[knob]})
         assert torch.equal(changed(logits, target), base)
 
 
@@ -215,7 +216,7 @@ def test_build_loss_keeps_the_paper_defaults_for_none() -> None:
 
 
 def test_build_loss_unknown_name_lists_choices() -> None:
-    with pytest.raises(ValueError, match="ce, lc, pc, pclc"):
+    with pytest.raises(ValueError, match="ce, label_smoothing, lc, pc, pclc"):
         build_loss("focal", margin=0.9, lc_weight=0.1)
 
 

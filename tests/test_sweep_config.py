@@ -231,7 +231,7 @@ BAD: list[tuple[str, dict[str, Any], list[str]]] = [
     (
         "choice with a bad value",
         _optimize(space={"loss": {"type": "choice", "values": ["pc", "hinge"]}}),
-        ["loss='hinge'", "loss", "choose one of: ce, lc, pc, pclc"],
+        ["loss='hinge'", "loss", "choose one of: ce, label_smoothing, lc, pc, pclc"],
     ),
     (
         "warm-up longer than training",
