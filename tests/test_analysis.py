@@ -108,8 +108,9 @@ def log_sweep(
 ) -> tuple[str, list[str]]:
     """A parent run + one child run per trial, in the `pclc.contract` layout; returns (parent id, child ids).
 
-    A trial is {"cfg": TrialConfig overrides, "status": ..., "variant": ..., "metrics": overrides of the
-    fake evaluation (None deletes a metric), "warnings": [...], "reason": failure reason}.
+    A trial is {"cfg": TrialConfig overrides, "params": params logged beside the config's own (fields a newer
+    config has), "status": ..., "variant": ..., "metrics": overrides of the fake evaluation (None deletes a
+    metric), "warnings": [...], "reason": failure reason}.
     `autoattack=False` logs a sweep from before the AutoAttack-grade attacks (see `fake_metrics`).
     """
     exp = client.get_experiment_by_name(name)
@@ -138,7 +139,7 @@ def log_sweep(
         run = client.create_run(exp_id, run_name=f"trial_{i}", tags=tags)
         rid = run.info.run_id
         now = int(time.time() * 1000)
-        params = [Param(k, param_value(v)) for k, v in cfg.to_dict().items()]
+        params = [Param(k, param_value(v)) for k, v in {**cfg.to_dict(), **t.get("params", {})}.items()]
         status = t.get("status", "FINISHED")
         metrics: list[Metric] = []
         rng = np.random.default_rng(
@@ -217,6 +218,31 @@ def ragged_trials() -> list[dict[str, Any]]:
     grid += [("lc", {"lc_weight": lam}) for lam in (0.05, 0.5)]
     grid += [("pclc", {"margin": m, "lc_weight": lam}) for m in (0.99, 0.995) for lam in (0.01, 0.05, 0.5)]
     return [{"cfg": {"loss": loss, **knobs, "seed": s}} for loss, knobs in grid for s in (0, 1)]
+
+
+# variant → (loss, training params, robust_acc): adversarially trained arms ranked above or among the standard
+# ones, so that a table ordered by accuracy alone would interleave the modes
+ADVERSARIAL = {"adv_eps": 0.1, "adv_steps": 7, "adv_step_size": 0.01, "trades_beta": 6.0}  # what every run logs
+MODE_TRIALS = {
+    "ce": ("ce", {"training": "standard"}, 0.20),
+    "pclc": ("pclc", {"training": "standard"}, 0.45),
+    "ce-pgd": ("ce", {"training": "pgd", "adv_eps": 0.3}, 0.50),
+    "ce-trades": ("ce", {"training": "trades", "adv_eps": 0.2, "trades_beta": 3.0}, 0.30),
+}
+
+
+def mode_trials(seeds: tuple[int, ...] = (0, 1)) -> list[dict[str, Any]]:
+    """Standard, PGD and TRADES training side by side: each run logs every training knob, used or not."""
+    return [
+        {
+            "cfg": {"loss": loss, "seed": seed},
+            "params": {**ADVERSARIAL, **params},
+            "variant": variant,
+            "metrics": {M.ROBUST_ACC: robust + 0.01 * seed},
+        }
+        for variant, (loss, params, robust) in MODE_TRIALS.items()
+        for seed in seeds
+    ]
 
 
 def optimize_trials(n: int = 16) -> list[dict[str, Any]]:
@@ -298,6 +324,7 @@ def _build_store(root: Path) -> dict[str, Any]:
     holes[4]["metrics"] = {M.ROBUST_ACC: math.nan}  # NaN headline: left out
     info["holes"] = log_sweep(client, root, "holes", holes)
     info["empty"] = log_sweep(client, root, "empty", [])
+    info["modes"] = log_sweep(client, root, "modes", mode_trials())
     failed = [{"cfg": {"seed": s}, "status": "FAILED", "reason": "RuntimeError: CUDA out of memory"} for s in (0, 1)]
     info["failed"] = log_sweep(client, root, "all_failed", failed + [{"cfg": {"seed": 2}, "status": "RUNNING"}])
     info["old"] = log_sweep(client, root, "two_sweeps", [{"cfg": {"loss": "ce", "seed": s}} for s in (0, 1)])
@@ -471,6 +498,16 @@ def test_ragged_ablation_grid(store) -> None:
     labels = sweep.trials.groupby("variant")["config"].unique()
     assert list(labels["ce"]) == ["default"] and set(labels["lc"]) == {"λ=0.05", "λ=0.5"}
     assert set(labels["pc"]) == {"ξ=0.9", "ξ=0.99", "ξ=0.995"} and len(set(labels["pclc"])) == 6
+
+
+def test_config_labels_leave_out_knobs_the_training_mode_ignores(store) -> None:
+    sweep = load_sweep("modes", tracking_uri=store["uri"])
+    assert {"training", "adv_eps", "trades_beta"} <= set(sweep.config_params)  # each varies over the sweep
+    labels = sweep.trials.groupby("variant")["config"].unique()
+    # standard training ignores every adversarial knob, PGD the TRADES β; the mode itself is always said
+    assert list(labels["ce"]) == list(labels["pclc"]) == ["training=standard"]
+    assert list(labels["ce-pgd"]) == ["ε_train=0.3, training=pgd"]
+    assert list(labels["ce-trades"]) == ["ε_train=0.2, β=3, training=trades"]
 
 
 def test_robust_vs_lambda_log_axis(ablation) -> None:
