@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis import cli, plots
 from analysis.load import AnalysisError, fetch_outcomes, load_sweep, resolve_tracking_uri
-from analysis.report import write_report
+from analysis.report import build_blocks, render_markdown, write_report
 from analysis.stats import pareto_mask, t_halfwidth
 from pclc import contract as C
 from pclc import metrics as M
@@ -361,8 +361,8 @@ def _legend_texts(fig) -> list[str]:
 
 
 def md_table(md: str, section: str) -> list[dict[str, str]]:
-    """The first table under `## section` of report.md: one dict (header → cell) per row."""
-    body = md.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    """The first table under `## section` (or `### section`) of report.md: one dict (header → cell) per row."""
+    body = md.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0].lstrip("\n")
     lines = next(b for b in body.split("\n\n") if b.startswith("| ")).splitlines()
     header = [c.strip() for c in lines[0].strip("| ").split(" | ")]
     return [dict(zip(header, (c.strip() for c in ln.strip("| ").split(" | ")), strict=True)) for ln in lines[2:]]
@@ -808,6 +808,24 @@ def test_finalist_rescores_in_their_own_column(ablation, optimize) -> None:
     assert best["`robust_acc`"] == mean_sd(own)  # the trials' own number stays beside the re-score
     assert all(r[column] == "–" for k, r in rows.items() if k != ("pclc", "ξ=0.995, λ=0.5"))
     assert column not in optimize[1].markdown.read_text()  # no re-scores: no column
+
+
+def test_report_groups_rows_by_training_mode(store) -> None:
+    md = render_markdown(build_blocks(load_sweep("modes", tracking_uri=store["uri"]), []))
+    # by accuracy alone the rows would read ce-pgd, pclc, ce-trades, ce: grouped, standard comes first
+    ranked = [("standard", "1", "pclc"), ("standard", "2", "ce"), ("pgd", "1", "ce-pgd"), ("trades", "1", "ce-trades")]
+    arms = md_table(md, "Verdict")
+    assert [(r["training"], r["rank"], r["arm"].split()[0]) for r in arms] == ranked
+    assert [(r["training"], r["rank"], r["variant"]) for r in md_table(md, "Best configurations")] == ranked
+    by_variant = [("standard", "ce"), ("standard", "pclc"), ("pgd", "ce-pgd"), ("trades", "ce-trades")]
+    for section in ("Ablation table", "All configurations"):  # each variant at its best, then every configuration
+        rows = md_table(md, section)
+        first = "variant (configuration)" if section == "Ablation table" else "variant"
+        assert [(r["training"], r[first].split()[0]) for r in rows] == by_variant, section
+    # a sweep of one training mode reads as before: no training column
+    one = render_markdown(build_blocks(load_sweep("ragged", tracking_uri=store["uri"]), []))
+    for section in ("Verdict", "Best configurations", "Ablation table", "All configurations"):
+        assert "training" not in md_table(one, section)[0], section
 
 
 def test_report_html_is_self_contained(ablation) -> None:
