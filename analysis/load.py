@@ -67,9 +67,20 @@ MASKING_FLAGS = M.MASKING_FLAGS
 FINISHED, FAILED, STOPPED, RUNNING = "finished", "failed", "stopped", "running"
 _OUTCOME = {"FINISHED": FINISHED, "FAILED": FAILED, "KILLED": STOPPED, "RUNNING": RUNNING, "SCHEDULED": RUNNING}
 
-# Short names for the paper's knobs in labels and titles.
-SYMBOL = {"margin": "ξ", "lc_weight": "λ"}
+# Short names for the knobs in labels and titles: the paper's, label smoothing's, adversarial training's.
+SYMBOL = {"margin": "ξ", "lc_weight": "λ", "smoothing": "α", "trades_beta": "β", "adv_eps": "ε_train"}
 VARIANT_ORDER = ("ce", "pc", "lc", "pclc")
+
+# A trial's training mode (param `training`); runs logged before there was a choice have none: standard.
+TRAINING, STANDARD = "training", "standard"
+TRAINING_ORDER = (STANDARD, "pgd", "trades")
+# The knobs each training mode ignores: left out of a run's label like those its loss ignores.
+# mirrors pclc.training.TRAINING_MODES info
+IGNORED_BY_TRAINING: dict[str, frozenset[str]] = {
+    STANDARD: frozenset({"adv_eps", "adv_steps", "adv_step_size", "trades_beta"}),
+    "pgd": frozenset({"trades_beta"}),
+    "trades": frozenset(),
+}
 
 
 class AnalysisError(Exception):
@@ -147,6 +158,23 @@ def fmt_value(value: Any) -> str:
 def variant_sort_key(name: str) -> tuple[int, str]:
     """ce, pc, lc, pclc first (the paper's order), then any other label alphabetically."""
     return (VARIANT_ORDER.index(name) if name in VARIANT_ORDER else len(VARIANT_ORDER), name)
+
+
+def training_sort_key(mode: str) -> tuple[int, str]:
+    """standard, pgd, trades first, then any other training mode alphabetically."""
+    return (TRAINING_ORDER.index(mode) if mode in TRAINING_ORDER else len(TRAINING_ORDER), mode)
+
+
+def training_mode(value: Any) -> str:
+    """A run's training mode from its `training` param; standard where it has none (None, NaN: an older run)."""
+    return value if isinstance(value, str) and value else STANDARD
+
+
+def training_modes(runs: pd.DataFrame) -> pd.Series:
+    """Each run's training mode (`training_mode`), standard throughout for runs without a `training` column."""
+    if TRAINING not in runs:
+        return pd.Series(STANDARD, index=runs.index, dtype="object")
+    return runs[TRAINING].map(training_mode).astype("object")
 
 
 def is_finalist(metric: str) -> bool:
@@ -464,14 +492,18 @@ def _table(child_runs: list[Run]) -> tuple[pd.DataFrame, list[str], list[str], l
     ]
     if "loss" in frame and finished["loss"].nunique() > finished["variant"].nunique():
         config_params.insert(0, "loss")  # variants that mix losses (unusual): keep the loss visible
+    # per variant and training mode: runs that differ in their mode are told apart by it already
     varying = {
-        v: {p for p in config_params if g[p].map(_hashable).nunique(dropna=False) > 1}
-        for v, g in finished.groupby("variant")
+        key: {p for p in config_params if g[p].map(_hashable).nunique(dropna=False) > 1}
+        for key, g in finished.groupby(["variant", training_modes(finished)])
     }
     labels = []
     for _, row in frame.iterrows():
-        # a knob the loss ignores is left out of the label where the variant does not vary it (ce → "default")
-        ignored = IGNORED_BY_LOSS.get(row.get("loss"), frozenset()) - varying.get(row["variant"], set())
+        # a knob the loss or the training mode ignores is left out of the label where the variant does not vary
+        # it in that mode (ce → "default"; a standard run has no ε_train)
+        mode = training_mode(row.get(TRAINING))
+        ignored = IGNORED_BY_LOSS.get(row.get("loss"), frozenset()) | IGNORED_BY_TRAINING.get(mode, frozenset())
+        ignored -= varying.get((row["variant"], mode), set())
         labels.append(config_label(row, [p for p in config_params if p not in ignored]))
     frame.insert(3, "config", labels)
     return frame, params, metric_names, config_params

@@ -18,9 +18,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from analysis.compare import METHODS, run_interval
-from analysis.load import SEED, SYMBOL, Sweep, fetch_warnings, fmt_value, variant_label
+from analysis.load import SEED, SYMBOL, TRAINING, Sweep, fetch_warnings, fmt_value, training_sort_key, variant_label
 from analysis.plots import Plot, attack_rank, is_accuracy, make_plots, save_figure
-from analysis.stats import best_configs, config_table, pareto_mask, summarize, t_halfwidth
+from analysis.stats import best_configs, by_mode, config_table, pareto_mask, summarize, t_halfwidth
 from analysis.verdict import Verdict, headline_outcomes, verdict
 from pclc import metrics as M
 from pclc.attacks import AUTOATTACK, CLASSIC
@@ -127,6 +127,14 @@ class Image:
 
 
 Block = Heading | Para | Warn | Bullets | Table | Image
+
+
+def _with_modes(table: Table, modes: list[str]) -> Table:
+    """`table` with each row's training mode as its first column, where the rows (already grouped by mode) span
+    more than one; a sweep of one mode reads as it always did."""
+    if len(set(modes)) < 2:
+        return table
+    return Table([TRAINING, *table.header], [[mode, *row] for mode, row in zip(modes, table.rows)])
 
 
 def _md_cell(text: str) -> str:
@@ -298,6 +306,7 @@ COMMON = (
     "warmup_epochs",
     "optimizer",
     "lr",
+    "training",
     "margin",
     "lc_weight",
     "attacks",
@@ -337,12 +346,14 @@ def _verdict_section(sweep: Sweep, judged: Verdict) -> list[Block]:
         ),
         Bullets(judged.sentences() or ["No comparison could be made."]),
     ]
+    arms = sorted(judged.arms, key=lambda a: (training_sort_key(a.training), -a.estimate.value))
     rows = []
-    for i, arm in enumerate(sorted(judged.arms, key=lambda a: -a.estimate.value), 1):
+    for i, arm in enumerate(arms):
         search = "–" if arm.search_score is None else f"{100 * arm.search_score:.1f} (1 seed)"
+        rank = sum(a.training == arm.training for a in arms[: i + 1])  # among the arms of its training mode
         rows.append(
             [
-                str(i),
+                str(rank),
                 arm.label + (" *(reference)*" if arm.reference else ""),
                 str(len(arm.runs)),
                 arm.estimate.text().replace(" %", ""),
@@ -351,7 +362,7 @@ def _verdict_section(sweep: Sweep, judged: Verdict) -> list[Block]:
             ]
         )
     header = ["rank", "arm", "seeds", f"`{judged.metric}` % [95 % interval]", "`clean_acc` %", "search score %"]
-    return blocks + [Table(header, rows)]
+    return blocks + [_with_modes(Table(header, rows), [a.training for a in arms])]
 
 
 def _runs_section(sweep: Sweep, counts: dict[str, int]) -> list[Block]:
@@ -466,13 +477,16 @@ def _best_section(sweep: Sweep) -> list[Block]:
     metrics += [FINALIST_ROBUST] if finalists else []
     table = config_table(sweep, metrics)
     ascending = sweep.direction(headline) == "min"
-    ranked = table.sort_values(f"{headline}:mean", ascending=ascending, kind="stable").head(TOP)
+    ranked = table.sort_values(f"{headline}:mean", ascending=ascending, kind="stable")
+    ranked = by_mode(ranked.groupby(TRAINING, sort=False).head(TOP))  # the best of each training mode
+    ranked = ranked.assign(_rank=ranked.groupby(TRAINING, sort=False).cumcount() + 1)
     header = ["rank", "variant", "configuration", "runs"] + [_header(m) for m in metrics]
     rows = [
-        [str(i + 1), r["variant"], r["config"], str(r["runs"])]
+        [str(r["_rank"]), r["variant"], r["config"], str(r["runs"])]
         + [_cell(r, m, scored_samples(sweep, m)) for m in metrics]
-        for i, (_, r) in enumerate(ranked.iterrows())
+        for _, r in ranked.iterrows()
     ]
+    per_mode = f" ({TOP} at most per training mode)" if ranked[TRAINING].nunique() > 1 else ""
     note = "mean [95 % interval] over seeds; accuracies in %"
     searched = (
         " These are the search's own numbers (one seed per configuration, AutoAttack on its subset): they rank, "
@@ -482,8 +496,11 @@ def _best_section(sweep: Sweep) -> list[Block]:
     )
     blocks: list[Block] = [
         Heading("Best configurations"),
-        Para(f"By mean `{headline}` ({sweep.direction(headline)}), {note}; top {len(rows)} of {len(table)}.{searched}"),
-        Table(header, rows),
+        Para(
+            f"By mean `{headline}` ({sweep.direction(headline)}), {note}; top {len(rows)} of {len(table)}{per_mode}."
+            f"{searched}"
+        ),
+        _with_modes(Table(header, rows), list(ranked[TRAINING])),
     ]
     if finalists:
         blocks.append(
@@ -498,7 +515,7 @@ def _best_section(sweep: Sweep) -> list[Block]:
         pts = table[[f"{m}:mean" for m, _ in objectives]].to_numpy(dtype=float)
         ok = ~pd.isna(pts).any(axis=1)
         mask = pareto_mask(pts[ok], [d == "max" for _, d in objectives])
-        front = table[ok][mask].sort_values(f"{headline}:mean", ascending=ascending)
+        front = by_mode(table[ok][mask].sort_values(f"{headline}:mean", ascending=ascending, kind="stable"))
         rows = [
             [r["variant"], r["config"], str(r["runs"])] + [_cell(r, m, scored_samples(sweep, m)) for m in metrics]
             for _, r in front.iterrows()
@@ -506,20 +523,23 @@ def _best_section(sweep: Sweep) -> list[Block]:
         names = " and ".join(f"`{m}` ({d})" for m, d in objectives)
         blocks += [
             Para(f"**Pareto set** over {names} (configuration means; none is beaten on every objective):"),
-            Table(["variant", "configuration", "runs"] + [_header(m) for m in metrics], rows),
+            _with_modes(
+                Table(["variant", "configuration", "runs"] + [_header(m) for m in metrics], rows), list(front[TRAINING])
+            ),
         ]
     return blocks
 
 
 def _ablation_section(sweep: Sweep) -> list[Block]:
-    """Rows: loss variants (each at its best configuration); columns: clean and the headline robust accuracies
-    (every attack, classic, AutoAttack-grade), then attack × eps; mean ± std over seeds."""
+    """Rows: loss variants (each at its best configuration, per training mode); columns: clean and the headline
+    robust accuracies (every attack, classic, AutoAttack-grade), then attack × eps; mean ± std over seeds."""
     long = sweep.robust_long()
     blocks: list[Block] = [Heading("Ablation table")]
     if long.empty:
         return blocks + [Para("No `robust_acc/<attack>/eps=<eps>` metrics in the analysed runs.")]
     scalars = [m for m in HEADLINES if m in sweep.trials]
-    best = best_configs(sweep)[["variant", "config"]].merge(config_table(sweep, scalars), on=["variant", "config"])
+    best = best_configs(sweep, per_mode=True)[["variant", "config"]]
+    best = best.merge(config_table(sweep, scalars), on=["variant", "config"])
     pairs = set(zip(long["attack"], long["eps"]))
     attack_cols = sorted(pairs, key=lambda ae: (attack_rank(ae[0]), ae[1]))
     header = ["variant (configuration)", "seeds"] + [_header(m) for m in scalars]
@@ -554,7 +574,7 @@ def _ablation_section(sweep: Sweep) -> list[Block]:
             f"`{sweep.headline}`; `robust_acc` and `worst` are the per-sample worst case over every attack "
             f"(at the headline ε, and at each ε).{families}"
         ),
-        Table(header, rows),
+        _with_modes(Table(header, rows), list(best[TRAINING])),
     ]
     candidates = list(dict.fromkeys((M.CLEAN_ACC, sweep.headline, M.ROBUST_ACC_CLASSIC, M.ROBUST_ACC_AA, M.PROB_GAP)))
     table = config_table(sweep, candidates)
@@ -564,10 +584,8 @@ def _ablation_section(sweep: Sweep) -> list[Block]:
             [r["variant"], r["config"], str(r["runs"])] + [_cell(r, m, scored_samples(sweep, m)) for m in metrics]
             for _, r in table.iterrows()
         ]
-        blocks += [
-            Heading("All configurations", 3),
-            Table(["variant", "configuration", "runs"] + [_header(m) for m in metrics], rows),
-        ]
+        header = ["variant", "configuration", "runs"] + [_header(m) for m in metrics]
+        blocks += [Heading("All configurations", 3), _with_modes(Table(header, rows), list(table[TRAINING]))]
     return blocks
 
 

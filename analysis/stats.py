@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from analysis.load import Sweep, variant_sort_key
+from analysis.load import TRAINING, Sweep, training_modes, training_sort_key, variant_sort_key
 
 CONFIDENCE = 0.95
 
@@ -53,10 +53,13 @@ def pareto_mask(points: np.ndarray, maximize: list[bool]) -> np.ndarray:
 
 
 def config_table(sweep: Sweep, metrics: list[str]) -> pd.DataFrame:
-    """One row per configuration (variant × config, seeds pooled): n, and mean/std/ci of each metric."""
-    trials = sweep.trials
+    """One row per configuration (variant × config, seeds pooled): its training mode, n, and mean/std/ci of each
+    metric; ordered by training mode (standard first), then variant."""
+    trials = sweep.trials.assign(**{TRAINING: training_modes(sweep.trials)})
     keys = ["variant", "config"]
-    base = trials.groupby(keys, sort=False).size().rename("runs").reset_index()
+    # a configuration has one mode: where modes differ, so do the labels (training=…)
+    base = trials.groupby(keys, sort=False).agg(runs=("run_id", "size"), **{TRAINING: (TRAINING, "first")})
+    base = base.reset_index()
     for metric in metrics:
         if metric not in trials:
             continue
@@ -64,15 +67,23 @@ def config_table(sweep: Sweep, metrics: list[str]) -> pd.DataFrame:
             columns={"mean": f"{metric}:mean", "std": f"{metric}:std", "n": f"{metric}:n", "ci": f"{metric}:ci"}
         )
         base = base.merge(s, on=keys, how="left")
-    base["_order"] = base["variant"].map(variant_sort_key)
-    return base.sort_values(["_order", "config"]).drop(columns="_order").reset_index(drop=True)
+    return by_mode(base, "variant", "config").reset_index(drop=True)
 
 
-def best_configs(sweep: Sweep) -> pd.DataFrame:
-    """Per variant, the configuration with the best mean headline metric (its row of `config_table`)."""
+def by_mode(table: pd.DataFrame, *then: str) -> pd.DataFrame:
+    """Rows ordered by training mode (standard, pgd, trades, others), then by the columns `then` (a variant by
+    `variant_sort_key`); a stable sort, so rows tied on all of them keep their order."""
+    keys = {TRAINING: training_sort_key, "variant": variant_sort_key}
+    order = [TRAINING, *then]
+    return table.sort_values(order, key=lambda c: c.map(keys[c.name]) if c.name in keys else c, kind="stable")
+
+
+def best_configs(sweep: Sweep, *, per_mode: bool = False) -> pd.DataFrame:
+    """Per variant (with `per_mode`, per training mode and variant), the configuration with the best mean
+    headline metric (its row of `config_table`)."""
     headline = sweep.headline
     table = config_table(sweep, [headline])
     ascending = sweep.direction(headline) == "min"
     ranked = table.sort_values(f"{headline}:mean", ascending=ascending, kind="stable")
-    best = ranked.groupby("variant", sort=False).head(1)
-    return best.assign(_o=best["variant"].map(variant_sort_key)).sort_values("_o").drop(columns="_o")
+    best = ranked.groupby([TRAINING, "variant"] if per_mode else "variant", sort=False).head(1)
+    return by_mode(best, "variant")

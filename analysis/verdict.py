@@ -1,5 +1,6 @@
-"""The sweep's conclusion: each configuration against each reference arm, on the same samples and seeds,
-with intervals and multiplicity-corrected paired tests (`analysis.compare`), said in one sentence each.
+"""The sweep's conclusion: each configuration against each reference arm of its training mode (and an
+adversarially trained one against plain CE too), on the same samples and seeds, with intervals and
+multiplicity-corrected paired tests (`analysis.compare`), said in one sentence each.
 
 Which runs speak: in an optimize sweep, the confirmation runs (the search's top configurations and the
 references re-trained on fresh seeds, AutoAttack on every evaluated sample); a one-seed search on a
@@ -19,7 +20,16 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from analysis.compare import Comparison, Estimate, compare, run_interval
-from analysis.load import SEED, AnalysisError, Sweep, fetch_outcomes, load_sweep
+from analysis.load import (
+    SEED,
+    STANDARD,
+    TRAINING,
+    AnalysisError,
+    Sweep,
+    fetch_outcomes,
+    load_sweep,
+    training_modes,
+)
 from analysis.stats import t_halfwidth
 from pclc import metrics as M
 
@@ -40,6 +50,7 @@ class Arm:
     search_score: float | None = None  # confirmation: the headline its search trial scored (one seed, a subset)
     search_samples: int | None = None
     curve: pd.DataFrame | None = None  # epoch, mean, low, high of the per-epoch signal over its seeds
+    training: str = STANDARD  # its training mode (standard, pgd, trades): arms are judged within their mode
 
     @property
     def best_epoch(self) -> tuple[int, int] | None:
@@ -51,10 +62,13 @@ class Arm:
 
     @property
     def label(self) -> str:
-        """'pclc-authors = search #1 (ξ=0.995, λ=0.05)': the reference's name first, numbers to 3 significant digits."""
+        """'pclc-authors = search #1 (ξ=0.995, λ=0.05)': the reference's name first, numbers to 3 significant digits;
+        a training mode other than standard that neither the name nor the configuration says is added: '… [pgd]'."""
         name = self.name if self.reference in (None, self.name) else f"{self.reference} = {self.name}"
         config = _NUMBER.sub(lambda m: f"{float(m[0]):.3g}", self.config)
-        return name if self.config in ("default", self.name) else f"{name} ({config})"
+        label = name if self.config in ("default", self.name) else f"{name} ({config})"
+        said = f"{TRAINING}=" in self.config or re.search(rf"\b{re.escape(self.training)}\b", name)
+        return label if self.training == STANDARD or said else f"{label} [{self.training}]"
 
     @property
     def seeds(self) -> list[int]:
@@ -187,6 +201,7 @@ def verdict(sweep: Sweep, *, outcomes: Outcomes | None = None) -> Verdict:
                 search_score=search_score,
                 search_samples=search_samples,
                 curve=None if history is None else _curve(history[history["run_id"].isin(set(runs["run_id"]))]),
+                training=str(training_modes(runs).iloc[0]),
             )
         )
     order = {name: i for i, name in enumerate(sweep.references)}  # the sweep file's order: CE first by default
@@ -196,9 +211,7 @@ def verdict(sweep: Sweep, *, outcomes: Outcomes | None = None) -> Verdict:
         return out
     pairs, meta = [], []
     for arm in out.arms:
-        # every arm against every reference; a later reference against the earlier ones (e.g. the authors' vs CE)
-        against = refs[: refs.index(arm)] if arm.reference is not None else refs
-        for ref in against:
+        for ref in _against(arm, refs):
             paired = _paired(arm, ref, metric, outcome)
             if isinstance(paired, str):
                 out.notes.append(f"{arm.label} vs {ref.label}: not compared ({paired}).")
@@ -214,6 +227,17 @@ def verdict(sweep: Sweep, *, outcomes: Outcomes | None = None) -> Verdict:
             "compared on their logged accuracies instead, and a one-seed comparison is left out."
         )
     return out
+
+
+def _against(arm: Arm, refs: list[Arm]) -> list[Arm]:
+    """The references `arm` is judged against: every one of its training mode (a reference: the earlier ones,
+    e.g. the authors' vs CE), and outside standard training the first standard one too (plain CE by default),
+    which says what the adversarial training itself bought. Two adversarial modes are never compared."""
+    own = [r for r in refs if r.training == arm.training]
+    if arm.reference is not None:
+        own = own[: own.index(arm)]
+    base = next((r for r in refs if r.training == STANDARD), None)
+    return own if arm.training == STANDARD or base is None else [*own, base]
 
 
 def _curve(history: pd.DataFrame) -> pd.DataFrame:

@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis import cli, plots
 from analysis.load import AnalysisError, fetch_outcomes, load_sweep, resolve_tracking_uri
-from analysis.report import write_report
+from analysis.report import build_blocks, render_markdown, write_report
 from analysis.stats import pareto_mask, t_halfwidth
 from pclc import contract as C
 from pclc import metrics as M
@@ -108,8 +108,9 @@ def log_sweep(
 ) -> tuple[str, list[str]]:
     """A parent run + one child run per trial, in the `pclc.contract` layout; returns (parent id, child ids).
 
-    A trial is {"cfg": TrialConfig overrides, "status": ..., "variant": ..., "metrics": overrides of the
-    fake evaluation (None deletes a metric), "warnings": [...], "reason": failure reason}.
+    A trial is {"cfg": TrialConfig overrides, "params": params logged beside the config's own (fields a newer
+    config has), "status": ..., "variant": ..., "metrics": overrides of the fake evaluation (None deletes a
+    metric), "warnings": [...], "reason": failure reason}.
     `autoattack=False` logs a sweep from before the AutoAttack-grade attacks (see `fake_metrics`).
     """
     exp = client.get_experiment_by_name(name)
@@ -138,7 +139,7 @@ def log_sweep(
         run = client.create_run(exp_id, run_name=f"trial_{i}", tags=tags)
         rid = run.info.run_id
         now = int(time.time() * 1000)
-        params = [Param(k, param_value(v)) for k, v in cfg.to_dict().items()]
+        params = [Param(k, param_value(v)) for k, v in {**cfg.to_dict(), **t.get("params", {})}.items()]
         status = t.get("status", "FINISHED")
         metrics: list[Metric] = []
         rng = np.random.default_rng(
@@ -217,6 +218,31 @@ def ragged_trials() -> list[dict[str, Any]]:
     grid += [("lc", {"lc_weight": lam}) for lam in (0.05, 0.5)]
     grid += [("pclc", {"margin": m, "lc_weight": lam}) for m in (0.99, 0.995) for lam in (0.01, 0.05, 0.5)]
     return [{"cfg": {"loss": loss, **knobs, "seed": s}} for loss, knobs in grid for s in (0, 1)]
+
+
+# variant → (loss, training params, robust_acc): adversarially trained arms ranked above or among the standard
+# ones, so that a table ordered by accuracy alone would interleave the modes
+ADVERSARIAL = {"adv_eps": 0.1, "adv_steps": 7, "adv_step_size": 0.01, "trades_beta": 6.0}  # what every run logs
+MODE_TRIALS = {
+    "ce": ("ce", {"training": "standard"}, 0.20),
+    "pclc": ("pclc", {"training": "standard"}, 0.45),
+    "ce-pgd": ("ce", {"training": "pgd", "adv_eps": 0.3}, 0.50),
+    "ce-trades": ("ce", {"training": "trades", "adv_eps": 0.2, "trades_beta": 3.0}, 0.30),
+}
+
+
+def mode_trials(seeds: tuple[int, ...] = (0, 1)) -> list[dict[str, Any]]:
+    """Standard, PGD and TRADES training side by side: each run logs every training knob, used or not."""
+    return [
+        {
+            "cfg": {"loss": loss, "seed": seed},
+            "params": {**ADVERSARIAL, **params},
+            "variant": variant,
+            "metrics": {M.ROBUST_ACC: robust + 0.01 * seed},
+        }
+        for variant, (loss, params, robust) in MODE_TRIALS.items()
+        for seed in seeds
+    ]
 
 
 def optimize_trials(n: int = 16) -> list[dict[str, Any]]:
@@ -298,6 +324,7 @@ def _build_store(root: Path) -> dict[str, Any]:
     holes[4]["metrics"] = {M.ROBUST_ACC: math.nan}  # NaN headline: left out
     info["holes"] = log_sweep(client, root, "holes", holes)
     info["empty"] = log_sweep(client, root, "empty", [])
+    info["modes"] = log_sweep(client, root, "modes", mode_trials())
     failed = [{"cfg": {"seed": s}, "status": "FAILED", "reason": "RuntimeError: CUDA out of memory"} for s in (0, 1)]
     info["failed"] = log_sweep(client, root, "all_failed", failed + [{"cfg": {"seed": 2}, "status": "RUNNING"}])
     info["old"] = log_sweep(client, root, "two_sweeps", [{"cfg": {"loss": "ce", "seed": s}} for s in (0, 1)])
@@ -334,8 +361,8 @@ def _legend_texts(fig) -> list[str]:
 
 
 def md_table(md: str, section: str) -> list[dict[str, str]]:
-    """The first table under `## section` of report.md: one dict (header → cell) per row."""
-    body = md.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    """The first table under `## section` (or `### section`) of report.md: one dict (header → cell) per row."""
+    body = md.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0].lstrip("\n")
     lines = next(b for b in body.split("\n\n") if b.startswith("| ")).splitlines()
     header = [c.strip() for c in lines[0].strip("| ").split(" | ")]
     return [dict(zip(header, (c.strip() for c in ln.strip("| ").split(" | ")), strict=True)) for ln in lines[2:]]
@@ -471,6 +498,16 @@ def test_ragged_ablation_grid(store) -> None:
     labels = sweep.trials.groupby("variant")["config"].unique()
     assert list(labels["ce"]) == ["default"] and set(labels["lc"]) == {"λ=0.05", "λ=0.5"}
     assert set(labels["pc"]) == {"ξ=0.9", "ξ=0.99", "ξ=0.995"} and len(set(labels["pclc"])) == 6
+
+
+def test_config_labels_leave_out_knobs_the_training_mode_ignores(store) -> None:
+    sweep = load_sweep("modes", tracking_uri=store["uri"])
+    assert {"training", "adv_eps", "trades_beta"} <= set(sweep.config_params)  # each varies over the sweep
+    labels = sweep.trials.groupby("variant")["config"].unique()
+    # standard training ignores every adversarial knob, PGD the TRADES β; the mode itself is always said
+    assert list(labels["ce"]) == list(labels["pclc"]) == ["training=standard"]
+    assert list(labels["ce-pgd"]) == ["ε_train=0.3, training=pgd"]
+    assert list(labels["ce-trades"]) == ["ε_train=0.2, β=3, training=trades"]
 
 
 def test_robust_vs_lambda_log_axis(ablation) -> None:
@@ -771,6 +808,24 @@ def test_finalist_rescores_in_their_own_column(ablation, optimize) -> None:
     assert best["`robust_acc`"] == mean_sd(own)  # the trials' own number stays beside the re-score
     assert all(r[column] == "–" for k, r in rows.items() if k != ("pclc", "ξ=0.995, λ=0.5"))
     assert column not in optimize[1].markdown.read_text()  # no re-scores: no column
+
+
+def test_report_groups_rows_by_training_mode(store) -> None:
+    md = render_markdown(build_blocks(load_sweep("modes", tracking_uri=store["uri"]), []))
+    # by accuracy alone the rows would read ce-pgd, pclc, ce-trades, ce: grouped, standard comes first
+    ranked = [("standard", "1", "pclc"), ("standard", "2", "ce"), ("pgd", "1", "ce-pgd"), ("trades", "1", "ce-trades")]
+    arms = md_table(md, "Verdict")
+    assert [(r["training"], r["rank"], r["arm"].split()[0]) for r in arms] == ranked
+    assert [(r["training"], r["rank"], r["variant"]) for r in md_table(md, "Best configurations")] == ranked
+    by_variant = [("standard", "ce"), ("standard", "pclc"), ("pgd", "ce-pgd"), ("trades", "ce-trades")]
+    for section in ("Ablation table", "All configurations"):  # each variant at its best, then every configuration
+        rows = md_table(md, section)
+        first = "variant (configuration)" if section == "Ablation table" else "variant"
+        assert [(r["training"], r[first].split()[0]) for r in rows] == by_variant, section
+    # a sweep of one training mode reads as before: no training column
+    one = render_markdown(build_blocks(load_sweep("ragged", tracking_uri=store["uri"]), []))
+    for section in ("Verdict", "Best configurations", "Ablation table", "All configurations"):
+        assert "training" not in md_table(one, section)[0], section
 
 
 def test_report_html_is_self_contained(ablation) -> None:

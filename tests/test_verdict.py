@@ -8,12 +8,18 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import sweep_util
 from ray import cloudpickle
+from statsmodels.stats.multitest import multipletests
 from sweep_util import local_ray, runs, tiny_ablation, tiny_optimize  # noqa: F401  (local_ray is a fixture)
 
+from analysis.compare import Estimate
+from analysis.load import Sweep
+from analysis.verdict import Arm, verdict
 from pclc import contract as C
+from pclc import metrics as M
 from sweeps.config import REFERENCE, SweepConfigError
 from sweeps.driver import run_sweep
 
@@ -109,6 +115,107 @@ def test_bad_references_and_confirmations_are_refused_by_field(tmp_path: Path, c
 def test_confirm_is_refused_in_an_ablation(tmp_path: Path) -> None:
     with pytest.raises(SweepConfigError, match="confirm: only for mode optimize"):
         tiny_ablation("abl", tmp_path, variants=[{"loss": "ce"}], seeds=[0], confirm={"top": 3})
+
+
+# ------------------------------------------------------------------ arms paired by training mode
+# (name, reference?, training): ce has no `training` value, like a run logged before there was a choice
+MODE_ARMS = [
+    ("ce", True, None),
+    ("pclc-authors", True, "standard"),
+    ("ce-pgd", True, "pgd"),
+    ("ce-trades", True, "trades"),
+    ("label-smoothing", False, "standard"),
+    ("pclc-pgd", False, "pgd"),
+    ("pclc-trades", False, "trades"),
+]
+
+
+def grid_sweep(arms: list[tuple[str, bool, str | None]], *, training: bool = True) -> Sweep:
+    """An ablation grid of hand-made finished runs, one per arm and seed 1-3, without a store: the verdict reads
+    the table alone where no per-epoch signal is logged. `training=False`: runs without a `training` param."""
+    rows = [
+        {
+            "run_id": f"{name}-{seed}",
+            "variant": name,
+            "config": "default",
+            "outcome": "finished",
+            "phase": C.PHASE_SEARCH,
+            "reference": name if reference else None,
+            "search_trial": None,
+            "seed": seed,
+            "training": mode,
+            M.ROBUST_ACC: 0.3 + 0.02 * i + 0.01 * (seed * (i + 1) % 3),  # differences vary by seed: a t-test
+            M.CLEAN_ACC: 0.9,
+        }
+        for i, (name, reference, mode) in enumerate(arms)
+        for seed in (1, 2, 3)
+    ]
+    runs = pd.DataFrame(rows).drop(columns=[] if training else ["training"])
+    return Sweep(
+        experiment="modes",
+        experiment_id="0",
+        tracking_uri="",
+        parent_run_id=None,
+        mode="ablation",
+        headline=M.ROBUST_ACC,
+        objectives=[(M.ROBUST_ACC, "max")],
+        runs=runs,
+        params=["seed"] + (["training"] if training else []),
+        metrics=[M.ROBUST_ACC, M.CLEAN_ACC],
+        config_params=[],
+        references=[name for name, reference, _ in arms if reference],
+    )
+
+
+def test_arms_are_judged_against_the_references_of_their_training_mode_and_plain_ce() -> None:
+    judged = verdict(grid_sweep(MODE_ARMS))
+    assert [(line.arm.name, line.reference.name) for line in judged.lines] == [
+        ("pclc-authors", "ce"),
+        ("ce-pgd", "ce"),
+        ("ce-trades", "ce"),
+        ("label-smoothing", "ce"),
+        ("label-smoothing", "pclc-authors"),
+        ("pclc-pgd", "ce-pgd"),
+        ("pclc-pgd", "ce"),
+        ("pclc-trades", "ce-trades"),
+        ("pclc-trades", "ce"),
+    ]
+    assert [a.training for a in judged.arms] == ["standard", "standard", "pgd", "trades", "standard", "pgd", "trades"]
+    raw = [line.result.p_value for line in judged.lines]
+    assert [line.result.p_corrected for line in judged.lines] == pytest.approx(
+        list(multipletests(raw, method="holm")[1])
+    )  # Holm's correction over these nine comparisons, no more
+    assert not [n for n in judged.notes if "not compared" in n]
+
+
+def test_runs_without_a_training_param_are_judged_as_before() -> None:
+    judged = verdict(grid_sweep(MODE_ARMS, training=False))
+    refs = [name for name, reference, _ in MODE_ARMS if reference]
+    # every arm against every reference; a later reference against the earlier ones
+    expected = [
+        (name, ref) for name, reference, _ in MODE_ARMS for ref in (refs[: refs.index(name)] if reference else refs)
+    ]
+    assert len(expected) == 1 + 2 + 3 + 3 * 4
+    assert [(line.arm.name, line.reference.name) for line in judged.lines] == expected
+    assert {a.training for a in judged.arms} == {"standard"}
+
+
+@pytest.mark.parametrize(
+    ("name", "config", "training", "label"),
+    [
+        ("search #1", "ξ=0.99", "pgd", "search #1 (ξ=0.99) [pgd]"),  # unnamed: the mode is added
+        ("search #2", "default", "trades", "search #2 [trades]"),
+        ("pclc-pgd", "default", "pgd", "pclc-pgd"),  # the name says it
+        ("search #1", "training=pgd, ε_train=0.3", "pgd", "search #1 (training=pgd, ε_train=0.3)"),  # the config does
+        ("search #1", "ξ=0.99", "standard", "search #1 (ξ=0.99)"),
+    ],
+)
+def test_an_arm_label_shows_a_training_mode_nothing_else_says(
+    name: str, config: str, training: str, label: str
+) -> None:
+    estimate = Estimate(0.5, 0.4, 0.6, "seeds", 3)
+    arm = Arm(name, config, None, pd.DataFrame(), estimate, clean=0.9, training=training)
+    assert arm.label == label
 
 
 # ------------------------------------------------------------------ a sweep whose search winner is noise
