@@ -39,9 +39,10 @@ from pclc.contract import (
     VARIANT,
     parse_param,
 )
-from pclc.losses import IGNORED_BY_LOSS  # the paper's knobs each loss ignores
+from pclc.losses import IGNORED_BY_LOSS  # the knobs each loss ignores
 from pclc.metrics import canonical_metric
 from pclc.outcomes import Outcomes, OutcomesError
+from pclc.training import IGNORED_BY_TRAINING, TRAINING_MODES  # ... and those each training mode ignores
 
 # Params that change between trials without defining a configuration: seeds, per-trial paths, resources.
 NOT_CONFIG = frozenset(
@@ -69,18 +70,11 @@ _OUTCOME = {"FINISHED": FINISHED, "FAILED": FAILED, "KILLED": STOPPED, "RUNNING"
 
 # Short names for the knobs in labels and titles: the paper's, label smoothing's, adversarial training's.
 SYMBOL = {"margin": "ξ", "lc_weight": "λ", "smoothing": "α", "trades_beta": "β", "adv_eps": "ε_train"}
-VARIANT_ORDER = ("ce", "pc", "lc", "pclc")
+VARIANT_ORDER = ("ce", "pc", "lc", "pclc", "label_smoothing")
 
 # A trial's training mode (param `training`); runs logged before there was a choice have none: standard.
 TRAINING, STANDARD = "training", "standard"
-TRAINING_ORDER = (STANDARD, "pgd", "trades")
-# The knobs each training mode ignores: left out of a run's label like those its loss ignores.
-# mirrors pclc.training.TRAINING_MODES info
-IGNORED_BY_TRAINING: dict[str, frozenset[str]] = {
-    STANDARD: frozenset({"adv_eps", "adv_steps", "adv_step_size", "trades_beta"}),
-    "pgd": frozenset({"trades_beta"}),
-    "trades": frozenset(),
-}
+TRAINING_ORDER = tuple(TRAINING_MODES.select())  # the registry's order: standard, pgd, trades
 
 
 class AnalysisError(Exception):
