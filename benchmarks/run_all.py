@@ -36,6 +36,8 @@ def rows(smoke: bool, tmp: Path) -> list[tuple[str, float, str, bool]]:
     over, speed = sweep["overhead"], sweep["speedup"]
     worst = max(attack["rows"], key=lambda r: r["ratio"])
     writes = run("tracking_writes.py", smoke, tmp / "writes.json")
+    training = run("training_cost.py", smoke, tmp / "training.json")
+    adversarial = {m: [r for r in training["rows"] if r["mode"] == m] for m in ("pgd", "trades")}
     return tracking_rows(writes) + [
         (
             f"PGD-k time / k input-gradient passes (worst, k={worst['k']})",
@@ -48,6 +50,20 @@ def rows(smoke: bool, tmp: Path) -> list[tuple[str, float, str, bool]]:
             attack["worst_apgd_ratio"],
             "≤ 1.30",
             attack["worst_apgd_ratio"] <= 1.30,
+        ),
+        *(
+            (
+                f"{mode.upper()} training epoch / its floor (k input-gradient passes + training passes), worst",
+                max(r["floor_ratio"] for r in found),
+                "≤ 1.30",
+                max(r["floor_ratio"] for r in found) <= 1.30,
+            )
+            for mode, found in adversarial.items()
+        ),
+        *(
+            (f"{mode.upper()} training epoch / standard epoch (k={r['k']}, {r['dataset']})", r["ratio"], "(info)", True)
+            for mode, found in adversarial.items()
+            for r in found
         ),
         ("final evaluation / whole trial, digits pclc train", evaluation["eval_share"], "(info)", True),
         (

@@ -25,5 +25,5 @@ def test_run_all_prints_one_table_of_ratios() -> None:
     rows = re.findall(r"^\| (.+?) +\| +([0-9.]+) \| +(\S+ [0-9.]+|\(info\)) \| +(yes|NO) \|$", proc.stdout, re.M)
     names = [r[0] for r in rows]
     assert any("PGD-k" in n for n in names) and any("Ray Tune" in n for n in names)
-    assert any("speed-up" in n for n in names)
+    assert any("speed-up" in n for n in names) and any("PGD training epoch / its floor" in n for n in names)
     assert all(float(r[1]) > 0 for r in rows)
