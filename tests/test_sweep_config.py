@@ -33,6 +33,9 @@ def test_the_expected_files_are_shipped() -> None:
         "cifar10_vgg13",
         "cifar10_resnet20",
         "tiny_imagenet_vgg13",
+        "controls_digits",
+        "mnist_lenet5_at",
+        "cifar10_resnet20_at",
     } <= names
 
 
@@ -47,13 +50,17 @@ def test_shipped_file_validates(path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", [p for p in SHIPPED if p.stem not in ("quickstart", "ablation_digits")], ids=lambda p: p.stem
+    "path", [p for p in SHIPPED if not p.stem.endswith("_digits") and p.stem != "quickstart"], ids=lambda p: p.stem
 )
 def test_paper_scale_files_use_gpus_and_start_from_the_authors_defaults(path: Path) -> None:
     cfg = load_sweep(path)
     assert 0 < cfg.resources.gpu <= 1
     assert cfg.trial.data_root is not None and Path(cfg.trial.data_root).is_absolute()
-    assert {"margin": 0.995, "lc_weight": 0.05}.items() <= cfg.full_initial_points()[0].items()
+    authors = {"margin": 0.995, "lc_weight": 0.05}.items()
+    if cfg.mode == "optimize":
+        assert authors <= cfg.full_initial_points()[0].items()
+    else:  # the controls' grid: the authors' PC-LC is one of the references
+        assert any(authors <= fields.items() for _, fields in cfg.reference_arms())
     natural = cfg.trial.dataset.startswith(("cifar", "tiny_imagenet"))
     assert max(cfg.trial.eps) <= (8 / 255 + 1e-6 if natural else 0.3)
 
@@ -92,6 +99,29 @@ def test_ablation_grid_is_variants_times_values_times_seeds() -> None:
     assert sum(t["variant"] == "pclc" and t["seed"] == 1 for t in trials) == 6
     for t in trials:  # every grid point is a valid trial
         assert cfg.trial_config(t).loss == t["variant"]
+
+
+@pytest.mark.parametrize("name", ["controls_digits", "mnist_lenet5_at", "cifar10_resnet20_at"])
+def test_the_controls_grid_is_seven_arms_in_three_training_modes(name: str) -> None:
+    cfg = load_sweep(Path(__file__).parents[1] / f"sweeps/configs/{name}.yaml")
+    trials = cfg.trial_overrides()
+    assert len(trials) == cfg.total_trials() == 7 * 3
+    arms = {t["variant"]: cfg.trial_config(t) for t in trials}
+    assert {(a.loss, a.training) for a in arms.values()} == {
+        ("ce", "standard"),
+        ("pclc", "standard"),
+        ("label_smoothing", "standard"),
+        ("ce", "pgd"),
+        ("pclc", "pgd"),
+        ("ce", "trades"),
+        ("pclc", "trades"),
+    }
+    assert [r for r, _ in cfg.reference_arms()] == ["ce", "pclc-authors", "ce-pgd", "ce-trades"]
+    # adversarial training at the headline radius: the eps the verdict is taken at
+    assert all(a.adv_eps == a.headline_eps for a in arms.values())
+    natural = cfg.trial.dataset.startswith("cifar")
+    expected = 8 / 255 if natural else 0.3 if cfg.trial.dataset == "mnist" else 0.1
+    assert cfg.trial.headline_eps == pytest.approx(expected, rel=1e-4)
 
 
 def test_initial_points_are_completed_from_the_base_trial() -> None:

@@ -170,3 +170,27 @@ def test_bad_training_values_are_refused_with_one_clear_message(values: dict, fi
     assert len(lines) == 1 and field in lines[0], str(err.value)
     if field == "training":
         assert "standard" in lines[0] and "trades" in lines[0]  # the choices are named
+
+
+def test_a_trial_runs_end_to_end_in_an_adversarial_mode(tmp_path) -> None:
+    from pclc.experiment import Silent, run_trial
+
+    cfg = make_config(
+        {
+            "training": "pgd",
+            "adv_steps": 2,
+            "loss": "pclc",
+            "epochs": 2,
+            "warmup_epochs": 1,
+            "attacks": ["pgd_ce", "apgd_ce"],
+            "eval_limit": 32,
+            "epoch_eval_samples": 16,
+            "epoch_attack_steps": 2,
+            "aa_steps": 5,
+            "out_dir": str(tmp_path),
+        }
+    )
+    metrics = run_trial(cfg, Silent())
+    assert 0.0 <= metrics["robust_acc"] <= metrics["clean_acc"] <= 1.0
+    written = (tmp_path / "metrics.json").read_text()
+    assert '"training": "pgd"' in written  # the mode is part of the recorded config (an MLflow param in a sweep)
