@@ -248,20 +248,37 @@ def killed_once_mid_trial(
 
 
 def noting_reports(
-    cfg: TrialConfig, report: Reporter, *, notes_dir: str, go_file: str | None = None, **options: Any
+    cfg: TrialConfig,
+    report: Reporter,
+    *,
+    notes_dir: str,
+    go_file: str | None = None,
+    together: int | None = None,
+    **options: Any,
 ) -> dict[str, float]:
     """Note every report of the trial (after it went through) in `<notes_dir>/<trial>.jsonl`, so a test
     can compare MLflow with what the trial really reported. With `go_file`, wait after epoch 1 until that
-    file exists (the test stops the tracking server meanwhile)."""
+    file exists (the test stops the tracking server meanwhile). With `together`, wait after epoch 1 until
+    that many trials have reported an epoch: trials overlap by an event, not by the machine's speed."""
     path = os.path.join(notes_dir, os.path.basename(str(cfg.out_dir)) + ".jsonl")
     _note(path, {"params": cfg.to_dict()})
 
+    def reported(note: str) -> bool:
+        with open(note) as f:
+            return '"final": false' in f.read()
+
     def note_epoch(metrics: dict[str, float]) -> None:
         _note(path, {"final": False, "metrics": metrics, "time": time.time()})
-        if go_file is not None and int(metrics["epoch"]) == 1:
-            deadline = time.monotonic() + 300
-            while not os.path.exists(go_file) and time.monotonic() < deadline:
-                time.sleep(0.2)
+        if int(metrics["epoch"]) != 1:
+            return
+        deadline = time.monotonic() + 300
+        while go_file is not None and not os.path.exists(go_file) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        while together is not None and time.monotonic() < deadline:
+            started = [n for n in os.listdir(notes_dir) if n.endswith(".jsonl")]
+            if sum(reported(os.path.join(notes_dir, n)) for n in started) >= together:
+                break
+            time.sleep(0.2)
 
     def note_final(evaluation: Evaluation) -> None:
         _note(path, {"final": True, "metrics": evaluation.metrics, "time": time.time()})

@@ -54,7 +54,9 @@ def test_eight_trials_logging_at_once_lose_nothing_and_duplicate_nothing(
         trial={"epochs": 2},
         max_retries=0,
     )
-    run_fn = functools.partial(sweep_util.noting_reports, notes_dir=str(notes_dir))
+    # after its first epoch each trial waits for 4 to have reported one: the overlap asserted below is an event,
+    # not a race that a loaded machine loses (Ray then starts the eight trials seconds apart)
+    run_fn = functools.partial(sweep_util.noting_reports, notes_dir=str(notes_dir), together=4)
     result = run_sweep(cfg, tracking_uri=tracking_uri, run_fn=run_fn, out=io.StringIO())
 
     assert result.failed == [] and len(result.finished) == TRIALS
