@@ -42,7 +42,6 @@ def train(x: torch.Tensor, y: torch.Tensor, *, seed: int, epochs: int = 8) -> nn
 
 @pytest.fixture(scope="module")
 def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    torch.set_num_threads(1)
     d = load_digits()
     x = torch.tensor(d.images / 16.0, dtype=torch.float32).unsqueeze(1)
     y = torch.tensor(d.target, dtype=torch.int64)
