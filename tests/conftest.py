@@ -12,7 +12,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 # Ray starts its workers at niceness 15, so one other busy process on a 2-core machine leaves a trial ~4 %
 # of a core and a 1-minute test takes 25. At the test's own priority a busy machine slows every part of a
-# test alike. Inherited by every Ray the tests start: in-process, `pclc sweep` subprocesses, `ray start`.
+# test alike. Inherited by the Rays the tests start here (in-process, `pclc sweep` subprocesses, local
+# `ray start`), not by nodes that `ray up` starts over SSH.
 os.environ.setdefault("RAY_worker_niceness", "0")
 
 

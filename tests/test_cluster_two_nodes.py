@@ -53,8 +53,8 @@ from test_cluster_local import (
     write_node_session,
 )
 
-# Two nodes over SSH, a node restart: about 6 min beside the suite's other worker; 8 min 33 s with two busy
-# processes beside the suite as well (issue 22; 14 min 49 s while Ray's workers ran at niceness 15).
+# Two nodes over SSH, a node restart: about 6 min beside the suite's other worker; 513–556 s with two busy
+# processes beside the suite as well (issue 22; 889 s while the tests' Ray workers ran at niceness 15).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 SWEEP = "quickstart"  # run with --smoke-test: 2 trials on digits
