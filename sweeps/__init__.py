@@ -6,7 +6,8 @@ not in the `pclc` package, which never imports Ray or MLflow. `python -m sweeps`
 - `sweeps.config`: the sweep file (`load_sweep(path, overrides) -> SweepConfig`), validated before Ray starts.
 - `sweeps.cli`: the `pclc` command (train, sweep, evaluate, analyze): one parser per subcommand.
 - `sweeps.driver`: `run_sweep(cfg, ...) -> SweepResult` (plan → parent run → Tuner → fit → collect) and
-  `sweep_command(args)` behind `pclc sweep`.
+  `sweep_command(args)` behind `pclc sweep`; `sweeps.summary`: what the end of a sweep prints (best rows,
+  the ablation's table).
 - `sweeps.trainable`: the thin Tune trainable (a `TuneReporter`); `sweeps.tracking`: the MLflow writer of the
   layout `pclc.contract` names (parent + child runs).
 
