@@ -2,11 +2,18 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Opt-in, for a laptop without an NVIDIA GPU: `make demo TORCH_INDEX=cpu` installs torch and torchvision from
+# PyTorch's CPU wheel index (https://download.pytorch.org/whl/<TORCH_INDEX>) before the project, so the .venv
+# holds no CUDA libraries (with the default Linux wheel it is 6.8 GB). Acts only when the stamp rule runs (a new
+# .venv, or a changed pyproject.toml). Empty by default: pip's default index, as CI installs.
+TORCH_INDEX ?=
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
 .PHONY: demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
+	$(if $(TORCH_INDEX),$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_PINS) --index-url https://download.pytorch.org/whl/$(TORCH_INDEX))
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
