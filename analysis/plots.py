@@ -37,6 +37,7 @@ from analysis.load import (
 from analysis.stats import best_configs, pareto_mask, summarize
 from pclc import metrics as M
 from pclc.config import TrialConfig
+from pclc.files import atomic_file
 
 # The authors' defaults (pclc.config declares them once): PC-LC with ξ = 0.995, λ = 0.05.
 AUTHORS_LOSS = "pclc"
@@ -820,6 +821,6 @@ def make_plots(sweep: Sweep) -> list[Plot]:
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write the figure as PNG (creating the folder)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    with atomic_file(path) as f:
+        fig.savefig(f, dpi=DPI, format="png")
     return path

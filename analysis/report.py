@@ -24,6 +24,7 @@ from analysis.stats import best_configs, by_mode, config_table, pareto_mask, sum
 from analysis.verdict import Verdict, headline_outcomes, verdict
 from pclc import metrics as M
 from pclc.attacks import AUTOATTACK, CLASSIC
+from pclc.files import write_atomic
 
 ARTIFACT_DIR = "analysis"  # folder of the parent run's artifacts that holds the report
 TOP = 10  # best configurations listed
@@ -655,8 +656,8 @@ def write_report(
     judged = verdict(sweep, outcomes=headline_outcomes(client, sweep.headline))
     blocks = build_blocks(sweep, plots, client, judged)
     md, page = out / "report.md", out / "report.html"
-    md.write_text(render_markdown(blocks), encoding="utf-8")
-    page.write_text(render_html(blocks, f"Sweep report: {sweep.experiment}"), encoding="utf-8")
+    write_atomic(md, render_markdown(blocks))
+    write_atomic(page, render_html(blocks, f"Sweep report: {sweep.experiment}"))
     report = Report(out_dir=out, markdown=md, html=page, plots=plots, verdict=judged)
     if log_to_mlflow and sweep.parent_run_id:
         try:

@@ -25,6 +25,7 @@ from pclc.config import OPTIMIZATION_FIELDS, TrialConfig
 from pclc.contract import OUTCOMES_ARTIFACT
 from pclc.data import Dataset, load_stored, pixels
 from pclc.evaluate import epoch_robust_acc, evaluate
+from pclc.files import write_atomic
 from pclc.gpu import fp32_precision
 from pclc.models import create_model
 from pclc.outcomes import Outcomes
@@ -296,9 +297,9 @@ def write_outputs(
     out = Path(cfg.out_dir)  # type: ignore[arg-type]
     out.mkdir(parents=True, exist_ok=True)
     payload = Evaluation(metrics=final, warnings=warnings, config=cfg.to_dict()).to_dict()
-    (out / "metrics.json").write_text(json.dumps(payload, indent=2, sort_keys=True))
+    write_atomic(out / "metrics.json", json.dumps(payload, indent=2, sort_keys=True))
     if outcomes is not None:
-        (out / OUTCOMES_ARTIFACT).write_text(outcomes.to_json())
+        write_atomic(out / OUTCOMES_ARTIFACT, outcomes.to_json())
     if cfg.save_weights:
         save_checkpoint({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / "model.pt")
     return out

@@ -22,6 +22,7 @@ from torch import nn
 
 from pclc.config import TrialConfig
 from pclc.data import Dataset, batches
+from pclc.files import atomic_file
 from pclc.gpu import bf16_native
 from pclc.losses import NO_WARMUP, build_loss
 from pclc.training import Step, budget_of, build_step
@@ -250,10 +251,8 @@ class Trainer:
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write atomically, so a kill mid-write never leaves a half checkpoint behind."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    with atomic_file(path) as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from ray.tune.search.optuna import OptunaSearch
 from pclc import contract as C
 from pclc import metrics as M
 from pclc.config import ConfigError
+from pclc.files import write_atomic
 from sweeps.config import LABELS, SweepConfig, load_sweep, resolved_yaml
 from sweeps.storage import (  # noqa: F401  (StorageError: raised by run_sweep, imported from here by callers)
     CONFIG_COPY,
@@ -251,11 +252,7 @@ class SocketPathError(ValueError):
 def _write_local(exp_path: str, name: str, text: str) -> None:
     if "://" in exp_path:
         return  # remote storage: the parent run in MLflow holds the same information
-    folder = Path(exp_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{name}.tmp"
-    tmp.write_text(text)
-    tmp.replace(folder / name)
+    write_atomic(Path(exp_path) / name, text)
 
 
 def _check_unchanged(cfg: SweepConfig, exp_path: str) -> None:

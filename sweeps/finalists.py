@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from pclc import contract as C
 from pclc import metrics as M
+from pclc.files import write_atomic
 
 if TYPE_CHECKING:  # torch, MLflow and the attacks load when there is work, not for `pclc --help`
     import torch
@@ -183,13 +184,6 @@ def _unbits(text: str) -> torch.Tensor:
     return torch.tensor([c == "1" for c in text], dtype=torch.bool)
 
 
-def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def _read_state(path: Path, key: dict[str, Any]) -> dict[str, Any]:
     """The chunks saved under the same settings `key`; none when the file is missing, unreadable or other."""
     fresh: dict[str, Any] = {"version": STATE_VERSION, "key": key, "chunks": {}}
@@ -253,7 +247,7 @@ def chunked_autoattack(
             "pid": os.getpid(),
             "seconds": round(time.perf_counter() - began, 3),
         }
-        _write_atomic(path, state)
+        write_atomic(path, json.dumps(state, indent=1, sort_keys=True))
         scored += 1
         _scored_here += 1
         print(

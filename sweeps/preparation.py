@@ -13,9 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import sys
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -25,6 +23,7 @@ import torch
 from pclc.config import TrialConfig
 from pclc.data import Dataset
 from pclc.experiment import Prepared, substitute_key
+from pclc.files import atomic_file
 
 __all__ = [
     "CACHE_FORMAT",
@@ -99,13 +98,8 @@ def write_cache(path: Path, key: dict[str, Any], prepared: Prepared, node_id: st
         "y_test": d.y_test,
         "substitute": prepared.substitute_state,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # unique: two sweeps may write at once
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(path) as f:  # two sweeps may write at once: each renames a whole file of its own
+        torch.save(payload, f)
 
 
 def read_cache(path: Path, key: dict[str, Any]) -> tuple[Prepared, str] | None:

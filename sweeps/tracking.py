@@ -48,6 +48,7 @@ from pclc.contract import (  # noqa: F401  (re-exported: the writer's names, for
     experiment_ui_path,
     param_value,
 )
+from pclc.files import write_atomic
 
 T = TypeVar("T")
 
@@ -602,10 +603,7 @@ class TrialRun:
             if not self.pending:
                 self.buffer_path.unlink(missing_ok=True)
                 return
-            self.buffer_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.buffer_path.with_name(self.buffer_path.name + ".tmp")
-            tmp.write_text(json.dumps([[m.key, m.value, m.timestamp, m.step] for m in self.pending]))
-            tmp.replace(self.buffer_path)
+            write_atomic(self.buffer_path, json.dumps([[m.key, m.value, m.timestamp, m.step] for m in self.pending]))
         except OSError as exc:  # the metrics stay in memory; only a retry after a crash would miss them
             print(f"pclc trial: warning: cannot keep unsent metrics in {self.buffer_path}: {exc}", flush=True)
 

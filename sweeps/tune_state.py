@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pclc.files import write_atomic  # what the resume reads: a kill while mending leaves the old or the new
+
 TUNER_FILE = "tuner.pkl"  # written when the experiment starts
 SNAPSHOT = "experiment_state-*.json"  # the trials: what a resume restores
 SEARCH_STATE = "search_gen_state-*.json"  # a cloudpickle, whatever its name says
@@ -101,8 +103,8 @@ def align_search_state(exp_path: str) -> str | None:
         if optuna_state is not None and trial_id in optuna_state["_ot_trials"]:
             _forget_optuna_trial(optuna_state, optuna_state["_ot_trials"].pop(trial_id))
     if optuna_state is not None and unknown:
-        _replace(searcher, pickle.dumps(optuna_state))
-    _replace(search, cloudpickle.dumps(state))
+        write_atomic(searcher, pickle.dumps(optuna_state))
+    write_atomic(search, cloudpickle.dumps(state))
     forgotten = f"; forgot {len(unknown)} trial(s) it never recorded" if unknown else ""
     return (
         f"the saved search state counted {created} trials, the saved snapshot holds {len(trials)}: "
@@ -126,10 +128,3 @@ def _forget_optuna_trial(state: dict[str, Any], trial: Any) -> None:
 
 def _same_point(params: dict[str, Any], point: dict[str, Any]) -> bool:
     return all(k in params and params[k] == v for k, v in point.items())
-
-
-def _replace(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically: this file is what the resume reads."""
-    tmp = path.with_name(f".{path.name}.pclc-tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
