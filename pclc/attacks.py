@@ -16,7 +16,7 @@ import collections.abc
 import contextlib
 import importlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -189,14 +189,17 @@ class AttackInfo:
     family: Literal["classic", "autoattack"]  # the paper's protocol, or AutoAttack-grade (aa_subset, aa_eps)
     cost: Callable[[AttackSuite], int]  # model passes per sample per radius (a forward + backward is one)
     substitute: bool = False  # crafted on a substitute model, scored on the target
+    min_classes: int = 2  # fewest classes its loss is defined for (see `left_out`)
+    why: str = ""  # ... and the reason, when that is more than 2
+    parts: tuple[str, ...] = ()  # a composite's registered attacks, run in order where each is defined
 
 
 def _classic(box: Literal["white", "black"], cost: Callable[[AttackSuite], int], **kw: Any) -> AttackInfo:
     return AttackInfo(box=box, family="classic", cost=cost, **kw)
 
 
-def _aa(box: Literal["white", "black", "mixed"], cost: Callable[[AttackSuite], int]) -> AttackInfo:
-    return AttackInfo(box=box, family="autoattack", cost=cost)
+def _aa(box: Literal["white", "black", "mixed"], cost: Callable[[AttackSuite], int], **kw: Any) -> AttackInfo:
+    return AttackInfo(box=box, family="autoattack", cost=cost, **kw)
 
 
 def _steps(suite: AttackSuite) -> int:
@@ -293,10 +296,14 @@ ATTACK_BUILDERS.register("transfer", info=_classic("black", _steps, substitute=T
 
 # ------------------------------------------------------------------ AutoAttack-grade (pyautoattack)
 # The reference code seeds the global RNG in every perturb(); the runner's `_seeded` puts it back.
-def _n_targets(model: nn.Module, x: torch.Tensor, suite: AttackSuite) -> int:
+def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
+    """K: the width of the model's output on one sample of x."""
     with torch.no_grad():
-        classes = model(x[:1]).shape[1]
-    return max(1, min(suite.aa_targets, classes - 1))
+        return int(model(x[:1]).shape[1])
+
+
+def _n_targets(model: nn.Module, x: torch.Tensor, suite: AttackSuite) -> int:
+    return max(1, min(suite.aa_targets, _num_classes(model, x) - 1))
 
 
 class _Lazy:
@@ -337,13 +344,29 @@ def build_apgd_ce(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     return _apgd(model, eps, suite, "ce")
 
 
-@ATTACK_BUILDERS.register("apgd_dlr", info=_aa("white", _aa_steps))
+# The reference's DLR losses divide by a gap between sorted logits (pyautoattack/autopgd_base.py): the
+# untargeted one by z_(1) − z_(3) (`dlr_loss`: x_sorted[:, -3]), the targeted one by z_(1) − (z_(3) + z_(4)) / 2
+# (`dlr_loss_targeted`: x_sorted[:, -4]). With fewer classes that index does not exist (an IndexError).
+# FAB-T (it picks targets from the sorted logits up to the K-th), Square (its margin is max_{j≠y} z_j − z_y)
+# and the CE / CW-margin losses of the others need two classes, which every data set has.
+@ATTACK_BUILDERS.register(
+    "apgd_dlr",
+    info=_aa("white", _aa_steps, min_classes=3, why="its DLR loss divides by the gap to the 3rd largest logit"),
+)
 def build_apgd_dlr(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """Auto-PGD on the DLR loss: a logit-ratio loss that is invariant to logit scale (no softmax to saturate)."""
     return _apgd(model, eps, suite, "dlr")
 
 
-@ATTACK_BUILDERS.register("apgd_t", info=_aa("white", _aa_targeted))
+@ATTACK_BUILDERS.register(
+    "apgd_t",
+    info=_aa(
+        "white",
+        _aa_targeted,
+        min_classes=4,
+        why="its targeted DLR loss divides by the gap to the mean of the 3rd and 4th largest logits",
+    ),
+)
 def build_apgd_t(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
     """Auto-PGD on the targeted DLR loss, one run per top-min(9, K−1) false class: what breaks PC-LC."""
     return _Lazy(lambda x: _apgd_targeted(model, eps, suite, _n_targets(model, x, suite)), model)
@@ -402,15 +425,25 @@ class _StandardAutoAttack:
         aa.apgd_targeted = _apgd_targeted(self.model, self.eps, self.suite, targets)
         aa.fab.n_iter, aa.fab.n_target_classes = self.suite.aa_steps, targets
         aa.square.n_queries = self.suite.square_queries
+        # Fewer classes than a part needs: the ensemble runs the parts defined for them (`left_out` says
+        # which it left out). With all four defined this keeps the reference's list as it is.
+        undefined = {_REFERENCE_NAMES[p] for p in _undefined_parts("autoattack", _num_classes(self.model, x))}
+        aa.attacks_to_run = [a for a in aa.attacks_to_run if a not in undefined]
         x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=len(x))
         return x_adv
 
 
+# Our names of the standard ensemble's parts → the reference's (its `attacks_to_run`), in its order.
+_REFERENCE_NAMES = {"apgd_ce": "apgd-ce", "apgd_t": "apgd-t", "fab_t": "fab-t", "square": "square"}
+
+
 @ATTACK_BUILDERS.register(
-    "autoattack", info=_aa("mixed", lambda s: s.aa_steps * (1 + 2 * s.aa_targets) + s.square_queries)
+    "autoattack",
+    info=_aa("mixed", lambda s: s.aa_steps * (1 + 2 * s.aa_targets) + s.square_queries, parts=tuple(_REFERENCE_NAMES)),
 )
 def build_autoattack(model: nn.Module, eps: float, suite: AttackSuite) -> Attack:
-    """Standard AutoAttack (Croce & Hein 2020), the per-sample worst of its four attacks."""
+    """Standard AutoAttack (Croce & Hein 2020), the per-sample worst of its four attacks (of those defined
+    for the model's class count: APGD-T needs 4)."""
     return _StandardAutoAttack(model, eps, suite)
 
 
@@ -421,6 +454,73 @@ ATTACKS: tuple[str, ...] = CLASSIC + AUTOATTACK  # the order of tables and plots
 WHITE_BOX: tuple[str, ...] = ATTACK_BUILDERS.select(lambda i: i.box == "white")
 BLACK_BOX: tuple[str, ...] = ATTACK_BUILDERS.select(lambda i: i.box == "black")
 TRANSFER_ATTACKS: frozenset[str] = frozenset(ATTACK_BUILDERS.select(lambda i: i.substitute))
+
+
+# ------------------------------------------------------------------ which attacks are defined for K classes
+LEFT_OUT = "Attack left out"  # how each `LeftOut` sentence begins (in a trial's warnings)
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """An attack, or a composite's part, that cannot run on a model of `has` classes (it needs `needs`)."""
+
+    attack: str
+    needs: int
+    has: int
+    why: str
+    within: str | None = None  # the composite that ran without it; None: it was asked for on its own
+    ran: tuple[str, ...] = ()  # what that composite ran instead
+
+    def __str__(self) -> str:
+        what = f"{self.within} ran {', '.join(self.ran) or 'nothing'} without {self.attack}" if self.within else ""
+        return (
+            f"{LEFT_OUT}: {what or f'{self.attack} was not run'}: {self.attack} needs at least {self.needs} "
+            f"classes and the model has {self.has} ({self.why})"
+        )
+
+
+def _undefined_parts(name: str, num_classes: int) -> tuple[str, ...]:
+    info: AttackInfo = ATTACK_BUILDERS.info(name)
+    return tuple(p for p in info.parts if ATTACK_BUILDERS.info(p).min_classes > num_classes)
+
+
+def left_out(attacks: Iterable[str], num_classes: int) -> list[LeftOut]:
+    """What of `attacks` cannot run on `num_classes` classes: each attack asked for on its own that needs
+    more (`within` None), and each part a composite will run without (`within` the composite).
+
+    Example:
+        >>> [(x.attack, x.within) for x in left_out(["fgsm", "apgd_t", "autoattack"], 3)]
+        [('apgd_t', None), ('apgd_t', 'autoattack')]
+    """
+    out: list[LeftOut] = []
+    for name in attacks:
+        parts = ATTACK_BUILDERS.info(name).parts
+        undefined = _undefined_parts(name, num_classes) if parts else (name,)
+        ran = tuple(p for p in parts if p not in undefined)
+        for attack in undefined:
+            info: AttackInfo = ATTACK_BUILDERS.info(attack)
+            if info.min_classes > num_classes:
+                within = name if parts else None
+                out.append(LeftOut(attack, info.min_classes, num_classes, info.why, within=within, ran=ran))
+    return out
+
+
+def defined_for(attacks: Iterable[str], num_classes: int) -> tuple[str, ...]:
+    """The attacks of `attacks` that can run on `num_classes` classes (a composite can: it drops parts)."""
+    alone = {x.attack for x in left_out(attacks, num_classes) if x.within is None}
+    return tuple(a for a in attacks if a not in alone)
+
+
+def check_classes(attacks: Iterable[str], num_classes: int, *, where: str = "the model") -> None:
+    """Refuse, in one message naming them and the class count, attacks asked for on their own that are
+    not defined for `num_classes` classes (a composite never is refused: it runs the parts it can)."""
+    alone = [x for x in left_out(attacks, num_classes) if x.within is None]
+    if alone:
+        needs = "; ".join(f"{x.attack} needs at least {x.needs} ({x.why})" for x in alone)
+        raise ValueError(
+            f"attacks {[x.attack for x in alone]} are not defined for the {num_classes} classes of {where}: "
+            f"{needs}. Drop them from attacks (autoattack runs the parts defined for {num_classes} classes)"
+        )
 
 
 class AAFlags(logging.Handler):
@@ -601,6 +701,7 @@ class SuiteResult:
     scored: dict[tuple[str, float], torch.Tensor] = field(default_factory=dict)  # (attack, eps) → (N,) bool
     flags: dict[str, float] = field(default_factory=dict)  # the reference AutoAttack's own checks
     messages: list[str] = field(default_factory=list)  # ... and its warnings, word for word
+    left_out: list[LeftOut] = field(default_factory=list)  # composites' parts not defined for the class count
 
     @property
     def clean_probs(self) -> torch.Tensor:
@@ -669,7 +770,8 @@ def run_suite(
 
     Each attack runs on every clean-correct sample it scores, so its robust accuracy is its own;
     clean-wrong samples are skipped (non-robust for free, as in AutoAttack). AutoAttack-grade attacks
-    score only `suite.aa_subset`. 'transfer' needs `substitute`.
+    score only `suite.aa_subset`. 'transfer' needs `substitute`. An attack not defined for the model's class
+    count is refused before any attack runs (`check_classes`); a composite runs the parts it can (`left_out`).
 
     Example (an illustration: it needs a trained model or a store):
         >>> result = run_suite(model, x, y, AttackSuite(attacks=("fgsm",), eps=(0.1,)))  # doctest: +SKIP
@@ -685,6 +787,8 @@ def run_suite(
     flags = AAFlags()
     with frozen(model), flags.listening():
         clean_logits = predict_logits(model, x, suite.batch_size).cpu()
+        num_classes = clean_logits.shape[1]
+        check_classes(suite.attacks, num_classes)
         clean_pred = clean_logits.argmax(dim=1)
         adv_pred: dict[tuple[str, float], torch.Tensor] = {}
         scored: dict[tuple[str, float], torch.Tensor] = {}
@@ -702,5 +806,11 @@ def run_suite(
     ran_aa = any(a in AUTOATTACK for a in suite.attacks)
     reference = {"aa_square_gain": flags.square_gain} if ran_aa else {}
     return SuiteResult(
-        y=y_cpu, clean_logits=clean_logits, adv_pred=adv_pred, scored=scored, flags=reference, messages=flags.messages
+        y=y_cpu,
+        clean_logits=clean_logits,
+        adv_pred=adv_pred,
+        scored=scored,
+        flags=reference,
+        messages=flags.messages,
+        left_out=left_out(suite.attacks, num_classes),
     )

@@ -20,7 +20,11 @@ from pclc.attacks import (
     CLASSIC,
     WHITE_BOX,
     AttackSuite,
+    LeftOut,
     SuiteResult,
+    defined_for,
+    frozen,
+    left_out,
     run_suite,
     zero_gradient_points,
 )
@@ -34,6 +38,7 @@ SQUARE_MARGIN = 0.002  # the reference's own threshold: Square finding what the 
 ZERO_GRADIENT_SHARE = 0.01  # share of scored points no gradient loss can move (CE and margin both exactly 0)
 EPOCH_TARGETS = 9  # per-epoch APGD-T targets, as the final one: top-3 overstated at 28×28 (benchmarks/epoch_signal.py)
 EPOCH_ATTACKS = ("apgd_ce", "apgd_t")  # the per-epoch signal: untargeted CE, then targeted DLR
+EPOCH_SIGNAL = "the per-epoch signal (epoch_robust_acc)"  # how a warning names it
 _FLAGS = {M.masking_key(c) for c in M.MASKING_FLAGS}
 
 
@@ -228,7 +233,8 @@ def evaluate(
     worst_classic / worst_aa and robust_acc_classic / robust_acc_aa (the same per family); prob_gap;
     second_class_rate/<attack> at `headline_eps` (left out for an attack with no successful sample,
     where the rate is undefined); masking/* checks (see `masking_checks`), with one extra PGD-CE run at
-    `masking_eps` (None skips that check). Each fired check adds a plain-English warning.
+    `masking_eps` (None skips that check). Each fired check adds a plain-English warning, and so does each
+    part a composite attack left out for the model's class count (`pclc.attacks.LeftOut`).
 
     Example (an illustration: it needs a trained model or a store):
         >>> ev = evaluate(model, x, y, suite, substitute=sub, headline_eps=0.1, masking_eps=0.5)  # doctest: +SKIP
@@ -261,7 +267,8 @@ def evaluate(
         zero_gradients=(int(zero.sum()), len(zero)) if zero is not None else None,
     )
     metrics.update(masking)
-    return Evaluation(metrics=metrics, warnings=warnings + _reference_notes(result), outcomes=outcomes)
+    notes = [str(x) for x in result.left_out] + _reference_notes(result)
+    return Evaluation(metrics=metrics, warnings=warnings + notes, outcomes=outcomes)
 
 
 def _reference_notes(result: SuiteResult) -> list[str]:
@@ -323,6 +330,18 @@ def epoch_robust_acc(
 ) -> float:
     """The cheap per-epoch signal ASHA stops trials on: per-sample worst of `attacks` (APGD-CE and
     APGD-T on the top-`targets` false classes), `steps` iterations each. Plain PGD-CE here rewarded
-    softmax saturation, i.e. masking; `targets` and `attacks` let benchmarks/epoch_signal.py try others."""
-    suite = AttackSuite(attacks=attacks, eps=(float(eps),), aa_steps=steps, aa_targets=targets, aa_limit=None)
+    softmax saturation, i.e. masking; `targets` and `attacks` let benchmarks/epoch_signal.py try others.
+    Of `attacks`, only those defined for the model's class count run (`epoch_left_out` says which did not)."""
+    with frozen(model), torch.no_grad():  # eval mode: a training-mode forward would move BatchNorm's statistics
+        num_classes = int(model(x[:1]).shape[1])
+    runnable = defined_for(attacks, num_classes)
+    if not runnable:
+        raise ValueError(f"none of the per-epoch attacks {list(attacks)} is defined for {num_classes} classes")
+    suite = AttackSuite(attacks=runnable, eps=(float(eps),), aa_steps=steps, aa_targets=targets, aa_limit=None)
     return run_suite(model, x, y, suite).worst_accuracy(eps)
+
+
+def epoch_left_out(num_classes: int, attacks: tuple[str, ...] = EPOCH_ATTACKS) -> list[LeftOut]:
+    """The attacks of the per-epoch signal that `epoch_robust_acc` leaves out for `num_classes` classes."""
+    ran = defined_for(attacks, num_classes)
+    return [dataclasses.replace(x, within=EPOCH_SIGNAL, ran=ran) for x in left_out(attacks, num_classes)]

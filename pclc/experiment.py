@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from pclc import metrics as M
-from pclc.attacks import AttackSuite
-from pclc.config import OPTIMIZATION_FIELDS, TrialConfig
+from pclc.attacks import AttackSuite, check_classes
+from pclc.config import OPTIMIZATION_FIELDS, ConfigError, TrialConfig
 from pclc.contract import OUTCOMES_ARTIFACT
 from pclc.data import Dataset, load_stored, pixels
-from pclc.evaluate import epoch_robust_acc, evaluate
+from pclc.evaluate import epoch_left_out, epoch_robust_acc, evaluate
 from pclc.files import write_atomic
 from pclc.gpu import fp32_precision
 from pclc.models import create_model
@@ -207,6 +207,10 @@ def run_trial(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     prepared = prepared or prepare(cfg)
+    try:  # an attack the data's class count cannot run is refused now, not after training
+        check_classes(cfg.attacks, prepared.data.num_classes, where=f"dataset {cfg.dataset}")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     generator = seed_everything(cfg.seed)  # after preparing: the same draws whoever prepared, whatever the attacks
     data = prepared.data.to(device)
     x_eval, y_eval = pixels(data.x_test[: cfg.eval_limit]), data.y_test[: cfg.eval_limit]
@@ -277,7 +281,10 @@ def run_trial(
     outcomes = (
         result.outcomes.at(dataset=cfg.dataset, indices=range(len(y_eval))) if result.outcomes is not None else None
     )
-    evaluation = Evaluation(metrics=final, warnings=list(result.warnings), config=cfg.to_dict(), outcomes=outcomes)
+    # the per-epoch signal's own left-out attacks (the evaluation names those of the final suite)
+    signal = [str(x) for x in epoch_left_out(data.num_classes)] if cfg.epoch_eval_samples else []
+    warnings = [*signal, *result.warnings]
+    evaluation = Evaluation(metrics=final, warnings=warnings, config=cfg.to_dict(), outcomes=outcomes)
     if cfg.out_dir:
         write_outputs(cfg, final, evaluation.warnings, model, outcomes=outcomes)
     reporter.on_final(evaluation)
