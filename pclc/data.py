@@ -283,6 +283,22 @@ def _without_checksums(cls: type) -> type:
     return type(f"{cls.__name__}WithoutChecksums", (cls,), attrs)
 
 
+def _dataset_root(root: Path, own: tuple[str, ...], complete: Callable[[Path], bool]) -> Path:
+    """The folder torchvision reads a data set from (/x, holding /x/MNIST/raw/…), given `data_root`: that folder,
+    or the data set's own folder inside it.
+
+    `own` is the path from that folder to the data set's files (("MNIST", "raw"), ("cifar-10-batches-py",)).
+    A `root` whose last parts are the start of `own` (/x/MNIST, /x/MNIST/raw, /x/cifar-10-batches-py) also
+    names /x. The first of root and /x where `complete` holds wins; with neither, /x when root is named as the
+    data set's folder (so a download lands in root itself), else root.
+    """
+    named = [root.parents[depth - 1] for depth in range(len(own), 0, -1) if root.parts[-depth:] == own[:depth]]
+    for candidate in [root, *named]:
+        if complete(candidate):
+            return candidate
+    return named[0] if named else root
+
+
 def _split_tensors(ds: Any, spec: _TorchvisionSpec) -> tuple[Tensor, Tensor]:
     # The whole split at once from the raw arrays: no per-image PIL conversion.
     return _images(ds.data, spec.layout), _labels(getattr(ds, spec.labels))
@@ -295,13 +311,16 @@ def _load_torchvision(name: str, data_root: str | Path | None, download: bool) -
             f"dataset {name!r} reads files from data_root, which is not set; "
             f"give a folder (--set data_root=/abs/path) and download=true to fetch it there"
         )
-    root = Path(data_root).expanduser().resolve()
+    given = Path(data_root).expanduser().resolve()
+    # data_root may be the folder torchvision reads (/x) or the data set's own (/x/MNIST, /x/cifar-10-batches-py)
+    own = Path(spec.files[0]).parent.parts  # from the folder torchvision reads to the files: () for SVHN
+    root = _dataset_root(given, own, lambda r: all((r / f).is_file() for f in spec.files))
     missing = [f for f in spec.files if not (root / f).is_file()]
     if missing and not download:
         raise DataError(
             f"dataset {name!r} not found under {root} (missing: {', '.join(missing)}); "
             f"pass download=true (--set download=true) to fetch it there, or point data_root at "
-            f"the folder that holds it"
+            f"the folder that holds it{f' ({own[0]}/) or at {own[0]}/ itself' if own else ''}"
         )
 
     import torchvision.datasets as tvd
@@ -378,8 +397,8 @@ def _tiny_imagenet_missing(base: Path) -> list[str]:
 def tiny_imagenet(*, data_root: str | Path | None = None, download: bool = False, **_: Any) -> Dataset:
     """Tiny ImageNet (200 classes, 64×64 RGB): train/<wnid>/images, scored on the official val split.
 
-    Reads `data_root/tiny-imagenet-200` as the official zip unpacks it; `download=True` fetches and
-    unpacks that zip there first. Class k is the k-th line of wnids.txt.
+    Reads `data_root/tiny-imagenet-200` as the official zip unpacks it, or `data_root` itself when it is that
+    folder; `download=True` fetches and unpacks that zip there first. Class k is the k-th line of wnids.txt.
     """
     name = "tiny_imagenet"
     if data_root is None:
@@ -387,8 +406,15 @@ def tiny_imagenet(*, data_root: str | Path | None = None, download: bool = False
             f"dataset {name!r} reads files from data_root, which is not set; give a folder "
             f"(--set data_root=/abs/path) that holds {TINY_IMAGENET_DIR}/, or download=true to fetch it there"
         )
-    root = Path(data_root).expanduser().resolve()
-    base = root / TINY_IMAGENET_DIR
+    given = Path(data_root).expanduser().resolve()
+    # data_root may hold tiny-imagenet-200/, or be that folder: by its name, or by holding its files under another
+    if _tiny_imagenet_missing(given / TINY_IMAGENET_DIR) and (
+        not _tiny_imagenet_missing(given) or given.name == TINY_IMAGENET_DIR
+    ):
+        base = given
+    else:
+        base = given / TINY_IMAGENET_DIR
+    root = base.parent  # where a download unpacks the zip, which makes tiny-imagenet-200/
     missing = _tiny_imagenet_missing(base)
     if missing and download:
         from torchvision.datasets.utils import download_and_extract_archive
@@ -402,7 +428,8 @@ def tiny_imagenet(*, data_root: str | Path | None = None, download: bool = False
         raise DataError(
             f"dataset {name!r} not found under {root} (missing: {', '.join(missing)}); unzip the official "
             f"archive {TINY_IMAGENET_URL} in {root} so that {base}/wnids.txt exists, pass download=true "
-            f"(--set download=true) to fetch it there, or point data_root at the folder that holds {TINY_IMAGENET_DIR}/"
+            f"(--set download=true) to fetch it there, or point data_root at the folder that holds {TINY_IMAGENET_DIR}/ "
+            f"or at {TINY_IMAGENET_DIR}/ itself"
         )
 
     wnids = [w.strip() for w in (base / "wnids.txt").read_text().splitlines() if w.strip()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +200,66 @@ def test_svhn_reads_mat_files_and_maps_label_10_to_0(tmp_path: Path) -> None:
     expected = torch.from_numpy(mats["train"].transpose(3, 2, 0, 1) / 255.0).float()  # → N×C×H×W
     assert torch.allclose(data.x_train, expected)
     assert data.x_train[2, 1, 4, 7].item() == pytest.approx(mats["train"][4, 7, 1, 2] / 255)
+
+
+def write_torchvision(name: str, parent: Path) -> int:
+    """Tiny files of torchvision set `name` in its on-disk format under `parent` (the folder torchvision reads,
+    e.g. parent/MNIST/raw/…, parent/cifar-10-batches-py/…, parent/train_32x32.mat); returns the training size."""
+    rng = np.random.default_rng(11)
+    if name in MNIST_FOLDERS:
+        raw = parent / MNIST_FOLDERS[name] / "raw"
+        for split, n in (("train", 3), ("t10k", 2)):
+            write_idx(raw / f"{split}-images-idx3-ubyte", rng.integers(0, 256, size=(n, 28, 28)))
+            write_idx(raw / f"{split}-labels-idx1-ubyte", np.arange(n))
+        return 3
+    if name == "cifar10":
+        folder = parent / "cifar-10-batches-py"
+        for i in range(1, 6):
+            write_pickle(folder / f"data_batch_{i}", {"data": cifar_rows(1, seed=i), "labels": [i]})
+        write_pickle(folder / "test_batch", {"data": cifar_rows(2, seed=9), "labels": [7, 8]})
+        write_pickle(folder / "batches.meta", {"label_names": [f"c{i}" for i in range(10)]})
+        return 5
+    if name == "cifar100":
+        folder = parent / "cifar-100-python"
+        write_pickle(folder / "train", {"data": cifar_rows(4, seed=1), "fine_labels": [9, 0, 5, 7]})
+        write_pickle(folder / "test", {"data": cifar_rows(2, seed=2), "fine_labels": [3, 98]})
+        write_pickle(folder / "meta", {"fine_label_names": [f"f{i}" for i in range(100)]})
+        return 4
+    assert name == "svhn"
+    parent.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", 3), ("test", 2)):
+        x = rng.integers(0, 256, size=(32, 32, 3, n), dtype=np.uint8)
+        scipy.io.savemat(parent / f"{split}_32x32.mat", {"X": x, "y": np.arange(1, n + 1, dtype=np.uint8)[:, None]})
+    return 3
+
+
+# data_root as each set's own folder (what a user points at after unpacking), besides the folder above it
+OWN_FOLDERS = {
+    **{name: [folder, f"{folder}/raw"] for name, folder in MNIST_FOLDERS.items()},
+    "cifar10": ["cifar-10-batches-py"],
+    "cifar100": ["cifar-100-python"],
+    "svhn": [],  # its .mat files sit in the folder torchvision reads: it has no folder of its own
+}
+
+
+@pytest.mark.parametrize("name", TORCHVISION_SETS)
+def test_data_root_may_be_the_sets_own_folder_or_the_one_above(tmp_path: Path, name: str) -> None:
+    parent = tmp_path / "data"
+    n_train = write_torchvision(name, parent)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tiny CIFAR / SVHN files cannot match torchvision's checksums
+        above = load_dataset(name, data_root=parent)
+        assert len(above.x_train) == n_train
+        for own in OWN_FOLDERS[name]:
+            inside = load_dataset(name, data_root=parent / own)
+            assert torch.equal(inside.x_train, above.x_train) and torch.equal(inside.y_test, above.y_test), own
+    # a folder of the set's name that does not hold it is not taken for it: the error names it
+    if OWN_FOLDERS[name]:
+        empty = tmp_path / "elsewhere" / OWN_FOLDERS[name][0]
+        empty.mkdir(parents=True)
+        with pytest.raises(DataError, match="download=true") as err:
+            load_dataset(name, data_root=empty)
+        assert str(empty.parent) in str(err.value) and f"{OWN_FOLDERS[name][0].split('/')[0]}/ itself" in str(err.value)
 
 
 @pytest.mark.parametrize("name", TORCHVISION_SETS)
@@ -444,6 +505,23 @@ def test_tiny_imagenet_reads_the_official_layout(tmp_path: Path) -> None:
     assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
     as_float = load_dataset("tiny_imagenet", data_root=tmp_path)
     assert as_float.x_test.dtype == torch.float32 and torch.equal(as_float.x_test, stored.x_test.float() / 255)
+
+
+def test_tiny_imagenet_data_root_may_be_its_own_folder(tmp_path: Path) -> None:
+    write_tiny_imagenet(tmp_path)
+    above = load_stored("tiny_imagenet", data_root=tmp_path)
+    inside = load_stored("tiny_imagenet", data_root=tmp_path / "tiny-imagenet-200")
+    assert torch.equal(inside.x_train, above.x_train) and torch.equal(inside.y_test, above.y_test)
+    # unpacked under another name, the folder holding wnids.txt, train/ and val/ is it too
+    renamed = tmp_path / "tiny"
+    (tmp_path / "tiny-imagenet-200").rename(renamed)
+    assert torch.equal(load_stored("tiny_imagenet", data_root=renamed).x_test, above.x_test)
+    # an empty folder of its name: the error names the files it lacks there, not one level further down
+    empty = tmp_path / "other" / "tiny-imagenet-200"
+    empty.mkdir(parents=True)
+    with pytest.raises(DataError) as err:
+        load_stored("tiny_imagenet", data_root=empty)
+    assert f"{empty / 'wnids.txt'}," in str(err.value) and "tiny-imagenet-200/ itself" in str(err.value)
 
 
 def test_tiny_imagenet_missing_files_say_where_to_put_them(tmp_path: Path) -> None:
