@@ -23,11 +23,10 @@ import argparse
 import json
 import math
 import os
-import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,8 +55,9 @@ DEFAULT_CHUNK = 256  # samples per chunk: the unit of resume (and of AutoAttack'
 DEFAULT_AA_STEPS = 100  # APGD / FAB iterations of the standard AutoAttack
 DEFAULT_SQUARE_QUERIES = 5000  # Square Attack queries of the standard AutoAttack
 STATE_VERSION = 1
-# For tests of the resume: SIGKILL this process once it has scored this many chunks (and saved them).
-KILL_AFTER_ENV = "PCLC_FINALIST_KILL_AFTER_CHUNKS"
+# Called after each chunk is scored and saved: (state file, the chunk's first sample). A fault seam, like a
+# sweep's `run_fn`: the resume's test kills the process there; production passes none.
+ChunkSaved = Callable[[Path, int], None]
 _QUIET_MLFLOW = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
@@ -83,6 +83,7 @@ class Settings:
     square_queries: int = DEFAULT_SQUARE_QUERIES
     state_dir: str = ""  # absolute; per-run, per-eps chunk state
     force: bool = False  # score again even when the run holds a complete re-score and state files
+    on_chunk: ChunkSaved | None = None  # see ChunkSaved (tests only)
 
 
 @dataclass
@@ -200,9 +201,6 @@ def _read_state(path: Path, key: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
-_scored_here = 0  # chunks scored by this process (for KILL_AFTER_ENV)
-
-
 def chunked_autoattack(
     model: nn.Module,
     x: torch.Tensor,
@@ -213,13 +211,14 @@ def chunked_autoattack(
     key: dict[str, Any],
     chunk_size: int,
     note: str = "",
+    on_chunk: ChunkSaved | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """(clean_correct, robust, chunks reused, chunks scored) of standard AutoAttack at the suite's one eps.
 
     Chunks are [i, i + chunk_size) from sample 0; each is one `run_suite` call, saved to `path` when done.
     A chunk found in `path` with the same settings `key` and the same bounds is not scored again.
+    `on_chunk(path, start)` is called once each scored chunk is saved.
     """
-    global _scored_here
     import torch
 
     from pclc.attacks import run_suite
@@ -249,16 +248,14 @@ def chunked_autoattack(
         }
         write_atomic(path, json.dumps(state, indent=1, sort_keys=True))
         scored += 1
-        _scored_here += 1
         print(
             f"pclc evaluate: {note}eps={M.format_eps(eps)} chunk {i + 1}/{len(starts)} "
             f"({end}/{n} samples): {int(robust[:end].sum())} robust so far",
             file=sys.stderr,
             flush=True,
         )
-        kill_after = os.environ.get(KILL_AFTER_ENV)
-        if kill_after and _scored_here >= int(kill_after):
-            os.kill(os.getpid(), signal.SIGKILL)
+        if on_chunk is not None:
+            on_chunk(path, start)
     return clean, robust, reused, scored
 
 
@@ -415,7 +412,15 @@ def evaluate_run(run_id: str, settings: Settings) -> Finalist:
         if settings.force:
             path.unlink(missing_ok=True)
         clean, robust, reused, scored = chunked_autoattack(
-            model, x, y, suite, path=path, key=key, chunk_size=settings.chunk_size, note=f"run {run_id[:8]} "
+            model,
+            x,
+            y,
+            suite,
+            path=path,
+            key=key,
+            chunk_size=settings.chunk_size,
+            note=f"run {run_id[:8]} ",
+            on_chunk=settings.on_chunk,
         )
         out.chunks_reused += reused
         out.chunks_scored += scored
@@ -626,22 +631,23 @@ def settings_from_args(args: argparse.Namespace, tracking_uri: str) -> Settings:
     )
 
 
-def evaluate_command(args: argparse.Namespace) -> int:
-    """`pclc evaluate`: choose, re-score, log, print the table; 2 when a run could not be re-scored."""
+def evaluate_command(args: argparse.Namespace, *, on_chunk: ChunkSaved | None = None) -> int:
+    """`pclc evaluate`: choose, re-score, log, print the table; 2 when a run could not be re-scored.
+    `on_chunk`: see ChunkSaved (a test's fault seam; the `pclc` command passes none)."""
     added = [k for k in _QUIET_MLFLOW if k not in os.environ]  # for this call only: main may run in a longer process
     os.environ.update({k: _QUIET_MLFLOW[k] for k in added})
     try:
-        return _evaluate(args)
+        return _evaluate(args, on_chunk)
     finally:
         for k in added:
             os.environ.pop(k, None)
 
 
-def _evaluate(args: argparse.Namespace) -> int:
+def _evaluate(args: argparse.Namespace, on_chunk: ChunkSaved | None) -> int:
     from mlflow.tracking import MlflowClient
 
     uri = resolve_uri(args.tracking_uri)
-    settings = settings_from_args(args, uri)
+    settings = replace(settings_from_args(args, uri), on_chunk=on_chunk)
     client = MlflowClient(uri)
     run_ids = select_runs(
         client, run_ids=args.run_id, experiment=args.experiment, top=args.top, objective=args.objective, mode=args.mode

@@ -24,7 +24,7 @@ from pclc.config import make_config
 from pclc.contract import OUTCOMES_ARTIFACT
 from pclc.experiment import Silent, run_trial
 from sweeps.cli import main
-from sweeps.finalists import FINALIST, KILL_AFTER_ENV, state_path
+from sweeps.finalists import FINALIST, state_path
 from sweeps.tracking import TrialRun
 
 EXPERIMENT = "finalists"
@@ -32,6 +32,20 @@ QUICK = ["--limit", "64", "--aa-steps", "5", "--square-queries", "20", "--chunk-
 FINALIST_ROBUST = M.to_mlflow(M.finalist_key(M.ROBUST_ACC))
 FINALIST_CLEAN = M.to_mlflow(M.finalist_key(M.CLEAN_ACC))
 FINALIST_N = M.to_mlflow(M.finalist_key("n_samples"))
+
+# `pclc evaluate ARGS` in a process of its own, SIGKILLed through the command's fault seam (`on_chunk`) right
+# after it saved its first chunk: the kill lands where a real one would, after the atomic write of the state.
+KILLED_AFTER_FIRST_CHUNK = """
+import os, signal, sys
+from sweeps.cli import build_parser
+from sweeps.finalists import evaluate_command
+
+def kill(state_file, start):
+    assert start == 0 and state_file.is_file()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+sys.exit(evaluate_command(build_parser().parse_args(["evaluate", *sys.argv[1:]]), on_chunk=kill))
+"""
 
 # A trial of a few seconds on digits, scored on the same 64 test samples `pclc evaluate --limit 64` uses.
 TRIAL: dict[str, Any] = {
@@ -165,9 +179,8 @@ def test_a_killed_evaluation_resumes_without_rescoring_its_finished_chunks(
     # 1. a real process, SIGKILLed right after it saved its first chunk (of two)
     command = [
         sys.executable,
-        "-m",
-        "sweeps.cli",
-        "evaluate",
+        "-c",
+        KILLED_AFTER_FIRST_CHUNK,
         "--tracking-uri",
         uri,
         "--run-id",
@@ -176,8 +189,7 @@ def test_a_killed_evaluation_resumes_without_rescoring_its_finished_chunks(
         str(killed_dir),
         *QUICK,
     ]
-    env = {**os.environ, KILL_AFTER_ENV: "1"}
-    killed = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=240)
+    killed = subprocess.run(command, check=False, capture_output=True, text=True, timeout=240)
     assert killed.returncode == -9, killed.stderr[-2000:]
     state = state_path(killed_dir, rid, 0.1)
     first = json.loads(state.read_text())["chunks"]
