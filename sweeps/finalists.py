@@ -13,6 +13,9 @@ that are missing. The reference seeds every `perturb` call, i.e. every batch, so
 start depends on the batch it is in: the chunk (cut at fixed offsets from sample 0) is the unit the
 seed applies to, and an interrupted-then-resumed evaluation gives the very flags of an uninterrupted one.
 
+Progress: while a chunk is scored, a line on stderr says which attack of the ensemble runs and how many points
+are still robust, at each attack's start and end and at most every `PROGRESS_EVERY` seconds in between.
+
 Runs are scored one after the other in this process, or with `--address` one Ray task per run
 (Ray is imported only then).
 """
@@ -20,13 +23,16 @@ Runs are scored one after the other in this process, or with `--address` one Ray
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import math
 import os
+import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,6 +61,7 @@ DEFAULT_CHUNK = 256  # samples per chunk: the unit of resume (and of AutoAttack'
 DEFAULT_AA_STEPS = 100  # APGD / FAB iterations of the standard AutoAttack
 DEFAULT_SQUARE_QUERIES = 5000  # Square Attack queries of the standard AutoAttack
 STATE_VERSION = 1
+PROGRESS_EVERY = 5.0  # seconds between progress lines while an attack works (Ray Tune's CLIReporter's pace)
 # Called after each chunk is scored and saved: (state file, the chunk's first sample). A fault seam, like a
 # sweep's `run_fn`: the resume's test kills the process there; production passes none.
 ChunkSaved = Callable[[Path, int], None]
@@ -83,6 +90,7 @@ class Settings:
     square_queries: int = DEFAULT_SQUARE_QUERIES
     state_dir: str = ""  # absolute; per-run, per-eps chunk state
     force: bool = False  # score again even when the run holds a complete re-score and state files
+    progress_every: float = PROGRESS_EVERY  # at most one progress line this often while an attack works
     on_chunk: ChunkSaved | None = None  # see ChunkSaved (tests only)
 
 
@@ -201,6 +209,70 @@ def _read_state(path: Path, key: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
+# The reference's log lines that carry counts (a line that reads otherwise only goes unreported).
+_INITIAL = re.compile(r"initial accuracy: (?P<percent>[0-9]+(?:\.[0-9]+)?)%")
+_PERTURBED = re.compile(r"(?P<broken>\d+) out of (?P<attacked>\d+) successfully perturbed")
+
+
+class _Progress(logging.Handler):
+    """Progress lines while one chunk is scored: which attack of the ensemble runs and how many points remain.
+
+    Read from the reference AutoAttack's own log (it says when each attack starts and how many of the points it
+    attacked it broke; our runner sends that log to `pclc.attacks.AA_LOGGER`) and from a heartbeat on the model's
+    forward passes; it only watches, so the numbers are those of an unwatched run. One line at each attack's
+    start and end, and in between at most one every `every` seconds, on stderr. The points are those the
+    ensemble was handed: the chunk's, or with an attack batch smaller than the chunk, the batch's.
+    """
+
+    def __init__(self, prefix: str, *, samples: int, later: int, every: float) -> None:
+        super().__init__(logging.DEBUG)
+        self.prefix, self.samples, self.every = prefix, samples, every
+        self.later = f"; {later} samples in later chunks" if later else ""
+        self.attack: str | None = None  # the ensemble's attack now running (the registry's name)
+        self.standing = 0  # points still robust: what the running attack works on
+        self.handed = 0  # points of the latest forward pass outside an attack: those the ensemble was handed
+        self.began = self.last = time.monotonic()
+
+    def line(self, text: str) -> None:
+        self.last = time.monotonic()
+        print(f"{self.prefix}{text}{self.later}", file=sys.stderr, flush=True)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # The reference's lines (pyautoattack/autoattack.py, run_standard_evaluation), in the order they come.
+        text = record.getMessage()
+        if found := _INITIAL.match(text):  # a batch of points handed to the ensemble, clean-scored
+            self.standing = round(float(found["percent"]) * self.handed / 100)
+        elif text.startswith("running "):
+            self.attack, self.began = text.split()[1].replace("-", "_"), time.monotonic()
+            self.line(f"{self.attack} starts on {self.standing} of {self.samples} points still robust")
+        elif (found := _PERTURBED.search(text)) and self.attack:  # '<attack> - 1/1 - k out of m successfully …'
+            self.standing = int(found["attacked"]) - int(found["broken"])
+        elif text.startswith("robust accuracy after ") and self.attack:
+            seconds = time.monotonic() - self.began
+            self.line(f"{self.attack} done in {seconds:.0f} s: {self.standing} of {self.samples} points still robust")
+            self.attack = None
+
+    def heartbeat(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if self.attack is None:
+            self.handed = len(args[0])
+        elif time.monotonic() - self.last >= self.every:
+            seconds = time.monotonic() - self.began
+            self.line(f"{self.attack} running for {seconds:.0f} s on {self.standing} of {self.samples} points")
+
+    @contextlib.contextmanager
+    def watching(self, model: nn.Module) -> Iterator[None]:
+        from pclc.attacks import AA_LOGGER
+
+        logger = logging.getLogger(AA_LOGGER)
+        hook = model.register_forward_pre_hook(self.heartbeat)
+        logger.addHandler(self)
+        try:
+            yield
+        finally:
+            logger.removeHandler(self)
+            hook.remove()
+
+
 def chunked_autoattack(
     model: nn.Module,
     x: torch.Tensor,
@@ -211,12 +283,15 @@ def chunked_autoattack(
     key: dict[str, Any],
     chunk_size: int,
     note: str = "",
+    progress_every: float = PROGRESS_EVERY,
     on_chunk: ChunkSaved | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
     """(clean_correct, robust, chunks reused, chunks scored) of standard AutoAttack at the suite's one eps.
 
     Chunks are [i, i + chunk_size) from sample 0; each is one `run_suite` call, saved to `path` when done.
     A chunk found in `path` with the same settings `key` and the same bounds is not scored again.
+    While a chunk is scored, a line on stderr says which attack runs and how many points remain (at each
+    attack's start and end, and at most every `progress_every` seconds in between).
     `on_chunk(path, start)` is called once each scored chunk is saved.
     """
     import torch
@@ -237,7 +312,11 @@ def chunked_autoattack(
             reused += 1
             continue
         began = time.perf_counter()
-        result = run_suite(model, x[start:end], y[start:end], suite)
+        where = f"pclc evaluate: {note}eps={M.format_eps(eps)} chunk {i + 1}/{len(starts)}: "
+        progress = _Progress(where, samples=end - start, later=n - end, every=progress_every)
+        progress.line(f"scoring samples {start}–{end} of {n}")
+        with progress.watching(model):
+            result = run_suite(model, x[start:end], y[start:end], suite)
         clean[start:end], robust[start:end] = result.clean_correct, result.robust(ATTACK, eps)
         state["chunks"][str(start)] = {
             "end": end,
@@ -420,6 +499,7 @@ def evaluate_run(run_id: str, settings: Settings) -> Finalist:
             key=key,
             chunk_size=settings.chunk_size,
             note=f"run {run_id[:8]} ",
+            progress_every=settings.progress_every,
             on_chunk=settings.on_chunk,
         )
         out.chunks_reused += reused

@@ -290,3 +290,65 @@ def test_with_address_each_run_is_one_ray_task(
             run.info.status == "FINISHED" and run.data.tags.get(FINALIST) == "1" and run.data.metrics[FINALIST_N] == 64
         )
         assert ids[name] in captured.out
+
+
+@pytest.mark.timeout(240)
+def test_progress_names_the_attack_and_the_points_remaining_and_changes_no_number(
+    store: tuple[str, dict[str, str]], trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import re
+
+    from pclc.attacks import AttackSuite, run_suite
+    from pclc.data import load_dataset
+    from pclc.models import create_model
+    from pclc.train import load_checkpoint
+    from sweeps.finalists import Settings, evaluate_run
+
+    uri, ids = store
+    rid = ids["strong"]
+    quick = {"limit": 64, "aa_steps": 5, "square_queries": 20, "chunk_size": 32}
+    chatty = Settings(tracking_uri=uri, state_dir=str(tmp_path / "chatty"), progress_every=0.0, **quick)
+    assert evaluate_run(rid, chatty).chunks_scored == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if f"run {rid[:8]} eps=0.1 chunk " in line]
+    saved = flags(state_path(tmp_path / "chatty", rid, 0.1))
+
+    # per chunk: a start line, then each attack of the ensemble, in its order, starts and ends naming the points
+    # still robust, with lines in between (every forward pass here, as progress_every is 0)
+    order = ["apgd_ce", "apgd_t", "fab_t", "square"]
+    for chunk, start, later in (("1/2", "0", "; 32 samples in later chunks"), ("2/2", "32", "")):
+        own = [line.split(f"chunk {chunk}: ", 1)[1] for line in lines if f"chunk {chunk}: " in line]
+        assert own[0] == f"scoring samples {start}–{int(start) + 32} of 64{later}", own
+        assert all(line.endswith(later) for line in own)
+        started = [m[1] for line in own if (m := re.match(r"(\w+) starts on \d+ of 32 points still robust", line))]
+        assert started and started == order[: len(started)], own
+        assert any(line.startswith(f"{started[0]} running for ") for line in own), own
+        done = [
+            int(m[1]) for line in own if (m := re.match(r"\w+ done in \d+ s: (\d+) of 32 points still robust", line))
+        ]
+        assert len(done) == len(started) and done == sorted(done, reverse=True)
+        # what the last attack left standing is what the chunk saved as robust
+        assert done[-1] == saved[start][2].count("1"), (own, saved[start])
+
+    # at the default pace a quick chunk prints only the start and end lines; the numbers are the same as
+    # with a line on every forward pass, and as the runner's own on the same chunks, unwatched
+    quiet = Settings(tracking_uri=uri, state_dir=str(tmp_path / "quiet"), force=True, **quick)
+    evaluate_run(rid, quiet)
+    assert not any("running for" in line for line in capsys.readouterr().err.splitlines())
+    assert flags(state_path(tmp_path / "quiet", rid, 0.1)) == saved
+    cfg = json.loads((trained["strong"] / "metrics.json").read_text())["config"]
+    data = load_dataset("digits")
+    model = create_model(cfg["model"], input_shape=data.input_shape, num_classes=data.num_classes)
+    model.load_state_dict(load_checkpoint(trained["strong"] / "model.pt"))
+    suite = AttackSuite(
+        attacks=("autoattack",),
+        eps=(0.1,),
+        aa_limit=None,
+        batch_size=cfg["eval_batch_size"],
+        seed=cfg["seed"],
+        aa_steps=5,
+        square_queries=20,
+    )
+    for start in (0, 32):
+        x, y = data.x_test[start : start + 32], data.y_test[start : start + 32]
+        robust = run_suite(model.eval(), x, y, suite).robust("autoattack", 0.1)
+        assert "".join("1" if r else "0" for r in robust.tolist()) == saved[str(start)][2]
