@@ -39,6 +39,7 @@ __all__ = [
     "load_dataset",
     "load_npz",
     "load_stored",
+    "npz_num_classes",
     "pixels",
 ]
 
@@ -562,6 +563,22 @@ def check_npz(path: str | Path) -> None:
     """
     with _open_npz(Path(path).expanduser()):
         pass
+
+
+def npz_num_classes(path: str | Path) -> int:
+    """The class count an `npz:` file's data set will have (its largest label + 1), from the labels alone.
+
+    A sweep calls it before Ray starts, to refuse attacks the class count cannot run (`pclc.attacks.check_classes`).
+    """
+    path = Path(path).expanduser()
+    with _open_npz(path) as archive:
+        try:
+            labels = [_npz_labels(path, k, archive[k], len(archive[k])) for k in ("y", "y_test") if k in archive.files]
+        except DataError:
+            raise
+        except Exception as exc:  # a damaged member, or an object array (pickles are refused)
+            raise DataError(f"{path}: cannot read its labels ({type(exc).__name__}: {exc})") from exc
+    return max(int(y.max()) for y in labels if len(y)) + 1
 
 
 def load_npz(path: str | Path) -> Dataset:

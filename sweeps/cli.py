@@ -48,9 +48,12 @@ class EpochPrinter:
 
 def _preflight_sweep(args: argparse.Namespace) -> None:
     """What a sweep can get wrong before Ray starts, checked before Ray is even imported:
-    the sweep file, an `npz:` data file, and the MLflow store (a dead server fails in seconds)."""
+    the sweep file, an `npz:` data file (and attacks its class count cannot run), and the MLflow store
+    (a dead server fails in seconds)."""
+    from pclc.attacks import check_classes
+    from pclc.config import ConfigError
     from pclc.contract import normalize_tracking_uri
-    from pclc.data import check_npz
+    from pclc.data import check_npz, npz_num_classes
     from sweeps.config import check_tracking_store, load_sweep
     from sweeps.storage import experiment_path, read_metadata, storage_root
 
@@ -62,6 +65,11 @@ def _preflight_sweep(args: argparse.Namespace) -> None:
         check_tracking_store(uri)
     if cfg.trial.dataset.startswith("npz:"):
         check_npz(cfg.trial.dataset.removeprefix("npz:"))
+        classes = npz_num_classes(cfg.trial.dataset.removeprefix("npz:"))
+        try:  # (the named data sets have 10 or more classes: every attack is defined for them)
+            check_classes(cfg.trial.attacks, classes, where=f"dataset {cfg.trial.dataset}")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
 
 def _sweep(args: argparse.Namespace) -> int:

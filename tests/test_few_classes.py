@@ -181,3 +181,20 @@ def test_an_attack_asked_for_that_the_classes_cannot_run_is_refused_before_train
     assert len(err) == 1 and err[0].startswith(f"pclc train: error: attacks {refused!r}"), err
     assert f"the {classes} classes of dataset npz:{data}" in err[0] and "apgd_t needs at least 4" in err[0]
     assert "Traceback" not in err[0]
+
+
+@pytest.mark.timeout(120)
+def test_a_sweep_asking_for_an_undefined_attack_is_refused_before_ray_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = write_classes(tmp_path / "k3.npz", 3)
+    quickstart = Path(__file__).parents[1] / "sweeps/configs/quickstart.yaml"
+    overrides = [f"trial.dataset=npz:{data}", "trial.attacks=[fgsm, apgd_t]", f"storage_path={tmp_path / 'ray'}"]
+    assert main(["sweep", str(quickstart), *(a for o in overrides for a in ("--set", o))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"pclc sweep: error: attacks ['apgd_t'] are not defined for the 3 classes of dataset npz:{data}: apgd_t "
+        "needs at least 4 (its targeted DLR loss divides by the gap to the mean of the 3rd and 4th largest logits). "
+        "Drop them from attacks (autoattack runs the parts defined for 3 classes)"
+    ]
+    assert not (tmp_path / "ray").exists() and not (tmp_path / "mlflow.db").exists()  # nothing started
