@@ -27,6 +27,9 @@ HEADLINE = "pclc.headline_metric"
 OBJECTIVE = "pclc.objective"  # JSON: [{"metric": …, "mode": "max" | "min"}, …], the headline first
 EXPERIMENT_PATH = "pclc.experiment_path"  # the Ray experiment folder: how a resumed sweep finds its parent
 RESUMED = "pclc.resumed"  # unix time of the last resume
+# on the parent run, set when it is created: the sha256 of the resolved sweep file less where it is stored and
+# tracked; a later driver continues this parent only when its sweep file hashes the same (sweeps.driver)
+SWEEP_FINGERPRINT = "pclc.sweep_fingerprint"
 GIT_COMMIT, VERSIONS = "git_commit", "versions"
 TRIAL_ID = "pclc.trial_id"
 VARIANT = "pclc.variant"  # ablation: the variant's label; confirmation: `search #k` or the reference's name

@@ -44,7 +44,7 @@ from sweeps.storage import (  # noqa: F401  (StorageError: raised by run_sweep, 
     storage_root,
 )
 from sweeps.summary import best_rows, fmt, print_summary
-from sweeps.tracking import SweepTracker, TrackingTarget, TrialOutcome, failure_reason
+from sweeps.tracking import PARENT_CONFIG_ARTIFACT, SweepTracker, TrackingTarget, TrialOutcome, failure_reason
 from sweeps.trainable import GRID_KEY, VARIANT, RunTrial, TrialSetup, restoring_from_storage, trainable
 from sweeps.tune_state import align_search_state, has_snapshot
 
@@ -255,16 +255,34 @@ def _write_local(exp_path: str, name: str, text: str) -> None:
     write_atomic(Path(exp_path) / name, text)
 
 
+def _searched(resolved: str) -> dict[str, Any]:
+    """A resolved sweep file's fields that decide what is searched: all but where it is stored and tracked."""
+    import yaml
+
+    return {k: v for k, v in (yaml.safe_load(resolved) or {}).items() if k not in _IGNORED_ON_RESUME}
+
+
+def _changed(before: str, cfg: SweepConfig) -> list[str]:
+    """The fields of `cfg` that differ from the resolved sweep file `before` (what is searched only)."""
+    old, now = _searched(before), _searched(resolved_yaml(cfg))
+    return sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
+
+
+def sweep_fingerprint(cfg: SweepConfig) -> str:
+    """The sha256 of what `cfg` searches (`_searched`): recorded on the parent run (`C.SWEEP_FINGERPRINT`) when it
+    is created, before Tune starts, so a later driver can tell whether it runs the same sweep file."""
+    import hashlib
+
+    text = json.dumps(_searched(resolved_yaml(cfg)), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _check_unchanged(cfg: SweepConfig, exp_path: str) -> None:
     """Resuming continues the stored search: refuse a sweep file that changed what is searched."""
     path = Path(exp_path) / CONFIG_COPY
     if "://" in exp_path or not path.is_file():
         return
-    import yaml
-
-    before = yaml.safe_load(path.read_text()) or {}
-    now = yaml.safe_load(resolved_yaml(cfg)) or {}
-    changed = sorted(k for k in set(before) | set(now) if k not in _IGNORED_ON_RESUME and before.get(k) != now.get(k))
+    changed = _changed(path.read_text(), cfg)
     if changed:
         raise ConfigError(
             f"the sweep at {exp_path} was started from a different sweep file (changed: {', '.join(changed)}); "
@@ -337,9 +355,42 @@ def plan_confirmation(cfg: SweepConfig, plan: SweepPlan, arms: list[dict[str, An
     return SweepPlan(plan.root, exp_path, plan.tracking_uri, restorable, phase=C.PHASE_CONFIRM)
 
 
-def open_parent_run(cfg: SweepConfig, plan: SweepPlan) -> SweepTracker:
-    """The MLflow experiment and the sweep's parent run, created (or reopened) here on the driver."""
+def open_parent_run(cfg: SweepConfig, plan: SweepPlan, *, out: TextIO) -> SweepTracker:
+    """The MLflow experiment and the sweep's parent run, created (or reopened) here on the driver.
+
+    An earlier parent run of the same experiment folder is continued only if it was started from this sweep
+    file (`sweep_fingerprint`). With Tune's snapshot, a different file is refused (resuming would mix two
+    searches; `plan_sweep` already refuses it from the folder's copy, this also covers remote storage). Without
+    one (a driver killed before Tune saved any trial), nothing of the earlier start is kept anyway: its parent
+    run is closed as FAILED, its trial runs deleted, and the sweep starts under a new parent run, which is said.
+    """
     tracker = SweepTracker(plan.tracking_uri)
+    tracker.ensure_experiment(cfg.name)
+    fingerprint = sweep_fingerprint(cfg)
+    earlier = tracker.find_parent(plan.experiment_path)
+    superseded = ""  # what changed, when the earlier parent run is not continued
+    if earlier is not None and (plan.restorable or earlier.info.status == "RUNNING"):
+        recorded = earlier.data.tags.get(C.SWEEP_FINGERPRINT)
+        changed = None if recorded == fingerprint else _changed_since(tracker, earlier, cfg)
+        # a parent run from before fingerprints is judged by the file it logged; one without that file (killed
+        # between creating the run and logging it) cannot be checked: with a snapshot the folder's copy was
+        # (`_check_unchanged`), without one it is superseded
+        same = recorded == fingerprint or (recorded is None and changed == [])
+        if not same:
+            what = f"changed: {', '.join(changed)}" if changed else "changed"
+            if plan.restorable and recorded is not None:
+                raise ConfigError(
+                    f"the sweep at {plan.experiment_path} (parent run {earlier.info.run_id}) was started from a "
+                    f"different sweep file ({what}); resuming would mix two searches. Use a new `name`, or delete "
+                    f"{plan.experiment_path} to start over"
+                )
+            if not plan.restorable:
+                superseded = what
+                tracker.supersede_parent(
+                    earlier,
+                    f"superseded: the sweep file {what} before Tune saved any trial; the sweep started again "
+                    "under a new parent run",
+                )
     tracker.start_parent(
         name=cfg.name,
         mode=cfg.mode,
@@ -349,8 +400,27 @@ def open_parent_run(cfg: SweepConfig, plan: SweepPlan) -> SweepTracker:
         resolved_config=resolved_yaml(cfg),
         resume=plan.restorable,
         references=[r["name"] for r in cfg.references()],
+        fingerprint=fingerprint,
     )
+    if superseded and earlier is not None:
+        print(
+            f"pclc sweep: the parent run {earlier.info.run_id} was started from a different sweep file ({superseded}) "
+            f"and stopped before Tune saved any trial: closed as FAILED; the sweep starts under a new parent run "
+            f"{tracker.parent_run_id}",
+            file=out,
+        )
     return tracker
+
+
+def _changed_since(tracker: SweepTracker, parent: Any, cfg: SweepConfig) -> list[str] | None:
+    """The fields changed since the sweep file `parent` logged when it was created (`sweep_config.yaml`), or None
+    when it holds none (a driver killed between creating the run and logging it) or it cannot be read."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="pclc-parent-") as tmp:
+            path = tracker.client.download_artifacts(parent.info.run_id, PARENT_CONFIG_ARTIFACT, tmp)
+            return _changed(Path(path).read_text(), cfg)
+    except Exception:  # no artifact, or a store that cannot serve it: the fingerprint alone decides
+        return None
 
 
 def build_tuner(
@@ -481,7 +551,7 @@ def run_sweep(
     """
     out = out or sys.stdout
     plan = plan_sweep(cfg, resume=resume, storage_path=storage_path, tracking_uri=tracking_uri, out=out)
-    tracker = open_parent_run(cfg, plan)
+    tracker = open_parent_run(cfg, plan, out=out)
     try:
         tuner = build_tuner(
             cfg,

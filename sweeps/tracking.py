@@ -51,6 +51,7 @@ from pclc.contract import (  # noqa: F401  (re-exported: the writer's names, for
 from pclc.files import write_atomic
 
 T = TypeVar("T")
+PARENT_CONFIG_ARTIFACT = "sweep_config.yaml"  # the parent run's copy of the resolved sweep file
 
 _LOCKED = ("database is locked", "database is busy", "database table is locked")
 # How a tracking server that is down (or restarting) shows through MLflow's REST client.
@@ -319,8 +320,11 @@ class SweepTracker:
         resolved_config: str,
         resume: bool,
         references: list[str] | None = None,
+        fingerprint: str | None = None,
     ) -> str:
-        """Open (or, on resume, reopen) the sweep's parent run; returns its id."""
+        """Open (or, on resume, reopen) the sweep's parent run; returns its id. `fingerprint` (the sweep file's,
+        `C.SWEEP_FINGERPRINT`) is recorded on a new parent run; whether an earlier one may be continued is the
+        driver's decision (`sweeps.driver.open_parent_run`), made before this call."""
         self.ensure_experiment(name)
         existing = self.find_parent(experiment_path) if resume else None
         if existing is not None:
@@ -337,6 +341,7 @@ class SweepTracker:
             EXPERIMENT_PATH: experiment_path,
             C.GIT_COMMIT: git_commit(),
             C.VERSIONS: json.dumps(package_versions()),
+            **({C.SWEEP_FINGERPRINT: fingerprint} if fingerprint else {}),
         }
         stale = self.find_parent(experiment_path)
         if stale is not None and stale.info.status == "RUNNING":
@@ -347,8 +352,23 @@ class SweepTracker:
             return self.parent_run_id
         run = self._call(self.client.create_run, self.experiment_id, tags=tags, run_name=f"sweep-{name}")
         self.parent_run_id = run.info.run_id
-        self._call(self.client.log_text, self.parent_run_id, resolved_config, "sweep_config.yaml")
+        self._call(self.client.log_text, self.parent_run_id, resolved_config, PARENT_CONFIG_ARTIFACT)
         return self.parent_run_id
+
+    def supersede_parent(self, run: Run, reason: str) -> None:
+        """Close an earlier parent run that no driver will continue: FAILED with `reason`, and the trial runs it
+        had begun deleted (Tune saved none of their trials, so none of them is a result; the same orphans
+        `reconcile` deletes when a parent is taken over)."""
+        begun = self._call(
+            self.client.search_runs,
+            [run.info.experiment_id],
+            filter_string=f"tags.`{PARENT}` = '{run.info.run_id}'",
+            max_results=1000,
+        )
+        for child in begun:
+            self._call(self.client.delete_run, child.info.run_id)
+        self._call(self.client.set_tag, run.info.run_id, FAILURE, failure_reason(reason))
+        self._call(self.client.set_terminated, run.info.run_id, "FAILED")
 
     def finish_parent(self, status: str = "FINISHED", reason: str | None = None) -> None:
         if self.parent_run_id is None:

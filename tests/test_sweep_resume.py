@@ -132,6 +132,62 @@ def test_resume_when_the_driver_died_before_tunes_first_snapshot(tmp_path: Path)
 
 
 @pytest.mark.slow
+def test_a_parent_run_killed_before_tunes_first_snapshot_is_not_taken_over_by_another_sweep_file(
+    tmp_path: Path,
+) -> None:
+    # The window above, but the sweep file changes before the rerun: the first start's parent run (whose tags
+    # and sweep_config.yaml say the old file) must not become the new sweep's. It is closed as FAILED, the
+    # trial runs it had begun deleted, and the sweep runs under a new parent run, which the driver says.
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    from pclc import contract as C
+    from sweeps.config import load_sweep
+    from sweeps.driver import sweep_fingerprint
+
+    command, uri, exp_path = _sweep(tmp_path, "changed", num_trials=2, max_concurrent=2)
+    client = MlflowClient(uri)
+
+    def parents() -> list[Any]:
+        exp = client.get_experiment_by_name("changed")
+        found = client.search_runs([exp.experiment_id], f"tags.`{C.ROLE}` = 'sweep'") if exp else []
+        return sorted(found, key=lambda r: r.info.start_time)
+
+    def children(parent_id: str, view: int = ViewType.ACTIVE_ONLY) -> list[Any]:
+        exp = client.get_experiment_by_name("changed")
+        return client.search_runs([exp.experiment_id], f"tags.`{C.PARENT}` = '{parent_id}'", run_view_type=view)
+
+    def a_trial_run_began() -> bool:
+        time.sleep(0.5)  # a search of the store at most twice a second
+        found = parents()
+        return (exp_path / "tuner.pkl").exists() and bool(found) and bool(children(found[0].info.run_id))
+
+    _kill_when(command, tmp_path, a_trial_run_began, "opened a trial run")
+    for snapshot in (*exp_path.glob("experiment_state-*"), *exp_path.glob("search*state-*")):
+        snapshot.unlink()  # the window, made exact: whatever Tune saved after tuner.pkl is gone
+    (first,) = parents()
+    assert first.info.status == "RUNNING"
+
+    command, _, _ = _sweep(tmp_path, "changed", num_trials=1, max_concurrent=2)  # the same file, one field changed
+    second = subprocess.run(command + ["--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    old = first.info.run_id
+    said = f"the parent run {old} was started from a different sweep file (changed: num_trials)"
+    assert said in second.stdout, second.stdout[-3000:]
+    assert "1 trials: 1 finished, 0 failed" in second.stdout, second.stdout[-3000:]
+
+    before, now = parents()
+    assert before.info.run_id == old and before.info.status == "FAILED"
+    assert before.data.tags[C.FAILURE].startswith("superseded: the sweep file changed: num_trials")
+    assert children(old) == [] and children(old, ViewType.DELETED_ONLY)  # it had begun trial runs: deleted
+    assert now.info.status == "FINISHED" and now.info.run_id in second.stdout.split(said)[1].splitlines()[0]
+    assert now.data.tags[C.SWEEP_FINGERPRINT] == sweep_fingerprint(load_sweep(command[-1]))
+    assert before.data.tags[C.SWEEP_FINGERPRINT] != now.data.tags[C.SWEEP_FINGERPRINT]
+    (trial,) = children(now.info.run_id)
+    assert trial.info.status == "FINISHED"
+
+
+@pytest.mark.slow
 def test_resume_when_the_snapshot_names_a_deleted_checkpoint(tmp_path: Path) -> None:
     # The window issue 10 met by chance: the snapshot names checkpoint_000001, num_to_keep then deleted it.
     # Made deterministic here: kill once the snapshot names checkpoints, then delete exactly those folders
