@@ -2,15 +2,24 @@
 
 Figures are built without pyplot (no global state, nothing to close) on the Agg canvas, with
 constrained layout and legends outside the axes so nothing overlaps. Accuracies are shown in %.
+
+Sized for report.html, which shows every figure at its own pixel size (no figure is wider than
+DISPLAY_WIDTH_PX, the page's column): a 'small' font (8.3 pt at DPI 110) reads as 9.5 pt there. A
+configuration is labelled by the knobs that differ between the configurations a figure shows, to 3
+significant digits, or by its rank where that is still long; the figure's `key` gives the full labels.
+
+One room: every figure the report draws, and the few helpers (labels, legends, sizes) they share.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
+import textwrap
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -19,6 +28,7 @@ matplotlib.use("Agg")  # before anything draws: PNG files only, no display
 
 import numpy as np
 import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
@@ -49,10 +59,23 @@ MIN_IMPORTANCE_TRIALS = 8  # fANOVA's forest says little below this
 MAX_HEATMAP_CELLS = 10  # more distinct values on an axis than this: bin them
 MAX_DUMBBELLS = 24  # more configurations than this in claimed vs AutoAttack: the best ones by the headline
 DPI = 110
+DISPLAY_WIDTH_PX = 1100  # report.html's column (its CSS reads this): no figure is wider, so none is shown shrunk
+MAX_WIDTH_IN = DISPLAY_WIDTH_PX / DPI
+MAX_LABEL_CHARS = 30  # a configuration label longer than this, once shortened, gives way to its rank and the key
+LEGEND_SHARE = 0.3  # a legend at the right may take this share of the figure's width; a wider one goes below
 
 
 class NotApplicable(Exception):
     """This plot does not fit the data (e.g. a heatmap with one λ); the message says why, for the report."""
+
+
+class KeyedFigure(Figure):
+    """A Figure with the key to its shortened labels: what it shows (e.g. 'pclc #3') → the full configuration
+    label ('pclc (ξ=0.954333, λ=0.134694, lr=0.00255788)'); empty when every label is already whole."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.key: dict[str, str] = {}
 
 
 @dataclass
@@ -64,6 +87,7 @@ class Plot:
     figure: Figure | None = None
     reason: str | None = None
     path: Path | None = None
+    key: dict[str, str] = field(default_factory=dict)  # the figure's shortened labels → full ones (KeyedFigure)
 
 
 # --------------------------------------------------------------------------- labels and colours
@@ -130,20 +154,99 @@ def _interval_note(n_max: int) -> str:
     return "mean ± 95% t-interval over seeds" if n_max >= 2 else "single seed: no interval"
 
 
-def _legend(fig: Figure, *, title: str | None = None) -> None:
-    """Legend outside the axes, to the right (constrained layout makes room for it)."""
+def short_numbers(text: str) -> str:
+    """Every decimal in a label to 3 significant digits: 'ξ=0.954333, lr=0.00255788' → 'ξ=0.954, lr=0.00256'."""
+    return _DECIMAL.sub(lambda m: f"{float(m[0]):.3g}", text)
+
+
+_DECIMAL = re.compile(r"(?<![\w.])\d+\.\d+(?:e[+-]?\d+)?")  # a decimal in a configuration label
+
+
+def _knobs(config: str) -> dict[str, str]:
+    """'ξ=0.995, attacks=[fgsm, pgd_ce]' → {'ξ': '0.995', 'attacks': '[fgsm, pgd_ce]'}; 'default' → {}."""
+    items = re.split(r", (?![^\[]*\])", config) if config != "default" else []
+    return dict(item.split("=", 1) for item in items if "=" in item)
+
+
+def config_labels(pairs: list[tuple[str, str]], *, ranks: list[int] | None = None) -> tuple[list[str], dict[str, str]]:
+    """Short labels of the (variant or arm, configuration) pairs one figure shows, and the key to them.
+
+    A label keeps the knobs whose value differs between the pairs, each to 3 significant digits:
+    'pclc (ξ=0.954, λ=0.135)'. Where one is still longer than MAX_LABEL_CHARS, or two would read the same,
+    every pair is named by its name alone where those differ, else by its rank ('pclc #3', `ranks` or else the
+    position, from 1). The key maps
+    each label that leaves something out to the pair's full label (`variant_label`).
+
+    >>> config_labels([("pclc", "ξ=0.954333, λ=0.05"), ("pclc", "ξ=0.99, λ=0.05")])
+    (['pclc (ξ=0.954)', 'pclc (ξ=0.99)'], {'pclc (ξ=0.954)': 'pclc (ξ=0.954333, λ=0.05)', 'pclc (ξ=0.99)': 'pclc (ξ=0.99, λ=0.05)'})
+    """
+    knobs = [_knobs(config) for _, config in pairs]
+    names = list(dict.fromkeys(k for kv in knobs for k in kv))
+    varying = [k for k in names if len({kv.get(k) for kv in knobs}) > 1]
+    labels = []
+    for (name, _), kv in zip(pairs, knobs):
+        said = ", ".join(f"{k}={short_numbers(kv[k])}" for k in varying if k in kv)
+        labels.append(f"{name} ({said})" if said else name)
+    if len(set(labels)) < len(labels) or any(len(label) > MAX_LABEL_CHARS for label in labels):
+        names = [name for name, _ in pairs]
+        if len(set(names)) == len(names):  # the names alone tell them apart (one configuration each)
+            labels = names
+        else:
+            labels = [f"{name} #{rank}" for name, rank in zip(names, ranks or range(1, len(pairs) + 1))]
+    full = [variant_label(name, config) for name, config in pairs]
+    return labels, {label: whole for label, whole in zip(labels, full) if label != whole}
+
+
+def _renderer(fig: Figure):  # noqa: ANN202 (matplotlib's RendererAgg)
+    """The Agg renderer save_figure draws with, to measure texts before the figure is saved."""
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    return canvas.get_renderer()
+
+
+def _legend(fig: Figure, *, title: str | None = None, below: bool = False) -> None:
+    """One legend for the figure, outside the axes (constrained layout makes room for it): at the right, or below
+    in as many columns as fit where it would take more than LEGEND_SHARE of the width (or `below`)."""
     handles, labels = [], []
     for ax in fig.axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             if lab not in labels and not lab.startswith("_"):
                 handles.append(h)
                 labels.append(lab)
-    if handles:
-        fig.legend(handles, labels, loc="outside right upper", fontsize="small", title=title)
+    if not handles:
+        return
+    legend = fig.legend(handles, labels, loc="outside right upper", fontsize="small", title=title)
+    width = legend.get_window_extent(_renderer(fig)).width
+    if below or width > LEGEND_SHARE * fig.bbox.width:
+        legend.remove()
+        ncols = max(1, min(len(labels), int(0.95 * fig.bbox.width // width)))
+        fig.legend(handles, labels, loc="outside lower center", fontsize="small", title=title, ncols=ncols)
 
 
-def _new_figure(width: float, height: float) -> Figure:
-    return Figure(figsize=(width, height), layout="constrained", dpi=DPI)
+def _fit_texts(fig: Figure) -> None:
+    """Wrap each title and axis label that is wider than what it names (its axes, or the figure for the
+    suptitle), so none runs past its axes into a legend or a neighbour; constrained layout then makes room."""
+    for _ in range(2):  # wrapping moves the layout a little: measure once more
+        fig.draw_without_rendering()
+        renderer = _renderer(fig)
+        room = [(fig._suptitle, fig.bbox.width)] if fig._suptitle is not None else []
+        for ax in fig.axes:
+            if ax.get_visible():
+                box = ax.get_window_extent()
+                room += [(ax.title, box.width), (ax.xaxis.label, box.width), (ax.yaxis.label, box.height)]
+        for text, space in room:
+            if not text.get_text() or not text.get_visible():
+                continue
+            extent = text.get_window_extent(renderer)
+            size = extent.height if text.get_rotation() % 180 else extent.width
+            if size > space:
+                lines = text.get_text().splitlines()
+                chars = max(12, int(max(map(len, lines)) * space / size * 0.95))
+                text.set_text("\n".join(textwrap.fill(line, chars) for line in lines))
+
+
+def _new_figure(width: float, height: float) -> KeyedFigure:
+    """A figure no wider than the report's column (MAX_WIDTH_IN), so it is shown at its own size."""
+    return KeyedFigure(figsize=(min(width, MAX_WIDTH_IN), height), layout="constrained", dpi=DPI)
 
 
 def _band(ax, x: np.ndarray, s: pd.DataFrame, k: float, color: object) -> None:
@@ -205,7 +308,7 @@ def robust_vs_knob(sweep: Sweep, knob: str) -> Figure:
             s = summarize(part, [knob], headline).sort_values(knob)
             n_max = max(n_max, int(s["n"].max()))
             key = key if isinstance(key, tuple) else (key,)
-            extra = ", ".join(f"{SYMBOL.get(p, p)}={fmt_value(v)}" for p, v in zip(others, key))
+            extra = ", ".join(f"{SYMBOL.get(p, p)}={short_numbers(fmt_value(v))}" for p, v in zip(others, key))
             x = s[knob].to_numpy(dtype=float)
             ax.plot(
                 x,
@@ -262,10 +365,12 @@ def robust_vs_eps(sweep: Sweep) -> Figure:
     panels = [[a] for a in present if a not in M.AGGREGATES] + ([aggregates] if aggregates else [])
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    fig = _new_figure(3.6 * ncols + 2.6, 3.0 * nrows + 0.6)
+    fig = _new_figure(3.2 * ncols + 0.6, 2.8 * nrows + 1.6)  # the legend goes below: the panels take the width
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
     colors = variant_colors(sweep.variants)
-    labels = {r.variant: variant_label(r.variant, r.config) for r in best.itertuples()}
+    best = best.sort_values("variant", key=lambda c: c.map(variant_sort_key), kind="stable")
+    short, fig.key = config_labels(list(zip(best["variant"], best["config"])))
+    labels = dict(zip(best["variant"], short))
     n_max = 0
     for ax, attacks in zip(axes, panels):
         for attack in attacks:
@@ -292,7 +397,7 @@ def robust_vs_eps(sweep: Sweep) -> Figure:
         if i % ncols == 0:
             ax.set_ylabel("robust accuracy (%)")
     fig.suptitle(f"Robust accuracy vs ε per loss variant (best configuration each; {_interval_note(n_max)})")
-    _legend(fig, title="variant")
+    _legend(fig, title="variant", below=True)
     return fig
 
 
@@ -320,9 +425,16 @@ def claimed_vs_autoattack(sweep: Sweep) -> Figure:
     ascending = sweep.direction(sweep.headline) == "min"
     ranked = stats[sweep.headline]["mean"].sort_values(ascending=ascending, kind="stable")
     chosen = sorted(ranked.index[:MAX_DUMBBELLS], key=lambda vc: (variant_sort_key(vc[0]), vc[1]))
+    rank = {vc: i for i, vc in enumerate(ranked.index, 1)}  # by the headline, best first: '#1' where labels are ranks
+    labels, key = config_labels(chosen, ranks=[rank[vc] for vc in chosen])
+    by_rank = all(label == f"{v} #{rank[(v, c)]}" for label, (v, c) in zip(labels, chosen))
+    if by_rank:  # ranks for labels: in rank order within each variant, the best on top of its group
+        order = sorted(range(len(chosen)), key=lambda i: (variant_sort_key(chosen[i][0]), rank[chosen[i]]))
+        chosen, labels = [chosen[i] for i in order], [labels[i] for i in order]
     claimed, real = (stats[m].loc[chosen] for m in pair)
     colors = variant_colors(sweep.variants)
-    fig = _new_figure(9.6, 0.42 * len(chosen) + 2.0)
+    fig = _new_figure(9.6, 0.42 * len(chosen) + 2.4)
+    fig.key = key
     ax = fig.add_subplot()
     y = np.arange(len(chosen))
     for variant in sorted({v for v, _ in chosen}, key=variant_sort_key):
@@ -343,29 +455,33 @@ def claimed_vs_autoattack(sweep: Sweep) -> Figure:
         ax.errorbar(
             a["mean"] * 100, y[rows], xerr=a["ci"].fillna(0) * 100, fmt="o", color=color, capsize=3, label=variant
         )
+    rights = []
     for i, ((_, c), (_, a)) in enumerate(zip(claimed.iterrows(), real.iterrows())):
         right = max(c["mean"] + _finite_or_zero(c["ci"]), a["mean"] + _finite_or_zero(a["ci"])) * 100
+        rights.append(right)
         ax.annotate(
             f"{(c['mean'] - a['mean']) * 100:+.1f} pp",
             (right, i),
             xytext=(6, 0),
             textcoords="offset points",
             va="center",
-            fontsize="x-small",
+            fontsize="small",
         )
+    low, high = ax.get_xlim()
+    ax.set_xlim(low, max(high, max(rights) + 0.14 * (max(rights) - low)))  # room for the gaps' '+8.5 pp'
     ax.plot([], [], "o", markerfacecolor="white", markeredgecolor="0.3", label=CLAIMED_LABEL)
     ax.plot([], [], "o", color="0.3", label=AA_LABEL)
-    ax.set_yticks(y, [variant_label(v, c) for v, c in chosen])
+    ax.set_yticks(y, labels)
     ax.invert_yaxis()  # the paper's variant order top to bottom
     eps = sweep.headline_eps
     ax.set_xlabel(f"robust accuracy{f' at ε={fmt_value(eps)}' if eps is not None else ' at the headline ε'} (%)")
-    ax.set_ylabel("loss variant (configuration)")
+    ax.set_ylabel(f"configuration: variant #rank by {sweep.headline}" if by_rank else "loss variant (configuration)")
     n_max = int(max(claimed["n"].max(), real["n"].max()))
     cut = len(ranked) > len(chosen)
     shown = f"; best {len(chosen)} of {len(ranked)} configurations by {sweep.headline}" if cut else ""
     ax.set_title(f"Claimed (classic) vs AutoAttack-grade robust accuracy\n{_interval_note(n_max)}; gap in pp{shown}")
     ax.grid(axis="x", alpha=0.3)
-    _legend(fig)
+    _legend(fig, below=True)  # below: a legend at the right would sit beside the title
     return fig
 
 
@@ -500,7 +616,7 @@ def heatmap_margin_lc(sweep: Sweep) -> Figure:
             text,
             ha="center",
             va="center",
-            fontsize="x-small",
+            fontsize="small",
             color="white" if math.isfinite(v) and v <= np.nanmean(grid) else "black",
         )
     ax.set_xticks(range(len(xlabels)), xlabels, rotation=30 if len(xlabels) > 5 else 0)
@@ -646,7 +762,7 @@ def _axis_values(col: pd.Series) -> tuple[np.ndarray, list[str], bool]:
         else:
             lo_t, hi_t = lo, hi
         span = hi_t - lo_t or 1.0
-        return (x - lo_t) / span, [fmt_value(lo), fmt_value(hi)], log
+        return (x - lo_t) / span, [short_numbers(fmt_value(lo)), short_numbers(fmt_value(hi))], log
     names = sorted({str(v) for v in col})
     codes = {n: i for i, n in enumerate(names)}
     return np.array([codes[str(v)] / max(1, len(names) - 1) for v in col]), names, False
@@ -666,7 +782,7 @@ def parallel_coordinates(sweep: Sweep) -> Figure:
     names = [knob_label(k, log=log) for k, (_, _, log) in zip(knobs, axes_data)] + [metric_label(sweep, headline)]
     ys = np.vstack([v for v, _, _ in axes_data])  # axes × trials
     objective = trials[headline].to_numpy(float)
-    fig = _new_figure(1.9 * len(names) + 2.0, 4.6)
+    fig = _new_figure(1.9 * len(names) + 2.0, 4.8)
     ax = fig.add_subplot()
     cmap = matplotlib.colormaps["viridis"]
     lo, hi = float(np.nanmin(objective)), float(np.nanmax(objective))
@@ -684,7 +800,8 @@ def parallel_coordinates(sweep: Sweep) -> Figure:
         else:  # categories: each name where its lines cross the axis
             for k, name in enumerate(ends):
                 ax.text(i + 0.04, k / max(1, len(ends) - 1), name, ha="left", va="center", fontsize="small")
-    ax.set_xticks(xs, names, rotation=15, ha="right")
+    per_axis = fig.get_figwidth() * 0.8 / len(names)  # inches between two axes, less the colour bar
+    ax.set_xticks(xs, [textwrap.fill(n, max(10, int(per_axis * 12))) for n in names], fontsize="small")
     ax.set_yticks([])
     ax.set_ylim(-0.12, 1.12)
     ax.set_xlim(-0.2, len(names) - 0.8)
@@ -765,13 +882,15 @@ def arm_curves(sweep: Sweep) -> Figure:
     if not arms:
         raise NotApplicable(f"needs the verdict's arms with a per-epoch {M.EPOCH_ROBUST_ACC} over two or more epochs")
     arms = sorted(arms, key=lambda a: -a.estimate.value)[:8]
-    colors = dict(zip([a.name for a in arms], matplotlib.colormaps["tab10"].colors))
+    names = [a.name if a.reference in (None, a.name) else f"{a.reference} = {a.name}" for a in arms]
+    labels, key = config_labels([(n, a.config) for n, a in zip(names, arms)])  # ranks by the final value
+    colors = dict(zip(labels, matplotlib.colormaps["tab10"].colors))
     k = 100.0
     fig = _new_figure(8.5, 4.6)
+    fig.key = key
     ax = fig.add_subplot()
-    for arm in arms:
-        c, color = arm.curve, colors[arm.name]
-        name = arm.name if arm.reference in (None, arm.name) else f"{arm.reference} = {arm.name}"
+    for arm, name in zip(arms, labels):
+        c, color = arm.curve, colors[name]
         ax.plot(c["epoch"], c["mean"] * k, color=color, lw=1.8, label=name)
         ax.fill_between(c["epoch"], c["low"] * k, c["high"] * k, color=color, alpha=0.12, lw=0)
         est, last = arm.estimate, int(c["epoch"].max())
@@ -812,9 +931,12 @@ def make_plots(sweep: Sweep) -> list[Plot]:
     out = []
     for name, title, build in PLOTS:
         try:
-            out.append(Plot(name, title, figure=build(sweep)))
+            fig = build(sweep)
         except NotApplicable as why:
             out.append(Plot(name, title, reason=str(why)))
+            continue
+        _fit_texts(fig)
+        out.append(Plot(name, title, figure=fig, key=dict(getattr(fig, "key", {}))))
     return out
 
 

@@ -1,13 +1,21 @@
 """report.md and a self-contained report.html (PNGs embedded as base64) from a Sweep, logged to its parent run.
 
-Both files are rendered from one list of blocks, so they always say the same thing.
+Both files are rendered from one list of blocks, so they always say the same thing; the one exception is the
+per-attack × ε detail, a table too wide for markdown, which report.md links to as CSV instead. The main
+tables hold what a reader decides on (clean, AutoAttack-checked and claimed accuracy, the gap, the verdict),
+ten columns at most, and a large sweep's rows are cut to the best ones plus the references; runs.csv and
+configurations.csv, written beside the report, always hold everything.
+
+One room: the report's sections, their tables and the two renderers.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,25 +26,44 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from analysis.compare import METHODS, run_interval
-from analysis.load import SEED, SYMBOL, TRAINING, Sweep, fetch_warnings, fmt_value, training_sort_key, variant_label
-from analysis.plots import Plot, attack_rank, is_accuracy, make_plots, save_figure
+from analysis.load import (
+    SEED,
+    SYMBOL,
+    TRAINING,
+    Sweep,
+    fetch_warnings,
+    fmt_value,
+    training_modes,
+    training_sort_key,
+    variant_label,
+)
+from analysis.plots import DISPLAY_WIDTH_PX, Plot, attack_rank, is_accuracy, make_plots, save_figure, short_numbers
 from analysis.stats import best_configs, by_mode, config_table, pareto_mask, summarize, t_halfwidth
-from analysis.verdict import Verdict, headline_outcomes, verdict
+from analysis.verdict import CORRECTION_NAME, Verdict, headline_outcomes, verdict
 from pclc import metrics as M
 from pclc.attacks import AUTOATTACK, CLASSIC
 from pclc.files import write_atomic
 
 ARTIFACT_DIR = "analysis"  # folder of the parent run's artifacts that holds the report
-TOP = 10  # best configurations listed
+TOP = 10  # best configurations listed (per training mode), the references below them
+MAX_ROWS = 30  # a longer table of configurations keeps its best rows and the references; the CSV keeps all
+MAX_WHERE = 5  # configurations named where a masking check fired, then "and N more"
 FINALIST_ROBUST = M.finalist_key(M.ROBUST_ACC)  # `pclc evaluate`'s full AutoAttack re-score of chosen trials
-# The headline numbers every table shows where the runs have them: clean, every attack, each attack family.
-HEADLINES = (M.CLEAN_ACC, M.ROBUST_ACC, M.ROBUST_ACC_CLASSIC, M.ROBUST_ACC_AA)
+# How much the paper's classic attacks overstate, run by run: robust_acc_classic − robust_acc (the AutoAttack-checked
+# worst case over every attack). A column of the report's own, never logged: it is derived here, once.
+GAP = "claimed_gap"
+# What a reader decides on, in every main table where the runs have it: clean, AutoAttack-checked and claimed
+# accuracy, and the gap between the last two. robust_acc_aa and the per-attack numbers are in the detail and the CSV.
+HEADLINES = (M.CLEAN_ACC, M.ROBUST_ACC, M.ROBUST_ACC_CLASSIC, GAP)
 # Column headers that say more than the metric's name; any other column is headed by its name.
 COLUMN = {
+    M.ROBUST_ACC: "`robust_acc` (AutoAttack-checked)",
     M.ROBUST_ACC_CLASSIC: "`robust_acc_classic` (classic attacks: claimed)",
     M.ROBUST_ACC_AA: "`robust_acc_aa` (AutoAttack-grade)",
+    GAP: "claimed − checked (points)",
     FINALIST_ROBUST: "full AutoAttack (finalists)",
 }
+RUNS_CSV, CONFIGS_CSV = "runs.csv", "configurations.csv"  # beside report.md
 
 
 MASKED_ADVICE = (
@@ -127,7 +154,24 @@ class Image:
     title: str
 
 
-Block = Heading | Para | Warn | Bullets | Table | Image
+@dataclass
+class Detail:
+    """A table too wide for markdown: shown in report.html, and in report.md as a pointer to `csv`."""
+
+    summary: str
+    table: Table
+    csv: str  # the file beside the report that holds it in full
+
+
+@dataclass
+class Files:
+    """Files written beside the report, linked from it: (file name, what it holds)."""
+
+    items: list[tuple[str, str]]
+    folder: Path
+
+
+Block = Heading | Para | Warn | Bullets | Table | Image | Detail | Files
 
 
 def _with_modes(table: Table, modes: list[str]) -> Table:
@@ -142,6 +186,12 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _md_table(b: Table) -> str:
+    out = "| " + " | ".join(_md_cell(h) for h in b.header) + " |"
+    out += "\n|" + "|".join(" --- " for _ in b.header) + "|"
+    return out + "".join("\n| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b.rows)
+
+
 def render_markdown(blocks: list[Block]) -> str:
     out: list[str] = []
     for b in blocks:
@@ -154,11 +204,13 @@ def render_markdown(blocks: list[Block]) -> str:
         elif isinstance(b, Bullets):
             out.append("\n".join(f"- {item}" for item in b.items))
         elif isinstance(b, Table):
-            out.append("| " + " | ".join(_md_cell(h) for h in b.header) + " |")
-            out[-1] += "\n|" + "|".join(" --- " for _ in b.header) + "|"
-            out[-1] += "".join("\n| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b.rows)
+            out.append(_md_table(b))
         elif isinstance(b, Image):
             out.append(f"![{b.title}]({b.path.name})")
+        elif isinstance(b, Detail):
+            out.append(f"{b.summary}: {len(b.table.header)} columns, in report.html and in [{b.csv}]({b.csv}).")
+        elif isinstance(b, Files):
+            out.append("\n".join(f"- [{name}]({name}): {what}" for name, what in b.items))
     return "\n\n".join(out) + "\n"
 
 
@@ -169,17 +221,24 @@ def _inline(text: str) -> str:
     return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", t)
 
 
+# The column is as wide as the widest figure (plots.DISPLAY_WIDTH_PX): every figure is shown at its own size.
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:WIDTHpx;margin:2em auto;padding:0 1em;
 color:#222;line-height:1.45}
 h1{border-bottom:2px solid #ddd;padding-bottom:.3em}h2{margin-top:1.8em;border-bottom:1px solid #eee}
 table{border-collapse:collapse;margin:1em 0;font-size:.9em;display:block;overflow-x:auto}
 th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right;white-space:nowrap}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 .warn{background:#fff4e5;border-left:5px solid #f0a020;padding:.6em 1em;margin:1em 0}
-code{background:#f5f5f5;padding:0 .2em}figure{margin:1.5em 0}img{max-width:100%;height:auto;border:1px solid #eee}
-figcaption{color:#555;font-size:.9em}
-"""
+code{background:#f5f5f5;padding:0 .2em}figure{margin:1.5em 0}img{max-width:100%;height:auto;outline:1px solid #eee}
+figcaption{color:#555;font-size:.9em}details{margin:1em 0}summary{cursor:pointer}
+""".replace("WIDTH", str(DISPLAY_WIDTH_PX))
+
+
+def _html_table(b: Table) -> str:
+    head = "".join(f"<th>{_inline(h)}</th>" for h in b.header)
+    body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in b.rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def render_html(blocks: list[Block], title: str) -> str:
@@ -204,9 +263,18 @@ def render_html(blocks: list[Block], title: str) -> str:
         elif isinstance(b, Bullets):
             out.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b.items) + "</ul>")
         elif isinstance(b, Table):
-            head = "".join(f"<th>{_inline(h)}</th>" for h in b.header)
-            body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in b.rows)
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            out.append(_html_table(b))
+        elif isinstance(b, Detail):
+            out.append(f"<details open><summary>{_inline(b.summary)}</summary>{_html_table(b.table)}</details>")
+        elif isinstance(b, Files):  # embedded as data: links, so the page still needs nothing beside it
+            links = []
+            for name, what in b.items:
+                data = base64.b64encode((b.folder / name).read_bytes()).decode("ascii")
+                href = f"data:text/csv;base64,{data}"
+                links.append(
+                    f'<li><a download="{html.escape(name)}" href="{href}">{html.escape(name)}</a>: {_inline(what)}</li>'
+                )
+            out.append("<ul>" + "".join(links) + "</ul>")
         elif isinstance(b, Image):
             data = base64.b64encode(b.path.read_bytes()).decode("ascii")
             out.append(
@@ -263,9 +331,59 @@ def _cell(row: pd.Series, metric: str, samples: int | None = None) -> str:
         row[f"{metric}:mean"],
         row[f"{metric}:std"],
         0 if pd.isna(n) else int(n),
-        percent=is_accuracy(metric),
+        percent=is_accuracy(metric) or metric == GAP,
         samples=samples,
     )
+
+
+def with_gap(sweep: Sweep) -> Sweep:
+    """`sweep` with each run's GAP (robust_acc_classic − robust_acc) as a column, where it has both numbers."""
+    runs = sweep.runs
+    if M.ROBUST_ACC_CLASSIC not in runs or M.ROBUST_ACC not in runs:
+        return sweep
+    return dataclasses.replace(sweep, runs=runs.assign(**{GAP: runs[M.ROBUST_ACC_CLASSIC] - runs[M.ROBUST_ACC]}))
+
+
+def _labels(table: pd.DataFrame) -> list[str]:
+    """Each row's 'variant (configuration)', numbers to 3 significant digits (in full where two rows would then
+    read the same); the CSV keeps them in full."""
+    full = [variant_label(v, c) for v, c in zip(table["variant"], table["config"])]
+    short = [short_numbers(label) for label in full]
+    return short if len(set(short)) == len(set(full)) else full
+
+
+def _is_reference(sweep: Sweep, table: pd.DataFrame) -> np.ndarray:
+    """Per row of a configuration table: whether its runs are a reference arm's (tagged so by the sweep)."""
+    trials = sweep.trials
+    if "reference" not in trials:
+        return np.zeros(len(table), dtype=bool)
+    tagged = trials[trials["reference"].notna()]
+    keys = set(zip(tagged["variant"], tagged["config"]))
+    return np.array([(v, c) in keys for v, c in zip(table["variant"], table["config"])], dtype=bool)
+
+
+def _ranked(sweep: Sweep, table: pd.DataFrame) -> pd.DataFrame:
+    """`table` best first by the headline, each row's rank within its training mode in `_rank` and whether it is a
+    reference in `_reference`."""
+    ascending = sweep.direction(sweep.headline) == "min"
+    ranked = table.sort_values(f"{sweep.headline}:mean", ascending=ascending, kind="stable")
+    ranked = ranked.assign(_rank=ranked.groupby(TRAINING, sort=False).cumcount() + 1)
+    return ranked.assign(_reference=_is_reference(sweep, ranked))
+
+
+def _cut(ranked: pd.DataFrame, top: int) -> pd.DataFrame:
+    """The `top` best rows of each training mode of a `_ranked` table, and every reference row below them."""
+    return ranked[(ranked["_rank"] <= top) | ranked["_reference"]]
+
+
+def _config_rows(sweep: Sweep, table: pd.DataFrame, metrics: Sequence[str], *, rank: bool = False) -> list[list[str]]:
+    """[rank], configuration (a reference marked), runs, then each metric's mean [95 % interval] of a table's rows."""
+    rows = []
+    for label, (_, r) in zip(_labels(table), table.iterrows()):
+        marked = label + (" *(reference)*" if r.get("_reference", False) else "")
+        cells = [marked, str(r["runs"])] + [_cell(r, m, scored_samples(sweep, m)) for m in metrics]
+        rows.append(([str(r["_rank"])] if rank else []) + cells)
+    return rows
 
 
 def _header(metric: str) -> str:
@@ -339,14 +457,28 @@ def _verdict_section(sweep: Sweep, judged: Verdict) -> list[Block]:
         else "the grid: every arm on the same seeds and samples"
     )
     methods = "; ".join(METHODS[k] for k in ("paired_seeds", "paired_run", "correction"))
-    blocks += [
+    blocks.append(
         Para(
-            f"`{judged.metric}` (AutoAttack-checked), from {where}. Each line is an arm minus a reference, in "
+            f"`{judged.metric}` (AutoAttack-checked), from {where}. Each row is an arm minus a reference, in "
             f"points, with its 95 % interval; *better* or *worse* only where the corrected p-value is below 0.05, "
             f"else *tied*. Tests: {methods}."
-        ),
-        Bullets(judged.sentences() or ["No comparison could be made."]),
-    ]
+        )
+    )
+    if judged.lines:
+        header = ["arm", "reference", "difference (points)", "95 % interval", f"p ({CORRECTION_NAME})", "outcome"]
+        rows = [
+            [
+                line.arm.label,
+                line.reference.label,
+                *line.result.difference.text(points=True).split(" points "),  # '−3.4', '[−7.9, +1.1]'
+                f"{line.result.p_corrected:.3g}",
+                f"**{line.result.outcome}**",
+            ]
+            for line in judged.lines
+        ]
+        blocks.append(Table(header, rows))
+    remarks = judged.notes + judged.epochs()
+    blocks.append(Bullets(remarks if remarks or judged.lines else ["No comparison could be made."]))
     arms = sorted(judged.arms, key=lambda a: (training_sort_key(a.training), -a.estimate.value))
     rows = []
     for i, arm in enumerate(arms):
@@ -357,13 +489,30 @@ def _verdict_section(sweep: Sweep, judged: Verdict) -> list[Block]:
                 str(rank),
                 arm.label + (" *(reference)*" if arm.reference else ""),
                 str(len(arm.runs)),
-                arm.estimate.text().replace(" %", ""),
                 f"{100 * arm.clean:.1f}",
+                arm.estimate.text().replace(" %", ""),
+                *(_over_runs(arm.runs, m) for m in (M.ROBUST_ACC_CLASSIC, GAP)),
                 search,
             ]
         )
-    header = ["rank", "arm", "seeds", f"`{judged.metric}` % [95 % interval]", "`clean_acc` %", "search score %"]
+    header = [
+        "rank",
+        "arm",
+        "seeds",
+        "`clean_acc` %",
+        f"`{judged.metric}` % [95 % interval]",
+        f"{COLUMN[M.ROBUST_ACC_CLASSIC]} %",
+        COLUMN[GAP],
+        "search score %",
+    ]
     return blocks + [_with_modes(Table(header, rows), [a.training for a in arms])]
+
+
+def _over_runs(runs: pd.DataFrame, metric: str) -> str:
+    """An arm's mean [95 % interval] of `metric` over its runs (seeds), in % or points; '–' where it has none."""
+    values = runs[metric].dropna().astype(float) if metric in runs else pd.Series(dtype=float)
+    std = float(values.std()) if len(values) > 1 else float("nan")
+    return mean_std(float(values.mean()) if len(values) else float("nan"), std, len(values), percent=True)
 
 
 def _runs_section(sweep: Sweep, counts: dict[str, int]) -> list[Block]:
@@ -422,10 +571,14 @@ def _cost_section(sweep: Sweep) -> list[Block]:
 def _fired_where(check: Check, fired: pd.DataFrame) -> str:
     """'pc (ξ=0.995, λ=0.05) ×3: classic 37.1 % vs AutoAttack 29.0 %': per configuration, runs and mean numbers."""
     parts = []
-    for (v, c), g in fired.groupby(["variant", "config"], sort=False):
+    groups = list(fired.groupby(["variant", "config"], sort=False))
+    for (v, c), g in groups[:MAX_WHERE]:
         numbers = [f"{what} {_number(m, g[m].mean())}" for what, m in check.numbers if m in g and g[m].notna().any()]
-        parts.append(f"{variant_label(v, c)} ×{len(g)}" + (f": {' vs '.join(numbers)}" if numbers else ""))
-    return "; ".join(parts)
+        parts.append(
+            f"{short_numbers(variant_label(v, c))} ×{len(g)}" + (f": {' vs '.join(numbers)}" if numbers else "")
+        )
+    more = len(groups) - MAX_WHERE
+    return "; ".join(parts) + (f"; and {more} more configurations ({RUNS_CSV})" if more > 0 else "")
 
 
 def _masking_section(sweep: Sweep, client: MlflowClient | None) -> list[Block]:
@@ -477,18 +630,12 @@ def _best_section(sweep: Sweep) -> list[Block]:
     finalists = FINALIST_ROBUST in sweep.finalist_metrics()
     metrics += [FINALIST_ROBUST] if finalists else []
     table = config_table(sweep, metrics)
-    ascending = sweep.direction(headline) == "min"
-    ranked = table.sort_values(f"{headline}:mean", ascending=ascending, kind="stable")
-    ranked = by_mode(ranked.groupby(TRAINING, sort=False).head(TOP))  # the best of each training mode
-    ranked = ranked.assign(_rank=ranked.groupby(TRAINING, sort=False).cumcount() + 1)
-    header = ["rank", "variant", "configuration", "runs"] + [_header(m) for m in metrics]
-    rows = [
-        [str(r["_rank"]), r["variant"], r["config"], str(r["runs"])]
-        + [_cell(r, m, scored_samples(sweep, m)) for m in metrics]
-        for _, r in ranked.iterrows()
-    ]
+    ranked = by_mode(_cut(_ranked(sweep, table), TOP))  # the best of each training mode, then its references
+    header = ["rank", "configuration", "runs"] + [_header(m) for m in metrics]
+    rows = _config_rows(sweep, ranked, metrics, rank=True)
     per_mode = f" ({TOP} at most per training mode)" if ranked[TRAINING].nunique() > 1 else ""
-    note = "mean [95 % interval] over seeds; accuracies in %"
+    refs = " and the references" if ranked["_reference"].any() else ""
+    note = "mean [95 % interval] over seeds; accuracies in %, the gap in points"
     searched = (
         " These are the search's own numbers (one seed per configuration, AutoAttack on its subset): they rank, "
         "and the top of such a ranking is biased upward; the verdict above gives the confirmed ones."
@@ -498,8 +645,9 @@ def _best_section(sweep: Sweep) -> list[Block]:
     blocks: list[Block] = [
         Heading("Best configurations"),
         Para(
-            f"By mean `{headline}` ({sweep.direction(headline)}), {note}; top {len(rows)} of {len(table)}{per_mode}."
-            f"{searched}"
+            f"By mean `{headline}` ({sweep.direction(headline)}), {note}; the best{per_mode}{refs}: {len(rows)} of "
+            f"{len(table)} (all of them in `{CONFIGS_CSV}`). `{GAP}` is `robust_acc_classic` − `robust_acc`, run by "
+            f"run: how much a classic-attack evaluation would overstate.{searched}"
         ),
         _with_modes(Table(header, rows), list(ranked[TRAINING])),
     ]
@@ -515,78 +663,93 @@ def _best_section(sweep: Sweep) -> list[Block]:
     if len(objectives) > 1:
         pts = table[[f"{m}:mean" for m, _ in objectives]].to_numpy(dtype=float)
         ok = ~pd.isna(pts).any(axis=1)
-        mask = pareto_mask(pts[ok], [d == "max" for _, d in objectives])
-        front = by_mode(table[ok][mask].sort_values(f"{headline}:mean", ascending=ascending, kind="stable"))
-        rows = [
-            [r["variant"], r["config"], str(r["runs"])] + [_cell(r, m, scored_samples(sweep, m)) for m in metrics]
-            for _, r in front.iterrows()
-        ]
+        front = _ranked(sweep, table[ok][pareto_mask(pts[ok], [d == "max" for _, d in objectives])])
+        shown = by_mode(_cut(front, MAX_ROWS))
         names = " and ".join(f"`{m}` ({d})" for m, d in objectives)
+        cut = f"; the best {MAX_ROWS} of its {len(front)} by `{headline}`" if len(shown) < len(front) else ""
         blocks += [
-            Para(f"**Pareto set** over {names} (configuration means; none is beaten on every objective):"),
+            Para(f"**Pareto set** over {names} (configuration means; none is beaten on every objective{cut}):"),
             _with_modes(
-                Table(["variant", "configuration", "runs"] + [_header(m) for m in metrics], rows), list(front[TRAINING])
+                Table(["configuration", "runs"] + [_header(m) for m in metrics], _config_rows(sweep, shown, metrics)),
+                list(shown[TRAINING]),
             ),
         ]
     return blocks
 
 
 def _ablation_section(sweep: Sweep) -> list[Block]:
-    """Rows: loss variants (each at its best configuration, per training mode); columns: clean and the headline
-    robust accuracies (every attack, classic, AutoAttack-grade), then attack × eps; mean ± std over seeds."""
+    """Rows: loss variants (each at its best configuration, per training mode); columns: clean, AutoAttack-checked
+    and claimed robust accuracy and the gap, mean [95 % interval] over seeds. The attack × ε detail follows, in
+    report.html and the CSV; then every configuration (the best and the references, in a large sweep)."""
     long = sweep.robust_long()
     blocks: list[Block] = [Heading("Ablation table")]
     if long.empty:
         return blocks + [Para("No `robust_acc/<attack>/eps=<eps>` metrics in the analysed runs.")]
     scalars = [m for m in HEADLINES if m in sweep.trials]
     best = best_configs(sweep, per_mode=True)[["variant", "config"]]
-    best = best.merge(config_table(sweep, scalars), on=["variant", "config"])
+    best = best.merge(config_table(sweep, [*scalars, M.ROBUST_ACC_AA]), on=["variant", "config"])
     pairs = set(zip(long["attack"], long["eps"]))
     attack_cols = sorted(pairs, key=lambda ae: (attack_rank(ae[0]), ae[1]))
-    header = ["variant (configuration)", "seeds"] + [_header(m) for m in scalars]
-    header += [f"{a} ε={fmt_value(e)}" for a, e in attack_cols]
-    rows = []
-    for _, b in best.iterrows():
+    labels = _labels(best)
+    rows, detail = [], []
+    for label, (_, b) in zip(labels, best.iterrows()):
         runs = sweep.trials[(sweep.trials["variant"] == b["variant"]) & (sweep.trials["config"] == b["config"])]
         part = long[(long["variant"] == b["variant"]) & (long["config"] == b["config"])]
         s = summarize(part, ["attack", "eps"], "value").set_index(["attack", "eps"])
         seeds = runs[SEED].nunique() if SEED in runs else len(runs)
-        row = [variant_label(b["variant"], b["config"]), str(seeds)] + [
-            _cell(b, m, scored_samples(sweep, m)) for m in scalars
-        ]
+        rows.append([label, str(seeds)] + [_cell(b, m, scored_samples(sweep, m)) for m in scalars])
+        cells = [label, _cell(b, M.ROBUST_ACC_AA, scored_samples(sweep, M.ROBUST_ACC_AA))]
         for key in attack_cols:
-            if key not in s.index:
-                row.append("–")
-                continue
             samples = scored_samples(sweep, M.robust_key(*key))
-            row.append(mean_std(*s.loc[key][["mean", "std", "n"]], percent=True, samples=samples))
-        rows.append(row)
+            found = key in s.index
+            cells.append(mean_std(*s.loc[key][["mean", "std", "n"]], percent=True, samples=samples) if found else "–")
+        detail.append(cells)
     families = (
-        " `robust_acc_classic` and `robust_acc_aa` are the same worst case over the paper's classic attacks only "
-        "(what they claim) and over the AutoAttack-grade attacks only, at the headline ε; per ε, `worst_classic` and "
-        "`worst_aa`. AutoAttack-grade attacks run at the headline ε only unless the config's `aa_eps` adds more, "
-        "so their columns appear at those ε alone."
-        if {M.ROBUST_ACC_CLASSIC, M.ROBUST_ACC_AA} & set(scalars)
+        " `robust_acc_classic` is the same worst case over the paper's classic attacks only (what they claim), at the "
+        f"headline ε; `{GAP}` is it minus `robust_acc`, run by run, in points."
+        if M.ROBUST_ACC_CLASSIC in scalars
         else ""
     )
+    modes = list(best[TRAINING])
     blocks += [
         Para(
             "Accuracy in %, mean [95 % Student-t interval] over seeds. Each variant at its best configuration by mean "
-            f"`{sweep.headline}`; `robust_acc` and `worst` are the per-sample worst case over every attack "
-            f"(at the headline ε, and at each ε).{families}"
+            f"`{sweep.headline}`; `robust_acc` is the per-sample worst case over every attack at the headline ε, "
+            f"AutoAttack-grade ones included.{families}"
         ),
-        _with_modes(Table(header, rows), list(best[TRAINING])),
+        _with_modes(Table(["variant (configuration)", "seeds"] + [_header(m) for m in scalars], rows), modes),
+        Detail(
+            "Per attack × ε, each variant at its best configuration (mean [95 % interval] over seeds, in %; "
+            "`worst`, `worst_classic` and `worst_aa` are the per-sample worst cases at each ε; AutoAttack-grade "
+            "attacks run at the headline ε only unless the config's `aa_eps` adds more)",
+            _with_modes(
+                Table(
+                    ["variant (configuration)", _header(M.ROBUST_ACC_AA)]
+                    + [f"{a} ε={fmt_value(e)}" for a, e in attack_cols],
+                    detail,
+                ),
+                modes,
+            ),
+            CONFIGS_CSV,
+        ),
     ]
-    candidates = list(dict.fromkeys((M.CLEAN_ACC, sweep.headline, M.ROBUST_ACC_CLASSIC, M.ROBUST_ACC_AA, M.PROB_GAP)))
+    candidates = list(dict.fromkeys((M.CLEAN_ACC, sweep.headline, M.ROBUST_ACC_CLASSIC, GAP, M.PROB_GAP)))
     table = config_table(sweep, candidates)
-    if 1 < len(table) <= 100:
+    if len(table) > 1:
         metrics = [m for m in candidates if f"{m}:mean" in table]
-        rows = [
-            [r["variant"], r["config"], str(r["runs"])] + [_cell(r, m, scored_samples(sweep, m)) for m in metrics]
-            for _, r in table.iterrows()
-        ]
-        header = ["variant", "configuration", "runs"] + [_header(m) for m in metrics]
-        blocks += [Heading("All configurations", 3), _with_modes(Table(header, rows), list(table[TRAINING]))]
+        shown = table.assign(_reference=_is_reference(sweep, table))
+        note = []
+        if len(table) > MAX_ROWS:  # a large sweep: its best configurations, best first, and the references
+            shown = by_mode(_cut(_ranked(sweep, table), MAX_ROWS))
+            note = [
+                Para(
+                    f"{len(shown)} of {len(table)} configurations: the best {MAX_ROWS} by `{sweep.headline}` and the "
+                    f"references; every one is in `{CONFIGS_CSV}`, every run in `{RUNS_CSV}`."
+                )
+            ]
+        header = ["configuration", "runs"] + [_header(m) for m in metrics]
+        rows = _config_rows(sweep, shown, metrics)
+        blocks += [Heading("All configurations", 3), *note, _with_modes(Table(header, rows), list(shown[TRAINING]))]
     return blocks
 
 
@@ -595,10 +758,40 @@ def _plots_section(plots: list[Plot]) -> list[Block]:
     for p in plots:
         if p.path is not None:
             blocks += [Heading(p.title, 3), Image(p.path, p.title)]
+            if p.key:  # the figure's shortened labels, in full
+                rows = [[short, whole] for short, whole in p.key.items()]
+                blocks.append(Table(["label in the figure", "configuration"], rows))
     skipped = [f"{p.title}: {p.reason}" for p in plots if p.reason]
     if skipped:
         blocks += [Heading("Skipped plots", 3), Bullets(skipped)]
     return blocks
+
+
+def _data_section(out_dir: Path) -> list[Block]:
+    what = {
+        RUNS_CSV: "every trial run (any outcome, search and confirmation): its params and every metric, each attack "
+        f"at each ε included, and `{GAP}`",
+        CONFIGS_CSV: "every configuration of the search or grid: mean, std, n and 95 % half-width (`:ci`) over its "
+        "seeds of each headline number and of each attack at each ε",
+    }
+    return [Heading("Data"), Files([(name, text) for name, text in what.items()], out_dir)]
+
+
+def csv_tables(sweep: Sweep) -> dict[str, pd.DataFrame]:
+    """The report's tables in full, whatever its own tables cut (`with_gap(sweep)` gives the gap column):
+    RUNS_CSV, one row per trial run; CONFIGS_CSV, one row per configuration, best first by the headline. The
+    headline numbers come first, then each attack at each ε in the registry's order, then everything else."""
+    robust = {m: M.parse_robust_key(m) for m in sweep.metrics}
+    robust = sorted((m for m, key in robust.items() if key), key=lambda m: (attack_rank(robust[m][0]), robust[m][1]))
+    first = [m for m in (*HEADLINES, M.ROBUST_ACC_AA, *robust) if m in sweep.runs]
+    runs = sweep.runs.assign(**{TRAINING: training_modes(sweep.runs)})
+    ids = ["run_id", "trial_id", "phase", "outcome", "variant", "config", TRAINING, "reference", SEED]
+    columns = [c for c in ids if c in runs] + first
+    columns += [c for c in runs.columns if c not in columns]
+    configs = config_table(sweep, first + [m for m in sweep.metrics if m not in first]).copy()  # one block per dtype
+    configs = _ranked(sweep, configs).drop(columns=["_rank"]).rename(columns={"_reference": "reference"}).copy()
+    configs.insert(0, "label", [variant_label(v, c) for v, c in zip(configs["variant"], configs["config"])])
+    return {RUNS_CSV: runs[columns], CONFIGS_CSV: configs}
 
 
 # --------------------------------------------------------------------------- writing
@@ -622,8 +815,15 @@ class Report:
 
 
 def build_blocks(
-    sweep: Sweep, plots: list[Plot], client: MlflowClient | None = None, judged: Verdict | None = None
+    sweep: Sweep,
+    plots: list[Plot],
+    client: MlflowClient | None = None,
+    judged: Verdict | None = None,
+    *,
+    out_dir: Path | None = None,
 ) -> list[Block]:
+    """The report's blocks; with `out_dir`, where `write_report` wrote the CSV files, the links to them too."""
+    sweep = with_gap(sweep)
     counts = sweep.counts()
     if judged is None:
         judged = verdict(sweep, outcomes=headline_outcomes(client, sweep.headline) if client is not None else None)
@@ -635,6 +835,7 @@ def build_blocks(
         *_masking_section(sweep, client),
         *_best_section(sweep),
         *_ablation_section(sweep),
+        *(_data_section(out_dir) if out_dir is not None else []),
         *_plots_section(plots),
     ]
 
@@ -642,10 +843,14 @@ def build_blocks(
 def write_report(
     sweep: Sweep, out_dir: str | Path, *, client: MlflowClient | None = None, log_to_mlflow: bool = True
 ) -> Report:
-    """Plots (PNG), report.md and report.html in `out_dir`; then the folder is logged to the parent run."""
+    """Plots (PNG), report.md, report.html and the CSV tables in `out_dir`; then the folder is logged to the parent
+    run."""
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     client = client or MlflowClient(sweep.tracking_uri)
+    sweep = with_gap(sweep)
+    for name, frame in csv_tables(sweep).items():
+        frame.to_csv(out / name, index=False)
     plots = make_plots(sweep)
     for p in plots:
         target = out / f"{p.name}.png"
@@ -654,7 +859,7 @@ def write_report(
         elif target.exists():  # a plot an earlier analysis drew no longer applies
             target.unlink()
     judged = verdict(sweep, outcomes=headline_outcomes(client, sweep.headline))
-    blocks = build_blocks(sweep, plots, client, judged)
+    blocks = build_blocks(sweep, plots, client, judged, out_dir=out)
     md, page = out / "report.md", out / "report.html"
     write_atomic(md, render_markdown(blocks))
     write_atomic(page, render_html(blocks, f"Sweep report: {sweep.experiment}"))

@@ -22,12 +22,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from analysis import cli, plots
-from analysis.load import AnalysisError, fetch_outcomes, load_sweep, resolve_tracking_uri
-from analysis.report import build_blocks, render_markdown, write_report
+from analysis.load import AnalysisError, fetch_outcomes, load_sweep, resolve_tracking_uri, variant_label
+from analysis.plots import short_numbers
+from analysis.report import COLUMN, CONFIGS_CSV, GAP, RUNS_CSV, build_blocks, render_markdown, write_report
 from analysis.stats import pareto_mask, t_halfwidth
 from pclc import contract as C
 from pclc import metrics as M
@@ -110,7 +112,7 @@ def log_sweep(
 
     A trial is {"cfg": TrialConfig overrides, "params": params logged beside the config's own (fields a newer
     config has), "status": ..., "variant": ..., "metrics": overrides of the fake evaluation (None deletes a
-    metric), "warnings": [...], "reason": failure reason}.
+    metric), "warnings": [...], "reason": failure reason, "reference": the reference arm it belongs to}.
     `autoattack=False` logs a sweep from before the AutoAttack-grade attacks (see `fake_metrics`).
     """
     exp = client.get_experiment_by_name(name)
@@ -136,6 +138,8 @@ def log_sweep(
         tags = {C.PARENT: pid, C.ROLE: C.ROLE_TRIAL, C.TRIAL_ID: f"t{i:03d}"}
         if "variant" in t or mode == "ablation":
             tags[C.VARIANT] = t.get("variant", cfg.loss)
+        if t.get("reference"):  # a reference arm's run, as sweeps tags it
+            tags[C.REFERENCE] = t["reference"]
         run = client.create_run(exp_id, run_name=f"trial_{i}", tags=tags)
         rid = run.info.run_id
         now = int(time.time() * 1000)
@@ -171,6 +175,9 @@ def log_sweep(
         if status != "RUNNING":
             client.set_terminated(rid, status)
         ids.append(rid)
+    references = list(dict.fromkeys(t["reference"] for t in trials if t.get("reference")))
+    if references:
+        client.set_tag(pid, C.REFERENCES, json.dumps(references))
     client.set_terminated(pid, "FINISHED")
     return pid, ids
 
@@ -264,6 +271,22 @@ def optimize_trials(n: int = 16) -> list[dict[str, Any]]:
     return out
 
 
+def long_label_trials(n: int = 12, seeds: tuple[int, ...] = (0, 1)) -> list[dict[str, Any]]:
+    """The labels a search leaves: CE (the reference) beside pclc at `n` random points of four float knobs (ξ, λ,
+    lr, weight decay), each on `seeds`: 'pclc (ξ=0.954333, λ=0.134694, lr=0.00255788, weight_decay=2.1e-05)'."""
+    rng = np.random.default_rng(3)
+    out: list[dict[str, Any]] = [{"cfg": {"loss": "ce", "seed": s}, "reference": "ce"} for s in seeds]
+    for _ in range(n):
+        knobs = {
+            "margin": float(rng.uniform(0.9, 0.999)),
+            "lc_weight": float(10 ** rng.uniform(-2.3, -0.3)),
+            "lr": float(10 ** rng.uniform(-3.3, -2)),
+            "weight_decay": float(10 ** rng.uniform(-5, -3)),
+        }
+        out += [{"cfg": {"loss": "pclc", **knobs, "seed": s}} for s in seeds]
+    return out
+
+
 def asha_trials() -> list[dict[str, Any]]:
     """A small ASHA search: 4 trials finished, 2 stopped by the scheduler after epoch 2, 1 killed by the user."""
     out: list[dict[str, Any]] = [
@@ -317,6 +340,7 @@ def _build_store(root: Path) -> dict[str, Any]:
     )
     info["ragged"] = log_sweep(client, root, "ragged", ragged_trials())
     info["asha"] = log_sweep(client, root, "asha", asha_trials(), mode="optimize")
+    info["long"] = log_sweep(client, root, "long_labels", long_label_trials())
     single = [{"cfg": {"loss": loss, "seed": 0}} for loss in ("ce", "pc", "lc", "pclc")]
     info["single"] = log_sweep(client, root, "single_seed", single, autoattack=False)  # an older sweep
     holes = [{"cfg": {"loss": loss, "seed": s}} for loss in ("ce", "pclc") for s in (0, 1, 2)]
@@ -347,6 +371,13 @@ def optimize(store: dict[str, Any], tmp_path_factory: pytest.TempPathFactory):
     return sweep, report
 
 
+@pytest.fixture(scope="module")
+def long_labels(store: dict[str, Any], tmp_path_factory: pytest.TempPathFactory):
+    sweep = load_sweep("long_labels", tracking_uri=store["uri"])
+    report = write_report(sweep, tmp_path_factory.mktemp("report") / "long", client=store["client"])
+    return sweep, report
+
+
 def figure(report, name: str):
     """The figure the report drew under `name` (so the tests check what the report shows)."""
     fig = next(p.figure for p in report.plots if p.name == name)
@@ -358,6 +389,88 @@ def _legend_texts(fig) -> list[str]:
     return [t.get_text() for leg in fig.legends for t in leg.get_texts()] + [
         t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()
     ]
+
+
+MIN_DISPLAY_PT = 8.0  # the smallest text a reader of report.html should have to read, at the size it is shown
+
+
+def _drawn_texts(fig) -> list[tuple[str, Any, Any]]:
+    """Every text the figure draws, after its layout: (kind, Text, the axes it sits inside or None). Kinds: "inside"
+    (an annotation or label in an axes, which must stay within it), "outside" (titles, axis and tick labels, colour
+    bar labels: never over an axes), "legend" (legend titles and entries)."""
+    FigureCanvasAgg(fig).draw()  # the canvas save_figure draws on (a figure built without pyplot has none)
+    out: list[tuple[str, Any, Any]] = []
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        box = ax.get_window_extent()
+        out += [
+            ("outside", t, None) for t in (ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label)
+        ]
+        for axis, along in ((ax.xaxis, 0), (ax.yaxis, 1)):
+            lo, hi = (box.x0, box.x1) if along == 0 else (box.y0, box.y1)
+            for label in axis.get_ticklabels(which="both"):
+                anchor = label.get_transform().transform(label.get_position())[along]
+                if lo - 1 <= anchor <= hi + 1:  # ticks outside the view are not drawn
+                    out.append(("outside", label, None))
+        out += [("inside", t, ax) for t in ax.texts]
+        if ax.get_legend():
+            out += [("legend", t, None) for t in [ax.get_legend().get_title(), *ax.get_legend().get_texts()]]
+    out += [("outside", t, None) for t in (fig._suptitle, fig._supxlabel, fig._supylabel) if t is not None]
+    out += [("outside", t, None) for t in fig.texts]
+    for legend in fig.legends:
+        out += [("legend", t, None) for t in [legend.get_title(), *legend.get_texts()]]
+    seen: set[int] = set()  # the suptitle is also one of fig.texts
+    return [
+        (k, t, a)
+        for k, t, a in out
+        if t.get_visible() and t.get_text().strip() and not (id(t) in seen or seen.add(id(t)))
+    ]
+
+
+def text_problems(fig, *, display_width_px: float) -> list[str]:
+    """What a reader of the figure could not read, measured with matplotlib's own text extents: a text over another
+    text, an axis label or title over an axes, an annotation over its axes' edge, a title or text under a legend, a
+    text outside the figure, a text below MIN_DISPLAY_PT at the size report.html shows the figure (width
+    `display_width_px` CSS px at most; 1 CSS px = 0.75 pt). Empty when all is well."""
+    texts = _drawn_texts(fig)
+    renderer = fig.canvas.get_renderer()
+    page = fig.bbox
+    shown = min(1.0, display_width_px / page.width)  # the browser shrinks a wider image to the column
+    axes = [ax.get_window_extent() for ax in fig.axes if ax.get_visible()]
+    legends = [leg.get_window_extent(renderer) for leg in fig.legends]
+    problems: list[str] = []
+    if axes:  # the plotting area keeps most of the figure: labels and legends do not squeeze it into a strip
+        width = max(a.x1 for a in axes) - min(a.x0 for a in axes)
+        height = max(a.y1 for a in axes) - min(a.y0 for a in axes)
+        if width < 0.5 * page.width or height < 0.4 * page.height:
+            problems.append(
+                f"the axes take {width / page.width:.0%} of the width, {height / page.height:.0%} of the height"
+            )
+
+    def overlap(a, b) -> bool:  # more than a pixel's touch each way
+        return min(a.x1, b.x1) - max(a.x0, b.x0) > 1 and min(a.y1, b.y1) - max(a.y0, b.y0) > 1
+
+    boxes = [(kind, t, ax, t.get_window_extent(renderer)) for kind, t, ax in texts]
+    for i, (kind, t, ax, box) in enumerate(boxes):
+        name = f"{kind} text {t.get_text()!r}"
+        pt = t.get_fontsize() * fig.dpi / 96 * shown
+        if pt < MIN_DISPLAY_PT - 0.05:
+            problems.append(f"{name} shows at {pt:.1f} pt")
+        if box.x0 < page.x0 - 1 or box.x1 > page.x1 + 1 or box.y0 < page.y0 - 1 or box.y1 > page.y1 + 1:
+            problems.append(f"{name} runs off the figure")
+        if kind == "outside" and any(overlap(box, a) for a in axes):
+            problems.append(f"{name} lies over an axes")
+        if kind == "inside":
+            edge = ax.get_window_extent()
+            if box.x0 < edge.x0 - 1 or box.x1 > edge.x1 + 1 or box.y0 < edge.y0 - 1 or box.y1 > edge.y1 + 1:
+                problems.append(f"{name} crosses its axes' edge")
+        if kind != "legend" and any(overlap(box, leg) for leg in legends):
+            problems.append(f"{name} lies under a legend")
+        for kind2, t2, _, box2 in boxes[i + 1 :]:
+            if overlap(box, box2):
+                problems.append(f"{name} overlaps {kind2} text {t2.get_text()!r}")
+    return problems
 
 
 def md_table(md: str, section: str) -> list[dict[str, str]]:
@@ -530,7 +643,9 @@ def test_robust_vs_eps_one_panel_per_attack(ablation) -> None:
         assert len(ax.collections) == 4  # 95% bands
     assert any("ε (L∞" in ax.get_xlabel() for ax in visible) and visible[0].get_ylabel() == "robust accuracy (%)"
     assert "95% t-interval" in fig.get_suptitle()
-    assert any(t.startswith("pclc (ξ=0.995, λ=0.5)") for t in _legend_texts(fig))  # the best pclc configuration
+    # each variant's best configuration, labelled by the knob that differs between them (the key has the rest)
+    key = next(p.key for p in report.plots if p.name == "robust_vs_eps")
+    assert "pclc (ξ=0.995)" in _legend_texts(fig) and key["pclc (ξ=0.995)"] == "pclc (ξ=0.995, λ=0.5)"
     # the worst cases are lines of one panel told apart by style, not panels of their own
     worst = visible[-1]
     drawn = [ln for ln in worst.get_lines() if len(ln.get_xdata())]
@@ -591,9 +706,10 @@ def test_claimed_vs_autoattack_dumbbells(ablation) -> None:
 def test_claimed_vs_autoattack_keeps_the_best_configurations(ablation, monkeypatch) -> None:
     sweep, _ = ablation
     monkeypatch.setattr(plots, "MAX_DUMBBELLS", 5)
-    ax = plots.claimed_vs_autoattack(sweep).axes[0]
+    fig = plots.claimed_vs_autoattack(sweep)
+    ax = fig.axes[0]
     top = sweep.trials.groupby(["variant", "config"])[M.ROBUST_ACC].mean().nlargest(5).index
-    shown = {x.get_text() for x in ax.get_yticklabels()}
+    shown = {fig.key.get(x.get_text(), x.get_text()) for x in ax.get_yticklabels()}  # the key: the labels in full
     assert shown == {f"{v} ({c})" for v, c in top} and "best 5 of 16 configurations by robust_acc" in ax.get_title()
 
 
@@ -689,7 +805,7 @@ def test_learning_curves_and_parallel_coordinates_from_a_real_store(store, tmp_p
     assert sorted(len(line.get_xdata()) for line in drawn) == [2, 2, 3, 3, 3, 3, 3]
     marks = curves.collections[0].get_offsets()  # the red crosses: where ASHA stopped them (not the user's kill), in %
     assert np.allclose(sorted(map(tuple, marks)), [(2, 15.0), (2, 15.0)])
-    assert "2 stopped early" in curves.get_title()
+    assert "2 stopped early" in " ".join(curves.get_title().split())  # wrapped to its axes' width
     assert "stopped by the scheduler (2)" in _legend_texts(figure(report, "learning_curves"))
 
     cost = {r["metric"]: r for r in md_table(report.markdown.read_text(), "What the sweep cost")}
@@ -698,7 +814,7 @@ def test_learning_curves_and_parallel_coordinates_from_a_real_store(store, tmp_p
     assert cost["`trial_seconds`"]["unit"] == "hours" and cost["`trial_seconds`"]["sweep total"] == "1.11"
 
     coords = figure(report, "parallel_coordinates").axes[0]
-    labels = [t.get_text() for t in coords.get_xticklabels()]
+    labels = [" ".join(t.get_text().split()) for t in coords.get_xticklabels()]  # wrapped under their axes
     assert labels[0].startswith("PC margin ξ") and labels[1].startswith("logit-constraint weight λ")
     assert labels[1].endswith("log scale") and "robust accuracy" in labels[-1]  # λ spans 0.01 … 0.5
     traces = [line for line in coords.lines if len(line.get_xdata()) == len(labels)]  # not the axes themselves
@@ -734,30 +850,39 @@ def test_plots_that_do_not_apply_say_why(store) -> None:
 def test_report_md_ablation_table_and_masking_warning(ablation) -> None:
     sweep, report = ablation
     md = report.markdown.read_text()
-    classic, aa = "`robust_acc_classic` (classic attacks: claimed)", "`robust_acc_aa` (AutoAttack-grade)"
-    assert f"| variant (configuration) | seeds | `clean_acc` | `robust_acc` | {classic} | {aa} | fgsm ε=0.1 |" in md
+    classic, checked, gap = (
+        "`robust_acc_classic` (classic attacks: claimed)",
+        "`robust_acc` (AutoAttack-checked)",
+        COLUMN[GAP],
+    )
+    # what a reader decides on; the attack × eps detail is in report.html and configurations.csv
+    assert f"| variant (configuration) | seeds | `clean_acc` | {checked} | {classic} | {gap} |" in md
     table = md.split("## Ablation table")[1].split("###")[0]
     rows = [ln for ln in table.splitlines() if re.match(r"\| (ce|pc|lc|pclc)\b.*\| 3 \|", ln)]
     assert [r.split("|")[1].strip().split()[0] for r in rows] == ["ce", "pc", "lc", "pclc"]
-    # 4 headline columns + (4 classic attacks, worst, worst_classic) × 3 eps + (2 AutoAttack-grade, worst_aa) × 1 eps
-    assert all(len(re.findall(r"\d+\.\d \[-?\d+\.\d, \d+\.\d\]", r)) == 4 + 6 * 3 + 3 for r in rows)
-    header = list(md_table(md, "Ablation table")[0])
+    assert all(len(re.findall(r"\d+\.\d \[-?\d+\.\d, \d+\.\d\]", r)) == 4 for r in rows)
+    assert "fgsm ε=0.1" not in md and "in report.html and in [configurations.csv](configurations.csv)" in md
+    detail = report.html.read_text().split("<details open>", 1)[1].split("</details>", 1)[0]
+    header = re.findall(r"<th>(.*?)</th>", detail)
     attacks = [h.split(" ε=")[0] for h in header if " ε=" in h]
     assert list(dict.fromkeys(attacks)) == ATTACKS + AA_ATTACKS + list(M.AGGREGATES)  # aggregates last
+    # 1 AutoAttack-grade headline + (4 classic attacks, worst, worst_classic) × 3 eps + (2 AutoAttack-grade, worst_aa)
+    assert detail.count("<tr>") == 1 + 4 and len(header) == 2 + 6 * 3 + 3
     # classic and AutoAttack-grade robust accuracy side by side: mean [interval] over the best configuration's seeds
     t = sweep.trials
     for row in md_table(md, "Ablation table"):
         variant = row["variant (configuration)"].split()[0]
         runs = t[(t["variant"] == variant) & (t["config"] == best_per_variant(sweep)[variant])]
         assert row["variant (configuration)"] == f"{variant} ({runs['config'].iloc[0]})"
-        assert (row[classic], row[aa]) == (mean_sd(runs[M.ROBUST_ACC_CLASSIC]), mean_sd(runs[M.ROBUST_ACC_AA]))
-        assert row["`robust_acc`"] == mean_sd(runs[M.ROBUST_ACC]) and row["`clean_acc`"] == mean_sd(runs[M.CLEAN_ACC])
+        assert row[classic] == mean_sd(runs[M.ROBUST_ACC_CLASSIC])
+        assert row[checked] == mean_sd(runs[M.ROBUST_ACC]) and row["`clean_acc`"] == mean_sd(runs[M.CLEAN_ACC])
+        assert row[gap] == mean_sd(runs[M.ROBUST_ACC_CLASSIC] - runs[M.ROBUST_ACC])
     assert "> **⚠ Warning:** gradient-masking check `ce_weaker_than_cw` fired in 1 of 48 runs" in md
     assert MASKING_TEXT in md  # the run's own words, from its evaluation.json
     assert "| failed | 1 |" in md and "| stopped early | 1 |" in md and "| running / scheduled | 1 |" in md
     assert "`ValueError: loss is NaN`" in md
     assert "same in every analysed trial: dataset=digits, model=small_cnn, epochs=3, warmup_epochs=1," in md
-    assert "## Best configurations" in md and "| 1 | pclc | ξ=0.995, λ=0.5 | 3 |" in md
+    assert "## Best configurations" in md and "| 1 | pclc (ξ=0.995, λ=0.5) | 3 |" in md
     for p in report.plots:
         assert (p.path is not None) == (f"![{p.title}]({p.name}.png)" in md)
     assert not report.skipped  # every plot applies to the full grid
@@ -800,13 +925,13 @@ def test_finalist_rescores_in_their_own_column(ablation, optimize) -> None:
     assert "missing from" not in notes  # re-scores of a few trials are not holes in the data
     md = report.markdown.read_text()
     column = "full AutoAttack (finalists)"
-    rows = {(r["variant"], r["configuration"]): r for r in md_table(md, "Best configurations")}
-    best = rows[("pclc", "ξ=0.995, λ=0.5")]
+    rows = {r["configuration"]: r for r in md_table(md, "Best configurations")}
+    best = rows["pclc (ξ=0.995, λ=0.5)"]
     assert best[column] == mean_sd(list(FINALIST.values()))
     t = sweep.trials
     own = t.loc[t["variant"].eq("pclc") & t["config"].eq("ξ=0.995, λ=0.5"), M.ROBUST_ACC]
-    assert best["`robust_acc`"] == mean_sd(own)  # the trials' own number stays beside the re-score
-    assert all(r[column] == "–" for k, r in rows.items() if k != ("pclc", "ξ=0.995, λ=0.5"))
+    assert best["`robust_acc` (AutoAttack-checked)"] == mean_sd(own)  # the trials' own number stays beside it
+    assert all(r[column] == "–" for k, r in rows.items() if k != "pclc (ξ=0.995, λ=0.5)")
     assert column not in optimize[1].markdown.read_text()  # no re-scores: no column
 
 
@@ -816,11 +941,12 @@ def test_report_groups_rows_by_training_mode(store) -> None:
     ranked = [("standard", "1", "pclc"), ("standard", "2", "ce"), ("pgd", "1", "ce-pgd"), ("trades", "1", "ce-trades")]
     arms = md_table(md, "Verdict")
     assert [(r["training"], r["rank"], r["arm"].split()[0]) for r in arms] == ranked
-    assert [(r["training"], r["rank"], r["variant"]) for r in md_table(md, "Best configurations")] == ranked
+    best = md_table(md, "Best configurations")
+    assert [(r["training"], r["rank"], r["configuration"].split()[0]) for r in best] == ranked
     by_variant = [("standard", "ce"), ("standard", "pclc"), ("pgd", "ce-pgd"), ("trades", "ce-trades")]
     for section in ("Ablation table", "All configurations"):  # each variant at its best, then every configuration
         rows = md_table(md, section)
-        first = "variant (configuration)" if section == "Ablation table" else "variant"
+        first = "variant (configuration)" if section == "Ablation table" else "configuration"
         assert [(r["training"], r[first].split()[0]) for r in rows] == by_variant, section
     # a sweep of one training mode reads as before: no training column
     one = render_markdown(build_blocks(load_sweep("ragged", tracking_uri=store["uri"]), []))
@@ -850,6 +976,105 @@ def test_pareto_set_for_several_objectives(optimize) -> None:
     md = report.markdown.read_text()
     assert "**Pareto set** over `robust_acc` (max) and `clean_acc` (max)" in md
     assert "(n=1)" in md  # one seed: no ± std
+
+
+# --------------------------------------------------------------------------- readable at the size the report shows
+
+
+def test_config_labels_keep_the_knobs_that_differ_or_fall_back_to_ranks() -> None:
+    labels, key = plots.config_labels([("pclc", "ξ=0.954333, λ=0.05, lr=0.001"), ("pclc", "ξ=0.99, λ=0.05, lr=0.001")])
+    assert (
+        labels == ["pclc (ξ=0.954)", "pclc (ξ=0.99)"] and key["pclc (ξ=0.954)"] == "pclc (ξ=0.954333, λ=0.05, lr=0.001)"
+    )
+    assert plots.config_labels([("ce", "default"), ("pclc", "ξ=0.99")]) == (["ce", "pclc (ξ=0.99)"], {})  # whole
+    long = [("pclc", f"ξ=0.9{i}1234, λ=0.{i}4567, lr=0.00{i}5788, weight_decay=2.1{i}e-05") for i in range(1, 4)]
+    labels, key = plots.config_labels(long, ranks=[3, 1, 2])  # still too long with every knob varying: ranks
+    assert labels == ["pclc #3", "pclc #1", "pclc #2"] and key["pclc #1"] == variant_label("pclc", long[1][1])
+    same = [("pclc", "ξ=0.99512"), ("pclc", "ξ=0.99538")]  # equal to 3 significant digits: ranks, not a tie
+    assert plots.config_labels(same)[0] == ["pclc #1", "pclc #2"]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("fixture", ["long_labels", "ablation", "optimize"])
+def test_no_text_overlaps_in_any_plot_at_the_size_the_html_shows_it(fixture, request) -> None:
+    """Every figure the report draws, measured with matplotlib's text extents once laid out: no text over another,
+    over an axes or under a legend, none off the figure, none below 8 pt as report.html shows it (its column is
+    DISPLAY_WIDTH_PX wide and no PNG is wider, so each is shown at its own size)."""
+    sweep, report = request.getfixturevalue(fixture)
+    page = report.html.read_text()
+    assert f"max-width:{plots.DISPLAY_WIDTH_PX}px" in page
+    drawn = [p for p in report.plots if p.figure is not None]
+    assert len(drawn) >= 10, report.skipped
+    for p in drawn:
+        width = int.from_bytes(p.path.read_bytes()[16:20], "big")  # the PNG's own width, from its header
+        assert width <= plots.DISPLAY_WIDTH_PX, (p.name, width)
+        assert text_problems(p.figure, display_width_px=plots.DISPLAY_WIDTH_PX) == [], p.name
+    if fixture == "long_labels":  # 4 float knobs vary: the dumbbells are named by rank, the key says the rest
+        fig = figure(report, "claimed_vs_autoattack")
+        labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+        assert max(map(len, labels)) <= plots.MAX_LABEL_CHARS and set(labels) <= set(fig.key)
+        full = set(fig.key.values())
+        assert full == {variant_label(v, c) for v, c in sweep.trials[["variant", "config"]].drop_duplicates().values}
+        md = report.markdown.read_text()
+        assert "| label in the figure | configuration |" in md and f"| {labels[0]} | {fig.key[labels[0]]} |" in md
+
+
+@pytest.mark.timeout(300)
+def test_main_tables_hold_ten_columns_at_most(long_labels, ablation, optimize, store) -> None:
+    modes = render_markdown(build_blocks(load_sweep("modes", tracking_uri=store["uri"]), []))
+    for md in [r.markdown.read_text() for _, r in (long_labels, ablation, optimize)] + [modes]:
+        headers = [h for h, nxt in zip(md.splitlines(), md.splitlines()[1:]) if nxt.startswith("| --- ")]
+        assert headers and max(len(h.strip("| ").split(" | ")) for h in headers) <= 10, headers
+    md = long_labels[1].markdown.read_text()
+    verdict = md_table(md, "Verdict")  # each arm against CE: the difference, its interval, p and the outcome
+    assert list(verdict[0]) == [
+        "arm",
+        "reference",
+        "difference (points)",
+        "95 % interval",
+        "p (Holm's correction)",
+        "outcome",
+    ]
+    assert len(verdict) == 12 and {r["outcome"] for r in verdict} <= {"**better**", "**tied**", "**worse**"}
+    arms = md.split("## Verdict")[1].split("## Runs")[0]
+    assert "| rank | arm | seeds | `clean_acc` % | `robust_acc` % [95 % interval] |" in arms and COLUMN[GAP] in arms
+
+
+@pytest.mark.timeout(300)
+def test_csv_holds_every_run_and_every_attack_column(long_labels, ablation) -> None:
+    for sweep, report in (long_labels, ablation):
+        runs = pd.read_csv(report.out_dir / RUNS_CSV)
+        assert sorted(runs["run_id"]) == sorted(sweep.runs["run_id"])  # failed, stopped and running ones too
+        robust = [m for m in sweep.metrics if M.parse_robust_key(m)]
+        assert robust and set(robust) <= set(runs.columns) and GAP in runs.columns
+        mine = runs.set_index("run_id").loc[sweep.trials["run_id"]]
+        assert np.allclose(mine[robust].to_numpy(float), sweep.trials[robust].to_numpy(float), equal_nan=True)
+        configs = pd.read_csv(report.out_dir / CONFIGS_CSV)
+        assert len(configs) == len(sweep.trials.groupby(["variant", "config"])) and {
+            f"{m}:mean" for m in robust
+        } <= set(configs)
+        md = report.markdown.read_text()
+        assert f"[{RUNS_CSV}]({RUNS_CSV})" in md and f'download="{CONFIGS_CSV}"' in report.html.read_text()
+
+
+@pytest.mark.timeout(300)
+def test_a_large_sweep_cuts_its_tables_to_the_best_and_the_references(long_labels, store, monkeypatch) -> None:
+    from analysis import report as R
+
+    sweep, _ = long_labels
+    monkeypatch.setattr(R, "TOP", 3)
+    monkeypatch.setattr(R, "MAX_ROWS", 4)
+    md = render_markdown(build_blocks(sweep, []))
+    ranked = sweep.trials.groupby(["variant", "config"])[M.ROBUST_ACC].mean().sort_values(ascending=False)
+    labels = [short_numbers(variant_label(v, c)) for v, c in ranked.index]
+    ce = labels.index("ce (lr=0.001, weight_decay=0)")
+    assert ce >= 4  # the reference ranks below the cut, and stays in the tables
+    best = md_table(md, "Best configurations")
+    assert [r["configuration"] for r in best] == labels[:3] + [labels[ce] + " *(reference)*"]
+    assert [r["rank"] for r in best] == ["1", "2", "3", str(ce + 1)]
+    every = md.split("### All configurations")[1]
+    assert "5 of 13 configurations: the best 4 by `robust_acc` and the references" in every
+    assert every.count("\n| pclc") == 4 and "| ce (lr=0.001, weight_decay=0) *(reference)* |" in every
 
 
 # --------------------------------------------------------------------------- the command line
