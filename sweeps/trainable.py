@@ -115,6 +115,22 @@ def gpu_share() -> float:
     return float(ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0))
 
 
+def clocked(metrics: dict[str, float], *, final: bool = False) -> dict[str, float]:
+    """`metrics` with Tune's `training_iteration` set from the trial's own epoch, as an uninterrupted trial counts
+    it: epoch k is report k, the final evaluation report epochs + 1.
+
+    Tune counts reports from the iteration the experiment snapshot knew; a trial resumed from a newer checkpoint
+    (`restoring_from_storage`: the named one was gone) would report epoch 5 as iteration 3. ASHA's clock is
+    `epoch` (`sweeps.driver.build_scheduler`), true either way; this keeps Tune's own count, what the searcher
+    and the result files show, on the same clock (Tune keeps a `training_iteration` the trial reports).
+    """
+    from ray.tune.result import TRAINING_ITERATION
+
+    if M.EPOCH not in metrics:
+        return metrics
+    return {**metrics, TRAINING_ITERATION: int(metrics[M.EPOCH]) + (1 if final else 0)}
+
+
 def _load_resume() -> dict[str, Any] | None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
@@ -159,7 +175,7 @@ def trainable(config: dict[str, Any], *, prepared: Any, setup: TrialSetup) -> No
 
     done = run.finished_metrics()
     if done is not None:  # an earlier attempt finished and logged everything; only Tune missed it
-        tune.report(done)
+        tune.report(clocked(done, final=True))
         return
 
     run_fn = setup.run_fn
@@ -289,13 +305,13 @@ class TuneReporter:
         self.run.log_epoch(metrics)
         self.last_epoch = dict(metrics)
         if state is None:  # between checkpoints (`checkpoint_every`): a resume starts from the last one
-            tune.report(dict(metrics))
+            tune.report(clocked(metrics))
             return
         with tempfile.TemporaryDirectory(prefix="pclc-ckpt-") as folder:
             with _naming(Path(folder) / CHECKPOINT_FILE):
                 save_checkpoint(state, Path(folder) / CHECKPOINT_FILE)
             with _naming(self.checkpoint_dest, "saving the checkpoint into"):
-                tune.report(dict(metrics), checkpoint=tune.Checkpoint.from_directory(folder))
+                tune.report(clocked(metrics), checkpoint=tune.Checkpoint.from_directory(folder))
 
     def on_final(self, evaluation: Evaluation) -> None:
         evaluation = replace(evaluation, metrics=self._priced(evaluation.metrics))
@@ -303,4 +319,4 @@ class TuneReporter:
         self.run.log_final(evaluation.metrics, evaluation.to_dict(), self.weights, outcomes=outcomes)
         # Tune gets the last per-epoch values too (e.g. epoch_robust_acc for ASHA) under the final ones
         last_epoch = self.last_epoch or self.run.logged_at(int(evaluation.metrics[M.EPOCH]))
-        tune.report({**last_epoch, **evaluation.metrics})
+        tune.report(clocked({**last_epoch, **evaluation.metrics}, final=True))

@@ -214,6 +214,63 @@ def test_resume_when_the_snapshot_names_a_deleted_checkpoint(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
+def test_a_trial_resumed_from_a_newer_checkpoint_than_the_snapshot_named_reports_its_true_epoch(
+    tmp_path: Path,
+) -> None:
+    # The snapshot knows the trial at checkpoint k; storage holds two newer ones (num_to_keep deleted k), so the
+    # trial resumes from the newest. Tune would count its reports on from k: every report must carry the trial's
+    # own clock instead (training_iteration = epoch, the final report epochs + 1), the one ASHA reads (`epoch`).
+    # Made exact: the whole state is captured once the snapshot names a checkpoint, the sweep runs on until two
+    # newer checkpoints are on storage and k is gone, and the captured (older) state is put back after the kill.
+    import json
+
+    from sweeps.tune_state import SNAPSHOT
+
+    asha = {"type": "asha", "grace_period": 2, "reduction_factor": 2}
+    command, uri, exp_path = _sweep(
+        tmp_path, "newer", num_trials=1, max_concurrent=1, trial={"epochs": 8}, scheduler=asha
+    )
+    captured: dict[str, tuple[Path, bytes, Any]] = {}
+
+    def newer_checkpoints_than_the_captured_snapshot() -> bool:
+        if not captured:
+            state = _whole_state(exp_path)
+            if state is not None and _snapshot_checkpoints(state[SNAPSHOT][2]):
+                captured.update(state)
+            return False
+        ((tid, named),) = _snapshot_checkpoints(captured[SNAPSHOT][2]).items()
+        folder = exp_path / f"trial_{tid}"
+        newer = [p for p in folder.glob("checkpoint_*") if p.name > named and (p / "state.pt").is_file()]
+        return len(newer) >= 2 and not (folder / named).exists()
+
+    _kill_when(command, tmp_path, newer_checkpoints_than_the_captured_snapshot, "saved two newer checkpoints")
+    for path, data, _ in captured.values():
+        path.write_bytes(data)
+    ((tid, named),) = _snapshot_checkpoints(captured[SNAPSHOT][2]).items()
+    ((_, metadata),) = captured[SNAPSHOT][2]["trial_data"]
+    known = (json.loads(metadata) if isinstance(metadata, str) else metadata)["last_result"]
+
+    second = subprocess.run(command + ["--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "1 trials: 1 finished, 0 failed" in second.stdout, second.stdout[-3000:]
+    assert f"{named} is gone: resuming from" in second.stdout + second.stderr, second.stdout[-3000:]
+
+    rows = [json.loads(line) for line in (exp_path / f"trial_{tid}" / "result.json").read_text().splitlines()]
+    first_pid = rows[0]["pid"]
+    resumed = [r for r in rows if r["pid"] != first_pid]
+    per_epoch = [r for r in resumed if "robust_acc" not in r]
+    # the case: the resumed attempt started past what the snapshot knew (from a newer checkpoint)
+    assert per_epoch and per_epoch[0]["epoch"] > known["training_iteration"] + 1, (known, resumed)
+    assert [r["epoch"] for r in per_epoch] == list(range(per_epoch[0]["epoch"], 9))
+    assert all(r["training_iteration"] == r["epoch"] for r in rows if "robust_acc" not in r), rows
+    (final,) = [r for r in rows if "robust_acc" in r]
+    assert final["epoch"] == 8 and final["training_iteration"] == 9
+    parent, (child,) = runs(uri, "newer")
+    for key in EPOCH_KEYS:
+        assert [s for s, _ in history(uri, child, key)] == list(range(1, 9)), key
+
+
+@pytest.mark.slow
 def test_resume_when_the_search_state_is_newer_than_the_trial_snapshot(tmp_path: Path) -> None:
     # Tune copies the trial snapshot and the search state to storage one file at a time: a kill mid-copy
     # can pair a search that created N trials with a snapshot that holds fewer. Made exact here: the
