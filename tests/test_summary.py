@@ -1,0 +1,43 @@
+"""sweeps.summary: the end-of-sweep ranking and tables, on fixed rows (no Ray, no store)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from sweep_util import tiny_ablation, tiny_optimize
+
+from sweeps.driver import SweepResult
+from sweeps.summary import ablation_table, best_rows, print_summary
+
+
+@pytest.mark.timeout(60)
+def test_one_objective_ranks_and_several_keep_the_pareto_front(tmp_path: Path) -> None:
+    rows = [
+        {"trial_id": str(i), "robust_acc": r, "clean_acc": c}
+        for i, (r, c) in enumerate([(0.2, 0.9), (0.5, 0.8), (0.4, 0.7), (float("nan"), 1.0)])
+    ]
+    single = tiny_optimize("one", tmp_path)
+    assert [r["trial_id"] for r in best_rows(single, rows, top=3)] == ["1", "2", "0"]  # NaN ranks last
+    both = tiny_optimize(
+        "two", tmp_path, objective=[{"metric": "robust_acc", "mode": "max"}, {"metric": "clean_acc", "mode": "max"}]
+    )
+    assert sorted(r["trial_id"] for r in best_rows(both, rows)) == ["0", "1", "3"]  # 2 is beaten by 1 on both
+
+
+@pytest.mark.timeout(60)
+def test_the_ablation_table_averages_over_seeds_and_the_summary_prints_it(tmp_path: Path) -> None:
+    cfg = tiny_ablation("abl", tmp_path, variants=[{"name": "pclc", "loss": "pclc"}], seeds=[0, 1])
+    rows = [
+        {"trial_id": "a", "seed": 0, "loss": "pclc", "robust_acc": 0.4, "clean_acc": 0.9},
+        {"trial_id": "b", "seed": 1, "loss": "pclc", "robust_acc": 0.6, "clean_acc": 0.8},
+    ]
+    (entry,) = ablation_table(cfg, rows)
+    assert (
+        entry["seeds"] == 2 and entry["robust_acc"] == pytest.approx(0.5) and entry["clean_acc"] == pytest.approx(0.85)
+    )
+    result = SweepResult("abl", "/x", "sqlite:///x.db", "1", "p", False, {}, finished=rows, best=best_rows(cfg, rows))
+    out = io.StringIO()
+    print_summary(cfg, result, out)
+    assert "robust_acc=0.5000±0.1414" in out.getvalue() and "(2 seeds)" in out.getvalue()
