@@ -128,6 +128,6 @@ def _run(args: argparse.Namespace) -> int:
     print(f"        {report.html}  (self-contained: open it in a browser)")
     if report.verdict is not None:
         print(f"verdict ({report.verdict.metric}, from the {report.verdict.source}):")
-        for sentence in report.verdict.sentences() or ["(nothing to compare)"]:
+        for sentence in report.verdict.summary() or ["(nothing to compare)"]:
             print(f"  {sentence}")
     return 0

@@ -63,7 +63,7 @@ COLUMN = {
     GAP: "claimed − checked (points)",
     FINALIST_ROBUST: "full AutoAttack (finalists)",
 }
-RUNS_CSV, CONFIGS_CSV = "runs.csv", "configurations.csv"  # beside report.md
+RUNS_CSV, CONFIGS_CSV, VERDICT_CSV = "runs.csv", "configurations.csv", "verdict.csv"  # beside report.md
 
 
 MASKED_ADVICE = (
@@ -466,6 +466,15 @@ def _verdict_section(sweep: Sweep, judged: Verdict) -> list[Block]:
     )
     if judged.lines:
         header = ["arm", "reference", "difference (points)", "95 % interval", f"p ({CORRECTION_NAME})", "outcome"]
+        lines = judged.lines
+        if len(lines) > MAX_ROWS:  # a large grid: the tally, then its best comparisons; the CSV holds every one
+            lines = judged.ranked()[:MAX_ROWS]
+            blocks.append(
+                Para(
+                    f"{judged.tally()}. The {MAX_ROWS} best differences below; all {len(judged.lines)} in "
+                    f"[{VERDICT_CSV}]({VERDICT_CSV})."
+                )
+            )
         rows = [
             [
                 line.arm.label,
@@ -474,16 +483,22 @@ def _verdict_section(sweep: Sweep, judged: Verdict) -> list[Block]:
                 f"{line.result.p_corrected:.3g}",
                 f"**{line.result.outcome}**",
             ]
-            for line in judged.lines
+            for line in lines
         ]
         blocks.append(Table(header, rows))
-    remarks = judged.notes + judged.epochs()
+    notes = judged.notes
+    if len(notes) > MAX_ROWS:
+        notes = notes[:MAX_ROWS] + [f"… and {len(notes) - MAX_ROWS} more notes of the same kind."]
+    remarks = notes + judged.epochs()
     blocks.append(Bullets(remarks if remarks or judged.lines else ["No comparison could be made."]))
     arms = sorted(judged.arms, key=lambda a: (training_sort_key(a.training), -a.estimate.value))
-    rows = []
+    rows, kept = [], []
     for i, arm in enumerate(arms):
         search = "–" if arm.search_score is None else f"{100 * arm.search_score:.1f} (1 seed)"
         rank = sum(a.training == arm.training for a in arms[: i + 1])  # among the arms of its training mode
+        if rank > MAX_ROWS and not arm.reference:  # a large grid: its best arms and the references
+            continue
+        kept.append(arm)
         rows.append(
             [
                 str(rank),
@@ -505,7 +520,9 @@ def _verdict_section(sweep: Sweep, judged: Verdict) -> list[Block]:
         COLUMN[GAP],
         "search score %",
     ]
-    return blocks + [_with_modes(Table(header, rows), [a.training for a in arms])]
+    if len(kept) < len(arms):
+        blocks.append(Para(f"The best {MAX_ROWS} arms of each training mode and the references, of {len(arms)}:"))
+    return blocks + [_with_modes(Table(header, rows), [a.training for a in kept])]
 
 
 def _over_runs(runs: pd.DataFrame, metric: str) -> str:
@@ -773,6 +790,8 @@ def _data_section(out_dir: Path) -> list[Block]:
         f"at each ε included, and `{GAP}`",
         CONFIGS_CSV: "every configuration of the search or grid: mean, std, n and 95 % half-width (`:ci`) over its "
         "seeds of each headline number and of each attack at each ε",
+        VERDICT_CSV: "every comparison of the verdict, best difference first: difference and 95 % interval in "
+        "points, p before and after the correction, the outcome",
     }
     return [Heading("Data"), Files([(name, text) for name, text in what.items()], out_dir)]
 
@@ -792,6 +811,27 @@ def csv_tables(sweep: Sweep) -> dict[str, pd.DataFrame]:
     configs = _ranked(sweep, configs).drop(columns=["_rank"]).rename(columns={"_reference": "reference"}).copy()
     configs.insert(0, "label", [variant_label(v, c) for v, c in zip(configs["variant"], configs["config"])])
     return {RUNS_CSV: runs[columns], CONFIGS_CSV: configs}
+
+
+def verdict_frame(judged: Verdict) -> pd.DataFrame:
+    """VERDICT_CSV: every comparison of the verdict, best difference first, in points."""
+    rows = [
+        {
+            "arm": line.arm.label,
+            "reference": line.reference.label,
+            "difference_points": 100 * line.result.difference.value,
+            "low_points": 100 * line.result.difference.low,
+            "high_points": 100 * line.result.difference.high,
+            "p": line.result.p_value,
+            "p_corrected": line.result.p_corrected,
+            "outcome": line.result.outcome,
+            "seeds": line.seeds,
+            "samples": line.samples,
+        }
+        for line in judged.ranked()
+    ]
+    columns = ["arm", "reference", "difference_points", "low_points", "high_points", "p", "p_corrected"]
+    return pd.DataFrame(rows, columns=[*columns, "outcome", "seeds", "samples"])
 
 
 # --------------------------------------------------------------------------- writing
@@ -859,6 +899,7 @@ def write_report(
         elif target.exists():  # a plot an earlier analysis drew no longer applies
             target.unlink()
     judged = verdict(sweep, outcomes=headline_outcomes(client, sweep.headline))
+    verdict_frame(judged).to_csv(out / VERDICT_CSV, index=False)
     blocks = build_blocks(sweep, plots, client, judged, out_dir=out)
     md, page = out / "report.md", out / "report.html"
     write_atomic(md, render_markdown(blocks))

@@ -96,6 +96,7 @@ class Line:
 
 
 CORRECTION_NAME = "Holm's correction"
+SHOWN = 10  # comparisons a terminal shows of a large verdict, best first (the report's CSV holds them all)
 _NUMBER = re.compile(r"(?<![\w.])\d+\.\d+(?:e[+-]?\d+)?")  # a decimal in a configuration label
 
 
@@ -115,12 +116,41 @@ class Verdict:
         at which epoch each arm's per-epoch signal was best."""
         return [line.sentence(self.metric) for line in self.lines] + self.notes + self.epochs()
 
+    def ranked(self) -> list[Line]:
+        """The comparisons, best difference first (what a reader of a large sweep looks at first)."""
+        return sorted(self.lines, key=lambda line: -line.result.difference.value)
+
+    def tally(self) -> str:
+        """'100 comparisons (Holm's correction over 100): 3 better, 90 tied, 7 worse'."""
+        counts = {o: sum(line.result.outcome == o for line in self.lines) for o in ("better", "tied", "worse")}
+        said = ", ".join(f"{n} {o}" for o, n in counts.items())
+        return f"{len(self.lines)} comparisons ({CORRECTION_NAME} over {len(self.lines)}): {said}"
+
+    def summary(self, limit: int = SHOWN) -> list[str]:
+        """What a terminal shows: every sentence of a small verdict; for a large one the tally, the `limit` best
+        comparisons and the notes cut to `limit` (the report and its verdict.csv hold them all)."""
+        if len(self.lines) <= limit and len(self.notes) <= limit:
+            return self.sentences()
+        shown = [line.sentence(self.metric) for line in self.ranked()[:limit]]
+        rest = len(self.lines) - len(shown)
+        more = [f"… and {rest} more comparisons (worse differences): all in the report's verdict.csv"] if rest else []
+        notes = self.notes[:limit] + (
+            [f"… and {len(self.notes) - limit} more notes"] if len(self.notes) > limit else []
+        )
+        return [self.tally() + "; the best first:"] + shown + more + notes + self.epochs()
+
     def epochs(self) -> list[str]:
         peaks = [(a, a.best_epoch) for a in self.arms if a.best_epoch is not None]
         if not peaks:
             return []
-        parts = [f"{a.name} at epoch {best} of {last}" for a, (best, last) in peaks]
         late = [a.name for a, (best, last) in peaks if best < last]
+        if len(peaks) > SHOWN:  # a large grid: how many peaked early, not every arm by name
+            named = ", ".join(late[:SHOWN]) + (f" and {len(late) - SHOWN} more" if len(late) > SHOWN else "")
+            return [
+                f"Per-epoch `{self.signal}` (mean over seeds): {len(late)} of {len(peaks)} arms peaked before their "
+                f"last epoch{f' ({named})' if late else ''}; the rest were best at their last epoch."
+            ]
+        parts = [f"{a.name} at epoch {best} of {last}" for a, (best, last) in peaks]
         tail = (
             f"; {', '.join(late)} peaked before the end: shorter training may serve them better"
             if late

@@ -129,5 +129,5 @@ def print_summary(cfg: SweepConfig, result: SweepResult, out: TextIO) -> None:
             f"verdict ({verdict.metric}, each arm against each reference, paired on the same samples and seeds):",
             file=out,
         )
-        for sentence in verdict.sentences() or ["(nothing to compare)"]:
+        for sentence in verdict.summary() or ["(nothing to compare)"]:
             print(f"  {sentence}", file=out)

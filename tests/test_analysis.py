@@ -1077,6 +1077,38 @@ def test_a_large_sweep_cuts_its_tables_to_the_best_and_the_references(long_label
     assert every.count("\n| pclc") == 4 and "| ce (lr=0.001, weight_decay=0) *(reference)* |" in every
 
 
+def test_a_large_verdict_shows_its_tally_and_best_comparisons_and_keeps_all_in_its_csv(
+    long_labels, store, monkeypatch
+) -> None:
+    """A grid of many arms: the terminal and the report show the tally and the best differences, not a
+    sentence per comparison; verdict.csv holds every comparison, best first."""
+    from analysis import report as R
+    from analysis.verdict import verdict
+
+    sweep, report = long_labels
+    judged = report.verdict
+    assert len(judged.lines) == 12  # 12 pclc configurations against the CE reference
+    short = judged.summary(limit=3)
+    tally = short[0]
+    assert tally.startswith("12 comparisons (Holm's correction over 12): ") and tally.endswith("the best first:")
+    counts = [int(n) for n in re.findall(r"(\d+) (?:better|tied|worse)", tally)]
+    assert sum(counts) == 12
+    diffs = sorted((100 * line.result.difference.value for line in judged.lines), reverse=True)
+    assert short[1:4] == [line.sentence(judged.metric) for line in judged.ranked()[:3]]
+    assert f"{diffs[0]:+.1f}".replace("-", "−") in short[1]
+    assert "… and 9 more comparisons" in short[4]
+    assert judged.summary(limit=20) == judged.sentences()  # a small verdict: every sentence
+    table = pd.read_csv(report.out_dir / R.VERDICT_CSV)
+    assert len(table) == 12 and list(table["difference_points"]) == pytest.approx(diffs)
+    assert set(table["outcome"]) <= {"better", "tied", "worse"} and (table["p_corrected"] >= table["p"]).all()
+    monkeypatch.setattr(R, "MAX_ROWS", 4)
+    md = render_markdown(build_blocks(sweep, [], judged=verdict(sweep)))
+    section = md.split("## Verdict")[1].split("## Runs")[0]
+    assert "The 4 best differences below; all 12 in [verdict.csv](verdict.csv)" in section
+    comparisons = [line for line in section.splitlines() if line.startswith("| pclc") and "| ce" in line]
+    assert len(comparisons) == 4
+
+
 # --------------------------------------------------------------------------- the command line
 
 
