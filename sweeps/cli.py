@@ -73,11 +73,23 @@ def _preflight_sweep(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from pclc.config import ConfigError
+
     if args.dry_run:  # no MLflow probe, no Ray: only the sweep file and one measured epoch
         from sweeps.config import load_sweep
         from sweeps.estimate import dry_run
 
-        return dry_run(load_sweep(args.config, args.set, smoke=args.smoke_test), sys.stdout)
+        cluster = None
+        if args.cluster:  # read before the epoch is measured: a file that cannot be sized fails at once
+            from sweeps.cluster_file import ClusterFileError, read_capacity
+
+            try:
+                cluster = read_capacity(args.cluster)
+            except ClusterFileError as exc:
+                raise ConfigError(str(exc)) from None
+        return dry_run(load_sweep(args.config, args.set, smoke=args.smoke_test), sys.stdout, cluster)
+    if args.cluster:
+        raise ConfigError("--cluster FILE sizes a --dry-run to that cluster's workers; add --dry-run")
     _preflight_sweep(args)
     from sweeps.driver import sweep_command
 
@@ -176,6 +188,11 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="start nothing: print the trial count, resources per trial, and the wall time and GPU-hours "
         "estimated from one epoch measured here",
+    )
+    parser.add_argument(
+        "--cluster",
+        metavar="FILE",
+        help="with --dry-run: a `ray up` file (ray_cluster.yaml); trials at once are what its max_workers hold",
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 from pclc import metrics as M
 from pclc.config import TrialConfig
+from sweeps.cluster_file import Capacity
 from sweeps.config import SweepConfig
 
 PROBE_SAMPLES = 32  # test samples the evaluation probe attacks; its time is scaled up to eval_limit
@@ -36,6 +37,17 @@ class Estimate:
     epoch_s: float  # one training epoch with its per-epoch signal
     eval_s: float  # the final evaluation, scaled from the probe to the config's sample counts
     epochs: int
+    cluster: Capacity | None = None  # with --cluster: the trials at once are what its workers hold
+
+    @property
+    def slots(self) -> int | None:
+        """Trials the cluster file's workers hold at once (None without one)."""
+        return self.cluster.slots(self.cpu, self.gpu) if self.cluster is not None else None
+
+    @property
+    def at_once(self) -> int:
+        """Trials running together: `max_concurrent`, or fewer where the cluster holds fewer."""
+        return self.concurrent if self.slots is None else max(1, min(self.concurrent, self.slots))
 
     @property
     def trial_s(self) -> float:
@@ -45,7 +57,7 @@ class Estimate:
     @property
     def wall_s(self) -> float:
         """Preparation, then the trials in waves of `concurrent` (the cluster assumed to fit that many)."""
-        return self.prepare_s + math.ceil(self.trials / self.concurrent) * self.trial_s
+        return self.prepare_s + math.ceil(self.trials / self.at_once) * self.trial_s
 
     @property
     def gpu_hours(self) -> float:
@@ -77,7 +89,7 @@ class _FirstEpoch:
         pass
 
 
-def measure(cfg: SweepConfig) -> Estimate:
+def measure(cfg: SweepConfig, cluster: Capacity | None = None) -> Estimate:
     """Time the preparation, one epoch and a scaled evaluation of the base trial, here and now."""
     from pclc.experiment import Silent, prepare, run_trial
 
@@ -109,6 +121,7 @@ def measure(cfg: SweepConfig) -> Estimate:
         epoch_s=first.metrics[M.TRAIN_SECONDS],
         eval_s=final[M.EVAL_SECONDS] * scale,
         epochs=cfg.trial.epochs,
+        cluster=cluster,
     )
 
 
@@ -117,7 +130,10 @@ def print_estimate(cfg: SweepConfig, est: Estimate, out: TextIO) -> None:
     print(f"pclc sweep --dry-run: {cfg.name} (nothing was started)", file=out)
     print(f"trials: {est.trials}", file=out)
     print(f"resources per trial: {est.cpu:g} CPU, {est.gpu:g} GPU", file=out)
-    print(f"trials at once: {est.concurrent}", file=out)
+    if est.cluster is not None:
+        print(f"cluster: {est.cluster.describe()}", file=out)
+        print(f"cluster holds: {est.slots} trials at once", file=out)
+    print(f"trials at once: {est.at_once}", file=out)
     print(
         f"measured here: preparation {est.prepare_s:.2f} s, one epoch {est.epoch_s:.2f} s, "
         f"final evaluation {est.eval_s:.2f} s (scaled from {PROBE_SAMPLES} samples)",
@@ -133,12 +149,16 @@ def print_estimate(cfg: SweepConfig, est: Estimate, out: TextIO) -> None:
             f"{confirming} of the trials confirm the best and the references on fresh seeds, their AutoAttack on "
             f"all {cfg.trial.eval_limit} evaluated samples rather than {cfg.trial.aa_limit}: they cost more than timed"
         )
+    if est.slots is not None and est.slots > est.concurrent:
+        notes.append(f"max_concurrent {est.concurrent} leaves {est.slots - est.concurrent} of the cluster's slots idle")
+    elif est.slots is not None and est.slots < est.concurrent:
+        notes.append(f"the cluster holds {est.slots} of max_concurrent {est.concurrent}: the rest wait")
     if cfg.scheduler.type == "asha":
         notes.append(f"ASHA may stop trials from epoch {cfg.scheduler.grace_period} on: an upper bound")
     print(f"note: {'; '.join(notes)}", file=out)
 
 
-def dry_run(cfg: SweepConfig, out: TextIO) -> int:
-    """Measure and print; exit code 0."""
-    print_estimate(cfg, measure(cfg), out)
+def dry_run(cfg: SweepConfig, out: TextIO, cluster: Capacity | None = None) -> int:
+    """Measure and print (sized to `cluster`'s workers when given); exit code 0."""
+    print_estimate(cfg, measure(cfg, cluster), out)
     return 0
