@@ -244,6 +244,13 @@ class TrialOutcome:
 # --------------------------------------------------------------------------- driver side
 
 
+class _Search:
+    """`close_trial(run=SEARCH)`: the caller has not looked the trial's run up."""
+
+
+SEARCH = _Search()
+
+
 class SweepTracker:
     """The driver's view: the experiment, the parent run, and the final word on every child run."""
 
@@ -359,13 +366,7 @@ class SweepTracker:
         """Close an earlier parent run that no driver will continue: FAILED with `reason`, and the trial runs it
         had begun deleted (Tune saved none of their trials, so none of them is a result; the same orphans
         `reconcile` deletes when a parent is taken over)."""
-        begun = self._call(
-            self.client.search_runs,
-            [run.info.experiment_id],
-            filter_string=f"tags.`{PARENT}` = '{run.info.run_id}'",
-            max_results=1000,
-        )
-        for child in begun:
+        for child in self.child_runs(parent_run_id=run.info.run_id):
             self._call(self.client.delete_run, child.info.run_id)
         self._call(self.client.set_tag, run.info.run_id, FAILURE, failure_reason(reason))
         self._call(self.client.set_terminated, run.info.run_id, "FAILED")
@@ -377,14 +378,15 @@ class SweepTracker:
             self._call(self.client.set_tag, self.parent_run_id, FAILURE, failure_reason(reason))
         self._call(self.client.set_terminated, self.parent_run_id, status)
 
-    def child_runs(self, view: int = ViewType.ACTIVE_ONLY) -> list[Run]:
+    def child_runs(self, view: int = ViewType.ACTIVE_ONLY, parent_run_id: str | None = None) -> list[Run]:
+        """Every child run of the parent (this sweep's by default), page by page."""
         runs: list[Run] = []
         token = None
         while True:
             page = self._call(
                 self.client.search_runs,
                 [self.experiment_id],
-                filter_string=f"tags.`{PARENT}` = '{self.parent_run_id}'",
+                filter_string=f"tags.`{PARENT}` = '{parent_run_id or self.parent_run_id}'",
                 run_view_type=view,
                 max_results=1000,
                 page_token=token,
@@ -401,9 +403,12 @@ class SweepTracker:
         error: str | None = None,
         stopped: bool = False,
         params: dict[str, Any] | None = None,
+        run: Run | None | _Search = SEARCH,
     ) -> None:
-        """The driver's last word on one trial: FAILED with a reason, KILLED when stopped early."""
-        run = self._call(find_trial_run, self.client, self.target, trial_id)
+        """The driver's last word on one trial: FAILED with a reason, KILLED when stopped early. `run` is its
+        run when the caller already searched (None: it has none), else it is searched for here."""
+        if run is SEARCH:
+            run = self._call(find_trial_run, self.client, self.target, trial_id)
         if run is None:
             if error is None:
                 return
@@ -440,22 +445,22 @@ class SweepTracker:
         The other phase's runs are not this Tune experiment's, and are left alone.
         """
         counts = {"closed": 0, "orphans_deleted": 0, "duplicates_deleted": 0}
-        seen: set[str] = set()
+        kept: dict[str, Run] = {}  # one search for the whole phase, not one per trial (O(N) runs, not O(N²))
         mine = [r for r in self.child_runs() if run_phase(r) == self.phase]
         for run in sorted(mine, key=lambda r: r.info.start_time):
             tid = run.data.tags.get(TRIAL_ID)
             if tid not in trials:
                 self._call(self.client.delete_run, run.info.run_id)
                 counts["orphans_deleted"] += 1
-            elif tid in seen:
+            elif tid in kept:
                 self._call(self.client.delete_run, run.info.run_id)
                 counts["duplicates_deleted"] += 1
             else:
-                seen.add(tid)
+                kept[tid] = run
         for tid, outcome in trials.items():
             # KILLED without `stopped_early`: the live callback tags trials ASHA stopped; here the
             # rest (e.g. a sweep interrupted with Ctrl-C) is closed so that no run stays RUNNING
-            self.close_trial(tid, error=outcome.error, params=outcome.params)
+            self.close_trial(tid, error=outcome.error, params=outcome.params, run=kept.get(tid))
             counts["closed"] += 1
         return counts
 
