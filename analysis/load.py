@@ -305,6 +305,7 @@ def _run_row(run: Run) -> tuple[dict[str, Any], dict[str, str], dict[str, float]
         "phase": tags.get(PHASE, PHASE_SEARCH),  # an older sweep's runs, untagged, were all its search
         "reference": tags.get(REFERENCE),
         "search_trial": tags.get(SEARCH_TRIAL),
+        "left_out": tags.get(C.LEFT_OUT),  # attacks the data set's class count could not run
     }
     metrics = {canonical_metric(k): float(v) for k, v in data.metrics.items()}
     return info, dict(data.params), metrics
@@ -460,7 +461,7 @@ def _table(child_runs: list[Run]) -> tuple[pd.DataFrame, list[str], list[str], l
     )
     metric_names = sorted({k for m in raw_metrics for k in m})
     info_cols = ["run_id", "trial_id", "variant", "config", "status", "outcome", "failure_reason", "start_time"]
-    extra = ["_variant_tag", "stopped_early", "phase", "reference", "search_trial"]
+    extra = ["_variant_tag", "stopped_early", "phase", "reference", "search_trial", "left_out"]
     frame = pd.DataFrame(list(infos), columns=info_cols[:2] + info_cols[4:] + extra)
     columns: dict[str, pd.Series] = {}
     for name in param_names:

@@ -552,6 +552,11 @@ def _runs_section(sweep: Sweep, counts: dict[str, int]) -> list[Block]:
             for reason, ids in reasons
         ]
         blocks += [Para("**Failure reasons**"), Bullets(items)]
+    left = sweep.runs["left_out"].dropna() if "left_out" in sweep.runs else pd.Series(dtype=object)
+    if len(left):  # a data set with fewer classes than some attacks need: what its numbers do not include
+        said = left.str.split(" | ", regex=False).explode().value_counts(sort=False)
+        items = [f"{text} ({n} run{'s' if n != 1 else ''})" for text, n in said.items()]
+        blocks += [Para("**Attacks left out**"), Bullets(items)]
     if sweep.notes:
         blocks += [Para("**Notes on the data**"), Bullets(list(sweep.notes))]
     return blocks

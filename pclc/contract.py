@@ -45,6 +45,7 @@ FAILURE = "pclc.failure_reason"
 DETERMINISTIC = "pclc.failure_deterministic"  # "1": the failure would repeat (NaN loss, refused config, bad data)
 FINAL = "pclc.final"  # "1" once the final evaluation is logged
 STOPPED_EARLY = "pclc.stopped_early"  # "true" when a scheduler (ASHA) stopped the trial
+LEFT_OUT = "pclc.attacks_left_out"  # the trial's "Attack left out: …" warnings (too few classes), joined by " | "
 EVALUATION_ARTIFACT = "evaluation.json"  # metrics, warnings and resolved config of a finished trial
 # Per-sample outcomes (pclc.outcomes: which test samples, correct or not under each attack × eps): a trial's,
 # logged with evaluation.json, and `pclc evaluate`'s re-score of it, beside its `finalist/*` metrics.

@@ -31,6 +31,7 @@ from mlflow.tracking import MlflowClient
 
 from pclc import contract as C
 from pclc import metrics as M
+from pclc.attacks import LEFT_OUT as LEFT_OUT_WARNING
 from pclc.contract import (  # noqa: F401  (re-exported: the writer's names, for callers of this module)
     CUSTOM_MODEL_DEVELOPMENT,
     DETERMINISTIC,
@@ -692,6 +693,9 @@ class TrialRun:
             call(self.client.log_text, self.run_id, outcomes, C.OUTCOMES_ARTIFACT)
         if weights is not None and weights.is_file():
             call(self.client.log_artifact, self.run_id, str(weights), "weights")
+        left_out = [str(w) for w in evaluation.get("warnings", []) if str(w).startswith(LEFT_OUT_WARNING)]
+        if left_out:  # a tag, so that the analysis sees it without downloading every run's evaluation.json
+            call(self.client.set_tag, self.run_id, C.LEFT_OUT, failure_reason(" | ".join(left_out)))
         call(self.client.set_tag, self.run_id, FINAL, "1")
         call(self.client.set_terminated, self.run_id, "FINISHED")
 

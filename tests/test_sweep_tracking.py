@@ -33,6 +33,31 @@ def _tracker(tmp_path: Path) -> SweepTracker:
     return tracker
 
 
+def test_attacks_left_out_for_too_few_classes_become_a_tag_the_report_lists(tmp_path: Path) -> None:
+    from analysis.load import load_sweep
+    from analysis.report import build_blocks, render_markdown
+    from pclc.attacks import LEFT_OUT
+    from pclc.contract import LEFT_OUT as TAG
+
+    tracker = _tracker(tmp_path)
+    said = [
+        f"{LEFT_OUT}: autoattack ran apgd_ce, fab_t, square without apgd_t: apgd_t needs at least 4 classes",
+        f"{LEFT_OUT}: the per-epoch signal (epoch_robust_acc) ran apgd_ce without apgd_t: apgd_t needs at least 4",
+    ]
+    for tid, warnings in (("t1", said + ["Gradient masking suspected: …"]), ("t2", said[:1]), ("t3", [])):
+        run = TrialRun.open(tracker.target, trial_id=tid, params={**TrialConfig().to_dict(), "seed": int(tid[1])})
+        run.log_epoch({"epoch": 1, "train_loss": 1.0})
+        run.log_final({"epoch": 1, "robust_acc": 0.5, "clean_acc": 0.9}, {"metrics": {}, "warnings": warnings}, None)
+    client = MlflowClient(tracker.tracking_uri)
+    tags = {r.data.tags["pclc.trial_id"]: r.data.tags.get(TAG) for r in tracker.child_runs()}
+    assert tags == {"t1": " | ".join(said), "t2": said[0], "t3": None}  # the masking warning is not one of them
+    tracker.finish_parent()
+    sweep = load_sweep("unit", tracking_uri=tracker.tracking_uri, client=client)
+    md = render_markdown(build_blocks(sweep, []))
+    listed = md.split("**Attacks left out**")[1].split("\n\n")[1]
+    assert f"- {said[0]} (2 runs)" in listed and f"- {said[1]} (1 run)" in listed
+
+
 def test_a_retried_trial_reopens_its_run_and_logs_no_epoch_twice(tmp_path: Path) -> None:
     tracker = _tracker(tmp_path)
     params = TrialConfig().to_dict()
