@@ -1,0 +1,44 @@
+"""The scale benchmark's smoke version (issue 20): 40 stand-in trials, 8 at a time, on a simulated
+two-node Ray cluster, the head's MLflow server over SQLite, the driver killed at 50 % and resumed.
+
+The real driver, Tune, Optuna, MLflow and checkpoints run; only the trial body is a stand-in. What it
+checks is what must hold at any size: every metric point a trial reported is in the store exactly once
+(across the kill too), every trial finished, Tune reused its workers, and the resumed driver ran trials
+again. Speed is printed by the benchmark, never asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.timeout(900)
+def test_scale_smoke_loses_and_duplicates_no_metric_point(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/scale.py"), "--smoke-test", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=840,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert (row["trials"], row["concurrent"], row["finished"]) == (40, 8, 40)
+    points = row["points"]
+    # two sweeps of 40 (the measured one and the killed-and-resumed one), every point once
+    assert points["runs"] == 80 and points["expected"] > 0
+    assert (points["lost"], points["duplicated"], points["rewritten"], points["unexpected"]) == (0, 0, 0, 0), points
+    assert points["written"] == points["expected"]
+    assert 0 < row["workers"] <= 8, "Tune started more trial processes than slots: actors were not reused"
+    assert row["resume_s"] is not None and row["resume_s"] > 0
+    assert row["analyze_s"] > 0 and 0 < row["efficiency"] <= 1.0
+    assert "| sqlite | 40 | 8 |" in proc.stdout  # the one table
