@@ -519,6 +519,8 @@ class TrialRun:
         self._last_epoch: dict[str, float] = {}
         self._stored_at: dict[int, dict[str, float]] = {}  # see `logged_at`
         self.recorded_failure: str | None = None  # see `open(keep_recorded_failure=True)`
+        self.earlier_epochs: set[int] = set()  # steps earlier attempts logged (see `logged_at`)
+        self.earlier_keys: set[str] = set()  # the metric keys they logged
 
     @classmethod
     def open(
@@ -589,6 +591,9 @@ class TrialRun:
             )
         opened.pending = _read_buffer(buffer)
         opened.logged_epochs |= {int(m.step) for m in opened.pending if m.key == M.EPOCH}
+        # what earlier attempts logged: a step of theirs may hold more than its epoch metrics (the final)
+        opened.earlier_epochs = set(opened.logged_epochs)
+        opened.earlier_keys = set(run.data.metrics) | {m.key for m in opened.pending}
         opened.flush(deadline=deadline, what="sending the metrics an earlier attempt buffered")
         return opened
 
@@ -651,11 +656,13 @@ class TrialRun:
         logged there (read back from the store: a trial resumed after its last epoch trains none)."""
         if step not in self.logged_epochs:
             return {}
-        if self._last_epoch.get(M.EPOCH) == step:
+        if self._last_epoch.get(M.EPOCH) == step and step not in self.earlier_epochs:
             return self._last_epoch
+        # an earlier attempt logged this step: it may have logged the final there too (killed before its
+        # `pclc.final` tag), and a resumed attempt that trained the epoch again must not write those twice
         if step not in self._stored_at:
             found: dict[str, float] = {}
-            for name in self._previous.data.metrics:
+            for name in sorted(self.earlier_keys | set(self._previous.data.metrics)):
                 rows = [m for m in retrying(self.client.get_metric_history, self.run_id, name) if m.step == step]
                 if rows:
                     found[M.from_mlflow(name)] = max(rows, key=lambda m: m.timestamp).value

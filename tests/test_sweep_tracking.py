@@ -58,6 +58,36 @@ def test_attacks_left_out_for_too_few_classes_become_a_tag_the_report_lists(tmp_
     assert f"- {said[0]} (2 runs)" in listed and f"- {said[1]} (1 run)" in listed
 
 
+def test_a_final_logged_before_a_kill_is_not_written_again_by_the_resumed_attempt(tmp_path: Path) -> None:
+    """benchmarks/scale.py found it at 1000 trials: the driver killed after a trial's final metrics went out but
+    before its `pclc.final` tag; the resumed attempt trained the last epoch again from an older checkpoint and
+    wrote every final metric a second time (same values, new timestamps)."""
+    tracker = _tracker(tmp_path)
+    params = TrialConfig().to_dict()
+    epoch = {"epoch": 3, "train_loss": 0.25, "clean_acc": 0.9}
+    final = {**epoch, "robust_acc": 0.5, "robust_acc/worst/eps=0.1": 0.5, "prob_gap": 0.7}
+    first = TrialRun.open(tracker.target, trial_id="t1", params=params)
+    for e in (1, 2, 3):
+        first.log_epoch({**epoch, "epoch": e})
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the driver's kill, after the metrics and before the artifacts and the tag
+
+    first.client.log_dict = killed
+    with pytest.raises(KeyboardInterrupt):
+        first.log_final(final, {"metrics": final}, None)
+
+    second = TrialRun.open(tracker.target, trial_id="t1", params=params)  # resumed from the epoch-2 checkpoint
+    assert second.finished_metrics() is None  # no `pclc.final`: the trial runs on
+    second.log_epoch(epoch)  # epoch 3 trained again: already logged, not written
+    second.log_final(final, {"metrics": final}, None)
+    client = MlflowClient(tracker.tracking_uri)
+    for key in ("robust_acc", "prob_gap", "robust_acc/worst/eps_0.1", "train_loss"):
+        steps = [m.step for m in client.get_metric_history(second.run_id, key)]
+        assert steps.count(3) == 1, (key, steps)
+    assert client.get_run(second.run_id).data.tags["pclc.final"] == "1"
+
+
 def test_a_retried_trial_reopens_its_run_and_logs_no_epoch_twice(tmp_path: Path) -> None:
     tracker = _tracker(tmp_path)
     params = TrialConfig().to_dict()
