@@ -423,6 +423,19 @@ def _changed_since(tracker: SweepTracker, parent: Any, cfg: SweepConfig) -> list
         return None
 
 
+SNAPSHOT_ENV = "TUNE_GLOBAL_CHECKPOINT_S"
+_USER_SNAPSHOT = os.environ.get(SNAPSHOT_ENV)  # a period the user set wins
+SNAPSHOT_AUTO_ABOVE = 200  # trials
+
+
+def snapshot_period(trials: int) -> str:
+    """How often Tune snapshots the experiment state. A small sweep every 5 s: a killed driver redoes little.
+    Above SNAPSHOT_AUTO_ABOVE trials Tune's own "auto" (every max(10 s, 19 × the snapshot's cost)): a snapshot
+    grows with the trials (0.8–1.4 s at 1000), so a fixed period would spend a growing share of the driver
+    on it, and the sweep's snapshot time would grow with the square of its trials."""
+    return "5" if trials <= SNAPSHOT_AUTO_ABOVE else "auto"
+
+
 def build_tuner(
     cfg: SweepConfig,
     plan: SweepPlan,
@@ -463,6 +476,8 @@ def build_tuner(
         restoring_from_storage(tune.with_parameters(trainable, prepared=prepared, setup=setup)),
         {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu},
     )
+    total_trials = cfg.total_trials(confirmation=False) if arms is None else len(arms)
+    os.environ[SNAPSHOT_ENV] = _USER_SNAPSHOT or snapshot_period(total_trials)  # read when fit() starts
     if plan.restorable:
         print(f"pclc sweep: resuming {exp_path}", file=out)
         tuner = tune.Tuner.restore(exp_path, trainable=fn, resume_errored=True)
@@ -696,8 +711,6 @@ def set_tune_environment() -> None:
     """The process-wide settings a sweep needs from Tune, which reads them from the environment."""
     # Trials report the objective only with their final evaluation (see FinalMetricOptunaSearch).
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    # Snapshot the experiment state often: less work is redone after the driver is killed.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
     # with num_to_keep, Tune snapshots the experiment every few trial checkpoints: wanted here, not a warning
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 

@@ -216,3 +216,11 @@ def test_bad_sweep_file_exits_2_before_ray_starts(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     assert str(bad) in proc.stderr and "margin=1.5" in proc.stderr and "less than or equal to 1" in proc.stderr
     assert not (tmp_path / "ray_results").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_tune_snapshots_every_5_s_in_small_sweeps_and_at_tunes_own_pace_in_large_ones() -> None:
+    from sweeps.driver import SNAPSHOT_AUTO_ABOVE, snapshot_period
+
+    # at 1000 trials one snapshot took 0.8–1.4 s (benchmarks/scale.py): every 5 s that is a fifth of the driver
+    assert snapshot_period(40) == snapshot_period(SNAPSHOT_AUTO_ABOVE) == "5"
+    assert snapshot_period(SNAPSHOT_AUTO_ABOVE + 1) == snapshot_period(1000) == "auto"
