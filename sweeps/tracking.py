@@ -448,16 +448,17 @@ class SweepTracker:
         counts = {"closed": 0, "orphans_deleted": 0, "duplicates_deleted": 0}
         kept: dict[str, Run] = {}  # one search for the whole phase, not one per trial (O(N) runs, not O(N²))
         mine = [r for r in self.child_runs() if run_phase(r) == self.phase]
-        for run in sorted(mine, key=lambda r: r.info.start_time):
-            tid = run.data.tags.get(TRIAL_ID)
-            if tid not in trials:
+        by_trial: dict[str, list[Run]] = {}
+        for run in mine:
+            by_trial.setdefault(run.data.tags.get(TRIAL_ID, ""), []).append(run)
+        for tid, runs in by_trial.items():
+            keep = richest(runs) if tid in trials else None
+            for run in runs:
+                if run is keep:
+                    kept[tid] = run
+                    continue
                 self._call(self.client.delete_run, run.info.run_id)
-                counts["orphans_deleted"] += 1
-            elif tid in kept:
-                self._call(self.client.delete_run, run.info.run_id)
-                counts["duplicates_deleted"] += 1
-            else:
-                kept[tid] = run
+                counts["orphans_deleted" if keep is None else "duplicates_deleted"] += 1
         for tid, outcome in trials.items():
             # KILLED without `stopped_early`: the live callback tags trials ASHA stopped; here the
             # rest (e.g. a sweep interrupted with Ctrl-C) is closed so that no run stays RUNNING
@@ -478,6 +479,16 @@ def run_phase(run: Run) -> str:
     return run.data.tags.get(C.PHASE, C.PHASE_SEARCH)
 
 
+def richest(runs: list[Run]) -> Run:
+    """The run that holds a trial's record when there are several: finished with its final tag, else the most
+    metrics, then parameters, then the earliest. A second run appears when a `create_run` the server committed
+    is answered too late and retried: the empty one must never be the run kept (its twin's metrics deleted)."""
+    return max(
+        runs,
+        key=lambda r: (r.data.tags.get(FINAL) == "1", len(r.data.metrics), len(r.data.params), -r.info.start_time),
+    )
+
+
 def find_trial_run(client: MlflowClient, target: TrackingTarget, trial_id: str) -> Run | None:
     runs = retrying(
         client.search_runs,
@@ -485,7 +496,7 @@ def find_trial_run(client: MlflowClient, target: TrackingTarget, trial_id: str) 
         filter_string=f"tags.`{PARENT}` = '{target.parent_run_id}' and tags.`{TRIAL_ID}` = '{trial_id}'",
         order_by=["attributes.start_time ASC"],
     )
-    return runs[0] if runs else None
+    return richest(runs) if runs else None
 
 
 class TrialRun:

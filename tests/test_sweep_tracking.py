@@ -157,6 +157,28 @@ def test_reconcile_leaves_one_closed_run_per_trial(tmp_path: Path) -> None:
     assert runs["never_started"].data.params["margin"] == "0.995"
 
 
+def test_a_twin_run_from_a_retried_create_never_takes_the_place_of_the_trials_record(tmp_path: Path) -> None:
+    """benchmarks/scale.py at 32 trials at once on 2 cores: a `create_run` the server committed but answered too
+    late was retried, leaving an empty twin run with the trial's tags that started first; reconcile kept the
+    earliest run and deleted the one holding the metrics (11 of 100 trials, 627 points)."""
+    from sweeps.tracking import TrialOutcome, _trial_tags, find_trial_run
+
+    tracker = _tracker(tmp_path)
+    client = MlflowClient(tracker.tracking_uri)
+    target = tracker.target
+    real = TrialRun.open(target, trial_id="t1", params=TrialConfig().to_dict())
+    started = client.get_run(real.run_id).info.start_time
+    twin = client.create_run(target.experiment_id, start_time=started - 1000, tags=_trial_tags(target, "t1"))
+    real.log_epoch({"epoch": 1, "train_loss": 1.0})
+    assert find_trial_run(client, target, "t1").info.run_id == real.run_id  # a retry reopens the record
+    real.log_final({"epoch": 1, "train_loss": 1.0, "robust_acc": 0.5}, {"metrics": {}}, None)
+    counts = tracker.reconcile({"t1": TrialOutcome()})
+    assert counts["duplicates_deleted"] == 1
+    (left,) = tracker.child_runs()
+    assert left.info.run_id == real.run_id and left.data.metrics["robust_acc"] == 0.5
+    assert client.get_run(twin.info.run_id).info.lifecycle_stage == "deleted"
+
+
 @pytest.mark.slow
 def test_a_locked_sqlite_store_is_waited_out_not_lost(tmp_path: Path) -> None:
     tracker = _tracker(tmp_path)
