@@ -310,9 +310,12 @@ def scored_samples(sweep: Sweep, metric: str) -> int | None:
     the classic attacks, the AutoAttack subset for what AutoAttack-grade attacks score (their worst cases
     included); None where the runs disagree or it is not an accuracy."""
     trials = sweep.trials
-    if not is_accuracy(metric) or "eval_limit" not in trials or trials["eval_limit"].nunique() != 1:
+    if not is_accuracy(metric) or "eval_limit" not in trials:
         return None
-    evaluated = int(trials["eval_limit"].iloc[0])
+    stated = trials["eval_limit"].dropna().unique()  # a run without the parameter says nothing
+    if len(stated) != 1:
+        return None
+    evaluated = int(stated[0])
     limits = trials["aa_limit"].dropna().unique() if "aa_limit" in trials else []
     attacks = trials["attacks"].iloc[0] if "attacks" in trials else ()
     checked = any(a in AUTOATTACK for a in attacks or ())

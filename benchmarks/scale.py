@@ -495,6 +495,7 @@ def table(rows: list[Row]) -> str:
 def run_row(args: argparse.Namespace, store: str, trials: int, concurrent: int) -> Row:
     """One row in its own process (a short private temp folder: Ray's socket paths, its address file)."""
     with tempfile.TemporaryDirectory(prefix="pclc-scale-", dir="/tmp") as tmp:
+        os.chmod(tmp, 0o711)  # PostgreSQL's own user must reach its data folder below it
         out = Path(tmp) / "row.json"
         cmd = [
             sys.executable,
