@@ -1232,3 +1232,17 @@ def test_fetch_outcomes_reads_back_what_was_logged_and_none_for_older_runs(store
             fetch_outcomes(client, run, finalist=True)
     finally:
         client.delete_experiment(exp)  # the module's store stays as the other tests know it
+
+
+def test_a_run_without_eval_limit_leaves_the_sample_counts_to_the_runs_that_state_it(long_labels) -> None:
+    import dataclasses
+
+    from analysis.report import scored_samples
+
+    sweep, _ = long_labels
+    stated = scored_samples(sweep, M.CLEAN_ACC)
+    assert stated is not None and stated > 0
+    first = sweep.trials["run_id"].iloc[0]  # the row the old code read
+    holed = sweep.runs.assign(eval_limit=sweep.runs["eval_limit"].where(sweep.runs["run_id"] != first))
+    assert holed["eval_limit"].isna().sum() == 1
+    assert scored_samples(dataclasses.replace(sweep, runs=holed), M.CLEAN_ACC) == stated  # was int(NaN): a crash
