@@ -9,7 +9,7 @@ FINISHED, none FAILED or RUNNING, one parent and one MLflow run per trial, every
 once, trials that had finished before the kill untouched, and Optuna's initial point evaluated once.
 
     python benchmarks/kill_points.py                 # 4 trials × 4 epochs, 11 kill points (3 events)
-    python benchmarks/kill_points.py --smoke-test    # 3 trials × 2 epochs, 3 kill points (1 event; CI)
+    python benchmarks/kill_points.py --smoke-test    # 3 trials × 2 epochs, 3 kill points (2 events; CI)
     python benchmarks/kill_points.py --smoke-test --at tune-started 0.4 --keep /tmp/kp   # these, kept
 """
 
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     # 3 trials, 2 at a time: the kills also land between trials (one ended, the third not yet started)
     trials, epochs = (3, 2) if args.smoke_test else (4, 4)
     default = (
-        ["tune-started", 0.55, 0.7]
+        ["tune-started", "first-checkpoint", 0.55]  # two events: the kills land while it runs, on any machine
         if args.smoke_test
         else [0.1, "tune-started", 0.2, 0.3, "first-checkpoint", 0.4, 0.5, "first-trial-finished", 0.6, 0.75, 0.9]
     )
