@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -96,8 +95,14 @@ def ensure_writable(folder: str | Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise OutputError(f"output folder {path} cannot be written ({exc.strerror or exc})") from None
-    if first_new is not None:
-        shutil.rmtree(first_new, ignore_errors=True)
+    if first_new is not None:  # bottom-up and only while empty: a trial beside it may be making its own folder there
+        for made in [path, *path.parents]:
+            try:
+                made.rmdir()
+            except OSError:
+                break
+            if made == first_new:
+                break
 
 
 @dataclass
