@@ -88,13 +88,18 @@ def ensure_writable(folder: str | Path) -> None:
     """
     path = Path(folder)
     first_new = next((p for p in [path, *path.parents] if not p.exists() and p.parent.exists()), None)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".pclc-write-probe"
-        probe.write_bytes(b"\0" * 4096)
-        probe.unlink()
-    except OSError as exc:
-        raise OutputError(f"output folder {path} cannot be written ({exc.strerror or exc})") from None
+    for attempt in range(10):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / ".pclc-write-probe"
+            probe.write_bytes(b"\0" * 4096)
+            probe.unlink()
+            break
+        except FileNotFoundError as exc:  # a trial beside it cleaned up a parent it had just made: again
+            if attempt == 9:
+                raise OutputError(f"output folder {path} cannot be written ({exc.strerror or exc})") from None
+        except OSError as exc:
+            raise OutputError(f"output folder {path} cannot be written ({exc.strerror or exc})") from None
     if first_new is not None:  # bottom-up and only while empty: a trial beside it may be making its own folder there
         for made in [path, *path.parents]:
             try:

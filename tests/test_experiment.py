@@ -235,3 +235,33 @@ def test_rung_epochs_checkpoint_besides_the_interval(prepared) -> None:
     rec = Recorder()
     run_trial(cfg, rec, prepared=prepared, checkpoint_at=(1,), device="cpu")
     assert [(m[M.EPOCH], bool(s)) for m, s in rec.calls if s is not None] == [(1, True), (2, False), (3, True)]
+
+
+def test_trials_probing_sibling_output_folders_at_once_do_not_remove_each_others(tmp_path: Path) -> None:
+    """Two trials on one node, both the first to write under a fresh outputs folder: one's probe clean-up must
+    not take away the folder the other is making (the two-node journey's OutputError, 'No such file')."""
+    import threading
+
+    from pclc.experiment import ensure_writable
+
+    errors: list[BaseException] = []
+    for round_ in range(30):
+        root = tmp_path / f"r{round_}" / "ray_results" / "outputs"
+        start = threading.Barrier(4)
+
+        def probe(name: str, root: Path = root, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                ensure_writable(root / name)
+            except BaseException as exc:  # noqa: BLE001 (collected, asserted below)
+                errors.append(exc)
+
+        threads = [threading.Thread(target=probe, args=(f"t{i}",)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert not any(
+        (tmp_path / f"r{i}").exists() and any((tmp_path / f"r{i}").rglob("*.pclc-write-probe")) for i in range(30)
+    )
