@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import functools
 import io
+import itertools
 import json
 import os
 import random
@@ -269,7 +270,7 @@ def worker_gaps(starts: list[dict[str, Any]], finals: list[dict[str, Any]]) -> t
     gaps = [
         b[0] - a[0]
         for timeline in events.values()
-        for a, b in zip(sorted(timeline), sorted(timeline)[1:], strict=False)
+        for a, b in itertools.pairwise(sorted(timeline))
         if a[1] == "end" and b[1] == "start"
     ]
     return len(events), sum(gaps) / len(gaps) if gaps else float("nan")
