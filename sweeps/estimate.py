@@ -139,7 +139,7 @@ def print_estimate(cfg: SweepConfig, est: Estimate, out: TextIO) -> None:
         f"final evaluation {est.eval_s:.2f} s (scaled from {PROBE_SAMPLES} samples)",
         file=out,
     )
-    print(f"per trial: {est.trial_s:.1f} s ({est.epochs} epochs + evaluation)", file=out)
+    print(f"per trial: {est.trial_s:.2f} s ({est.epochs} epochs + evaluation)", file=out)
     print(f"estimated wall time: {est.wall_s:.1f} s ({est.wall_s / 3600:.2f} h)", file=out)
     print(f"estimated GPU-hours: {est.gpu_hours:.3f}", file=out)
     notes = ["timed on this machine; a GPU trains faster than this"]
