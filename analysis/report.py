@@ -489,10 +489,7 @@ def _verdict_section(sweep: Sweep, judged: Verdict) -> list[Block]:
             for line in lines
         ]
         blocks.append(Table(header, rows))
-    notes = judged.notes
-    if len(notes) > MAX_ROWS:
-        notes = notes[:MAX_ROWS] + [f"… and {len(notes) - MAX_ROWS} more notes of the same kind."]
-    remarks = notes + judged.epochs()
+    remarks = judged.notes_cut(MAX_ROWS) + judged.epochs()
     blocks.append(Bullets(remarks if remarks or judged.lines else ["No comparison could be made."]))
     arms = sorted(judged.arms, key=lambda a: (training_sort_key(a.training), -a.estimate.value))
     rows, kept = [], []

@@ -134,10 +134,12 @@ class Verdict:
         shown = [line.sentence(self.metric) for line in self.ranked()[:limit]]
         rest = len(self.lines) - len(shown)
         more = [f"… and {rest} more comparisons (worse differences): all in the report's verdict.csv"] if rest else []
-        notes = self.notes[:limit] + (
-            [f"… and {len(self.notes) - limit} more notes"] if len(self.notes) > limit else []
-        )
-        return [self.tally() + "; the best first:"] + shown + more + notes + self.epochs()
+        return [self.tally() + "; the best first:"] + shown + more + self.notes_cut(limit) + self.epochs()
+
+    def notes_cut(self, limit: int) -> list[str]:
+        """The first `limit` notes, and how many more there are (the terminal and the report cut them alike)."""
+        rest = len(self.notes) - limit
+        return self.notes[:limit] + ([f"… and {rest} more notes"] if rest > 0 else [])
 
     def epochs(self) -> list[str]:
         peaks = [(a, a.best_epoch) for a in self.arms if a.best_epoch is not None]

@@ -16,7 +16,7 @@ Per row:
 - Tune's experiment snapshot at the end (its last `TuneController.checkpoint`), and the longest;
 - Optuna: the time to suggest the last trial against the tenth;
 - MLflow: metric points expected, lost and duplicated (read back from the store's own tables), writes/s;
-- `pclc analyze` on the finished sweep: wall time and peak memory;
+- `pclc analyze` on the finished sweep, once the simulated workers are gone: wall time and its own peak memory;
 - the time from `--resume` to the first trial running again after the driver is killed at 50 % (a second
   sweep of the same size; its points are counted too: lost and duplicated include it).
 
@@ -280,20 +280,38 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# `python -m analysis ARGS` that writes its own peak memory to FILE (argv[1]) as it ends. The peak is read from
+# /proc/self/status (VmHWM, this program's own memory): the rusage of a child also counts the copy of its
+# parent it was forked as, the benchmark's 1.2 GB, whatever the analysis itself used.
+ANALYZE_WITH_PEAK = """
+import runpy, sys
+from pathlib import Path
+peak = Path(sys.argv.pop(1))
+try:
+    runpy.run_module("analysis", run_name="__main__", alter_sys=True)
+finally:
+    with open("/proc/self/status") as status:
+        hwm = next(line for line in status if line.startswith("VmHWM:"))
+    peak.write_text(str(int(hwm.split()[1]) / 1024))
+"""
+
+
 def analyze(uri: str, experiment: str, out: Path) -> tuple[float, float]:
-    """`pclc analyze` on the finished sweep in its own process: (wall s, peak MB)."""
+    """`pclc analyze` on the finished sweep in its own process: (wall s, its own peak MB)."""
+    out.mkdir(parents=True, exist_ok=True)
+    peak = out / "peak_mb.txt"
+    args = ["--experiment", experiment, "--tracking-uri", uri, "--out", str(out)]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "analysis", "--experiment", experiment, "--tracking-uri", uri, "--out", str(out)],
+    proc = subprocess.run(
+        [sys.executable, "-c", ANALYZE_WITH_PEAK, str(peak), *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
-    _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"scale: pclc analyze failed: {proc.stderr.read()[-3000:] if proc.stderr else ''}")
-    return wall, usage.ru_maxrss / 1024
+    if proc.returncode != 0:
+        raise SystemExit(f"scale: pclc analyze failed: {proc.stderr[-3000:]}")
+    return wall, float(peak.read_text())
 
 
 def drive(spec: Path, address: str, resume: bool) -> int:
@@ -404,7 +422,8 @@ def efficiency_at(trial_s: float, row: Row) -> float:
 
 
 def measure_row(row: Row, *, nodes: int, kill: bool, work: Path) -> Row:
-    """One (store, N, C): the sweep, its store read back, `pclc analyze`, then the killed-and-resumed sweep."""
+    """One (store, N, C): the sweep, its store read back, the killed-and-resumed sweep, then `pclc analyze`
+    of the first sweep once the simulated cluster is down."""
     from ray.tune.execution.tune_controller import TuneController
 
     from sweeps.driver import FinalMetricOptunaSearch, ray_session, run_sweep, set_tune_environment
@@ -413,57 +432,64 @@ def measure_row(row: Row, *, nodes: int, kill: bool, work: Path) -> Row:
     home.mkdir()
     notes = work / "notes"
     notes.mkdir()
-    with mlflow_store(row.store, home) as store, simulated_cluster(row.concurrent, nodes) as address:
-        name = f"scale-{row.store}-{row.trials}x{row.concurrent}"
-        cfg = scale_sweep(name, work, row.trials, row.concurrent, row.epochs, store.uri)
-        snapshots = Timed(TuneController, "checkpoint")
-        suggests = Timed(FinalMetricOptunaSearch, "suggest", keep=lambda config: isinstance(config, dict))
-        run_fn = functools.partial(standin_trial, epoch_s=row.epoch_s, notes_dir=str(notes))
-        with ray_session(address, log_to_driver=False):
-            set_tune_environment()
-            _register_by_value()
-            base_mb, cpu0, t0, began = peak_mb(), time.process_time(), time.perf_counter(), time.time()
-            result = run_sweep(cfg, run_fn=run_fn, prepared={}, out=io.StringIO())
-            row.wall_s, ended = time.perf_counter() - t0, time.time()
-            cpu = time.process_time() - cpu0
-        row.finished = len(result.finished)
-        trial_s = row.epochs * row.epoch_s
-        row.efficiency = row.trials * trial_s / row.concurrent / row.wall_s
-        starts = [json.loads(line) for line in (notes / "starts.jsonl").read_text().splitlines()]
-        finals = [json.loads(p.read_text()) for p in notes.glob("*.final")]
-        row.workers, row.between_s = worker_gaps(starts, finals)
-        # once per sweep: up to the first trial's start, after the last trial's end; per trial: the rest
-        row.startup_s = min(n["time"] for n in starts) - began
-        row.wrapup_s = ended - max(n["time"] for n in finals)
-        steady = row.wall_s - row.startup_s - row.wrapup_s
-        row.overhead_s = steady * row.concurrent / row.trials - trial_s
-        row.efficiency_60s = efficiency_at(60.0, row)
-        row.reporting_s = sum(f["reporting_s"] for f in finals) / max(1, len(finals))
-        spans = [r.metrics.get("time_total_s", float("nan")) for r in result.grid if r.metrics]
-        body = trial_s + row.reporting_s
-        row.setup_s = sum(spans) / max(1, len(spans)) - body
-        row.driver_cpu_per_trial_s = cpu / row.trials
-        row.driver_peak_mb = peak_mb()
-        row.driver_mb_per_trial = (row.driver_peak_mb - base_mb) / row.trials
-        row.snapshot_last_s = snapshots.seconds[-1] if snapshots.seconds else float("nan")
-        row.snapshot_max_s = max(snapshots.seconds, default=float("nan"))
-        row.snapshot_total_s = sum(snapshots.seconds)
-        times = suggests.seconds
-        row.optuna_10th_ms = 1000 * times[min(9, len(times) - 1)] if times else float("nan")
-        row.optuna_last_ms = 1000 * times[-1] if times else float("nan")
-        points = metric_points(store, name, row.trials, cfg.trial)
-        row.writes_per_s = points["written"] / row.wall_s
+    with mlflow_store(row.store, home) as store:
+        with simulated_cluster(row.concurrent, nodes) as address:
+            name = f"scale-{row.store}-{row.trials}x{row.concurrent}"
+            cfg = scale_sweep(name, work, row.trials, row.concurrent, row.epochs, store.uri)
+            snapshots = Timed(TuneController, "checkpoint")
+            suggests = Timed(FinalMetricOptunaSearch, "suggest", keep=lambda config: isinstance(config, dict))
+            run_fn = functools.partial(standin_trial, epoch_s=row.epoch_s, notes_dir=str(notes))
+            with ray_session(address, log_to_driver=False):
+                set_tune_environment()
+                _register_by_value()
+                base_mb, cpu0, t0, began = peak_mb(), time.process_time(), time.perf_counter(), time.time()
+                result = run_sweep(cfg, run_fn=run_fn, prepared={}, out=io.StringIO())
+                row.wall_s, ended = time.perf_counter() - t0, time.time()
+                cpu = time.process_time() - cpu0
+            row.finished = len(result.finished)
+            trial_s = row.epochs * row.epoch_s
+            row.efficiency = row.trials * trial_s / row.concurrent / row.wall_s
+            starts = [json.loads(line) for line in (notes / "starts.jsonl").read_text().splitlines()]
+            finals = [json.loads(p.read_text()) for p in notes.glob("*.final")]
+            row.workers, row.between_s = worker_gaps(starts, finals)
+            # once per sweep: up to the first trial's start, after the last trial's end; per trial: the rest
+            row.startup_s = min(n["time"] for n in starts) - began
+            row.wrapup_s = ended - max(n["time"] for n in finals)
+            steady = row.wall_s - row.startup_s - row.wrapup_s
+            row.overhead_s = steady * row.concurrent / row.trials - trial_s
+            row.efficiency_60s = efficiency_at(60.0, row)
+            row.reporting_s = sum(f["reporting_s"] for f in finals) / max(1, len(finals))
+            spans = [r.metrics.get("time_total_s", float("nan")) for r in result.grid if r.metrics]
+            body = trial_s + row.reporting_s
+            row.setup_s = sum(spans) / max(1, len(spans)) - body
+            row.driver_cpu_per_trial_s = cpu / row.trials
+            row.driver_peak_mb = peak_mb()
+            row.driver_mb_per_trial = (row.driver_peak_mb - base_mb) / row.trials
+            row.snapshot_last_s = snapshots.seconds[-1] if snapshots.seconds else float("nan")
+            row.snapshot_max_s = max(snapshots.seconds, default=float("nan"))
+            row.snapshot_total_s = sum(snapshots.seconds)
+            times = suggests.seconds
+            row.optuna_10th_ms = 1000 * times[min(9, len(times) - 1)] if times else float("nan")
+            row.optuna_last_ms = 1000 * times[-1] if times else float("nan")
+            points = metric_points(store, name, row.trials, cfg.trial)
+            row.writes_per_s = points["written"] / row.wall_s
+            if kill:
+                killed = scale_sweep(f"{name}-kill", work, row.trials, row.concurrent, row.epochs, store.uri)
+                kill_notes = work / "kill-notes"
+                kill_notes.mkdir()
+                spec = work / "kill.json"
+                payload = {
+                    "sweep": killed.model_dump(mode="json"),
+                    "epoch_s": row.epoch_s,
+                    "notes_dir": str(kill_notes),
+                }
+                spec.write_text(json.dumps(payload))
+                row.resume_s = kill_and_resume(spec, kill_notes, address, row.trials, timeout=20 * row.wall_s + 600)
+                again = row.points_killed = metric_points(store, killed.name, row.trials, killed.trial)
+                points = {k: points[k] + again[k] for k in points}
+        # after the workers are gone (on a cluster they are other machines): the analysis shares this
+        # machine with the MLflow server alone, as it would on the head or a laptop
         row.analyze_s, row.analyze_peak_mb = analyze(store.uri, name, work / "report")
-        if kill:
-            killed = scale_sweep(f"{name}-kill", work, row.trials, row.concurrent, row.epochs, store.uri)
-            kill_notes = work / "kill-notes"
-            kill_notes.mkdir()
-            spec = work / "kill.json"
-            payload = {"sweep": killed.model_dump(mode="json"), "epoch_s": row.epoch_s, "notes_dir": str(kill_notes)}
-            spec.write_text(json.dumps(payload))
-            row.resume_s = kill_and_resume(spec, kill_notes, address, row.trials, timeout=20 * row.wall_s + 600)
-            again = row.points_killed = metric_points(store, killed.name, row.trials, killed.trial)
-            points = {k: points[k] + again[k] for k in points}
         row.points = points
     return row
 

@@ -399,7 +399,7 @@ def evaluate_run(run_id: str, settings: Settings) -> Finalist:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from pclc.attacks import AttackSuite
+    from pclc.attacks import AttackSuite, left_out
     from pclc.data import load_dataset
     from pclc.models import create_model
     from pclc.train import load_checkpoint, select_device
@@ -458,6 +458,9 @@ def evaluate_run(run_id: str, settings: Settings) -> Finalist:
         out.metrics = {M.from_mlflow(k): v for k, v in run.data.metrics.items() if k.startswith(M.FINALIST_PREFIX)}
         return out
 
+    # the parts of AutoAttack too few classes cannot run, said as a trial says them
+    for note in left_out((ATTACK,), data.num_classes):
+        print(f"pclc evaluate: run {run_id[:8]}: {note}", file=sys.stderr, flush=True)
     device = select_device(settings.device)
     model = create_model(cfg.model, input_shape=data.input_shape, num_classes=data.num_classes)
     model.load_state_dict(state_dict)

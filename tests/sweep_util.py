@@ -434,3 +434,18 @@ def write_like_a_trial(
     }
     run.log_final(final, {"metrics": final}, None)
     _note(path, {"final": True, "metrics": final, "time": time.time()})
+
+
+def run_smoke(benchmark: str, tmp_path: Path, *, timeout: float) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """`benchmarks/<benchmark> --smoke-test --json FILE` in its own process: (the process, FILE's JSON).
+    Fails, with the ends of its output, when it exits non-zero."""
+    out = tmp_path / f"{Path(benchmark).stem}.json"
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, str(repo / "benchmarks" / benchmark), "--smoke-test", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-5000:]
+    return proc, json.loads(out.read_text())

@@ -1107,6 +1107,16 @@ def test_a_large_verdict_shows_its_tally_and_best_comparisons_and_keeps_all_in_i
     assert "The 4 best differences below; all 12 in [verdict.csv](verdict.csv)" in section
     comparisons = [line for line in section.splitlines() if line.startswith("| pclc") and "| ce" in line]
     assert len(comparisons) == 4
+    # its notes are cut alike in the terminal and the report: the first ones, then how many more
+    many = dataclasses.replace(verdict(sweep), notes=[f"note {i}." for i in range(7)])
+    assert many.summary(limit=3)[-4 - len(many.epochs()) :][:4] == [
+        "note 0.",
+        "note 1.",
+        "note 2.",
+        "… and 4 more notes",
+    ]
+    section = render_markdown(build_blocks(sweep, [], judged=many)).split("## Verdict")[1].split("## Runs")[0]
+    assert "- note 3." in section and "- note 4." not in section and "- … and 3 more notes" in section
 
 
 # --------------------------------------------------------------------------- the command line

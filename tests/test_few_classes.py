@@ -198,3 +198,37 @@ def test_a_sweep_asking_for_an_undefined_attack_is_refused_before_ray_starts(
         "Drop them from attacks (autoattack runs the parts defined for 3 classes)"
     ]
     assert not (tmp_path / "ray").exists() and not (tmp_path / "mlflow.db").exists()  # nothing started
+
+
+@pytest.mark.timeout(240)
+def test_pclc_evaluate_on_three_classes_rescores_and_says_what_autoattack_left_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`pclc evaluate` of a trial run on 3 classes: standard AutoAttack without APGD-T, said on stderr as the
+    trial says it, and the finalist metrics logged into the run."""
+    from mlflow.tracking import MlflowClient
+    from sweep_util import started_tracker
+
+    from sweeps.tracking import TrialRun
+
+    data = write_classes(tmp_path / "k3.npz", 3)
+    values = {**FEW, "dataset": f"npz:{data}", "attacks": ["fgsm"], "epoch_eval_samples": 0, "save_weights": True}
+    run_trial(make_config({**values, "out_dir": str(tmp_path / "out")}), Recorder())
+    payload = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = started_tracker(uri, "k3", experiment_path=str(tmp_path / "ray_results" / "k3"))
+    run = TrialRun.open(tracker.target, trial_id="k3", params=payload["config"])
+    run.log_final(payload["metrics"], payload, tmp_path / "out" / "model.pt")
+    tracker.finish_parent()
+
+    quick = ["--limit", "32", "--aa-steps", "3", "--square-queries", "10", "--chunk-size", "32"]
+    assert main(["evaluate", "--tracking-uri", uri, "--run-id", run.run_id, *quick]) == 0
+    err = capsys.readouterr().err
+    assert (
+        f"pclc evaluate: run {run.run_id[:8]}: {LEFT_OUT}: autoattack ran apgd_ce, fab_t, square without apgd_t: "
+        "apgd_t needs at least 4 classes and the model has 3" in err
+    ), err
+    assert "Traceback" not in err
+    metrics = MlflowClient(uri).get_run(run.run_id).data.metrics
+    finalist = metrics[M.to_mlflow(M.finalist_key(M.ROBUST_ACC))]
+    assert 0.0 <= finalist <= metrics[M.to_mlflow(M.finalist_key(M.CLEAN_ACC))] <= 1.0

@@ -5,28 +5,16 @@ every epoch logged once."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from sweep_util import run_smoke
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_three_kill_points_all_survive(tmp_path: Path) -> None:
-    out = tmp_path / "kill.json"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks/kill_points.py"), "--smoke-test", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=880,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    proc, result = run_smoke("kill_points.py", tmp_path, timeout=880)
     assert result["total"] >= 3 and result["survived"] == result["total"], proc.stdout
     assert sum(r["killed"] for r in result["rows"]) >= 2, proc.stdout  # the kills landed while it ran
     assert [r["killed"] for r in result["rows"] if r["event"] == "tune-started"] == [True], proc.stdout

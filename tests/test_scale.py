@@ -9,29 +9,18 @@ again. Speed is printed by the benchmark, never asserted here.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from sweep_util import run_smoke
 
 pytestmark = pytest.mark.slow
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.timeout(900)
 def test_scale_smoke_loses_and_duplicates_no_metric_point(tmp_path: Path) -> None:
-    out = tmp_path / "scale.json"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks/scale.py"), "--smoke-test", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=840,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    (row,) = json.loads(out.read_text())["rows"]
+    proc, result = run_smoke("scale.py", tmp_path, timeout=840)
+    (row,) = result["rows"]
     assert (row["trials"], row["concurrent"], row["finished"]) == (40, 8, 40)
     points = row["points"]
     # two sweeps of 40 (the measured one and the killed-and-resumed one), every point once
