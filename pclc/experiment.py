@@ -95,10 +95,9 @@ def ensure_writable(folder: str | Path) -> None:
             probe.write_bytes(b"\0" * 4096)
             probe.unlink()
             break
-        except FileNotFoundError as exc:  # a trial beside it cleaned up a parent it had just made: again
-            if attempt == 9:
-                raise OutputError(f"output folder {path} cannot be written ({exc.strerror or exc})") from None
         except OSError as exc:
+            if isinstance(exc, FileNotFoundError) and attempt < 9:
+                continue  # a trial beside it cleaned up a parent it had just made: again
             raise OutputError(f"output folder {path} cannot be written ({exc.strerror or exc})") from None
     if first_new is not None:  # bottom-up and only while empty: a trial beside it may be making its own folder there
         for made in [path, *path.parents]:

@@ -673,7 +673,7 @@ class TrialRun:
         # `pclc.final` tag), and a resumed attempt that trained the epoch again must not write those twice
         if step not in self._stored_at:
             found: dict[str, float] = {}
-            for name in sorted(self.earlier_keys | set(self._previous.data.metrics)):
+            for name in sorted(self.earlier_keys):  # the run as opened, and what its buffer held
                 rows = [m for m in retrying(self.client.get_metric_history, self.run_id, name) if m.step == step]
                 if rows:
                     found[M.from_mlflow(name)] = max(rows, key=lambda m: m.timestamp).value

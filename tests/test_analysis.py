@@ -1245,8 +1245,6 @@ def test_fetch_outcomes_reads_back_what_was_logged_and_none_for_older_runs(store
 
 
 def test_a_run_without_eval_limit_leaves_the_sample_counts_to_the_runs_that_state_it(long_labels) -> None:
-    import dataclasses
-
     from analysis.report import scored_samples
 
     sweep, _ = long_labels
