@@ -306,9 +306,18 @@ def _run_row(run: Run) -> tuple[dict[str, Any], dict[str, str], dict[str, float]
         "reference": tags.get(REFERENCE),
         "search_trial": tags.get(SEARCH_TRIAL),
         "left_out": tags.get(C.LEFT_OUT),  # attacks the data set's class count could not run
+        "samples": tags.get(C.SAMPLES),  # how its test samples were drawn; None: the head of the split (older runs)
+        # per subset, its size and the classes it covers: "evaluated: 80 samples, 10/10 classes; autoattack: …"
+        "coverage": "; ".join(f"{k.removeprefix(C.SAMPLES_SUBSET)}: {v}" for k, v in _subset_tags(tags)) or None,
     }
     metrics = {canonical_metric(k): float(v) for k, v in data.metrics.items()}
     return info, dict(data.params), metrics
+
+
+def _subset_tags(tags: dict[str, str]) -> list[tuple[str, str]]:
+    order = {name: i for i, name in enumerate(("evaluated", "autoattack", "epoch"))}
+    found = [(k, v) for k, v in tags.items() if k.startswith(C.SAMPLES_SUBSET)]
+    return sorted(found, key=lambda kv: order.get(kv[0].removeprefix(C.SAMPLES_SUBSET), len(order)))
 
 
 def _search(client: MlflowClient, experiment_id: str, filter_string: str, order: str = "ASC") -> list[Run]:
@@ -461,7 +470,7 @@ def _table(child_runs: list[Run]) -> tuple[pd.DataFrame, list[str], list[str], l
     )
     metric_names = sorted({k for m in raw_metrics for k in m})
     info_cols = ["run_id", "trial_id", "variant", "config", "status", "outcome", "failure_reason", "start_time"]
-    extra = ["_variant_tag", "stopped_early", "phase", "reference", "search_trial", "left_out"]
+    extra = ["_variant_tag", "stopped_early", "phase", "reference", "search_trial", "left_out", "samples", "coverage"]
     frame = pd.DataFrame(list(infos), columns=info_cols[:2] + info_cols[4:] + extra)
     columns: dict[str, pd.Series] = {}
     for name in param_names:
@@ -538,6 +547,14 @@ def _data_notes(sweep: Sweep, child_runs: list[Run]) -> list[str]:
 
     trials = sweep.trials
     ids = list(trials["run_id"])
+    head = list(finished.loc[finished["samples"].isna(), "run_id"])
+    if head:  # scored before the stratified draw (pclc.samples): said once, for every such run
+        notes.append(
+            f"{_plural(len(head), 'finished run')} scored the head of the test split, the first `eval_limit` samples as "
+            "stored (runs from before the stratified sample draw; no `pclc.samples` tag): files and official test sets "
+            "are often stored in class or difficulty order, so their numbers may be about a few classes or the easier "
+            f"samples, and pair with no newer run. Run them again to compare: {_short_ids(head)}."
+        )
     missing: dict[tuple[str, ...], list[str]] = {}
     nans: dict[tuple[str, ...], list[str]] = {}
     for metric in sweep.metrics:

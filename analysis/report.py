@@ -30,7 +30,9 @@ from analysis.load import (
     SEED,
     SYMBOL,
     TRAINING,
+    AnalysisError,
     Sweep,
+    fetch_outcomes,
     fetch_warnings,
     fmt_value,
     training_modes,
@@ -64,6 +66,9 @@ COLUMN = {
     FINALIST_ROBUST: "full AutoAttack (finalists)",
 }
 RUNS_CSV, CONFIGS_CSV, VERDICT_CSV = "runs.csv", "configurations.csv", "verdict.csv"  # beside report.md
+PER_CLASS_CSV = "per_class.csv"  # beside report.md: every class of the per-class table
+PER_CLASS_ARMS = 2  # the per-class table shows the references and this many best other arms
+PER_CLASS_ROWS = 20  # more classes than this: the rows where the arms' robust accuracies differ most
 
 
 MASKED_ADVICE = (
@@ -525,6 +530,75 @@ def _verdict_section(sweep: Sweep, judged: Verdict) -> list[Block]:
     return blocks + [_with_modes(Table(header, rows), [a.training for a in kept])]
 
 
+def per_class(judged: Verdict, client: MlflowClient | None) -> pd.DataFrame | None:
+    """Per class, clean and headline accuracy of the references and the best other arms, summed over each arm's
+    runs from their per-sample outcomes (where PC-LC helps may be a few classes): one row per (arm, class) with
+    `correct`/`scored` counts; None without a client, arms, or outcomes that carry labels."""
+    if client is None or not judged.arms:
+        return None
+    refs = [a for a in judged.arms if a.reference is not None]
+    others = sorted((a for a in judged.arms if a.reference is None), key=lambda a: -a.estimate.value)
+    rows = []
+    for arm in [*refs, *others[:PER_CLASS_ARMS]]:
+        counts: dict[tuple[str, int], list[int]] = {}
+        for run_id in arm.runs["run_id"]:
+            try:
+                stored = fetch_outcomes(client, run_id)
+            except AnalysisError:
+                continue
+            if stored is None or stored.labels is None:
+                continue
+            for what, key in (("clean", M.CLEAN_ACC), ("robust", judged.metric)):
+                for label, (correct, scored) in stored.per_class(key).items():
+                    total = counts.setdefault((what, label), [0, 0])
+                    total[0] += correct
+                    total[1] += scored
+        rows += [
+            {
+                "arm": arm.label,
+                "reference": arm.reference or "",
+                "what": what,
+                "class": label,
+                "correct": c,
+                "scored": n,
+                "accuracy": c / n if n else float("nan"),
+            }
+            for (what, label), (c, n) in sorted(counts.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+        ]
+    return pd.DataFrame(rows) if rows else None
+
+
+def _per_class_section(classes: pd.DataFrame | None) -> list[Block]:
+    """Per class, clean / AutoAttack-checked % of the references and the best arms (PER_CLASS_CSV holds every class)."""
+    if classes is None or classes.empty:
+        return []
+    wide = classes.pivot_table(index="class", columns=["arm", "what"], values="accuracy", sort=False)
+    arms = list(dict.fromkeys(classes["arm"]))
+    scored = classes[classes["what"] == "robust"].groupby("class")["scored"].max()
+    shown = wide.index
+    note = ""
+    if len(wide) > PER_CLASS_ROWS:  # many classes: where the arms differ most
+        robust = wide.xs("robust", axis=1, level="what")
+        shown = (robust.max(axis=1) - robust.min(axis=1)).sort_values(ascending=False).index[:PER_CLASS_ROWS]
+        note = f" The {PER_CLASS_ROWS} of {len(wide)} classes where the arms differ most; all in {PER_CLASS_CSV}."
+    rows = []
+    for label in shown:
+        cells = []
+        for arm in arms:
+            clean, robust = wide.get((arm, "clean"), {}).get(label), wide.get((arm, "robust"), {}).get(label)
+            cells.append("–" if clean is None or pd.isna(clean) else f"{100 * clean:.0f} / {100 * robust:.0f}")
+        rows.append([str(label), str(int(scored.get(label, 0))), *cells])
+    return [
+        Heading("Per class", 3),
+        Para(
+            "Clean / AutoAttack-checked accuracy (%) per class, of the references and the best arms, over all their "
+            "seeds' runs (samples per class: summed over the runs of one arm). A gain that lives in a few classes "
+            f"shows here.{note}"
+        ),
+        Table(["class", "samples", *arms], rows),
+    ]
+
+
 def _over_runs(runs: pd.DataFrame, metric: str) -> str:
     """An arm's mean [95 % interval] of `metric` over its runs (seeds), in % or points; '–' where it has none."""
     values = runs[metric].dropna().astype(float) if metric in runs else pd.Series(dtype=float)
@@ -557,6 +631,15 @@ def _runs_section(sweep: Sweep, counts: dict[str, int]) -> list[Block]:
         said = left.str.split(" | ", regex=False).explode().value_counts(sort=False)
         items = [f"{text} ({n} run{'s' if n != 1 else ''})" for text, n in said.items()]
         blocks += [Para("**Attacks left out**"), Bullets(items)]
+    finished = sweep.runs[sweep.runs["outcome"] == "finished"]
+    drawn = finished.dropna(subset=["samples"]) if "samples" in finished else finished.iloc[:0]
+    if len(drawn):  # which test samples the numbers are about: a stratified draw, its class coverage per subset
+        said = drawn.fillna({"coverage": "(no coverage recorded)"}).groupby(["samples", "coverage"]).size()
+        items = [f"{coverage} (`{design}`, {n} run{'s' if n != 1 else ''})" for (design, coverage), n in said.items()]
+        blocks += [
+            Para("**Samples scored** (a seeded class-stratified draw of the test split, the same for every run)"),
+            Bullets(items),
+        ]
     if sweep.notes:
         blocks += [Para("**Notes on the data**"), Bullets(list(sweep.notes))]
     return blocks
@@ -797,8 +880,11 @@ def _data_section(out_dir: Path) -> list[Block]:
         "seeds of each headline number and of each attack at each ε",
         VERDICT_CSV: "every comparison of the verdict, best difference first: difference and 95 % interval in "
         "points, p before and after the correction, the outcome",
+        PER_CLASS_CSV: "per class, of the references and the best arms: correct and scored samples over their runs, "
+        "clean and AutoAttack-checked",
     }
-    return [Heading("Data"), Files([(name, text) for name, text in what.items()], out_dir)]
+    present = [(name, text) for name, text in what.items() if name != PER_CLASS_CSV or (out_dir / name).exists()]
+    return [Heading("Data"), Files(present, out_dir)]
 
 
 def csv_tables(sweep: Sweep) -> dict[str, pd.DataFrame]:
@@ -866,15 +952,19 @@ def build_blocks(
     judged: Verdict | None = None,
     *,
     out_dir: Path | None = None,
+    classes: pd.DataFrame | None = None,
 ) -> list[Block]:
     """The report's blocks; with `out_dir`, where `write_report` wrote the CSV files, the links to them too."""
     sweep = with_gap(sweep)
     counts = sweep.counts()
     if judged is None:
         judged = verdict(sweep, outcomes=headline_outcomes(client, sweep.headline) if client is not None else None)
+    if classes is None and client is not None:
+        classes = per_class(judged, client)
     return [
         *_overview(sweep, counts),
         *_verdict_section(sweep, judged),
+        *_per_class_section(classes),
         *_runs_section(sweep, counts),
         *_cost_section(sweep),
         *_masking_section(sweep, client),
@@ -905,7 +995,12 @@ def write_report(
             target.unlink()
     judged = verdict(sweep, outcomes=headline_outcomes(client, sweep.headline))
     verdict_frame(judged).to_csv(out / VERDICT_CSV, index=False)
-    blocks = build_blocks(sweep, plots, client, judged, out_dir=out)
+    classes = per_class(judged, client)
+    if classes is not None:
+        classes.to_csv(out / PER_CLASS_CSV, index=False)
+    elif (out / PER_CLASS_CSV).exists():  # an earlier analysis' table no longer applies
+        (out / PER_CLASS_CSV).unlink()
+    blocks = build_blocks(sweep, plots, client, judged, out_dir=out, classes=classes)
     md, page = out / "report.md", out / "report.html"
     write_atomic(md, render_markdown(blocks))
     write_atomic(page, render_html(blocks, f"Sweep report: {sweep.experiment}"))

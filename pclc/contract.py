@@ -46,6 +46,10 @@ DETERMINISTIC = "pclc.failure_deterministic"  # "1": the failure would repeat (N
 FINAL = "pclc.final"  # "1" once the final evaluation is logged
 STOPPED_EARLY = "pclc.stopped_early"  # "true" when a scheduler (ASHA) stopped the trial
 LEFT_OUT = "pclc.attacks_left_out"  # the trial's "Attack left out: …" warnings (too few classes), joined by " | "
+# on a finished trial: how its test samples were drawn (pclc.samples.DESIGN; a run without it scored the head of
+# the test split), and per subset (evaluated, autoattack, epoch) its size and the classes it covers
+SAMPLES = "pclc.samples"
+SAMPLES_SUBSET = "pclc.samples."  # + the subset's name: e.g. pclc.samples.evaluated = "80 samples, 10/10 classes"
 EVALUATION_ARTIFACT = "evaluation.json"  # metrics, warnings and resolved config of a finished trial
 # Per-sample outcomes (pclc.outcomes: which test samples, correct or not under each attack × eps): a trial's,
 # logged with evaluation.json, and `pclc evaluate`'s re-score of it, beside its `finalist/*` metrics.
@@ -60,6 +64,11 @@ def experiment_ui_path(experiment_id: str) -> str:
     """The MLflow UI's address of an experiment's runs (append to http://host:port): its runs table, not the
     GenAI "Overview / Traces" page the 3.17 UI opens by default."""
     return f"/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def samples_tags(samples: dict[str, str]) -> dict[str, str]:
+    """The tags of an evaluation's `samples` block ({"design": …, subset: coverage, …}, pclc.experiment)."""
+    return {(SAMPLES if k == "design" else SAMPLES_SUBSET + k): str(v) for k, v in samples.items()}
 
 
 # --------------------------------------------------------------------------- params

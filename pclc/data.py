@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from pclc.registry import Registry
+from pclc.samples import content_keys, stratified_order
 
 __all__ = [
     "DATASETS",
@@ -108,13 +109,18 @@ class Dataset:
         return dataclasses.replace(self, x_train=pixels(self.x_train), x_test=pixels(self.x_test))
 
     def subset_train(self, n: int, seed: int) -> Dataset:
-        """A copy keeping `n` training samples drawn at random with `seed` (test set untouched)."""
+        """A copy keeping `n` training samples, a class-stratified draw salted with `seed` (test set untouched).
+
+        Drawn by content (`pclc.samples`), as the test subsets are: a class-sorted file and a shuffled copy
+        keep the same images, each class in its share.
+        """
         if n < 1:
             raise ValueError(f"subset size must be >= 1, got {n}")
         if n >= len(self.x_train):
             return self
-        g = torch.Generator().manual_seed(seed)
-        keep = torch.randperm(len(self.x_train), generator=g)[:n].to(self.x_train.device)
+        labels = self.y_train.cpu().numpy()
+        order = stratified_order(labels, content_keys(self.x_train, labels, seed))
+        keep = torch.as_tensor(np.sort(order[:n]), device=self.x_train.device)
         return dataclasses.replace(self, x_train=self.x_train[keep], y_train=self.y_train[keep])
 
 
@@ -145,13 +151,18 @@ def batches(
 # --- helpers shared by the loaders
 
 
-def _stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train and test indices holding out about `test_fraction` of every class (≥ 1 kept for training)."""
-    rng = np.random.default_rng(seed)
+def _stratified_split(x: Tensor, y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test indices holding out about `test_fraction` of every class (≥ 1 kept for training).
+
+    Which samples are held out follows their content (`pclc.samples.content_keys` salted with `seed`), not
+    their position: a class-sorted file and a shuffled copy of it hold out the same images.
+    """
+    keys = content_keys(x, y, seed)
     train: list[np.ndarray] = []
     test: list[np.ndarray] = []
     for label in np.unique(y):
-        members = rng.permutation(np.flatnonzero(y == label))
+        members = np.flatnonzero(y == label)
+        members = members[np.argsort(keys[members], kind="stable")]
         n_test = min(int(round(len(members) * test_fraction)), len(members) - 1)
         test.append(members[:n_test])
         train.append(members[n_test:])
@@ -188,7 +199,7 @@ def digits(**_: Any) -> Dataset:
     bunch = load_digits()
     x = torch.from_numpy(bunch.images.astype(np.float32) / 16.0).unsqueeze(1)  # pixel values 0..16
     y = torch.from_numpy(bunch.target.astype(np.int64))
-    train, test = _stratified_split(bunch.target, TEST_FRACTION, SPLIT_SEED)
+    train, test = _stratified_split(x, bunch.target, TEST_FRACTION, SPLIT_SEED)
     return Dataset("digits", x[train], y[train], x[test], y[test], num_classes=10)
 
 
@@ -617,7 +628,7 @@ def _npz_dataset(path: str | Path) -> Dataset:
             )
         x_train, y_train = x, y
     else:
-        train, test = _stratified_split(y.numpy(), TEST_FRACTION, SPLIT_SEED)
+        train, test = _stratified_split(x, y.numpy(), TEST_FRACTION, SPLIT_SEED)
         if len(test) == 0:
             raise DataError(
                 f"{path}: too few samples per class ({len(y)} in all) to hold out a test split; "

@@ -28,6 +28,7 @@ from pclc.files import write_atomic
 from pclc.gpu import fp32_precision
 from pclc.models import create_model
 from pclc.outcomes import Outcomes
+from pclc.samples import DESIGN, SampleDraw, draw
 from pclc.train import (
     Trainer,
     accuracy,
@@ -50,10 +51,14 @@ class Evaluation:
     warnings: list[str]
     config: dict[str, Any]
     outcomes: Outcomes | None = None  # written beside metrics.json (the sweep: logged with evaluation.json)
+    samples: dict[str, str] | None = None  # per subset, its size and class coverage (SampleDraw.coverage)
 
     def to_dict(self) -> dict[str, Any]:
         """The payload of metrics.json (and of the sweep's evaluation.json); the outcomes have their own file."""
-        return {"metrics": self.metrics, "warnings": self.warnings, "config": self.config}
+        payload: dict[str, Any] = {"metrics": self.metrics, "warnings": self.warnings, "config": self.config}
+        if self.samples is not None:
+            payload["samples"] = {"design": DESIGN, **self.samples}
+        return payload
 
 
 class Reporter(Protocol):
@@ -144,7 +149,13 @@ def substitute_key(cfg: TrialConfig) -> dict[str, Any]:
 def _substitute_cache_path(cfg: TrialConfig) -> Path | None:
     if cfg.cache_dir is None:
         return None
-    key = {"dataset": cfg.dataset, "data_root": cfg.data_root, "train_limit": cfg.train_limit, **substitute_key(cfg)}
+    key = {
+        "dataset": cfg.dataset,
+        "data_root": cfg.data_root,
+        "train_limit": cfg.train_limit,
+        "samples": DESIGN,  # the training split it learnt from: drawn by content since stratified-v1
+        **substitute_key(cfg),
+    }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     return Path(cfg.cache_dir) / f"substitute-{key['model']}-{digest[:12]}.pt"
 
@@ -187,6 +198,18 @@ def _build(name: str, data: Dataset, device: torch.device) -> nn.Module:
     return create_model(name, input_shape=data.input_shape, num_classes=data.num_classes).to(device)
 
 
+def draw_subsets(cfg: TrialConfig, data: Dataset) -> SampleDraw:
+    """The evaluated, AutoAttack and per-epoch subsets of `data`'s test split that `cfg`'s limits ask for."""
+    return draw(
+        data.x_test,
+        data.y_test,
+        num_classes=data.num_classes,
+        eval_limit=cfg.eval_limit,
+        aa_limit=cfg.aa_limit,
+        epoch_samples=cfg.epoch_eval_samples,
+    )
+
+
 def gpu_hours(device: torch.device, seconds: float) -> float:
     """GPU-hours of `seconds` on `device`, counting a whole GPU (a sweep scales it to the trial's share): 0 on a CPU."""
     return seconds / 3600.0 if device.type == "cuda" else 0.0
@@ -221,9 +244,12 @@ def run_trial(
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     generator = seed_everything(cfg.seed)  # after preparing: the same draws whoever prepared, whatever the attacks
+    # the samples every number is about: a stratified draw of the test split, the same for every trial (pclc.samples)
+    drawn = draw_subsets(cfg, prepared.data)
     data = prepared.data.to(device)
-    x_eval, y_eval = pixels(data.x_test[: cfg.eval_limit]), data.y_test[: cfg.eval_limit]
-    x_epoch, y_epoch = x_eval[: cfg.epoch_eval_samples], y_eval[: cfg.epoch_eval_samples]
+    picked = torch.as_tensor(drawn.evaluated, device=device)
+    x_eval, y_eval = pixels(data.x_test[picked]), data.y_test[picked]
+    x_epoch, y_epoch = x_eval[: drawn.epoch], y_eval[: drawn.epoch]
 
     # ---- model (and the substitute for transfer attacks)
     model = _build(cfg.model, data, device)
@@ -286,36 +312,32 @@ def run_trial(
     final = {**result.metrics, M.EPOCH: cfg.epochs, **cost(now), M.EVAL_SECONDS: now - evaluation_started}
     if math.isfinite(train_loss):  # a trial resumed after its last epoch trained no epoch here
         final[M.TRAIN_LOSS] = train_loss
-    # the samples scored are the first eval_limit of the test split: recorded as indices, for paired tests
+    # the samples scored, as test-split indices with their labels: what paired tests and per-class tables read
     outcomes = (
-        result.outcomes.at(dataset=cfg.dataset, indices=range(len(y_eval))) if result.outcomes is not None else None
+        result.outcomes.at(dataset=cfg.dataset, indices=drawn.evaluated, labels=drawn.labels)
+        if result.outcomes is not None
+        else None
     )
     # the per-epoch signal's own left-out attacks (the evaluation names those of the final suite)
     signal = [str(x) for x in epoch_left_out(data.num_classes)] if cfg.epoch_eval_samples else []
-    warnings = [*signal, *result.warnings]
-    evaluation = Evaluation(metrics=final, warnings=warnings, config=cfg.to_dict(), outcomes=outcomes)
+    warnings = [*drawn.warnings, *signal, *result.warnings]
+    evaluation = Evaluation(
+        metrics=final, warnings=warnings, config=cfg.to_dict(), outcomes=outcomes, samples=drawn.coverage()
+    )
     if cfg.out_dir:
-        write_outputs(cfg, final, evaluation.warnings, model, outcomes=outcomes)
+        write_outputs(cfg, evaluation, model)
     reporter.on_final(evaluation)
     return final
 
 
-def write_outputs(
-    cfg: TrialConfig,
-    final: dict[str, float],
-    warnings: list[str],
-    model: nn.Module,
-    *,
-    outcomes: Outcomes | None = None,
-) -> Path:
-    """metrics.json (metrics, warnings, resolved config), the per-sample outcomes.json and, if asked,
-    the final weights."""
+def write_outputs(cfg: TrialConfig, evaluation: Evaluation, model: nn.Module) -> Path:
+    """metrics.json (metrics, warnings, resolved config, the samples drawn), the per-sample outcomes.json and,
+    if asked, the final weights."""
     out = Path(cfg.out_dir)  # type: ignore[arg-type]
     out.mkdir(parents=True, exist_ok=True)
-    payload = Evaluation(metrics=final, warnings=warnings, config=cfg.to_dict()).to_dict()
-    write_atomic(out / "metrics.json", json.dumps(payload, indent=2, sort_keys=True))
-    if outcomes is not None:
-        write_atomic(out / OUTCOMES_ARTIFACT, outcomes.to_json())
+    write_atomic(out / "metrics.json", json.dumps(evaluation.to_dict(), indent=2, sort_keys=True))
+    if evaluation.outcomes is not None:
+        write_atomic(out / OUTCOMES_ARTIFACT, evaluation.outcomes.to_json())
     if cfg.save_weights:
         save_checkpoint({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / "model.pt")
     return out

@@ -6,16 +6,20 @@ tests (McNemar, paired differences); averages alone cannot be paired. The writer
 `outcomes.json`, `pclc evaluate`'s `finalist/outcomes.json`, named in `pclc.contract`) and the reader
 (`analysis.load.fetch_outcomes`) share this one format.
 
-Format (version 1), compact JSON::
+Format (version 2), compact JSON::
 
-    {"version": 1, "dataset": "digits", "indices": [0, 1, …],        # rows of the dataset's test split
+    {"version": 2, "dataset": "digits", "indices": [0, 1, …],        # rows of the dataset's test split
+     "labels": [3, 7, …],                                            # each scored sample's label
+     "samples": "stratified-v1",                                      # how they were drawn (pclc.samples)
      "headlines": {"robust_acc": "robust_acc/worst/eps=0.1", …},      # headline metric → the key it reports
      "outcomes": {"clean_acc": {"scored": "<base64>", "correct": "<base64>"},
                   "robust_acc/fgsm/eps=0.1": {…}, "robust_acc/worst/eps=0.1": {…}, …}}
 
 Each bit string is `numpy.packbits` of one bool per sample in `indices` order, first sample in the
 most significant bit of the first byte, the last byte padded with zero bits, then base64. A `correct`
-bit is 1 only where the sample was scored. A quickstart trial (256 samples, 24 keys) takes about 4.5 kB.
+bit is 1 only where the sample was scored. A quickstart trial (256 samples, 24 keys) takes about 5 kB.
+Version 1 (no labels, no `samples`) is still read: its samples were the head of the test split
+(`samples` = "head", `labels` None).
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ from typing import Any
 import numpy as np
 import torch
 
-VERSION = 1  # bump when the layout changes; `from_dict` refuses any version it does not know
+from pclc.samples import DESIGN, HEAD
+
+VERSION = 2  # bump when the layout changes; `from_dict` refuses any version it does not know
+READS = (1, 2)  # the versions `from_dict` reads: 1 predates labels and the sample design (pclc.samples.HEAD)
 
 
 class OutcomesError(ValueError):
@@ -56,9 +63,16 @@ class Outcomes:
     scored: Mapping[str, np.ndarray]  # metric key → (N,) bool: the samples that accuracy is over
     correct: Mapping[str, np.ndarray]  # metric key → (N,) bool: still correct (False where not scored)
     headlines: Mapping[str, str] = field(default_factory=dict)  # e.g. robust_acc → robust_acc/worst/eps=0.1
+    labels: np.ndarray | None = None  # (N,) int64: each sample's label (None: written before labels were kept)
+    samples: str = DESIGN  # how `indices` were drawn (pclc.samples.DESIGN); HEAD: the first N of the split
 
     def __post_init__(self) -> None:
         indices = np.asarray(self.indices, dtype=np.int64).reshape(-1)
+        if self.labels is not None:
+            labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+            if len(labels) != len(indices):
+                raise OutcomesError(f"{len(labels)} labels for {len(indices)} samples")
+            object.__setattr__(self, "labels", labels)
         if set(self.scored) != set(self.correct):
             raise OutcomesError(
                 f"scored and correct name different keys: {sorted(self.scored)} vs {sorted(self.correct)}"
@@ -81,15 +95,36 @@ class Outcomes:
     def keys(self) -> tuple[str, ...]:
         return tuple(self.correct)
 
-    def at(self, *, dataset: str, indices: Sequence[int] | np.ndarray) -> Outcomes:
-        """The same outcomes, named as the samples `indices` of `dataset`'s test split."""
+    def at(
+        self,
+        *,
+        dataset: str,
+        indices: Sequence[int] | np.ndarray,
+        labels: Sequence[int] | np.ndarray | None = None,
+        samples: str = DESIGN,
+    ) -> Outcomes:
+        """The same outcomes, named as the samples `indices` of `dataset`'s test split (with their labels,
+        drawn as `samples` says)."""
         return Outcomes(
             dataset=dataset,
             indices=np.asarray(indices),
             scored=self.scored,
             correct=self.correct,
             headlines=self.headlines,
+            labels=None if labels is None else np.asarray(labels),
+            samples=samples,
         )
+
+    def per_class(self, key: str) -> dict[int, tuple[int, int]]:
+        """label → (still correct, scored) under `key` (a metric key or a headline); empty without labels."""
+        key = self.headlines.get(key, key)
+        if self.labels is None or key not in self.correct:
+            return {}
+        scored, correct = self.scored[key], self.correct[key]
+        return {
+            int(c): (int(correct[self.labels == c].sum()), int(scored[self.labels == c].sum()))
+            for c in np.unique(self.labels[scored])
+        }
 
     def accuracy(self, key: str) -> float:
         """The accuracy `key` (a metric key or a headline) over its scored samples, as logged.
@@ -114,6 +149,8 @@ class Outcomes:
             "version": VERSION,
             "dataset": self.dataset,
             "indices": self.indices.tolist(),
+            "labels": None if self.labels is None else self.labels.tolist(),
+            "samples": self.samples,
             "headlines": dict(self.headlines),
             "outcomes": {k: {"scored": _pack(self.scored[k]), "correct": _pack(self.correct[k])} for k in self.correct},
         }
@@ -128,9 +165,9 @@ class Outcomes:
         if not isinstance(payload, dict):
             raise OutcomesError(f"an outcomes payload is a JSON object, not {type(payload).__name__}")
         version = payload.get("version")
-        if version != VERSION:
+        if version not in READS:
             raise OutcomesError(
-                f"outcomes format version {version!r} is not one this pclc reads (version {VERSION}): "
+                f"outcomes format version {version!r} is not one this pclc reads (versions {READS}): "
                 "read it with the pclc version that wrote it, or evaluate the run again"
             )
         try:
@@ -145,6 +182,8 @@ class Outcomes:
                 scored=scored,
                 correct=correct,
                 headlines=dict(payload.get("headlines", {})),
+                labels=payload.get("labels") if version >= 2 else None,
+                samples=str(payload.get("samples", HEAD)) if version >= 2 else HEAD,
             )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             if isinstance(exc, OutcomesError):

@@ -14,6 +14,7 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError)
 
@@ -42,8 +43,13 @@ class EpochPrinter:
         shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
         print(f"[epoch] {shown}", file=sys.stderr, flush=True)
 
-    def on_final(self, evaluation: object) -> None:
-        pass
+    def on_final(self, evaluation: Any) -> None:
+        """Which samples the numbers are about, and the evaluation's warnings, before the JSON."""
+        if evaluation.samples:
+            shown = "; ".join(f"{k}: {v}" for k, v in evaluation.samples.items())
+            print(f"[samples] a stratified draw of the test split: {shown}", file=sys.stderr, flush=True)
+        for warning in evaluation.warnings:
+            print(f"[warning] {warning}", file=sys.stderr, flush=True)
 
 
 def _preflight_sweep(args: argparse.Namespace) -> None:
@@ -134,7 +140,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--mode", choices=("max", "min"), help="with --experiment: which end is best (default: the objective's)"
     )
     ev.add_argument("--tracking-uri", help="MLflow URI (default sqlite:///<cwd>/mlflow.db)")
-    ev.add_argument("--limit", type=_positive, metavar="N", help="score the first N test samples (default: all)")
+    ev.add_argument(
+        "--limit",
+        type=_positive,
+        metavar="N",
+        help="score the first N of the stratified sample draw (default: all test samples)",
+    )
     ev.add_argument("--eps", type=float, nargs="+", help="L∞ radii (default: each trial's headline_eps)")
     ev.add_argument("--batch-size", type=_positive, help="attack batch size (default: the trial's eval_batch_size)")
     ev.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="auto: cuda → mps → cpu")

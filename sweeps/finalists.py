@@ -2,7 +2,8 @@
 
 A sweep scores every trial cheaply (AutoAttack-grade attacks on a fixed subset, fewer steps when the sweep
 file asks). The finalists, picked by run id or as the top N of a sweep, are scored here again with the
-reference's standard AutoAttack (APGD-CE → APGD-T → FAB-T → Square) on the first `limit` test samples,
+reference's standard AutoAttack (APGD-CE → APGD-T → FAB-T → Square) on `limit` test samples (the first `limit`
+of `pclc.samples`' stratified order: the trial's own evaluated samples lead it),
 and the numbers go into the same MLflow child run under `finalist/…` (pclc.metrics.finalist_key) with the
 tag `pclc.finalist` = "1", beside their per-sample outcomes (`finalist/outcomes.json`, pclc.outcomes). The
 run's status and its own metrics are left as they are.
@@ -42,6 +43,7 @@ from pclc import metrics as M
 from pclc.files import write_atomic
 
 if TYPE_CHECKING:  # torch, MLflow and the attacks load when there is work, not for `pclc --help`
+    import numpy as np
     import torch
     from mlflow.tracking import MlflowClient
     from torch import nn
@@ -81,7 +83,7 @@ class Settings:
     """How to re-score (picklable: a Ray task gets a copy)."""
 
     tracking_uri: str
-    limit: int | None = None  # first `limit` test samples; None = the whole test set
+    limit: int | None = None  # the first `limit` of the stratified sample order (pclc.samples); None = all
     eps: tuple[float, ...] | None = None  # None = the trial's headline_eps
     batch_size: int | None = None  # None = the trial's eval_batch_size
     device: str = "auto"
@@ -395,6 +397,7 @@ def evaluate_run(run_id: str, settings: Settings) -> Finalist:
         >>> s = Settings(tracking_uri="sqlite:////work/mlflow.db", limit=1000, state_dir="/work/runs/finalists")  # doctest: +SKIP
         >>> evaluate_run("0f3c…", s).metrics["finalist/robust_acc"]  # doctest: +SKIP
     """
+    import torch
     from mlflow.entities import Metric, RunTag
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -402,6 +405,7 @@ def evaluate_run(run_id: str, settings: Settings) -> Finalist:
     from pclc.attacks import AttackSuite, left_out
     from pclc.data import load_dataset
     from pclc.models import create_model
+    from pclc.samples import DESIGN, draw
     from pclc.train import load_checkpoint, select_device
     from sweeps.tracking import FINAL, ROLE, retrying
 
@@ -449,7 +453,12 @@ def evaluate_run(run_id: str, settings: Settings) -> Finalist:
     done = _done_settings(tags)
     same = done is not None and all(
         done.get(k) == v
-        for k, v in (("n", n), ("aa_steps", settings.aa_steps), ("square_queries", settings.square_queries))
+        for k, v in (
+            ("n", n),
+            ("samples", DESIGN),  # a re-score of the head-of-split days scored other samples
+            ("aa_steps", settings.aa_steps),
+            ("square_queries", settings.square_queries),
+        )
     )
     covered = set(map(float, done.get("eps", []))) if same and done else set()
     todo = eps_list if settings.force else tuple(e for e in eps_list if e not in covered)
@@ -465,7 +474,9 @@ def evaluate_run(run_id: str, settings: Settings) -> Finalist:
     model = create_model(cfg.model, input_shape=data.input_shape, num_classes=data.num_classes)
     model.load_state_dict(state_dict)
     model.to(device).eval()
-    x, y = data.x_test[:n], data.y_test[:n]
+    drawn = draw(data.x_test, data.y_test, num_classes=data.num_classes, eval_limit=n, aa_limit=None, epoch_samples=0)
+    picked = torch.as_tensor(drawn.evaluated)
+    x, y = data.x_test[picked], data.y_test[picked]
     batch_size = settings.batch_size or cfg.eval_batch_size
     metrics: dict[str, float] = {}
     flags: dict[float, tuple[torch.Tensor, torch.Tensor]] = {}  # eps → (clean_correct, robust), per sample
@@ -489,6 +500,7 @@ def evaluate_run(run_id: str, settings: Settings) -> Finalist:
             "aa_steps": settings.aa_steps,
             "square_queries": settings.square_queries,
             "n_test": len(data.y_test),
+            "samples": DESIGN,  # a state file of the head-of-split days holds other samples' flags
         }
         path = state_path(settings.state_dir, run_id, eps)
         if settings.force:
@@ -517,13 +529,20 @@ def evaluate_run(run_id: str, settings: Settings) -> Finalist:
     now = int(time.time() * 1000)
     record = {
         "n": n,
+        "samples": DESIGN,
         "aa_steps": settings.aa_steps,
         "square_queries": settings.square_queries,
         "eps": sorted(covered | set(todo)),
     }
     # The per-sample outcomes go first: a kill before the tag below leaves a run that is scored again.
     outcomes = finalist_outcomes(
-        flags, dataset=cfg.dataset, n=n, headline_eps=cfg.headline_eps, earlier=earlier_text, kept=covered - set(todo)
+        flags,
+        dataset=cfg.dataset,
+        indices=drawn.evaluated,
+        labels=drawn.labels,
+        headline_eps=cfg.headline_eps,
+        earlier=earlier_text,
+        kept=covered - set(todo),
     )
     retrying(client.log_text, run_id, outcomes.to_json(), C.FINALIST_OUTCOMES_ARTIFACT)
     retrying(
@@ -541,20 +560,23 @@ def finalist_outcomes(
     flags: dict[float, tuple[torch.Tensor, torch.Tensor]],
     *,
     dataset: str,
-    n: int,
+    indices: np.ndarray,
+    labels: np.ndarray,
     headline_eps: float,
     earlier: str | None = None,
     kept: set[float] | frozenset[float] = frozenset(),
 ) -> Outcomes:
-    """The re-score's per-sample outcomes on the first `n` test samples: clean_acc and
+    """The re-score's per-sample outcomes on the test samples `indices` (labels `labels`): clean_acc and
     robust_acc/autoattack/eps=<eps> for each eps of `flags` (eps → (clean_correct, robust)), robust_acc naming
     the headline eps; keys `finalist_key` prefixes when logged. The eps in `kept`, scored by an earlier call
     and not again now, come from that call's artifact text `earlier` (when it has them, on the same samples)."""
+    import numpy as np
     import torch
 
     from pclc.outcomes import Outcomes, OutcomesError
+    from pclc.samples import DESIGN
 
-    everyone = torch.ones(n, dtype=torch.bool)
+    everyone = torch.ones(len(indices), dtype=torch.bool)
     clean: Any = None
     robust: dict[float, Any] = {}  # eps → per-sample robust flags
     if earlier is not None and kept:
@@ -563,7 +585,7 @@ def finalist_outcomes(
         except OutcomesError as exc:
             print(f"pclc evaluate: note: ignoring the earlier {C.FINALIST_OUTCOMES_ARTIFACT}: {exc}", file=sys.stderr)
         else:
-            if before.dataset == dataset and before.indices.tolist() == list(range(n)):
+            if before.dataset == dataset and before.samples == DESIGN and np.array_equal(before.indices, indices):
                 clean = before.correct.get(M.CLEAN_ACC)
                 robust = {
                     e: before.correct[M.robust_key(ATTACK, e)]
@@ -578,7 +600,9 @@ def finalist_outcomes(
     headline = M.robust_key(ATTACK, headline_eps)
     headlines = {M.ROBUST_ACC: headline} if headline in correct else {}
     scored = {key: everyone for key in correct}  # the standard AutoAttack scores every sample
-    return Outcomes(dataset=dataset, indices=range(n), scored=scored, correct=correct, headlines=headlines)
+    return Outcomes(
+        dataset=dataset, indices=indices, scored=scored, correct=correct, headlines=headlines, labels=labels
+    )
 
 
 def attempt(run_id: str, settings: Settings) -> Finalist:

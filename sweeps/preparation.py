@@ -24,6 +24,7 @@ from pclc.config import TrialConfig
 from pclc.data import Dataset
 from pclc.experiment import Prepared, substitute_key
 from pclc.files import atomic_file
+from pclc.samples import DESIGN
 
 __all__ = [
     "CACHE_FORMAT",
@@ -59,6 +60,7 @@ def preparation_key(trial: TrialConfig, *, gpu: float = 0.0) -> dict[str, Any]:
         "dataset": trial.dataset,
         "data_root": trial.data_root,
         "train_limit": trial.train_limit,
+        "samples": DESIGN,  # held-out splits and train_limit draw by content since stratified-v1: older caches differ
     }
     if trial.dataset.startswith("npz:"):  # a user file: a new file under the same name is new data
         path = Path(trial.dataset[4:])

@@ -711,9 +711,12 @@ class TrialRun:
             call(self.client.log_text, self.run_id, outcomes, C.OUTCOMES_ARTIFACT)
         if weights is not None and weights.is_file():
             call(self.client.log_artifact, self.run_id, str(weights), "weights")
+        tags = C.samples_tags(evaluation.get("samples") or {})  # the analysis reads them from the runs' search
         left_out = [str(w) for w in evaluation.get("warnings", []) if str(w).startswith(LEFT_OUT_WARNING)]
         if left_out:  # a tag, so that the analysis sees it without downloading every run's evaluation.json
-            call(self.client.set_tag, self.run_id, C.LEFT_OUT, failure_reason(" | ".join(left_out)))
+            tags[C.LEFT_OUT] = failure_reason(" | ".join(left_out))
+        if tags:
+            call(self.client.log_batch, self.run_id, [], [], [RunTag(k, v) for k, v in tags.items()])
         call(self.client.set_tag, self.run_id, FINAL, "1")
         call(self.client.set_terminated, self.run_id, "FINISHED")
 

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from analysis import cli, plots
@@ -37,6 +37,7 @@ from pclc.config import TrialConfig
 from pclc.contract import param_value, parse_param
 from pclc.metrics import canonical_metric
 from pclc.outcomes import Outcomes
+from pclc.samples import DESIGN
 
 ATTACKS = ["fgsm", "pgd_ce", "pgd_cw", "transfer"]
 AA_ATTACKS = ["apgd_ce", "autoattack"]  # AutoAttack-grade: at the headline eps only, pclc's default
@@ -107,13 +108,15 @@ def log_sweep(
     mode: str = "ablation",
     objective: list[tuple[str, str]] = ((M.ROBUST_ACC, "max"),),
     autoattack: bool = True,
+    drawn: bool = True,
 ) -> tuple[str, list[str]]:
     """A parent run + one child run per trial, in the `pclc.contract` layout; returns (parent id, child ids).
 
     A trial is {"cfg": TrialConfig overrides, "params": params logged beside the config's own (fields a newer
     config has), "status": ..., "variant": ..., "metrics": overrides of the fake evaluation (None deletes a
     metric), "warnings": [...], "reason": failure reason, "reference": the reference arm it belongs to}.
-    `autoattack=False` logs a sweep from before the AutoAttack-grade attacks (see `fake_metrics`).
+    `autoattack=False` logs a sweep from before the AutoAttack-grade attacks (see `fake_metrics`); `drawn=False` one
+    from before the stratified sample draw (no `pclc.samples` tags: it scored the head of the test split).
     """
     exp = client.get_experiment_by_name(name)
     exp_id = (
@@ -170,6 +173,13 @@ def log_sweep(
         client.log_batch(rid, metrics=metrics, params=params)
         if t.get("warnings"):
             client.log_dict(rid, {"metrics": {}, "warnings": t["warnings"]}, "evaluation.json")
+        if status == "FINISHED" and drawn:  # as a trial tags what it scored (pclc.samples)
+            coverage = {
+                "design": DESIGN,
+                "evaluated": "256 samples, 10/10 classes",
+                "autoattack": "128 samples, 10/10 classes",
+            }
+            client.log_batch(rid, tags=[RunTag(k, v) for k, v in C.samples_tags(coverage).items()])
         if status == "FAILED":
             client.set_tag(rid, "pclc.failure_reason", t.get("reason", "RuntimeError: boom"))
         if status != "RUNNING":
@@ -342,7 +352,7 @@ def _build_store(root: Path) -> dict[str, Any]:
     info["asha"] = log_sweep(client, root, "asha", asha_trials(), mode="optimize")
     info["long"] = log_sweep(client, root, "long_labels", long_label_trials())
     single = [{"cfg": {"loss": loss, "seed": 0}} for loss in ("ce", "pc", "lc", "pclc")]
-    info["single"] = log_sweep(client, root, "single_seed", single, autoattack=False)  # an older sweep
+    info["single"] = log_sweep(client, root, "single_seed", single, autoattack=False, drawn=False)  # an older sweep
     holes = [{"cfg": {"loss": loss, "seed": s}} for loss in ("ce", "pclc") for s in (0, 1, 2)]
     holes[1]["metrics"] = {M.robust_key("transfer", 0.3): None, M.PROB_GAP: math.nan}  # missing + NaN
     holes[4]["metrics"] = {M.ROBUST_ACC: math.nan}  # NaN headline: left out
@@ -556,6 +566,22 @@ def test_missing_and_nan_metrics_are_reported_not_dropped(store) -> None:
 def test_single_seed_is_said(store) -> None:
     sweep = load_sweep("single_seed", tracking_uri=store["uri"])
     assert any("One seed per configuration: no confidence intervals" in n for n in sweep.notes)
+
+
+def test_runs_scored_before_the_sample_draw_are_said_once(store) -> None:
+    """An older sweep (no `pclc.samples` tag) scored the head of the test split: one note names its runs; a sweep
+    with the tags says nothing of the kind and shows what its subsets covered."""
+    old = load_sweep("single_seed", tracking_uri=store["uri"])
+    said = [n for n in old.notes if "scored the head of the test split" in n]
+    assert len(said) == 1 and said[0].startswith("4 finished runs scored the head"), old.notes
+    new = load_sweep("ablation", tracking_uri=store["uri"])
+    assert not any("head of the test split" in n for n in new.notes)
+    md = render_markdown(build_blocks(new, [], store["client"]))
+    runs = md.split("## Runs")[1].split("## ")[0]
+    assert (
+        "evaluated: 256 samples, 10/10 classes; autoattack: 128 samples, 10/10 classes (`stratified-v1`, 48 runs)"
+        in runs
+    )
 
 
 def test_stats_helpers() -> None:
@@ -1254,3 +1280,38 @@ def test_a_run_without_eval_limit_leaves_the_sample_counts_to_the_runs_that_stat
     holed = sweep.runs.assign(eval_limit=sweep.runs["eval_limit"].where(sweep.runs["run_id"] != first))
     assert holed["eval_limit"].isna().sum() == 1
     assert scored_samples(dataclasses.replace(sweep, runs=holed), M.CLEAN_ACC) == stated  # was int(NaN): a crash
+
+
+def test_the_report_shows_per_class_accuracy_of_the_references_and_the_best_arms(store, tmp_path) -> None:
+    """Where a gain lives: per class, clean / AutoAttack-checked accuracy summed over each arm's seeds, read from
+    the labels in the runs' outcomes (CE robust on class 0 only, PC-LC on classes 0 and 1)."""
+    client = store["client"]
+    trials = [{"cfg": {"loss": "ce", "seed": s}, "reference": "ce"} for s in (0, 1)]
+    trials += [{"cfg": {"loss": "pclc", "seed": s}} for s in (0, 1)]
+    _, ids = log_sweep(client, store["root"], "per_class", trials)
+    labels = np.arange(20) % 4
+    headline = M.robust_key(M.WORST, HEADLINE_EPS)
+    for rid, t in zip(ids, trials):
+        robust = labels == 0 if t["cfg"]["loss"] == "ce" else labels <= 1
+        outcomes = Outcomes(
+            dataset="digits",
+            indices=np.arange(20) * 3,
+            scored={M.CLEAN_ACC: np.ones(20), headline: np.ones(20)},
+            correct={M.CLEAN_ACC: labels != 3, headline: robust},
+            headlines={M.ROBUST_ACC: headline},
+            labels=labels,
+        )
+        client.log_text(rid, outcomes.to_json(), C.OUTCOMES_ARTIFACT)
+    sweep = load_sweep("per_class", tracking_uri=store["uri"])
+    report = write_report(sweep, tmp_path / "per_class", client=client, log_to_mlflow=False)
+    table = pd.read_csv(report.out_dir / "per_class.csv")
+    robust = table[table["what"] == "robust"].set_index(["reference", "class"])
+    ce, pclc = robust.loc["ce"], robust[robust.index.get_level_values(0).isna()].droplevel(0)
+    assert ce["correct"].tolist() == [10, 0, 0, 0] and ce["scored"].tolist() == [10, 10, 10, 10]
+    assert pclc["correct"].tolist() == [10, 10, 0, 0]
+    clean = table[table["what"] == "clean"]
+    assert clean.groupby("class")["accuracy"].mean().tolist() == [1.0, 1.0, 1.0, 0.0]
+    md = report.markdown.read_text()
+    section = md.split("### Per class")[1].split("## ")[0]
+    assert "| 1 | 10 | 100 / 0 | 100 / 100 |" in section, section
+    assert "[per_class.csv](per_class.csv)" in md

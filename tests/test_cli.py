@@ -40,6 +40,17 @@ def test_train_prints_the_metrics_as_json_and_writes_them(tmp_path: Path, loss: 
     assert (out / "model.pt").is_file()
 
 
+def test_train_says_which_samples_it_scored_and_a_limit_below_the_class_count(tmp_path: Path) -> None:
+    proc = pclc("train", *FAST, "--set", "eval_limit=8", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "[samples] a stratified draw of the test split: evaluated: 8 samples, 8/10 classes" in (proc.stderr)
+    said = [line for line in proc.stderr.splitlines() if line.startswith("[warning] Samples:")]
+    assert said == [
+        "[warning] Samples: eval_limit = 8 is smaller than the 10 classes of the test split: its subset covers 8 of "
+        f"them (missing: {said[0].rsplit('missing: ', 1)[1]}"
+    ]
+
+
 def test_train_reads_a_yaml_config(tmp_path: Path) -> None:
     (tmp_path / "run.yaml").write_text("loss: pc\nmargin: 0.9\n")
     proc = pclc("train", "--quiet", "--config", "run.yaml", *FAST, cwd=tmp_path)

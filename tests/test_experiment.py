@@ -11,7 +11,7 @@ import torch
 from pclc import metrics as M
 from pclc.config import TrialConfig, make_config
 from pclc.contract import OUTCOMES_ARTIFACT
-from pclc.experiment import Evaluation, prepare, run_trial, substitute_config, train_substitute
+from pclc.experiment import Evaluation, draw_subsets, prepare, run_trial, substitute_config, train_substitute
 from pclc.outcomes import Outcomes
 from pclc.train import load_checkpoint
 
@@ -78,7 +78,11 @@ def test_trial_writes_per_sample_outcomes_that_give_back_its_metrics(prepared, t
 
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]
     outcomes = Outcomes.from_json((tmp_path / "out" / OUTCOMES_ARTIFACT).read_text())
-    assert outcomes.dataset == "digits" and outcomes.indices.tolist() == list(range(96))  # the first eval_limit
+    # the stratified draw of the test split (pclc.samples), with each sample's label
+    drawn = draw_subsets(cfg, prepared.data)
+    assert outcomes.dataset == "digits" and outcomes.indices.tolist() == drawn.evaluated.tolist()
+    assert len(outcomes.indices) == 96 and outcomes.indices.tolist() != list(range(96))
+    assert outcomes.labels.tolist() == prepared.data.y_test[outcomes.indices].tolist()
     recomputed = outcomes.metrics()
     accuracies = {k for k in written if k in recomputed or M.parse_robust_key(k) is not None}
     assert accuracies == set(recomputed) and M.ROBUST_ACC in recomputed and M.ROBUST_ACC_AA in recomputed

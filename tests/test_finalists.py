@@ -143,13 +143,16 @@ def test_evaluate_logs_finalist_metrics_into_the_same_run_and_changes_nothing_el
     assert evaluate(uri, "--run-id", ids["strong"], "--eps", "0.1", "0.2", *QUICK) == 0
     logged = {M.canonical_metric(k): v for k, v in client.get_run(ids["strong"]).data.metrics.items()}
     finalist = fetch_outcomes(client, ids["strong"], finalist=True)
-    assert finalist is not None and finalist.dataset == "digits" and finalist.indices.tolist() == list(range(64))
+    trial = fetch_outcomes(client, ids["strong"])
+    # the first 64 of the stratified draw: the very samples (and labels) the trial scored with eval_limit 64
+    assert finalist is not None and trial is not None and finalist.dataset == "digits"
+    assert finalist.indices.tolist() == trial.indices.tolist() and finalist.indices.tolist() != list(range(64))
+    assert finalist.labels.tolist() == trial.labels.tolist()
     assert set(finalist.keys) == {M.CLEAN_ACC, *(M.robust_key("autoattack", e) for e in (0.1, 0.2))}
     assert {M.finalist_key(k): v for k, v in finalist.metrics().items()} == {
         k: v for k, v in logged.items() if k.startswith(M.FINALIST_PREFIX) and k != M.finalist_key("n_samples")
     }
-    trial = fetch_outcomes(client, ids["strong"])
-    assert trial is not None and {k: logged[k] for k in trial.metrics()} == trial.metrics()
+    assert {k: logged[k] for k in trial.metrics()} == trial.metrics()
     assert (finalist.correct[M.CLEAN_ACC] == trial.correct[M.CLEAN_ACC]).all()  # same weights, same samples
     assert fetch_outcomes(client, ids["weak"], finalist=True) is None  # never re-scored
 
@@ -298,9 +301,12 @@ def test_progress_names_the_attack_and_the_points_remaining_and_changes_no_numbe
 ) -> None:
     import re
 
+    import torch
+
     from pclc.attacks import AttackSuite, run_suite
     from pclc.data import load_dataset
     from pclc.models import create_model
+    from pclc.samples import draw
     from pclc.train import load_checkpoint
     from sweeps.finalists import Settings, evaluate_run
 
@@ -348,7 +354,9 @@ def test_progress_names_the_attack_and_the_points_remaining_and_changes_no_numbe
         aa_steps=5,
         square_queries=20,
     )
+    drawn = draw(data.x_test, data.y_test, num_classes=data.num_classes, eval_limit=64, aa_limit=None, epoch_samples=0)
     for start in (0, 32):
-        x, y = data.x_test[start : start + 32], data.y_test[start : start + 32]
+        picked = torch.as_tensor(drawn.evaluated[start : start + 32])  # the chunk: 32 samples of the draw
+        x, y = data.x_test[picked], data.y_test[picked]
         robust = run_suite(model.eval(), x, y, suite).robust("autoattack", 0.1)
         assert "".join("1" if r else "0" for r in robust.tolist()) == saved[str(start)][2]

@@ -90,7 +90,7 @@ def test_a_small_artifact_for_a_quickstart_trial() -> None:
 def test_an_unknown_version_is_refused_naming_it(version: object) -> None:
     payload = _outcomes(9).to_dict()
     payload["version"] = version
-    with pytest.raises(OutcomesError, match=rf"version {version!r} is not one this pclc reads \(version {VERSION}\)"):
+    with pytest.raises(OutcomesError, match=rf"version {version!r} is not one this pclc reads \(versions \(1, 2\)\)"):
         Outcomes.from_dict(payload)
 
 
