@@ -1,15 +1,24 @@
-"""The statistics behind a sweep's verdict: paired comparisons against a reference, the correction for
-making several of them, and one run's interval (means over seeds are `analysis.stats`). Every number is a library call (scipy,
-statsmodels), named in `METHODS` so the report can say which; nothing here is re-derived by hand.
+"""The statistics behind a sweep's verdict: paired comparisons against a reference, decided on one interval
+each, and one run's interval (means over seeds are `analysis.stats`). Every number is a library call (scipy,
+statsmodels), named in `METHODS` so the report can say which.
 
 Why paired: two configurations scored on the same samples share each sample's difficulty, so their
 difference is far less noisy than two independent accuracies. Why over seeds: on digits the same
-configuration spreads 2–9 points from seed to seed, more than one run's sample noise, so with several
-seeds the unit of replication is the seed (the per-seed paired difference), not the sample.
+configuration spreads 2–9 points from seed to seed, more than one run's sample noise, so the unit of
+replication is the seed (the per-seed paired difference), and a verdict about configurations needs at least
+two of them; one seed compares two trained networks, and it ranks, it does not judge.
+
+Words and numbers agree because the words are read off the printed interval. The family of k comparisons
+gets simultaneous intervals (Bonferroni: each at level 1 − α/k), and a comparison is *better* where its
+interval lies on the good side of 0, *worse* on the other, *equivalent within ±m* where it lies inside
+(−m, +m) (two one-sided tests, each at α/2k), and *inconclusive* otherwise, with the smallest difference
+the design could have detected with 80 % power. A claim is wrong only where an interval misses its true
+difference, so the chance of any false *better*, *worse* or *equivalent* in the family is at most α.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -17,36 +26,43 @@ from typing import Literal
 import numpy as np
 from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
-from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
 
-LEVEL = 0.95  # every interval's confidence level
-ALPHA = 1 - LEVEL  # a comparison is *better* or *worse* when its corrected p-value is below this
-CORRECTION = "holm"  # statsmodels' multipletests method: family-wise error over a sweep's comparisons
+from pclc.contract import DEFAULT_MARGIN
 
-Outcome = Literal["better", "tied", "worse"]
+LEVEL = 0.95  # the family's confidence level: every interval's, before the correction for several comparisons
+ALPHA = 1 - LEVEL  # the family-wise error rate of the verdict's claims
+POWER = 0.80  # an *inconclusive* comparison says what difference it had this chance of detecting
+MARGIN = DEFAULT_MARGIN  # the equivalence margin where a sweep names none: 3 points of accuracy
+SAME = 1e-6  # per-seed differences closer than this are equal (float32 accuracies differ by ~1e-8 when equal)
+CORRECTION_NAME = "Bonferroni"
+
+Outcome = Literal["better", "worse", "equivalent", "inconclusive"]
+OUTCOMES: tuple[Outcome, ...] = ("better", "worse", "equivalent", "inconclusive")
 
 METHODS = {
     "run": "Wilson score interval over the run's samples (statsmodels proportion_confint)",
-    "paired_seeds": "paired t-test over seeds of the per-seed difference on the same samples (scipy.stats.ttest_1samp)",
-    "paired_run": "exact McNemar test on the discordant samples (statsmodels mcnemar), "
-    "percentile bootstrap interval of the paired difference (scipy.stats.bootstrap, paired)",
-    "correction": f"{CORRECTION.capitalize()} correction over the sweep's comparisons (statsmodels multipletests)",
+    "seeds": "paired t over seeds of the per-seed difference on the same samples (scipy.stats.t); where every "
+    "seed's difference is the same, the exact sign-flip test over seeds (2 of its 2^seeds sign patterns)",
+    "one_seed": "one seed: exact McNemar test on the discordant samples (statsmodels mcnemar) and a paired percentile "
+    "bootstrap interval (scipy.stats.bootstrap): about two trained networks, never a verdict on configurations",
+    "correction": f"{CORRECTION_NAME} over the verdict's k comparisons: each interval at level 1 − α/k, "
+    "the words read off it (equivalence: two one-sided tests against ±margin on the same interval)",
 }
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """An accuracy (or a difference of two) with its 95 % interval and what the interval is over."""
+    """An accuracy (or a difference of two) with its interval and what the interval is over."""
 
     value: float
     low: float
     high: float
-    method: str  # a key of METHODS
+    method: str  # a key of METHODS (or "seeds" for a mean over seeds)
     n: int  # seeds, or samples for a single run
 
     def text(self, *, points: bool = False) -> str:
-        """'52.1 % [47.0, 57.2]' or, for a difference, '−3.4 points [−7.9, +1.1]'."""
+        """'52.1 % [47.0, 57.2]' or, for a difference, '−3.4 points [−7.9, +1.1]' (an unbounded end: ∞)."""
         if points:
             return f"{_signed(100 * self.value)} points [{_signed(100 * self.low)}, {_signed(100 * self.high)}]"
         return f"{100 * self.value:.1f} % [{100 * self.low:.1f}, {100 * self.high:.1f}]"
@@ -54,16 +70,40 @@ class Estimate:
 
 @dataclass(frozen=True)
 class Comparison:
-    """One configuration against one reference, on the same samples: the difference (a − b) in accuracy,
-    its interval, the raw and corrected p-values and the outcome."""
+    """One configuration against one reference on the same samples: the difference (a − b) with the interval
+    its outcome was read from, the raw and corrected p-values of "no difference", and what it could detect."""
 
     difference: Estimate
     p_value: float
-    p_corrected: float
+    p_corrected: float  # × k (Bonferroni), at most 1: below α exactly where the interval excludes 0
     outcome: Outcome
+    level: float  # the interval's confidence level (1 − α/k)
+    margin: float  # the equivalence margin, in the metric's units
+    detectable: float  # the smallest |difference| this design detects with POWER (NaN: one seed, or no spread)
+    seeds_needed: int | None = None  # seeds an exact sign-flip test needs to decide at `level` (no spread)
+
+    @property
+    def words(self) -> str:
+        """'better', 'worse', 'equivalent within ±3.0 points' or 'inconclusive'."""
+        return f"equivalent within ±{100 * self.margin:.1f} points" if self.outcome == "equivalent" else self.outcome
+
+    def why_inconclusive(self) -> str:
+        """What an *inconclusive* design could have told: its detectable difference, or why it has none."""
+        if self.difference.method == "one_seed":
+            return "one seed compares two trained networks, not configurations: a verdict needs at least 2 seeds"
+        if self.seeds_needed is not None:
+            return (
+                f"every seed gave the same difference: only an exact sign-flip test applies, which needs "
+                f"{self.seeds_needed} seeds to decide at this level"
+            )
+        if math.isfinite(self.detectable):
+            return f"this design detects a difference of {100 * self.detectable:.1f} points with {POWER:.0%} power"
+        return "no interval could be formed"
 
 
 def _signed(x: float) -> str:
+    if math.isinf(x):
+        return "+∞" if x > 0 else "−∞"
     return f"{x:+.1f}".replace("-", "−")
 
 
@@ -77,16 +117,27 @@ def run_interval(correct: np.ndarray) -> Estimate:
     return Estimate(k / n, float(low), float(high), "run", n)
 
 
-def paired_difference(
-    a: Sequence[np.ndarray | float], b: Sequence[np.ndarray | float], *, seed: int = 0
-) -> tuple[Estimate, float]:
-    """Accuracy of `a` minus accuracy of `b`, seed by seed on the same samples: (difference, p-value).
+@dataclass(frozen=True)
+class Evidence:
+    """One comparison's data before the family's correction: the per-seed differences a − b (several seeds),
+    or one seed's per-sample differences."""
 
-    `a[i]` and `b[i]` are one seed's per-sample correctness (bools) on the same samples, or, with several
-    seeds, that seed's accuracy. With several seeds the test is a paired t-test over the per-seed
-    differences; with one, an exact McNemar test on the samples the two runs disagree on, with a
-    bootstrap interval of the paired difference. `seed` fixes the bootstrap's resampling.
-    """
+    diffs: np.ndarray
+    method: Literal["seeds", "one_seed"]
+    table: tuple[tuple[int, int], tuple[int, int]] | None = None  # one seed: McNemar's 2×2 table
+
+    @property
+    def value(self) -> float:
+        return float(np.mean(self.diffs))
+
+    @property
+    def n(self) -> int:
+        return len(self.diffs)
+
+
+def evidence(a: Sequence[np.ndarray | float], b: Sequence[np.ndarray | float]) -> Evidence:
+    """The paired evidence of `a` against `b`: `a[i]` and `b[i]` are one seed's per-sample correctness (bools)
+    on the same samples, or that seed's accuracy."""
     if len(a) != len(b) or not a:
         raise ValueError(f"need the same seeds on both sides, at least one: got {len(a)} and {len(b)}")
     for x, y in zip(a, b):
@@ -95,47 +146,101 @@ def paired_difference(
                 f"a paired comparison needs the same samples on both sides: got {np.shape(x)} and {np.shape(y)}"
             )
     if len(a) >= 2:
-        diffs = np.array([_accuracy(x) - _accuracy(y) for x, y in zip(a, b)])
-        if np.all(diffs == diffs[0]):  # no spread over seeds: the t-test is undefined
-            p = 1.0 if diffs[0] == 0 else 0.0
-            return Estimate(float(diffs[0]), float(diffs[0]), float(diffs[0]), "paired_seeds", len(diffs)), p
-        test = stats.ttest_1samp(diffs, 0.0)
-        ci = test.confidence_interval(LEVEL)
-        estimate = Estimate(float(diffs.mean()), float(ci.low), float(ci.high), "paired_seeds", len(diffs))
-        return estimate, float(test.pvalue)
+        return Evidence(np.array([_accuracy(x) - _accuracy(y) for x, y in zip(a, b)]), "seeds")
     if np.ndim(a[0]) != 1:
         raise ValueError("one seed: a paired comparison needs its per-sample outcomes, not only its accuracy")
     x, y = np.asarray(a[0], dtype=bool), np.asarray(b[0], dtype=bool)
-    only_a, only_b = int((x & ~y).sum()), int((~x & y).sum())
-    table = [[int((x & y).sum()), only_a], [only_b, int((~x & ~y).sum())]]
-    p = float(mcnemar(table, exact=True).pvalue)
-    d = x.astype(float) - y.astype(float)
-    if np.all(d == d[0]):  # identical per-sample differences: the bootstrap has nothing to resample
-        return Estimate(float(d.mean()), float(d.mean()), float(d.mean()), "paired_run", d.size), p
-    ci = stats.bootstrap(
-        (d,), np.mean, confidence_level=LEVEL, method="percentile", rng=np.random.default_rng(seed)
-    ).confidence_interval
-    return Estimate(float(d.mean()), float(ci.low), float(ci.high), "paired_run", int(d.size)), p
+    table = ((int((x & y).sum()), int((x & ~y).sum())), (int((~x & y).sum()), int((~x & ~y).sum())))
+    return Evidence(x.astype(float) - y.astype(float), "one_seed", table)
 
 
 def _accuracy(x: np.ndarray | float) -> float:
     return float(np.mean(np.asarray(x, dtype=float))) if np.ndim(x) else float(x)
 
 
-def compare(
-    pairs: Sequence[tuple[Sequence[np.ndarray | float], Sequence[np.ndarray | float]]], *, alpha: float = ALPHA
-) -> list[Comparison]:
-    """Each (configuration, reference) pair compared, the p-values corrected together (Holm).
+def sign_flip_p(diffs: np.ndarray) -> float:
+    """Two-sided exact sign-flip p of "mean 0" over seeds (every one of the 2^n sign patterns; n ≤ 16)."""
+    n = len(diffs)
+    if n > 16:
+        raise ValueError(f"{n} seeds: the exact sign-flip test enumerates 2^n patterns; use the t-test")
+    signs = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)) & 1)
+    means = np.abs((signs * diffs).mean(axis=1))
+    return float(np.mean(means >= abs(np.mean(diffs)) - SAME / 2))
 
-    The outcome is *better* or *worse* only when the corrected p-value is below `alpha`; a difference
-    that could be noise is *tied*, whatever its sign.
-    """
+
+def decide(ev: Evidence, *, level: float, margin: float, higher_is_better: bool = True, k: int = 1) -> Comparison:
+    """One comparison's interval at `level`, its p-values (corrected × k) and its outcome (module docstring)."""
+    tail = (1 - level) / 2
+    value, seeds_needed = ev.value, None
+    if ev.method == "one_seed":
+        p = float(mcnemar(ev.table, exact=True).pvalue) if ev.table is not None else math.nan
+        if np.ptp(ev.diffs) == 0:  # every sample the same: the bootstrap has nothing to resample
+            low = high = value
+        else:
+            ci = stats.bootstrap(
+                (ev.diffs,), np.mean, confidence_level=level, method="percentile", rng=np.random.default_rng(0)
+            ).confidence_interval
+            low, high = float(ci.low), float(ci.high)
+        detectable = math.nan
+    elif np.ptp(ev.diffs) < SAME:  # no spread over seeds: the t-test is undefined, the sign-flip test is exact
+        p = 1.0 if abs(value) < SAME else sign_flip_p(ev.diffs)
+        seeds_needed = max(ev.n, math.ceil(math.log2(2 / (1 - level))))
+        decided = p <= 1 - level
+        low, high = (value, value) if decided else (-math.inf, math.inf)
+        seeds_needed = None if decided else seeds_needed
+        detectable = math.nan
+    else:
+        df = ev.n - 1
+        se = float(np.std(ev.diffs, ddof=1)) / math.sqrt(ev.n)
+        t = value / se
+        p = float(2 * stats.t.sf(abs(t), df))
+        half = float(stats.t.ppf(1 - tail, df)) * se
+        low, high = value - half, value + half
+        detectable = (float(stats.t.ppf(1 - tail, df)) + float(stats.t.ppf(POWER, df))) * se
+    outcome: Outcome = "inconclusive"
+    if ev.method == "seeds" and math.isfinite(value) and not (math.isnan(low) or math.isnan(high)):
+        good, bad = (low > 0, high < 0) if higher_is_better else (high < 0, low > 0)
+        if good:
+            outcome = "better"
+        elif bad:
+            outcome = "worse"
+        elif -margin < low and high < margin:
+            outcome = "equivalent"
+    return Comparison(
+        difference=Estimate(value, low, high, ev.method, ev.n),
+        p_value=p,
+        p_corrected=min(1.0, k * p) if math.isfinite(p) else math.nan,
+        outcome=outcome,
+        level=level,
+        margin=margin,
+        detectable=detectable,
+        seeds_needed=seeds_needed,
+    )
+
+
+def compare(
+    pairs: Sequence[tuple[Sequence[np.ndarray | float], Sequence[np.ndarray | float]]],
+    *,
+    alpha: float = ALPHA,
+    margin: float = MARGIN,
+    higher_is_better: bool = True,
+) -> list[Comparison]:
+    """Each (configuration, reference) pair compared on a simultaneous interval: Bonferroni over the pairs,
+    each at level 1 − alpha/k, the outcome read off it (module docstring)."""
     if not pairs:
         return []
-    raw = [paired_difference(a, b) for a, b in pairs]
-    corrected = multipletests([p for _, p in raw], alpha=alpha, method=CORRECTION)[1]
-    out = []
-    for (difference, p), q in zip(raw, corrected):
-        outcome: Outcome = "tied" if q >= alpha else ("better" if difference.value > 0 else "worse")
-        out.append(Comparison(difference=difference, p_value=p, p_corrected=float(q), outcome=outcome))
-    return out
+    if not margin > 0:
+        raise ValueError(f"the equivalence margin must be > 0, got {margin}")
+    k = len(pairs)
+    level = 1 - alpha / k
+    return [
+        decide(evidence(a, b), level=level, margin=margin, higher_is_better=higher_is_better, k=k) for a, b in pairs
+    ]
+
+
+def paired_difference(
+    a: Sequence[np.ndarray | float], b: Sequence[np.ndarray | float], *, level: float = LEVEL
+) -> tuple[Estimate, float]:
+    """One comparison alone (no family): (difference with its interval at `level`, two-sided p-value)."""
+    result = decide(evidence(a, b), level=level, margin=MARGIN)
+    return result.difference, result.p_value

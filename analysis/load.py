@@ -208,6 +208,7 @@ class Sweep:
     config_params: list[str]  # params that vary between analysed runs and define a configuration
     other_parents: list[str] = field(default_factory=list)  # other sweeps in the experiment, newest first
     references: list[str] = field(default_factory=list)  # the reference arms' names, in the sweep file's order
+    verdict_margin: float | None = None  # the sweep file's equivalence margin (verdict.margin); None: the default
     notes: list[str] = field(default_factory=list)  # plain-English remarks for the report
     _histories: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict, repr=False)
 
@@ -312,6 +313,15 @@ def _run_row(run: Run) -> tuple[dict[str, Any], dict[str, str], dict[str, float]
     }
     metrics = {canonical_metric(k): float(v) for k, v in data.metrics.items()}
     return info, dict(data.params), metrics
+
+
+def _verdict_margin(text: str | None) -> float | None:
+    """The equivalence margin a sweep's parent run records (tag pclc.verdict), or None (an older sweep)."""
+    try:
+        value = float(json.loads(text)["margin"]) if text else None
+    except (ValueError, TypeError, KeyError):
+        return None
+    return value if value is not None and math.isfinite(value) and value > 0 else None
 
 
 def _subset_tags(tags: dict[str, str]) -> list[tuple[str, str]]:
@@ -456,6 +466,7 @@ def load_sweep(
         other_parents=others,
         notes=notes,
         references=_json_list(parent_tags.get(C.REFERENCES)),
+        verdict_margin=_verdict_margin(parent_tags.get(C.VERDICT)),
     )
     sweep.notes.extend(_data_notes(sweep, child_runs))
     return sweep

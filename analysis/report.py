@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from analysis.compare import METHODS, run_interval
+from analysis.compare import ALPHA, CORRECTION_NAME, METHODS, POWER, Comparison, run_interval
 from analysis.load import (
     SEED,
     SYMBOL,
@@ -41,7 +42,7 @@ from analysis.load import (
 )
 from analysis.plots import DISPLAY_WIDTH_PX, Plot, attack_rank, is_accuracy, make_plots, save_figure, short_numbers
 from analysis.stats import best_configs, by_mode, config_table, pareto_mask, summarize, t_halfwidth
-from analysis.verdict import CORRECTION_NAME, Verdict, headline_outcomes, verdict
+from analysis.verdict import Verdict, headline_outcomes, interval_name, is_checked, verdict
 from pclc import metrics as M
 from pclc.attacks import AUTOATTACK, CLASSIC
 from pclc.files import write_atomic
@@ -464,16 +465,23 @@ def _verdict_section(sweep: Sweep, judged: Verdict) -> list[Block]:
         if judged.source == "confirmation"
         else "the grid: every arm on the same seeds and samples"
     )
-    methods = "; ".join(METHODS[k] for k in ("paired_seeds", "paired_run", "correction"))
+    methods = "; ".join(METHODS[k] for k in ("seeds", "one_seed", "correction"))
+    checked = " (AutoAttack-checked)" if is_checked(judged.metric) else ""
+    direction = "" if judged.higher_is_better else " Lower is better for this metric."
+    k = len(judged.lines)
     blocks.append(
         Para(
-            f"`{judged.metric}` (AutoAttack-checked), from {where}. Each row is an arm minus a reference, in "
-            f"points, with its 95 % interval; *better* or *worse* only where the corrected p-value is below 0.05, "
-            f"else *tied*. Tests: {methods}."
+            f"`{judged.metric}`{checked}, from {where}. Each row is an arm minus a reference, in points, with the "
+            f"interval its words are read from: {interval_name(1 - ALPHA / max(k, 1), k)}s ({CORRECTION_NAME} over "
+            f"the {k} comparisons, so all of them hold together with 95 % confidence). *better* or *worse* where "
+            f"the interval excludes 0; *equivalent within ±{100 * judged.margin:.1f} points* where it lies inside "
+            f"that margin (the sweep file's `verdict.margin`); else *inconclusive*, with the smallest difference "
+            f"the design detects with {POWER:.0%} power. One seed per arm ranks, it does not judge.{direction} "
+            f"Tests: {methods}."
         )
     )
     if judged.lines:
-        header = ["arm", "reference", "difference (points)", "95 % interval", f"p ({CORRECTION_NAME})", "outcome"]
+        header = ["arm", "reference", "difference (points)", "interval", f"p ({CORRECTION_NAME})", "outcome", "detects"]
         lines = judged.lines
         if len(lines) > MAX_ROWS:  # a large grid: the tally, then its best comparisons; the CSV holds every one
             lines = judged.ranked()[:MAX_ROWS]
@@ -489,7 +497,8 @@ def _verdict_section(sweep: Sweep, judged: Verdict) -> list[Block]:
                 line.reference.label,
                 *line.result.difference.text(points=True).split(" points "),  # '−3.4', '[−7.9, +1.1]'
                 f"{line.result.p_corrected:.3g}",
-                f"**{line.result.outcome}**",
+                f"**{line.result.words}**",
+                _detects(line.result),
             ]
             for line in lines
         ]
@@ -597,6 +606,15 @@ def _per_class_section(classes: pd.DataFrame | None) -> list[Block]:
         ),
         Table(["class", "samples", *arms], rows),
     ]
+
+
+def _detects(result: Comparison) -> str:
+    """An inconclusive comparison's detectable difference (points, at 80 % power), or why it has none."""
+    if result.outcome != "inconclusive":
+        return "–"
+    if math.isfinite(result.detectable):
+        return f"±{100 * result.detectable:.1f}"
+    return "one seed" if result.difference.method == "one_seed" else "–"
 
 
 def _over_runs(runs: pd.DataFrame, metric: str) -> str:
@@ -913,16 +931,22 @@ def verdict_frame(judged: Verdict) -> pd.DataFrame:
             "difference_points": 100 * line.result.difference.value,
             "low_points": 100 * line.result.difference.low,
             "high_points": 100 * line.result.difference.high,
+            "level": line.result.level,
             "p": line.result.p_value,
             "p_corrected": line.result.p_corrected,
             "outcome": line.result.outcome,
+            "margin_points": 100 * line.result.margin,
+            "detectable_points": 100 * line.result.detectable,
             "seeds": line.seeds,
             "samples": line.samples,
+            "on_samples": line.on_samples,
+            "method": line.result.difference.method,
         }
         for line in judged.ranked()
     ]
-    columns = ["arm", "reference", "difference_points", "low_points", "high_points", "p", "p_corrected"]
-    return pd.DataFrame(rows, columns=[*columns, "outcome", "seeds", "samples"])
+    columns = ["arm", "reference", "difference_points", "low_points", "high_points", "level", "p", "p_corrected"]
+    more = ["outcome", "margin_points", "detectable_points", "seeds", "samples", "on_samples", "method"]
+    return pd.DataFrame(rows, columns=[*columns, *more])
 
 
 # --------------------------------------------------------------------------- writing

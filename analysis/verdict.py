@@ -1,6 +1,7 @@
 """The sweep's conclusion: each configuration against each reference arm of its training mode (and an
-adversarially trained one against plain CE too), on the same samples and seeds, with intervals and
-multiplicity-corrected paired tests (`analysis.compare`), said in one sentence each.
+adversarially trained one against plain CE too), on the same samples and seeds, each ending as *better*,
+*worse*, *equivalent within ±m* or *inconclusive* on a simultaneous interval (`analysis.compare`), said in
+one sentence each.
 
 Which runs speak: in an optimize sweep, the confirmation runs (the search's top configurations and the
 references re-trained on fresh seeds, AutoAttack on every evaluated sample); a one-seed search on a
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from analysis.compare import Comparison, Estimate, compare, run_interval
+from analysis.compare import CORRECTION_NAME, MARGIN, OUTCOMES, Comparison, Estimate, compare, run_interval
 from analysis.load import (
     SEED,
     STANDARD,
@@ -84,18 +85,37 @@ class Line:
     result: Comparison
     seeds: int
     samples: int | None
+    on_samples: bool = True  # paired on per-sample outcomes checked to be the same samples; else logged accuracies
+    family: int = 1  # comparisons in the verdict (the correction's k)
 
     def sentence(self, metric: str) -> str:
-        d = self.result.difference
+        r = self.result
         samples = f" × {self.samples} samples" if self.samples else ""
+        paired = (
+            "paired on the same samples"
+            if self.on_samples
+            else "paired by seed on logged accuracies (no per-sample outcomes: the samples are not checked)"
+        )
+        checked = ", AutoAttack-checked" if is_checked(metric) else ""
+        words = r.words if r.outcome != "inconclusive" else f"inconclusive: {r.why_inconclusive()}"
         return (
-            f"{self.arm.label} vs {self.reference.label}: {d.text(points=True)}, {self.result.outcome} "
-            f"({self.seeds} seed{'s' if self.seeds != 1 else ''}{samples}, {metric}, AutoAttack-checked; "
-            f"p = {self.result.p_corrected:.3g} after {CORRECTION_NAME})"
+            f"{self.arm.label} vs {self.reference.label}: {r.difference.text(points=True)} "
+            f"({interval_name(r.level, self.family)}), {words} ({self.seeds} seed{'s' if self.seeds != 1 else ''}"
+            f"{samples}, {paired}; {metric}{checked}; p = {r.p_corrected:.3g} after {CORRECTION_NAME} over "
+            f"{self.family})"
         )
 
 
-CORRECTION_NAME = "Holm's correction"
+def is_checked(metric: str) -> bool:
+    """Whether `metric` is the AutoAttack-checked headline (or a finalist's full AutoAttack re-score of it)."""
+    return metric in (M.ROBUST_ACC, M.finalist_key(M.ROBUST_ACC))
+
+
+def interval_name(level: float, family: int) -> str:
+    """'98.3 % simultaneous interval' (Bonferroni over 3) or '95 % interval' for a single comparison."""
+    return f"{100 * level:.3g} % {'simultaneous ' if family > 1 else ''}interval"
+
+
 SHOWN = 10  # comparisons a terminal shows of a large verdict, best first (the report's CSV holds them all)
 _NUMBER = re.compile(r"(?<![\w.])\d+\.\d+(?:e[+-]?\d+)?")  # a decimal in a configuration label
 
@@ -110,6 +130,8 @@ class Verdict:
     arms: list[Arm] = field(default_factory=list)
     lines: list[Line] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    margin: float = MARGIN  # the equivalence margin, in the metric's units (the sweep file's verdict.margin)
+    higher_is_better: bool = True  # the headline's direction (its objective's mode)
 
     def sentences(self) -> list[str]:
         """The verdict, one sentence per comparison, then what did not confirm or could not be compared, then
@@ -118,12 +140,15 @@ class Verdict:
 
     def ranked(self) -> list[Line]:
         """The comparisons, best difference first (what a reader of a large sweep looks at first)."""
-        return sorted(self.lines, key=lambda line: -line.result.difference.value)
+        sign = -1.0 if self.higher_is_better else 1.0
+        return sorted(self.lines, key=lambda line: sign * line.result.difference.value)
 
     def tally(self) -> str:
-        """'100 comparisons (Holm's correction over 100): 3 better, 90 tied, 7 worse'."""
-        counts = {o: sum(line.result.outcome == o for line in self.lines) for o in ("better", "tied", "worse")}
-        said = ", ".join(f"{n} {o}" for o, n in counts.items())
+        """'100 comparisons (Bonferroni over 100): 3 better, 7 worse, 10 equivalent within ±3.0 points, 80
+        inconclusive'."""
+        counts = {o: sum(line.result.outcome == o for line in self.lines) for o in OUTCOMES}
+        margin = f" within ±{100 * self.margin:.1f} points"
+        said = ", ".join(f"{n} {o}{margin if o == 'equivalent' else ''}" for o, n in counts.items())
         return f"{len(self.lines)} comparisons ({CORRECTION_NAME} over {len(self.lines)}): {said}"
 
     def summary(self, limit: int = SHOWN) -> list[str]:
@@ -184,7 +209,12 @@ def verdict(sweep: Sweep, *, outcomes: Outcomes | None = None) -> Verdict:
     metric = sweep.headline
     confirmed = sweep.confirmed
     frame, source = (confirmed, "confirmation") if len(confirmed) else (sweep.trials, "grid")
-    out = Verdict(metric=metric, source=source)
+    out = Verdict(
+        metric=metric,
+        source=source,
+        margin=sweep.verdict_margin if sweep.verdict_margin is not None else MARGIN,
+        higher_is_better=sweep.direction(metric) == "max",
+    )
     if sweep.mode == "optimize" and source == "grid":
         out.notes.append(
             "No confirmation runs: the search's ranking is one seed per configuration on a subset, with no "
@@ -213,6 +243,12 @@ def verdict(sweep: Sweep, *, outcomes: Outcomes | None = None) -> Verdict:
     out.signal = signal
     history = sweep.epoch_history(signal, list(frame["run_id"])) if signal else None
     for (variant, config), runs in frame.groupby(["variant", "config"], sort=False):
+        if SEED in runs and runs[SEED].duplicated().any():  # e.g. a configuration run again: its latest run speaks
+            twice = sorted({int(s) for s in runs.loc[runs[SEED].duplicated(), SEED]})
+            runs = runs.sort_values("start_time").drop_duplicates(SEED, keep="last")
+            out.notes.append(
+                f"{variant} ({config}) ran seed(s) {twice} more than once: the latest run of each seed is compared."
+            )
         runs = runs.sort_values(SEED) if SEED in runs else runs
         references = runs["reference"].dropna().unique()
         one = outcome(runs["run_id"].iloc[0]) if len(runs) == 1 else None
@@ -248,10 +284,32 @@ def verdict(sweep: Sweep, *, outcomes: Outcomes | None = None) -> Verdict:
             if isinstance(paired, str):
                 out.notes.append(f"{arm.label} vs {ref.label}: not compared ({paired}).")
                 continue
+            alone = sorted(set(arm.seeds) ^ set(ref.seeds))
+            if alone:  # the arm tables average every seed; the comparison can pair only the common ones
+                out.notes.append(
+                    f"{arm.label} vs {ref.label}: seed(s) {alone} ran in one arm only and are left out of the "
+                    f"comparison (the arms' own means include them)."
+                )
             pairs.append(paired[:2])
             meta.append((arm, ref, *paired[2:]))
-    for result, (arm, ref, seeds, samples) in zip(compare(pairs), meta):
-        out.lines.append(Line(arm=arm, reference=ref, result=result, seeds=seeds, samples=samples))
+    results = compare(pairs, margin=out.margin, higher_is_better=out.higher_is_better)
+    for result, (arm, ref, seeds, samples, on_samples) in zip(results, meta):
+        out.lines.append(
+            Line(
+                arm=arm,
+                reference=ref,
+                result=result,
+                seeds=seeds,
+                samples=samples,
+                on_samples=on_samples,
+                family=len(results),
+            )
+        )
+    if out.lines and all(line.seeds < 2 for line in out.lines):
+        out.notes.append(
+            "One seed per arm: the comparisons rank two trained networks each, and say nothing about the "
+            "configurations (seed-to-seed spread on digits is 2–9 points); give the arms at least 2 seeds."
+        )
     out.notes.extend(_winner_notes(out, metric))
     if unread:
         out.notes.append(
@@ -290,8 +348,9 @@ def _scored(run: pd.Series) -> int | None:
 
 def _paired(
     arm: Arm, ref: Arm, metric: str, outcome: Callable[[str], tuple[np.ndarray, np.ndarray] | None]
-) -> tuple[list, list, int, int | None] | str:
-    """(a's per-sample vectors or accuracies per seed, b's, seeds, samples) on the seeds both ran, or why not."""
+) -> tuple[list, list, int, int | None, bool] | str:
+    """(a's per-sample vectors or accuracies per seed, b's, seeds, samples, whether the samples were checked the
+    same) on the seeds both ran, or why not."""
     if SEED not in arm.runs or SEED not in ref.runs:
         return "no seed recorded"
     a = arm.runs.set_index(SEED)
@@ -310,12 +369,12 @@ def _paired(
         vectors_b.append(ob[1])
         samples = len(oa[0])
     else:
-        return vectors_a, vectors_b, len(seeds), samples
+        return vectors_a, vectors_b, len(seeds), samples, True
     if len(seeds) < 2:
         return "one seed and no stored per-sample outcomes: a paired test needs one or the other"
     # several seeds: the paired test is over the per-seed accuracies, which the metrics hold
     accuracies = [float(a.loc[s, metric]) for s in seeds], [float(b.loc[s, metric]) for s in seeds]
-    return *accuracies, len(seeds), _scored(arm.runs.iloc[0])
+    return *accuracies, len(seeds), _scored(arm.runs.iloc[0]), False
 
 
 def _winner_notes(v: Verdict, metric: str) -> list[str]:
@@ -324,7 +383,8 @@ def _winner_notes(v: Verdict, metric: str) -> list[str]:
     searched = [a for a in v.arms if a.search_score is not None]
     for arm in searched:
         est = arm.estimate
-        if math.isfinite(est.high) and arm.search_score > est.high:
+        beyond = arm.search_score > est.high if v.higher_is_better else arm.search_score < est.low
+        if math.isfinite(est.high) and math.isfinite(est.low) and beyond:
             notes.append(
                 f"{arm.label} scored {100 * arm.search_score:.1f} % in the search (one seed"
                 f"{f', {arm.search_samples} samples' if arm.search_samples else ''}) but {est.text()} over "

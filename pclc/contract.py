@@ -37,6 +37,10 @@ PHASE = "pclc.phase"  # which part of a sweep a trial run belongs to (none: an o
 PHASE_SEARCH, PHASE_CONFIRM = "search", "confirm"  # the search (or ablation grid); its confirmation on fresh seeds
 REFERENCE = "pclc.reference"  # on a reference arm's runs: the reference's name (e.g. ce)
 REFERENCES = "pclc.references"  # on the parent run: JSON list of the reference names, in the sweep file's order
+VERDICT = "pclc.verdict"  # on the parent run: JSON of the sweep file's verdict settings, e.g. {"margin": 0.03}
+# the default equivalence margin of a verdict: 3 points of accuracy (a sweep file's `verdict: {margin: …}`; the
+# writer records it under VERDICT, analysis.compare reads it from there)
+DEFAULT_MARGIN = 0.03
 SEARCH_TRIAL = "pclc.search_trial"  # on a confirmation run: the search trial whose configuration it re-trains
 SWEEP = "pclc.sweep"  # the sweep's name, on every child
 SEARCHED = "pclc.searched"  # JSON list of the TrialConfig fields the sweep varies

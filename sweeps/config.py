@@ -30,7 +30,7 @@ from pydantic import (
 
 from pclc import metrics as M
 from pclc.config import OPTIMIZATION_FIELDS, ConfigError, TrialConfig, parse_override, read_yaml
-from pclc.contract import normalize_tracking_uri
+from pclc.contract import DEFAULT_MARGIN, normalize_tracking_uri
 
 # Fields a sweep may vary per trial. The rest are fixed per sweep because `prepare()` builds the
 # data and the transfer substitute once from them, or because they define what is measured
@@ -193,6 +193,16 @@ class Confirm(BaseModel):
     seeds: list[int] | None = None  # fresh seeds, none used by the search; default: the 3 after trial.seed
 
 
+class VerdictSettings(BaseModel):
+    """How the verdict decides (analysis.compare): a comparison whose simultaneous interval lies inside
+    (−margin, +margin) is *equivalent within ±margin*; the margin is in the headline's units (accuracy: 0.03 is
+    3 points) and is the smallest difference that matters, chosen before looking."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    margin: float = Field(DEFAULT_MARGIN, gt=0.0, lt=1.0)
+
+
 # --------------------------------------------------------------------------- the sweep file
 
 
@@ -224,6 +234,7 @@ class SweepConfig(BaseModel):
     # ξ 0.995 λ 0.05 where the sweep trains PC-LC; [] for no reference (the sweep then ranks, it does not judge)
     reference: list[dict[str, Any]] | None = None
     confirm: Confirm = Field(default_factory=Confirm)
+    verdict: VerdictSettings = Field(default_factory=VerdictSettings)
 
     # execution
     resources: Resources = Field(default_factory=Resources)

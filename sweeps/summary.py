@@ -26,7 +26,7 @@ def best_rows(cfg: SweepConfig, rows: list[dict[str, Any]], top: int = 5) -> lis
     sign = {o.metric: (1.0 if o.mode == "max" else -1.0) for o in cfg.objective}
 
     def score(row: dict[str, Any]) -> tuple[float, ...]:
-        return tuple(sign[m] * _num(row[m]) for m in sign)
+        return tuple(_signed(row.get(m), sign[m]) for m in sign)  # higher is better; a missing number ranks last
 
     ranked = sorted(rows, key=score, reverse=True)
     if not cfg.multi_objective:
@@ -47,11 +47,12 @@ def ablation_table(cfg: SweepConfig, rows: list[dict[str, Any]]) -> list[dict[st
     for key, members in groups.items():
         entry: dict[str, Any] = {**json.loads(key), "seeds": len(members)}
         for m in _metric_names(cfg):
-            values = [_num(r[m]) for r in members if m in r]
+            values = [v for r in members if m in r and math.isfinite(v := _num(r[m]))]  # a NaN run says nothing
             if values:
                 entry[m], entry[f"{m} sd"] = mean_sd(values)
         table.append(entry)
-    return sorted(table, key=lambda e: _num(e.get(cfg.headline_metric)), reverse=True)
+    sign = 1.0 if cfg.objective[0].mode == "max" else -1.0  # the headline's direction: best first, NaN last
+    return sorted(table, key=lambda e: _signed(e.get(cfg.headline_metric), sign), reverse=True)
 
 
 def _metric_names(cfg: SweepConfig) -> list[str]:
@@ -60,11 +61,18 @@ def _metric_names(cfg: SweepConfig) -> list[str]:
 
 
 def _num(v: Any) -> float:
+    """A metric as a float; NaN where it is missing or not a number."""
     try:
-        f = float(v)
+        return float(v)
     except (TypeError, ValueError):
-        return -math.inf
-    return f if math.isfinite(f) else -math.inf
+        return math.nan
+
+
+def _signed(v: Any, sign: float) -> float:
+    """`sign` × the metric, so that higher ranks first in either direction; −inf (last) where it is not finite.
+    The sign goes on before the missing value's −inf: under `mode: min` a NaN must not become +inf and rank first."""
+    f = _num(v)
+    return sign * f if math.isfinite(f) else -math.inf
 
 
 def fmt(v: Any) -> str:

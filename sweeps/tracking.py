@@ -328,6 +328,7 @@ class SweepTracker:
         resolved_config: str,
         resume: bool,
         references: list[str] | None = None,
+        verdict: dict[str, Any] | None = None,
         fingerprint: str | None = None,
     ) -> str:
         """Open (or, on resume, reopen) the sweep's parent run; returns its id. `fingerprint` (the sweep file's,
@@ -346,6 +347,7 @@ class SweepTracker:
             HEADLINE: headline_metric,
             C.OBJECTIVE: json.dumps(objective),
             C.REFERENCES: json.dumps(references or []),
+            **({C.VERDICT: json.dumps(verdict)} if verdict else {}),
             EXPERIMENT_PATH: experiment_path,
             C.GIT_COMMIT: git_commit(),
             C.VERSIONS: json.dumps(package_versions()),

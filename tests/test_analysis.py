@@ -1057,11 +1057,16 @@ def test_main_tables_hold_ten_columns_at_most(long_labels, ablation, optimize, s
         "arm",
         "reference",
         "difference (points)",
-        "95 % interval",
-        "p (Holm's correction)",
+        "interval",
+        "p (Bonferroni)",
         "outcome",
+        "detects",
     ]
-    assert len(verdict) == 12 and {r["outcome"] for r in verdict} <= {"**better**", "**tied**", "**worse**"}
+    words = {"**better**", "**worse**", "**equivalent within ±3.0 points**", "**inconclusive**"}
+    assert len(verdict) == 12 and {r["outcome"] for r in verdict} <= words
+    # every inconclusive row says what the design could have detected
+    assert all(r["detects"].startswith("±") for r in verdict if r["outcome"] == "**inconclusive**")
+    assert "99.6 % simultaneous intervals (Bonferroni over the 12 comparisons" in md
     arms = md.split("## Verdict")[1].split("## Runs")[0]
     assert "| rank | arm | seeds | `clean_acc` % | `robust_acc` % [95 % interval] |" in arms and COLUMN[GAP] in arms
 
@@ -1116,8 +1121,8 @@ def test_a_large_verdict_shows_its_tally_and_best_comparisons_and_keeps_all_in_i
     assert len(judged.lines) == 12  # 12 pclc configurations against the CE reference
     short = judged.summary(limit=3)
     tally = short[0]
-    assert tally.startswith("12 comparisons (Holm's correction over 12): ") and tally.endswith("the best first:")
-    counts = [int(n) for n in re.findall(r"(\d+) (?:better|tied|worse)", tally)]
+    assert tally.startswith("12 comparisons (Bonferroni over 12): ") and tally.endswith("the best first:")
+    counts = [int(n) for n in re.findall(r"(\d+) (?:better|worse|equivalent|inconclusive)", tally)]
     assert sum(counts) == 12
     diffs = sorted((100 * line.result.difference.value for line in judged.lines), reverse=True)
     assert short[1:4] == [line.sentence(judged.metric) for line in judged.ranked()[:3]]
@@ -1126,7 +1131,8 @@ def test_a_large_verdict_shows_its_tally_and_best_comparisons_and_keeps_all_in_i
     assert judged.summary(limit=20) == judged.sentences()  # a small verdict: every sentence
     table = pd.read_csv(report.out_dir / R.VERDICT_CSV)
     assert len(table) == 12 and list(table["difference_points"]) == pytest.approx(diffs)
-    assert set(table["outcome"]) <= {"better", "tied", "worse"} and (table["p_corrected"] >= table["p"]).all()
+    assert set(table["outcome"]) <= {"better", "worse", "equivalent", "inconclusive"}
+    assert (table["p_corrected"] >= table["p"]).all() and set(table["level"]) == {1 - 0.05 / 12}
     monkeypatch.setattr(R, "MAX_ROWS", 4)
     md = render_markdown(build_blocks(sweep, [], judged=verdict(sweep)))
     section = md.split("## Verdict")[1].split("## Runs")[0]

@@ -27,6 +27,19 @@ def test_one_objective_ranks_and_several_keep_the_pareto_front(tmp_path: Path) -
 
 
 @pytest.mark.timeout(60)
+def test_a_metric_to_minimise_ranks_lowest_first_and_nan_last(tmp_path: Path) -> None:
+    rows = [
+        {"trial_id": str(i), "seed": 0, "loss": "pclc", "margin": m, "robust_acc": r}
+        for i, (m, r) in enumerate([(0.9, 0.3), (0.95, float("nan")), (0.99, 0.1), (0.995, 0.2)])
+    ]
+    low = tiny_optimize("low", tmp_path, objective=[{"metric": "robust_acc", "mode": "min"}])
+    assert [r["trial_id"] for r in best_rows(low, rows, top=4)] == ["2", "3", "0", "1"]  # NaN last, not first
+    grid = tiny_ablation("grid", tmp_path, variants=[{"loss": "pclc", "margin": [0.9, 0.95, 0.99, 0.995]}], seeds=[0])
+    table = ablation_table(grid.model_copy(update={"objective": low.objective}), rows)
+    assert [e["margin"] for e in table] == [0.99, 0.995, 0.9, 0.95]  # ascending under min; the NaN point last
+
+
+@pytest.mark.timeout(60)
 def test_the_ablation_table_averages_over_seeds_and_the_summary_prints_it(tmp_path: Path) -> None:
     cfg = tiny_ablation("abl", tmp_path, variants=[{"name": "pclc", "loss": "pclc"}], seeds=[0, 1])
     rows = [
