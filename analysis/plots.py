@@ -891,7 +891,7 @@ def arm_curves(sweep: Sweep) -> Figure:
     ax = fig.add_subplot()
     for arm, name in zip(arms, labels):
         c, color = arm.curve, colors[name]
-        ax.plot(c["epoch"], c["mean"] * k, color=color, lw=1.8, label=name)
+        ax.plot(c["epoch"], c["mean"] * k, color=color, lw=1.8, marker="o", ms=3, label=name)  # the cadence's points
         ax.fill_between(c["epoch"], c["low"] * k, c["high"] * k, color=color, alpha=0.12, lw=0)
         est, last = arm.estimate, int(c["epoch"].max())
         err = None if not np.isfinite(est.low) else [[(est.value - est.low) * k], [(est.high - est.value) * k]]
@@ -903,7 +903,12 @@ def arm_curves(sweep: Sweep) -> Figure:
     ax.set_xlabel("epoch")
     ax.set_ylabel("robust accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.set_title(f"Per-epoch {judged.signal} per arm (mean over seeds) and the final {judged.metric}", fontsize=10)
+    points = max(len(a.curve) for a in arms)
+    ax.set_title(
+        f"Per-epoch {judged.signal} per arm (mean over seeds, at its {points} signal epochs) and the final "
+        f"{judged.metric}",
+        fontsize=10,
+    )
     _legend(fig, title=f"arm ({judged.source})")
     return fig
 

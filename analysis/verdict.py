@@ -178,12 +178,14 @@ class Verdict:
                 f"last epoch{f' ({named})' if late else ''}; the rest were best at their last epoch."
             ]
         parts = [f"{a.name} at epoch {best} of {last}" for a, (best, last) in peaks]
+        points = sorted({len(a.curve) for a, _ in peaks if a.curve is not None})
+        counted = f" (of the {'–'.join(map(str, points[:: max(1, len(points) - 1)]))} epochs that computed it)"
         tail = (
             f"; {', '.join(late)} peaked before the end: shorter training may serve them better"
             if late
             else "; every arm was still best at its last epoch"
         )
-        return [f"Per-epoch `{self.signal}` (mean over seeds) was best: {', '.join(parts)}{tail}."]
+        return [f"Per-epoch `{self.signal}` (mean over seeds) was best{counted}: {', '.join(parts)}{tail}."]
 
 
 def _over_seeds(values: np.ndarray) -> tuple[float, float, float]:

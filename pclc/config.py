@@ -6,6 +6,7 @@ value is refused with the field, the value and what is allowed, before anything 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
@@ -102,6 +103,10 @@ class TrialConfig(BaseModel):
     masking_eps: float = Field(0.5, gt=0.0, le=1.0)  # large eps at which PGD must reach ~0 %
     epoch_eval_samples: int = Field(128, ge=0)  # per-epoch APGD-CE + APGD-T on the draw's first N (0 = off)
     epoch_attack_steps: int = Field(25, ge=1)  # their iterations; 10 overstated at 28×28 (benchmarks/epoch_signal.py)
+    # the epochs that compute that signal: None = `epoch_eval_points` log-spaced epochs, always the last; a sweep
+    # with a scheduler adds its rungs (it reads the signal there). Clean accuracy is scored every epoch.
+    epoch_eval_at: list[int] | None = None
+    epoch_eval_points: int = Field(5, ge=1)  # the default cadence's points (the signal costs 2–3× an epoch)
 
     # --- transfer attack: the substitute model
     substitute_model: str | None = None  # None: same architecture as `model`
@@ -191,7 +196,27 @@ class TrialConfig(BaseModel):
 
         if self.warmup_epochs > self.epochs and self.loss not in NO_WARMUP:  # CE has no warm-up: the knob is ignored
             raise ValueError(f"warmup_epochs {self.warmup_epochs} exceeds epochs {self.epochs}")
+        if self.epoch_eval_at is not None and any(e < 1 for e in self.epoch_eval_at):
+            raise ValueError(f"epoch_eval_at {self.epoch_eval_at}: epochs count from 1")
         return self
+
+    def signal_epochs(self, also: Collection[int] = ()) -> tuple[int, ...]:
+        """The epochs that compute the per-epoch signal (`epoch_robust_acc`): `epoch_eval_at`, or
+        `epoch_eval_points` log-spaced epochs; always the last, and `also` (a scheduler's rungs). None without
+        signal samples. Epochs past `epochs` are dropped (a sweep may vary `epochs`).
+
+        >>> TrialConfig(epochs=12).signal_epochs(), TrialConfig(epochs=100).signal_epochs(also=(3,))
+        ((1, 2, 3, 6, 12), (1, 3, 10, 32, 100))
+        """
+        if not self.epoch_eval_samples:
+            return ()
+        n = self.epochs
+        if self.epoch_eval_at is not None:
+            chosen = set(self.epoch_eval_at)
+        else:
+            k = self.epoch_eval_points
+            chosen = {round(n ** (i / (k - 1))) for i in range(k)} if k > 1 else set()
+        return tuple(sorted(e for e in chosen | set(also) | {n} if 1 <= e <= n))
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

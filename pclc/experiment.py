@@ -223,11 +223,13 @@ def run_trial(
     resume: dict[str, Any] | None = None,
     device: str | None = None,
     checkpoint_at: Collection[int] = (),
+    signal_at: Collection[int] = (),
 ) -> dict[str, float]:
     """Train and score one configuration; returns the final metrics (DESIGN.md schema).
 
     `device` overrides `cfg.device` (a sweep passes "cpu" for a trial given no GPU); `checkpoint_at`
-    adds epochs that report a checkpoint to `cfg.checkpoint_every` and the last one (a scheduler's rungs).
+    adds epochs that report a checkpoint to `cfg.checkpoint_every` and the last one, and `signal_at` epochs
+    that compute the per-epoch signal to its cadence (`TrialConfig.signal_epochs`): a scheduler's rungs.
     """
     # ---- set-up: device, seeds, threads, data shared by the sweep
     started = time.perf_counter()
@@ -272,9 +274,13 @@ def run_trial(
         return {
             M.TRIAL_SECONDS: spent[M.TRIAL_SECONDS] + now - started,
             M.TRAIN_SECONDS: train_seconds,
+            M.SIGNAL_SECONDS: signal_seconds,
             M.GPU_HOURS: spent[M.GPU_HOURS] + gpu_hours(device, now - started),
         }
 
+    # the per-epoch signal costs 2–3× an epoch's training: it runs where it is read (a cadence, a scheduler's rungs)
+    signal_epochs = set(cfg.signal_epochs(also=signal_at)) if len(y_epoch) else set()
+    signal_seconds = spent.get(M.SIGNAL_SECONDS, 0.0)
     while trainer.epoch < cfg.epochs:
         epoch_started = time.perf_counter()
         train_loss = trainer.train_epoch(data.x_train, data.y_train)
@@ -284,14 +290,17 @@ def run_trial(
                 M.TRAIN_LOSS: train_loss,
                 M.CLEAN_ACC: accuracy(model, x_eval, y_eval),
             }
-            if len(y_epoch):
+            if trainer.epoch in signal_epochs:
+                signal_started = time.perf_counter()
                 epoch_metrics[M.EPOCH_ROBUST_ACC] = epoch_robust_acc(
                     model, x_epoch, y_epoch, eps=cfg.headline_eps, steps=cfg.epoch_attack_steps
                 )
+                signal_seconds += time.perf_counter() - signal_started
         # the cost so far, every epoch: a trial the scheduler stops early still says what it cost
         train_seconds += time.perf_counter() - epoch_started
         so_far = cost(time.perf_counter())
         epoch_metrics[M.TRAIN_SECONDS] = so_far[M.TRAIN_SECONDS]
+        epoch_metrics[M.SIGNAL_SECONDS] = so_far[M.SIGNAL_SECONDS]
         epoch_metrics[M.GPU_HOURS] = so_far[M.GPU_HOURS]
         due = checkpoint_due(trainer.epoch, every=cfg.checkpoint_every, last=cfg.epochs, also=checkpoint_at)
         reporter.on_epoch(epoch_metrics, {**trainer.state_dict(), "spent": so_far} if due else None)

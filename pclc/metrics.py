@@ -26,9 +26,10 @@ EVAL_SECONDS = "eval_seconds"  # wall time of the final evaluation (the attack s
 TRIAL_SECONDS = "trial_seconds"  # wall time of the whole trial: set-up, training, evaluation; a resumed
 # trial adds what earlier attempts spent up to their last checkpoint (their work after it is not counted)
 TRAIN_SECONDS = "train_seconds"  # wall time of the training epochs (with their per-epoch signal), within trial_seconds
+SIGNAL_SECONDS = "signal_seconds"  # of train_seconds, the per-epoch signal's (epoch_robust_acc at its cadence)
 GPU_HOURS = "gpu_hours"  # the trial's GPU share × trial_seconds / 3600: what it costs on a GPU (0 on a CPU)
 # What a trial costs; the sweep's parent run holds each summed over its trials as `total_key(name)`.
-COST: tuple[str, ...] = (GPU_HOURS, TRIAL_SECONDS, TRAIN_SECONDS, EVAL_SECONDS)
+COST: tuple[str, ...] = (GPU_HOURS, TRIAL_SECONDS, TRAIN_SECONDS, SIGNAL_SECONDS, EVAL_SECONDS)
 EPOCH_ROBUST_ACC = "epoch_robust_acc"  # cheap per-epoch APGD-CE + APGD-T on a subset, for ASHA
 FINALIST_PREFIX = "finalist/"  # `pclc evaluate`: the full AutoAttack re-score of a chosen trial
 MASKING_PREFIX = "masking/"

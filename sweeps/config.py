@@ -279,6 +279,19 @@ class SweepConfig(BaseModel):
 
     # ----------------------------------------------------------------- derived views
 
+    def asha_max_t(self) -> int:
+        """ASHA's max_t: the most epochs less one (the last rung lies before the final epoch), at least the grace."""
+        return max(self.epoch_range()[1] - 1, self.scheduler.grace_period)
+
+    def rung_epochs(self) -> tuple[int, ...]:
+        """The epochs at which ASHA compares trials (its rungs, as Ray's one bracket lays them out): trials report
+        a checkpoint and compute the per-epoch signal there, whatever their `checkpoint_every` and cadence."""
+        s = self.scheduler
+        if s.type == "none":
+            return ()
+        rungs = int(math.log(self.asha_max_t() / s.grace_period) / math.log(s.reduction_factor) + 1)
+        return tuple(sorted({math.ceil(s.grace_period * s.reduction_factor**k) for k in range(rungs)}))
+
     def epoch_range(self) -> tuple[int, int]:
         """The fewest and the most epochs a trial of this sweep trains (`epochs` may be searched or varied)."""
         values = [self.trial.epochs]
@@ -552,6 +565,14 @@ def _problems(cfg: SweepConfig) -> list[str]:
     if cfg.scheduler.type == "asha":
         if cfg.scheduler.metric == M.EPOCH_ROBUST_ACC and cfg.trial.epoch_eval_samples == 0:
             out.append("scheduler.metric = 'epoch_robust_acc': needs trial.epoch_eval_samples > 0")
+        at = cfg.trial.epoch_eval_at
+        missing = sorted(set(cfg.rung_epochs()) - set(at or ()))
+        if cfg.scheduler.metric == M.EPOCH_ROBUST_ACC and at is not None and missing:
+            out.append(
+                f"trial.epoch_eval_at = {at}: ASHA decides on epoch_robust_acc at epochs {list(cfg.rung_epochs())}, "
+                f"and {missing} compute no signal; add them, or leave epoch_eval_at out (the rungs are added to the "
+                f"default cadence)"
+            )
         fewest = cfg.epoch_range()[0]
         if cfg.scheduler.grace_period >= fewest:
             out.append(

@@ -110,25 +110,11 @@ def build_scheduler(cfg: SweepConfig) -> ASHAScheduler | None:
         time_attr="epoch",
         metric=s.metric,
         mode=s.mode,
-        max_t=_asha_max_t(cfg),
+        max_t=cfg.asha_max_t(),
         grace_period=s.grace_period,
         reduction_factor=s.reduction_factor,
         stop_last_trials=False,
     )
-
-
-def _asha_max_t(cfg: SweepConfig) -> int:
-    return max(cfg.epoch_range()[1] - 1, cfg.scheduler.grace_period)
-
-
-def rung_epochs(cfg: SweepConfig) -> tuple[int, ...]:
-    """The epochs at which ASHA compares trials (its rungs, as Ray's one bracket lays them out): trials
-    report a checkpoint there whatever their `checkpoint_every`."""
-    s = cfg.scheduler
-    if s.type == "none":
-        return ()
-    rungs = int(math.log(_asha_max_t(cfg) / s.grace_period) / math.log(s.reduction_factor) + 1)
-    return tuple(sorted({math.ceil(s.grace_period * s.reduction_factor**k) for k in range(rungs)}))
 
 
 def _trial_dirname(trial: Any) -> str:
@@ -471,7 +457,7 @@ def build_tuner(
         extra_tags={C.SWEEP: cfg.name},
         experiment_path=exp_path,
         skip_recorded_failures=plan.restorable and not retry_failed,
-        checkpoint_epochs=rung_epochs(cfg) if arms is None else (),
+        checkpoint_epochs=cfg.rung_epochs() if arms is None else (),
     )
     fn = tune.with_resources(
         restoring_from_storage(tune.with_parameters(trainable, prepared=prepared, setup=setup)),

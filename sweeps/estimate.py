@@ -34,10 +34,12 @@ class Estimate:
     gpu: float
     concurrent: int
     prepare_s: float  # data and the transfer substitute: once per sweep
-    epoch_s: float  # one training epoch with its per-epoch signal
+    epoch_s: float  # one training epoch, without the per-epoch signal
     eval_s: float  # the final evaluation, scaled from the probe to the config's sample counts
     epochs: int
     cluster: Capacity | None = None  # with --cluster: the trials at once are what its workers hold
+    signal_s: float = 0.0  # one computation of the per-epoch signal
+    signals: int = 0  # the epochs that compute it (its cadence and a scheduler's rungs)
 
     @property
     def slots(self) -> int | None:
@@ -52,7 +54,7 @@ class Estimate:
     @property
     def trial_s(self) -> float:
         """One trial, trained to its last epoch (a scheduler that stops trials early only lowers it)."""
-        return self.epochs * self.epoch_s + self.eval_s
+        return self.epochs * self.epoch_s + self.signals * self.signal_s + self.eval_s
 
     @property
     def wall_s(self) -> float:
@@ -118,7 +120,9 @@ def measure(cfg: SweepConfig, cluster: Capacity | None = None) -> Estimate:
         gpu=cfg.resources.gpu,
         concurrent=cfg.max_concurrent,
         prepare_s=prepare_s,
-        epoch_s=first.metrics[M.TRAIN_SECONDS],
+        epoch_s=first.metrics[M.TRAIN_SECONDS] - first.metrics.get(M.SIGNAL_SECONDS, 0.0),
+        signal_s=first.metrics.get(M.SIGNAL_SECONDS, 0.0),
+        signals=len(cfg.trial.signal_epochs(also=cfg.rung_epochs())),
         eval_s=final[M.EVAL_SECONDS] * scale,
         epochs=cfg.trial.epochs,
         cluster=cluster,
@@ -135,8 +139,9 @@ def print_estimate(cfg: SweepConfig, est: Estimate, out: TextIO) -> None:
         print(f"cluster holds: {est.slots} trials at once", file=out)
     print(f"trials at once: {est.at_once}", file=out)
     print(
-        f"measured here: preparation {est.prepare_s:.2f} s, one epoch {est.epoch_s:.2f} s, "
-        f"final evaluation {est.eval_s:.2f} s (scaled from {PROBE_SAMPLES} samples)",
+        f"measured here: preparation {est.prepare_s:.2f} s, one epoch {est.epoch_s:.2f} s, the per-epoch signal "
+        f"{est.signal_s:.2f} s (at {est.signals} of {est.epochs} epochs), final evaluation {est.eval_s:.2f} s "
+        f"(scaled from {PROBE_SAMPLES} samples)",
         file=out,
     )
     print(f"per trial: {est.trial_s:.2f} s ({est.epochs} epochs + evaluation)", file=out)

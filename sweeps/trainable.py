@@ -200,6 +200,7 @@ def trainable(config: dict[str, Any], *, prepared: Any, setup: TrialSetup) -> No
                 resume=_load_resume(),  # a corrupt checkpoint fails here too
                 device=device,
                 checkpoint_at=setup.checkpoint_epochs,
+                signal_at=setup.checkpoint_epochs,  # the scheduler's rungs: where it reads the signal
             )
     except Exception as exc:  # not SystemExit: that is Tune stopping the trial (ASHA), not a failure
         # Tune may retry (the run reopens); the driver gives the final word when retries run out.

@@ -269,3 +269,24 @@ def test_trials_probing_sibling_output_folders_at_once_do_not_remove_each_others
     assert not any(
         (tmp_path / f"r{i}").exists() and any((tmp_path / f"r{i}").rglob("*.pclc-write-probe")) for i in range(30)
     )
+
+
+def test_the_signal_runs_only_at_its_cadence_and_a_schedulers_rungs(prepared) -> None:
+    """Issue 28: the per-epoch signal (2–3× an epoch's training) runs where it is read. Without a scheduler, at
+    the cadence: log-spaced points, always the last epoch, or the epochs asked; with one, its rungs too.
+    Clean accuracy is scored every epoch; `signal_seconds` says what the signal cost, within `train_seconds`."""
+    base = {**SMALL, "attacks": ["fgsm"], "eps": [0.1], "epochs": 6, "eval_limit": 32, "epoch_attack_steps": 2}
+
+    def signal_at(cfg_changes: dict[str, Any], **kw: Any) -> list[int]:
+        rec = Recorder()
+        run_trial(make_config({**base, **cfg_changes}), rec, prepared=prepared, device="cpu", **kw)
+        epochs = [m for m, s in rec.calls if s is not None]
+        assert [m[M.EPOCH] for m in epochs] == [1, 2, 3, 4, 5, 6] and all(M.CLEAN_ACC in m for m in epochs)
+        assert all(0 <= m[M.SIGNAL_SECONDS] <= m[M.TRAIN_SECONDS] for m in epochs)
+        return [int(m[M.EPOCH]) for m in epochs if M.EPOCH_ROBUST_ACC in m]
+
+    assert make_config(base).signal_epochs() == (1, 2, 4, 6)
+    assert signal_at({}) == [1, 2, 4, 6]  # the default cadence: 5 log-spaced points over 6 epochs, the last always
+    assert signal_at({"epoch_eval_at": [3]}) == [3, 6]
+    assert signal_at({"epoch_eval_at": [3]}, signal_at=(5,)) == [3, 5, 6]  # a scheduler's rung is added
+    assert signal_at({"epoch_eval_samples": 0}) == []

@@ -15,7 +15,7 @@ import ray
 import torch
 from sweep_util import history, runs, tiny_optimize
 
-from sweeps.driver import build_scheduler, run_sweep, rung_epochs
+from sweeps.driver import build_scheduler, run_sweep
 from sweeps.trainable import trial_device
 
 
@@ -38,8 +38,8 @@ def test_rung_epochs_are_the_epochs_ray_asha_decides_at(tmp_path: Path, epochs: 
     )
     bracket = build_scheduler(cfg)._brackets[0]  # type: ignore[union-attr]
     # A trial is recorded at a rung by the first epoch that reaches the rung's milestone.
-    assert rung_epochs(cfg) == tuple(sorted(math.ceil(milestone) for milestone, _ in bracket._rungs))
-    assert rung_epochs(tiny_optimize("none", tmp_path)) == ()
+    assert cfg.rung_epochs() == tuple(sorted(math.ceil(milestone) for milestone, _ in bracket._rungs))
+    assert tiny_optimize("none", tmp_path).rung_epochs() == ()
 
 
 # ------------------------------------------------------------------ a trial given a GPU torch cannot use

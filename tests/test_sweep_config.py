@@ -423,14 +423,25 @@ def test_tiny_imagenet_follows_the_authors_notebook() -> None:
 
 
 def test_training_length_is_searchable_and_asha_follows_the_longest_trial(tmp_path: Path) -> None:
-    from sweeps.driver import _asha_max_t
-
     data = _optimize(space={"epochs": {"type": "int", "low": 3, "high": 8}}, initial_points=[])
     cfg = parse_sweep(_merge(data, {"scheduler": {"type": "asha", "grace_period": 2}}))
-    assert cfg.epoch_range() == (3, 8) and _asha_max_t(cfg) == 7
+    assert cfg.epoch_range() == (3, 8) and cfg.asha_max_t() == 7
     with pytest.raises(
         SweepConfigError, match=r"grace_period = 3: must be below the fewest epochs a trial trains \(3\)"
     ):
         parse_sweep(_merge(data, {"scheduler": {"type": "asha", "grace_period": 3}}))
     with pytest.raises(SweepConfigError, match="warmup_epochs 4 exceeds epochs 3"):  # every corner is built
         parse_sweep(_merge(data, {"trial": {"warmup_epochs": 4}}))
+
+
+def test_a_signal_cadence_that_misses_the_schedulers_rungs_is_refused(tmp_path: Path) -> None:
+    """ASHA decides on epoch_robust_acc at its rungs: an explicit cadence without them is refused before Ray starts;
+    the default cadence gets the rungs added."""
+    data = _merge(_optimize(), {"trial": {"epochs": 8}, "scheduler": {"type": "asha", "grace_period": 1}})
+    cfg = parse_sweep(data)
+    assert cfg.rung_epochs() == (1, 2, 4) and cfg.trial.signal_epochs(also=cfg.rung_epochs()) == (1, 2, 3, 4, 5, 8)
+    with pytest.raises(SweepConfigError, match=r"trial.epoch_eval_at = \[8\]: ASHA decides on epoch_robust_acc at "):
+        parse_sweep(_merge(data, {"trial": {"epoch_eval_at": [8]}}))
+    assert parse_sweep(_merge(data, {"trial": {"epoch_eval_at": [1, 2, 4]}})).trial.epoch_eval_at == [1, 2, 4]
+    with pytest.raises(SweepConfigError, match="epochs count from 1"):
+        parse_sweep(_merge(data, {"trial": {"epoch_eval_at": [0, 2]}}))
