@@ -97,7 +97,9 @@ class Comparison:
                 f"{self.seeds_needed} seeds to decide at this level"
             )
         if math.isfinite(self.detectable):
-            return f"this design detects a difference of {100 * self.detectable:.1f} points with {POWER:.0%} power"
+            return (
+                f"this design detects a difference of {100 * self.detectable:.1f} points with {100 * POWER:.0f} % power"
+            )
         return "no interval could be formed"
 
 

@@ -476,7 +476,7 @@ def _verdict_section(sweep: Sweep, judged: Verdict) -> list[Block]:
             f"the {k} comparisons, so all of them hold together with 95 % confidence). *better* or *worse* where "
             f"the interval excludes 0; *equivalent within ±{100 * judged.margin:.1f} points* where it lies inside "
             f"that margin (the sweep file's `verdict.margin`); else *inconclusive*, with the smallest difference "
-            f"the design detects with {POWER:.0%} power. One seed per arm ranks, it does not judge.{direction} "
+            f"the design detects with {100 * POWER:.0f} % power. One seed per arm ranks, it does not judge.{direction} "
             f"Tests: {methods}."
         )
     )

@@ -37,6 +37,15 @@ from sweeps.tracking import SweepTracker
 
 EPOCH_KEYS = (M.EPOCH, M.TRAIN_LOSS, M.CLEAN_ACC, M.EPOCH_ROBUST_ACC)
 
+
+def epoch_steps(key: str, epochs: int, rungs: tuple[int, ...] = ()) -> list[int]:
+    """The epochs a trial of `epochs` logs `key` at: every one, but the per-epoch signal only at its default
+    cadence and a scheduler's `rungs` (`TrialConfig.signal_epochs`)."""
+    if key != M.EPOCH_ROBUST_ACC:
+        return list(range(1, epochs + 1))
+    return list(TrialConfig(epochs=epochs, warmup_epochs=0).signal_epochs(also=rungs))
+
+
 # A trial of a few seconds: digits, 2-3 epochs, 64 test samples, two cheap attacks (one AutoAttack-grade,
 # so the robust_acc objective is one a sweep may optimise).
 TINY_TRIAL: dict[str, Any] = {

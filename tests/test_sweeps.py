@@ -28,6 +28,9 @@ from sweep_util import (  # noqa: F401  (local_ray is a fixture)
 from analysis.load import fetch_outcomes
 from pclc import metrics as M
 from pclc.config import TrialConfig
+from pclc.data import load_stored
+from pclc.experiment import draw_subsets
+from pclc.samples import DESIGN
 from sweeps.driver import run_sweep
 
 cloudpickle.register_pickle_by_value(sweep_util)  # Ray workers cannot import the tests folder
@@ -54,6 +57,7 @@ def test_optimize_sweep_logs_one_finished_child_per_trial_with_every_write(local
     assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["sweep_config.yaml"]
 
     # ---- one child per trial, all FINISHED, every param and every metric step present
+    drawn = draw_subsets(cfg.trial, load_stored(cfg.trial.dataset))
     assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
     assert {c.data.tags["pclc.trial_id"] for c in children} == set(result.trials)
     for child in children:
@@ -71,7 +75,8 @@ def test_optimize_sweep_logs_one_finished_child_per_trial_with_every_write(local
         assert evaluation["metrics"]["robust_acc"] == child.data.metrics["robust_acc"]
         # the per-sample outcomes, logged with evaluation.json, give back every accuracy exactly (analysis reads them)
         outcomes = fetch_outcomes(client, child.info.run_id)
-        assert outcomes is not None and outcomes.dataset == "digits" and outcomes.indices.tolist() == list(range(64))
+        assert outcomes is not None and outcomes.dataset == "digits" and outcomes.samples == DESIGN
+        assert outcomes.indices.tolist() == drawn.evaluated.tolist()  # the stratified draw, the same for every trial
         logged = {M.canonical_metric(k): v for k, v in child.data.metrics.items()}
         recomputed = outcomes.metrics()
         assert {k for k in logged if k in recomputed or M.parse_robust_key(k)} == set(recomputed)
