@@ -708,6 +708,9 @@ def ray_session(address: str | None, **init: Any) -> Iterator[None]:
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address is None:  # a private local Ray: its trials are this command's work, at its own priority (Ray's
+        # default niceness 15 leaves a trial a few % of a core beside any other busy process)
+        os.environ.setdefault("RAY_worker_niceness", "0")
     started = not ray.is_initialized()
     if started:
         # address None: a private local Ray on this machine ("local": ray.init(None) would join any cluster
