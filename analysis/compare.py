@@ -175,7 +175,7 @@ def decide(ev: Evidence, *, level: float, margin: float, higher_is_better: bool 
     tail = (1 - level) / 2
     value, seeds_needed = ev.value, None
     if ev.method == "one_seed":
-        p = float(mcnemar(ev.table, exact=True).pvalue) if ev.table is not None else math.nan
+        p = float(mcnemar(ev.table, exact=True).pvalue)
         if np.ptp(ev.diffs) == 0:  # every sample the same: the bootstrap has nothing to resample
             low = high = value
         else:
@@ -186,10 +186,9 @@ def decide(ev: Evidence, *, level: float, margin: float, higher_is_better: bool 
         detectable = math.nan
     elif np.ptp(ev.diffs) < SAME:  # no spread over seeds: the t-test is undefined, the sign-flip test is exact
         p = 1.0 if abs(value) < SAME else sign_flip_p(ev.diffs)
-        seeds_needed = max(ev.n, math.ceil(math.log2(2 / (1 - level))))
         decided = p <= 1 - level
         low, high = (value, value) if decided else (-math.inf, math.inf)
-        seeds_needed = None if decided else seeds_needed
+        seeds_needed = None if decided else math.ceil(math.log2(2 / (1 - level)))  # 2 / 2^n ≤ 1 − level
         detectable = math.nan
     else:
         df = ev.n - 1

@@ -179,7 +179,8 @@ class Verdict:
             ]
         parts = [f"{a.name} at epoch {best} of {last}" for a, (best, last) in peaks]
         points = sorted({len(a.curve) for a, _ in peaks if a.curve is not None})
-        counted = f" (of the {'–'.join(map(str, points[:: max(1, len(points) - 1)]))} epochs that computed it)"
+        span = f"{points[0]}" if points[0] == points[-1] else f"{points[0]}–{points[-1]}"
+        counted = f" (of the {span} epochs that computed it)"
         tail = (
             f"; {', '.join(late)} peaked before the end: shorter training may serve them better"
             if late

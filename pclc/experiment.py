@@ -267,8 +267,15 @@ def run_trial(
         trainer.load_state_dict(resume)
     train_loss = float("nan")
     # The cost counts every attempt: what earlier ones spent up to their last checkpoint travels in it.
-    spent = {M.TRIAL_SECONDS: 0.0, M.TRAIN_SECONDS: 0.0, M.GPU_HOURS: 0.0, **(resume or {}).get("spent", {})}
+    spent = {
+        M.TRIAL_SECONDS: 0.0,
+        M.TRAIN_SECONDS: 0.0,
+        M.SIGNAL_SECONDS: 0.0,
+        M.GPU_HOURS: 0.0,
+        **(resume or {}).get("spent", {}),
+    }
     train_seconds = spent[M.TRAIN_SECONDS]  # training epochs and their per-epoch signal, not the reporting
+    signal_seconds = spent[M.SIGNAL_SECONDS]  # of which the per-epoch signal
 
     def cost(now: float) -> dict[str, float]:
         return {
@@ -280,7 +287,6 @@ def run_trial(
 
     # the per-epoch signal costs 2–3× an epoch's training: it runs where it is read (a cadence, a scheduler's rungs)
     signal_epochs = set(cfg.signal_epochs(also=signal_at)) if len(y_epoch) else set()
-    signal_seconds = spent.get(M.SIGNAL_SECONDS, 0.0)
     while trainer.epoch < cfg.epochs:
         epoch_started = time.perf_counter()
         train_loss = trainer.train_epoch(data.x_train, data.y_train)

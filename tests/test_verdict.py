@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -130,41 +131,59 @@ MODE_ARMS = [
 ]
 
 
-def grid_sweep(arms: list[tuple[str, bool, str | None]], *, training: bool = True) -> Sweep:
-    """An ablation grid of hand-made finished runs, one per arm and seed 1-3, without a store: the verdict reads
-    the table alone where no per-epoch signal is logged. `training=False`: runs without a `training` param."""
-    rows = [
-        {
-            "run_id": f"{name}-{seed}",
-            "variant": name,
-            "config": "default",
-            "outcome": "finished",
-            "phase": C.PHASE_SEARCH,
-            "reference": name if reference else None,
-            "search_trial": None,
-            "seed": seed,
-            "training": mode,
-            M.ROBUST_ACC: 0.3 + 0.02 * i + 0.01 * (seed * (i + 1) % 3),  # differences vary by seed: a t-test
-            M.CLEAN_ACC: 0.9,
-        }
-        for i, (name, reference, mode) in enumerate(arms)
-        for seed in (1, 2, 3)
-    ]
-    runs = pd.DataFrame(rows).drop(columns=[] if training else ["training"])
-    return Sweep(
-        experiment="modes",
+def finished_run(run_id: str, name: str, seed: int, robust: float, *, reference: bool, **extra: Any) -> dict[str, Any]:
+    """A hand-made finished run of arm `name` (a reference arm's when `reference`), as a sweep's table row."""
+    return {
+        "run_id": run_id,
+        "variant": name,
+        "config": "default",
+        "outcome": "finished",
+        "phase": C.PHASE_SEARCH,
+        "reference": name if reference else None,
+        "search_trial": None,
+        "seed": seed,
+        **extra,
+        M.ROBUST_ACC: robust,
+        M.CLEAN_ACC: 0.9,
+    }
+
+
+def table_sweep(rows: list[dict[str, Any]], references: list[str], **fields: Any) -> Sweep:
+    """An ablation sweep of `rows` (`finished_run`s) without a store: the verdict reads the table alone where no
+    per-epoch signal is logged. `fields` override the Sweep's (params, objectives, verdict_margin, …)."""
+    base = dict(
+        experiment="table",
         experiment_id="0",
         tracking_uri="",
         parent_run_id=None,
         mode="ablation",
         headline=M.ROBUST_ACC,
         objectives=[(M.ROBUST_ACC, "max")],
-        runs=runs,
-        params=["seed"] + (["training"] if training else []),
+        runs=pd.DataFrame(rows),
+        params=["seed"],
         metrics=[M.ROBUST_ACC, M.CLEAN_ACC],
         config_params=[],
-        references=[name for name, reference, _ in arms if reference],
+        references=references,
     )
+    return Sweep(**{**base, **fields})
+
+
+def grid_sweep(arms: list[tuple[str, bool, str | None]], *, training: bool = True) -> Sweep:
+    """An ablation grid, one run per arm and seed 1-3. `training=False`: runs without a `training` param."""
+    rows = [
+        finished_run(
+            f"{name}-{seed}",
+            name,
+            seed,
+            0.3 + 0.02 * i + 0.01 * (seed * (i + 1) % 3),  # differences vary by seed: a t-test
+            reference=reference,
+            **({"training": mode} if training else {}),
+        )
+        for i, (name, reference, mode) in enumerate(arms)
+        for seed in (1, 2, 3)
+    ]
+    references = [name for name, reference, _ in arms if reference]
+    return table_sweep(rows, references, params=["seed"] + (["training"] if training else []))
 
 
 def test_arms_are_judged_against_the_references_of_their_training_mode_and_plain_ce() -> None:
@@ -263,41 +282,15 @@ def test_a_search_winner_that_is_noise_is_not_better_after_confirmation(local_ra
 
 
 # ------------------------------------------------------------------ what the verdict says, and what it leaves out
-def two_arm_sweep(rows: list[tuple[str, int, float]], **kw) -> Sweep:
-    """CE (the reference) and one arm: (arm, seed, robust_acc) rows, without a store."""
-    frame = pd.DataFrame(
-        [
-            {
-                "run_id": f"{name}-{seed}-{i}",
-                "variant": name,
-                "config": "default",
-                "outcome": "finished",
-                "phase": C.PHASE_SEARCH,
-                "reference": name if name == "ce" else None,
-                "search_trial": None,
-                "seed": seed,
-                "start_time": pd.Timestamp(i, unit="s"),
-                M.ROBUST_ACC: value,
-                M.CLEAN_ACC: 0.9,
-            }
-            for i, (name, seed, value) in enumerate(rows)
-        ]
-    )
-    fields = dict(
-        experiment="two",
-        experiment_id="0",
-        tracking_uri="",
-        parent_run_id=None,
-        mode="ablation",
-        headline=M.ROBUST_ACC,
-        objectives=[(M.ROBUST_ACC, "max")],
-        runs=frame,
-        params=["seed"],
-        metrics=[M.ROBUST_ACC, M.CLEAN_ACC],
-        config_params=[],
-        references=["ce"],
-    )
-    return Sweep(**{**fields, **kw})
+def two_arm_sweep(rows: list[tuple[str, int, float]], **fields: Any) -> Sweep:
+    """CE (the reference) and one arm: (arm, seed, robust_acc) rows, started in that order."""
+    runs = [
+        finished_run(
+            f"{name}-{seed}-{i}", name, seed, value, reference=name == "ce", start_time=pd.Timestamp(i, unit="s")
+        )
+        for i, (name, seed, value) in enumerate(rows)
+    ]
+    return table_sweep(runs, ["ce"], **fields)
 
 
 def test_seeds_in_one_arm_only_and_a_seed_run_twice_are_said_not_dropped_silently() -> None:
