@@ -90,6 +90,28 @@ def object_store_rows(smoke: bool, tmp: Path) -> list[tuple[str, float, str, boo
     return table
 
 
+def trial_cost_rows(smoke: bool, tmp: Path) -> list[tuple[str, float, str, bool]]:
+    """The digits trial by phase (CPU seconds, one thread): the signal's share of training, and after / before."""
+    digits = run("trial_cost.py", smoke, tmp / "trial_cost.json")["cases"]["digits"]
+    before, after = digits["before"], digits["after"]
+    share = after["signal / training"]
+    return [
+        ("per-epoch signal / training, digits, default cadence (CPU s)", share, "≤ 0.20", share <= 0.20),
+        (
+            "digits trial after / before issue 28 (CPU s, w/o data)",
+            after["trial (w/o data)"] / before["trial (w/o data)"],
+            "(info)",
+            True,
+        ),
+        (
+            "final evaluation: standard AutoAttack / all of it, digits",
+            after["eval: autoattack"] / after["eval: total"],
+            "(info)",
+            True,
+        ),
+    ]
+
+
 def tracking_rows(writes: dict) -> list[tuple[str, float, str, bool]]:
     """MLflow server writes/s, PostgreSQL over SQLite, per writer count (none when psycopg2 is missing)."""
     if "skipped" in writes:
@@ -114,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="pclc-bench-all-") as tmp:
         table = rows(args.smoke_test, Path(tmp)) + object_store_rows(args.smoke_test, Path(tmp))
+        table += trial_cost_rows(args.smoke_test, Path(tmp))
     load = os.getloadavg()[0]
     print(
         f"\npclc-sweeps benchmarks ({'smoke test' if args.smoke_test else 'full'}; "

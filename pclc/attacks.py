@@ -16,6 +16,7 @@ import collections.abc
 import contextlib
 import importlib
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -115,9 +116,15 @@ class AttackSuite:
     square_queries: int = field(default_factory=lambda: _config_default("square_queries"))
     aa_limit: int | None = field(default_factory=lambda: _config_default("aa_limit"))
     aa_eps: tuple[float, ...] | None = None  # eps at which AutoAttack-grade attacks run; None = all of `eps`
+    # attacks only the per-sample worst case needs: each runs after the others, on the points they left robust
+    # at its eps, and has no number of its own (`SuiteResult.robust` refuses it)
+    worst_only: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attacks", tuple(self.attacks))
+        object.__setattr__(self, "worst_only", tuple(self.worst_only))
+        if not set(self.worst_only) <= set(self.attacks):
+            raise ValueError(f"worst_only {list(self.worst_only)} must be attacks of the suite {list(self.attacks)}")
         object.__setattr__(self, "eps", tuple(sorted({float(e) for e in self.eps})))
         if self.aa_eps is not None:
             object.__setattr__(self, "aa_eps", tuple(sorted({float(e) for e in self.aa_eps})))
@@ -159,7 +166,13 @@ class AttackSuite:
             square_queries=cfg.square_queries,
             aa_limit=cfg.aa_limit,
             aa_eps=tuple(cfg.aa_eps) if cfg.aa_eps is not None else (cfg.headline_eps,),
+            worst_only=tuple(cfg.worst_case_only),
         )
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        """The order attacks run in: those with numbers of their own first, then the worst-case-only ones."""
+        return tuple(a for a in self.attacks if a not in self.worst_only) + self.worst_only
 
     def step_size(self, eps: float) -> float:
         return float(self.step_scale * eps / self.steps)
@@ -434,6 +447,7 @@ class _StandardAutoAttack:
 
 # Our names of the standard ensemble's parts → the reference's (its `attacks_to_run`), in its order.
 _REFERENCE_NAMES = {"apgd_ce": "apgd-ce", "apgd_t": "apgd-t", "fab_t": "fab-t", "square": "square"}
+_OUR_NAMES = {v: k for k, v in _REFERENCE_NAMES.items()}
 
 
 @ATTACK_BUILDERS.register(
@@ -533,11 +547,21 @@ class AAFlags(logging.Handler):
         super().__init__(logging.DEBUG)
         self.square_gain = 0.0  # accuracy Square removed after the white-box attacks had run
         self.messages: list[str] = []
+        self.parts: dict[str, float] = {}  # the last ensemble run: seconds per part (our names), in its order
+        self._clock = 0.0
 
     def emit(self, record: logging.LogRecord) -> None:
         text = record.getMessage()
         if record.levelno >= logging.WARNING:
             self.messages.append(text)
+        if text.startswith("initial accuracy"):  # a new ensemble run
+            self.parts, self._clock = {}, 0.0
+        elif text.startswith("robust accuracy after") and "(total time " in text:
+            # "robust accuracy after APGD-T: 51.56% (total time 7.5 s)": the reference's own clock, cumulative
+            part = text.split("after ")[1].split(":")[0].lower()
+            total = float(text.split("(total time ")[1].split(" s")[0])
+            self.parts[_OUR_NAMES.get(part, part)] = total - self._clock
+            self._clock = total
         if text.startswith("Square Attack has decreased the robust accuracy of"):
             self.square_gain = max(self.square_gain, float(text.split(" of ")[1].split("%")[0]) / 100)
 
@@ -701,6 +725,11 @@ class SuiteResult:
     flags: dict[str, float] = field(default_factory=dict)  # the reference AutoAttack's own checks
     messages: list[str] = field(default_factory=list)  # ... and its warnings, word for word
     left_out: list[LeftOut] = field(default_factory=list)  # composites' parts not defined for the class count
+    worst_only: tuple[str, ...] = ()  # attacks run only on points the others left robust: no number of their own
+    seconds: dict[tuple[str, float], float] = field(default_factory=dict)  # (attack, eps) → wall time it took
+    # (composite, eps) → its parts' seconds by the reference's own clock (the ensemble's cascade, in its order)
+    part_seconds: dict[tuple[str, float], dict[str, float]] = field(default_factory=dict)
+    clean_seconds: float = 0.0  # the one clean forward pass every attack shares
 
     @property
     def clean_probs(self) -> torch.Tensor:
@@ -735,7 +764,21 @@ class SuiteResult:
 
     def robust(self, attack: str, eps: float) -> torch.Tensor:
         """(N,) bool: still classified correctly after the attack (clean-wrong samples are not)."""
+        if attack in self.worst_only:
+            raise ValueError(
+                f"{attack!r} ran for the worst case only (on the points the other attacks left robust): "
+                "it has no accuracy of its own; run it without worst_case_only for one"
+            )
+        return self._robust(attack, eps)
+
+    def _robust(self, attack: str, eps: float) -> torch.Tensor:
         return self.pred(attack, eps) == self.y
+
+    def exact(self, attacks: Iterable[str]) -> bool:
+        """Whether the per-sample worst over `attacks` is exact: none of them is worst-case-only, or all the
+        attacks that ran before them are among `attacks`."""
+        names = set(attacks)
+        return not (names & set(self.worst_only)) or set(self.attacks) <= names
 
     def worst(self, eps: float, attacks: tuple[str, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(robust, scored): still correct after every attack of `attacks` (default all) run at `eps`,
@@ -745,7 +788,12 @@ class SuiteResult:
             raise ValueError(
                 f"no attack of {list(attacks or self.attacks)} was run at eps={eps}; ran {sorted(self.adv_pred)}"
             )
-        robust = torch.stack([self.robust(a, eps) for a in names]).all(dim=0)
+        if not self.exact(names):
+            raise ValueError(
+                f"the worst case over {names} is not exact: {sorted(set(names) & set(self.worst_only))} ran only "
+                "on the points the other attacks left robust"
+            )
+        robust = torch.stack([self._robust(a, eps) for a in names]).all(dim=0)
         scored = torch.stack([self.mask(a, eps) for a in names]).all(dim=0)
         return robust, scored
 
@@ -784,24 +832,37 @@ def run_suite(
     everyone = torch.ones(len(y_cpu), dtype=torch.bool)
     subset = suite.aa_subset(len(y_cpu))
     flags = AAFlags()
+    seconds: dict[tuple[str, float], float] = {}
+    part_seconds: dict[tuple[str, float], dict[str, float]] = {}
     with frozen(model), flags.listening():
+        started = time.perf_counter()
         clean_logits = predict_logits(model, x, suite.batch_size).cpu()
+        clean_seconds = time.perf_counter() - started
         num_classes = clean_logits.shape[1]
         check_classes(suite.attacks, num_classes)
         clean_pred = clean_logits.argmax(dim=1)
         adv_pred: dict[tuple[str, float], torch.Tensor] = {}
         scored: dict[tuple[str, float], torch.Tensor] = {}
-        for name in suite.attacks:
+        robust_so_far: dict[float, torch.Tensor] = {}  # eps → still correct after every attack run at it
+        for name in suite.order:
             mask = subset if name in AUTOATTACK else everyone
-            standing = ((clean_pred == y_cpu) & mask).nonzero().squeeze(1)
-            index = standing.to(x.device)
             for eps in suite.eps_for(name):
+                started = time.perf_counter()
+                attacked = (clean_pred == y_cpu) & mask
+                if name in suite.worst_only:  # the worst case needs it only where the others failed
+                    attacked &= robust_so_far.get(eps, attacked)
+                standing = attacked.nonzero().squeeze(1)
+                index = standing.to(x.device)
                 pred = clean_pred.clone()
                 if len(standing):
                     x_adv = craft(name, model, x[index], y[index], eps=eps, suite=suite, substitute=substitute)
                     pred[standing] = predict_logits(model, x_adv, suite.batch_size).argmax(dim=1).cpu()
                 adv_pred[(name, eps)] = pred
                 scored[(name, eps)] = mask
+                robust_so_far[eps] = robust_so_far.get(eps, clean_pred == y_cpu) & (pred == y_cpu)
+                seconds[(name, eps)] = time.perf_counter() - started
+                if ATTACK_BUILDERS.info(name).parts and len(standing):
+                    part_seconds[(name, eps)], flags.parts = flags.parts, {}
     ran_aa = any(a in AUTOATTACK for a in suite.attacks)
     reference = {"aa_square_gain": flags.square_gain} if ran_aa else {}
     return SuiteResult(
@@ -812,4 +873,8 @@ def run_suite(
         flags=reference,
         messages=flags.messages,
         left_out=left_out(suite.attacks, num_classes),
+        worst_only=suite.worst_only,
+        seconds=seconds,
+        part_seconds=part_seconds,
+        clean_seconds=clean_seconds,
     )

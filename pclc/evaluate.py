@@ -7,6 +7,7 @@ The gradient-masking checks follow AutoAttack: they warn, in plain words, instea
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -246,13 +247,22 @@ def evaluate(
     outcomes = sample_outcomes(result, headline_eps=float(headline_eps))
     metrics = _scores(result, outcomes, float(headline_eps))
 
+    seconds = {M.eval_seconds_key(a, e): s for (a, e), s in result.seconds.items()}
+    for (composite, eps), parts in result.part_seconds.items():  # within the composite's own seconds
+        seconds.update({M.eval_seconds_key(f"{composite}.{part}", eps): s for part, s in parts.items()})
+    seconds[M.eval_seconds_key("clean")] = result.clean_seconds
+
     large_eps_acc = None
     if masking_eps is not None:
+        started = time.perf_counter()
         probe = dataclasses.replace(suite, attacks=("pgd_ce",), eps=(float(masking_eps),), aa_eps=None)
         large_eps_acc = run_suite(model, x, y, probe).accuracy("pgd_ce", masking_eps)
-    accuracy = {(a, e): result.accuracy(a, e) for (a, e) in result.adv_pred}
+        seconds[M.eval_seconds_key("masking_probe")] = time.perf_counter() - started
+    accuracy = {(a, e): result.accuracy(a, e) for (a, e) in result.adv_pred if a not in result.worst_only}
+    started = time.perf_counter()
     checked = (suite.aa_subset(len(result.y)) & result.clean_correct).nonzero().squeeze(1).to(x.device)
     zero = zero_gradient_points(model, x[checked], y[checked], suite.batch_size) if len(checked) else None
+    seconds[M.eval_seconds_key("zero_gradients")] = time.perf_counter() - started
     classic_vs_aa = {
         eps: (metrics[M.robust_key(M.WORST_CLASSIC, eps)], metrics[M.robust_key(M.WORST_AA, eps)])
         for eps in result.eps
@@ -267,6 +277,7 @@ def evaluate(
         zero_gradients=(int(zero.sum()), len(zero)) if zero is not None else None,
     )
     metrics.update(masking)
+    metrics.update(seconds)  # what each part cost: the per-attack rows of the cost table (benchmarks/trial_cost.py)
     notes = [str(x) for x in result.left_out] + _reference_notes(result)
     return Evaluation(metrics=metrics, warnings=warnings + notes, outcomes=outcomes)
 
@@ -289,6 +300,8 @@ def sample_outcomes(result: SuiteResult, *, headline_eps: float) -> Outcomes:
     scored: dict[str, torch.Tensor] = {M.CLEAN_ACC: everyone}
     correct: dict[str, torch.Tensor] = {M.CLEAN_ACC: result.clean_correct}
     for attack, eps in result.adv_pred:
+        if attack in result.worst_only:  # it ran where the others failed: only the worst case holds it
+            continue
         key = M.robust_key(attack, eps)
         scored[key], correct[key] = result.mask(attack, eps), result.robust(attack, eps)
     for eps in result.eps:
@@ -298,7 +311,7 @@ def sample_outcomes(result: SuiteResult, *, headline_eps: float) -> Outcomes:
         scored[M.robust_key(M.WORST, eps)], correct[M.robust_key(M.WORST, eps)] = scope, robust
         for aggregate, family in ((M.WORST_CLASSIC, CLASSIC), (M.WORST_AA, AUTOATTACK)):
             ran = tuple(a for a in result.attacks if a in family and (a, eps) in result.adv_pred)
-            if ran:
+            if ran and result.exact(ran):  # a family holding a worst-case-only attack has no exact worst
                 key = M.robust_key(aggregate, eps)
                 scored[key], correct[key] = scope, result.worst(eps, ran)[0]
     headlines = {M.ROBUST_ACC: M.robust_key(M.WORST, headline_eps)}
@@ -311,7 +324,7 @@ def sample_outcomes(result: SuiteResult, *, headline_eps: float) -> Outcomes:
 def _scores(result: SuiteResult, outcomes: Outcomes, headline_eps: float) -> dict[str, float]:
     metrics = outcomes.metrics()  # every accuracy, from the per-sample flags that are logged with it
     metrics[M.PROB_GAP] = prob_gap(result.clean_probs, result.y)
-    for attack in result.attacks:
+    for attack in (a for a in result.attacks if a not in result.worst_only):
         rate = second_class_rate(result.clean_logits, result.y, result.pred(attack, headline_eps))
         if rate is not None:
             metrics[M.second_class_key(attack)] = rate
@@ -327,17 +340,28 @@ def epoch_robust_acc(
     steps: int,
     targets: int = EPOCH_TARGETS,
     attacks: tuple[str, ...] = EPOCH_ATTACKS,
+    cascade: bool = True,
 ) -> float:
     """The cheap per-epoch signal ASHA stops trials on: per-sample worst of `attacks` (APGD-CE and
     APGD-T on the top-`targets` false classes), `steps` iterations each. Plain PGD-CE here rewarded
     softmax saturation, i.e. masking; `targets` and `attacks` let benchmarks/epoch_signal.py try others.
-    Of `attacks`, only those defined for the model's class count run (`epoch_left_out` says which did not)."""
+    Of `attacks`, only those defined for the model's class count run (`epoch_left_out` says which did not).
+    `cascade` runs each attack after the first only on the points the earlier ones left robust (the same
+    worst case; False attacks every point with every attack, as before issue 28, for benchmarks)."""
     with frozen(model), torch.no_grad():  # eval mode: a training-mode forward would move BatchNorm's statistics
         num_classes = int(model(x[:1]).shape[1])
     runnable = defined_for(attacks, num_classes)
     if not runnable:
         raise ValueError(f"none of the per-epoch attacks {list(attacks)} is defined for {num_classes} classes")
-    suite = AttackSuite(attacks=runnable, eps=(float(eps),), aa_steps=steps, aa_targets=targets, aa_limit=None)
+    # only the worst case is read: each attack after the first runs on the points the earlier ones left robust
+    suite = AttackSuite(
+        attacks=runnable,
+        eps=(float(eps),),
+        aa_steps=steps,
+        aa_targets=targets,
+        aa_limit=None,
+        worst_only=runnable[1:] if cascade else (),
+    )
     return run_suite(model, x, y, suite).worst_accuracy(eps)
 
 

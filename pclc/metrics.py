@@ -55,6 +55,16 @@ def robust_key(attack: str, eps: float) -> str:
     return f"robust_acc/{attack}/eps={format_eps(eps)}"
 
 
+def eval_seconds_key(part: str, eps: float | None = None) -> str:
+    """Of `eval_seconds`, what one part of the final evaluation took: an (attack, eps) of the suite, or a
+    check (`clean`, `masking_probe`, `zero_gradients`); the sum of the parts is within `eval_seconds`.
+
+    >>> eval_seconds_key("pgd_ce", 0.1), eval_seconds_key("clean")
+    ('eval_seconds/pgd_ce/eps=0.1', 'eval_seconds/clean')
+    """
+    return f"{EVAL_SECONDS}/{part}" + (f"/eps={format_eps(eps)}" if eps is not None else "")
+
+
 def total_key(key: str) -> str:
     """The parent run's sum over a sweep's trials of the per-trial metric `key` (e.g. `total_gpu_hours`)."""
     return f"total_{key}"

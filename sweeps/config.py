@@ -441,17 +441,20 @@ def objective_metrics(trial: TrialConfig) -> list[str]:
 
     suite = AttackSuite.from_config(trial)
     names = [M.CLEAN_ACC, M.ROBUST_ACC, M.PROB_GAP, M.TRAIN_LOSS]
-    for attack in trial.attacks:
+    exact = [a for a in trial.attacks if a not in trial.worst_case_only]  # the others have no number of their own
+    for attack in exact:
         names += [M.robust_key(attack, eps) for eps in suite.eps_for(attack)]
     names += [M.robust_key(M.WORST, eps) for eps in trial.eps]
     from pclc.attacks import AUTOATTACK, CLASSIC
 
     families = ((M.WORST_CLASSIC, M.ROBUST_ACC_CLASSIC, CLASSIC), (M.WORST_AA, M.ROBUST_ACC_AA, AUTOATTACK))
     for aggregate, headline, family in families:
+        if set(family) & set(trial.worst_case_only):
+            continue  # its worst would hold an attack run only where the others failed: not exact
         ran = family_eps(trial, family)
         names += [M.robust_key(aggregate, eps) for eps in sorted(ran)]
         names += [headline] if trial.headline_eps in ran else []
-    names += [M.second_class_key(a) for a in trial.attacks]
+    names += [M.second_class_key(a) for a in exact]
     return names
 
 

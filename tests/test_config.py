@@ -59,6 +59,15 @@ def test_a_knob_the_loss_ignores_does_not_refuse_the_run() -> None:
         load_config(None, ["loss=pclc", "epochs=3"])
 
 
+def test_worst_case_only_names_attacks_of_the_suite_and_leaves_one_exact() -> None:
+    cfg = load_config(None, ["attacks=[fgsm, autoattack]", "worst_case_only=[autoattack]"])
+    assert cfg.worst_case_only == ["autoattack"]
+    with pytest.raises(ConfigError, match="worst_case_only"):
+        load_config(None, ["attacks=[fgsm, autoattack]", "worst_case_only=[bim]"])
+    with pytest.raises(ConfigError, match="keep at least one exact"):
+        load_config(None, ["attacks=[fgsm, autoattack]", "worst_case_only=[fgsm, autoattack]"])
+
+
 def test_aa_eps_must_be_on_the_eps_grid() -> None:
     assert load_config(None, ["aa_eps=[0.05, 0.1]"]).aa_eps == [0.05, 0.1]
     with pytest.raises(ConfigError, match="aa_eps"):

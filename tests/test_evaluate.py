@@ -99,10 +99,50 @@ def test_metric_names_follow_the_schema(normal: Evaluation, suite: AttackSuite) 
     assert set(headlines) <= keys
     for key in keys:
         known = key in headlines or M.parse_robust_key(key) is not None
-        known |= key.startswith(("second_class_rate/", M.MASKING_PREFIX))
+        known |= key.startswith(("second_class_rate/", M.MASKING_PREFIX, M.EVAL_SECONDS + "/"))
         assert known, key
         assert isinstance(normal.metrics[key], float) and math.isfinite(normal.metrics[key]), key
     json.dumps(normal.to_dict())  # lands in evaluation.json as is
+
+
+def test_each_part_of_the_evaluation_says_what_it_took(normal: Evaluation, suite: AttackSuite) -> None:
+    parts = {k for k in normal.metrics if k.startswith(M.EVAL_SECONDS + "/")}
+    expected = {M.eval_seconds_key(a, e) for a in suite.attacks for e in suite.eps_for(a)}
+    expected |= {M.eval_seconds_key(p) for p in ("clean", "masking_probe", "zero_gradients")}
+    # the standard AutoAttack's parts, by the reference's own clock, in its cascade's order (it stops early
+    # when no point is left robust)
+    cascade = [k for k in normal.metrics if k.startswith(M.eval_seconds_key("autoattack."))]
+    assert cascade and parts - expected == set(cascade)
+    assert cascade[0] == M.eval_seconds_key("autoattack.apgd_ce", HEADLINE)
+    assert sum(normal.metrics[k] for k in cascade) <= normal.metrics[M.eval_seconds_key("autoattack", HEADLINE)] + 0.2
+    assert all(normal.metrics[k] >= 0 for k in parts)
+
+
+def test_worst_case_only_attacks_keep_the_worst_case_and_have_no_number_of_their_own(model, digits) -> None:
+    x, y = digits[2][:96], digits[3][:96]
+    exact = AttackSuite(attacks=("fgsm", "bim", "pgd_cw"), eps=EPS, steps=5)
+    cheap = AttackSuite(attacks=("fgsm", "bim", "pgd_cw"), eps=EPS, steps=5, worst_only=("bim",))
+    full, worst_only = run_suite(model, x, y, exact), run_suite(model, x, y, cheap)
+    for eps in EPS:
+        # BIM has no random start: on the points it still attacks it does what it did on all of them
+        assert torch.equal(worst_only.worst(eps)[0], full.worst(eps)[0])
+        assert torch.equal(worst_only.robust("pgd_cw", eps), full.robust("pgd_cw", eps))
+        assert full.accuracy("bim", eps) < full.accuracy("fgsm", eps)  # it breaks points of its own, too
+    with pytest.raises(ValueError, match="worst case only"):
+        worst_only.accuracy("bim", EPS[0])
+    with pytest.raises(ValueError, match="not exact"):
+        worst_only.worst(EPS[0], ("fgsm", "bim"))
+    outcomes = sample_outcomes(worst_only, headline_eps=HEADLINE)
+    assert M.robust_key("bim", HEADLINE) not in outcomes.correct
+    assert M.robust_key(M.WORST_CLASSIC, HEADLINE) in outcomes.correct  # every classic attack: exact
+    with pytest.raises(ValueError, match="must be attacks of the suite"):
+        AttackSuite(attacks=("fgsm",), eps=EPS, worst_only=("bim",))
+
+
+def test_the_signal_cascade_scores_what_attacking_every_point_scores(model, digits) -> None:
+    x, y = digits[2][:64], digits[3][:64]
+    both = [epoch_robust_acc(model, x, y, eps=HEADLINE, steps=5, cascade=c) for c in (True, False)]
+    assert abs(both[0] - both[1]) <= 2 / 64  # APGD-T's random start differs with the batch it is drawn for
 
 
 def test_accuracies_are_sane_on_a_trained_model(normal: Evaluation, suite: AttackSuite) -> None:

@@ -285,8 +285,8 @@ def test_the_signal_runs_only_at_its_cadence_and_a_schedulers_rungs(prepared) ->
         assert all(0 <= m[M.SIGNAL_SECONDS] <= m[M.TRAIN_SECONDS] for m in epochs)
         return [int(m[M.EPOCH]) for m in epochs if M.EPOCH_ROBUST_ACC in m]
 
-    assert make_config(base).signal_epochs() == (1, 2, 4, 6)
-    assert signal_at({}) == [1, 2, 4, 6]  # the default cadence: 5 log-spaced points over 6 epochs, the last always
+    assert make_config(base).signal_epochs() == (1, 2, 6)
+    assert signal_at({}) == [1, 2, 6]  # the default cadence: 3 log-spaced points over 6 epochs, the last always
     assert signal_at({"epoch_eval_at": [3]}) == [3, 6]
     assert signal_at({"epoch_eval_at": [3]}, signal_at=(5,)) == [3, 5, 6]  # a scheduler's rung is added
     assert signal_at({"epoch_eval_samples": 0}) == []
