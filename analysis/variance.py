@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from scipy import stats
+
+if TYPE_CHECKING:  # analysis.compare imports this module: the type only, no import at run time
+    from analysis.compare import Evidence
 
 Population = Literal["samples", "distribution"]
 POPULATIONS: dict[str, str] = {
@@ -135,3 +138,25 @@ def pool(group: str, per_seed: Mapping[str, Sequence[float]]) -> Pool:
     p = float(stats.levene(*residual, center="median").pvalue)
     p = 1.0 if math.isnan(p) else p  # every arm's residuals alike to rounding: nothing says they differ
     return Pool(group, arms, s, variance, df, p, sds, p >= HOMOGENEOUS)
+
+
+def pooled_evidence(ev: Evidence, group: Pool) -> Evidence:
+    """The same comparison with its seed term replaced by the pool's 2σ̂²/n on (a − 1)(s − 1) df (a sample term,
+    for a claim about the test distribution, kept); unchanged where the group is not pooled or `ev` is one seed."""
+    if not group.pooled or ev.method != "seeds" or ev.spread is None:
+        return ev
+    terms = (group.term(ev.n), *ev.spread.terms[1:])
+    return replace(ev, spread=Spread(terms, method="pooled", population=ev.spread.population))
+
+
+def pooled_family(
+    comparisons: Sequence[tuple[str, str]], evidences: Sequence[Evidence], pools: Sequence[Pool]
+) -> list[Evidence]:
+    """Each comparison's evidence, pooled where both its arms belong to one pooled group (the arms of one
+    training mode); a comparison across groups (an adversarially trained arm against plain CE) keeps its own."""
+    member = {arm: p for p in pools if p.pooled for arm in p.arms}
+    out = []
+    for (arm, ref), ev in zip(comparisons, evidences, strict=True):
+        shared = member.get(arm)
+        out.append(pooled_evidence(ev, shared) if shared is not None and member.get(ref) is shared else ev)
+    return out
