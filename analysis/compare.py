@@ -32,8 +32,8 @@ from analysis.spending import Design
 from analysis.variance import DEFAULT_POPULATION, POPULATIONS, SAME, Population, Spread, sample_terms, seed_spread
 from pclc.contract import DEFAULT_MARGIN
 
-LEVEL = 0.95  # the family's confidence level: every interval's, before the correction for several comparisons
-ALPHA = 1 - LEVEL  # the family-wise error rate of the verdict's claims
+ALPHA = 0.05  # the family-wise error rate of the verdict's claims
+LEVEL = 1 - ALPHA  # the family's confidence level (0.95): every interval's, before the correction for several
 POWER = 0.80  # an *inconclusive* comparison says what difference it had this chance of detecting
 MARGIN = DEFAULT_MARGIN  # the equivalence margin where a sweep names none: 3 points of accuracy
 CORRECTION_NAME = "Bonferroni"

@@ -128,12 +128,12 @@ def pool(group: str, per_seed: Mapping[str, Sequence[float]]) -> Pool:
     y = np.array([np.asarray(per_seed[a], dtype=float) for a in arms]) if arms else np.zeros((0, 0))
     a, s = y.shape
     sds = tuple(float(np.std(row, ddof=1)) if s >= 2 else math.nan for row in y)
-    if a < 3 or s < 2 or not np.all(np.isfinite(y)):
+    if a < 2 or s < 2 or not np.all(np.isfinite(y)):
         return Pool(group, arms, s, math.nan, 0, math.nan, sds, False)
     residual = y - y.mean(axis=1, keepdims=True) - y.mean(axis=0, keepdims=True) + y.mean()
     df = (a - 1) * (s - 1)
     variance = float(np.sum(residual**2)) / df
-    if variance < SAME**2:  # no spread at all: nothing to pool, each pair's exact test decides
+    if a < 3 or variance < SAME**2:  # two arms: the paired t already; no spread: each pair's exact test decides
         return Pool(group, arms, s, variance, df, math.nan, sds, False)
     p = float(stats.levene(*residual, center="median").pvalue)
     p = 1.0 if math.isnan(p) else p  # every arm's residuals alike to rounding: nothing says they differ
