@@ -88,8 +88,9 @@ class Progress:
         return {arm: seeds for names in open_ for arm in names}
 
     def trials(self, arms: Sequence[str] | None = None) -> tuple[int, int]:
-        """(trials the design runs so far, trials saved against the fixed design that runs every arm on the last
-        look's seeds): an arm runs the seeds of the last look any of its comparisons reached or waits for."""
+        """(trials run or scheduled, trials saved against the fixed design that runs every arm on the last look's
+        seeds): an arm runs the seeds of the last look any of its comparisons reached, or of the next look where
+        one is still open (so the saving is final once `next_look` is None)."""
         arms = list(arms) if arms is not None else sorted({a for names in self.comparisons for a in names})
         reached: dict[str, int] = {}
         for names, d in zip(self.comparisons, self.decisions):
@@ -112,14 +113,14 @@ class Progress:
 
     def summary(self) -> str:
         """The verdict's line on the design: its boundaries, where comparisons stopped, what the stops saved."""
-        levels = ", ".join(f"{100 * self.design.level(i):.3g} %" for i in range(len(self.design.looks)))
+        levels = ", ".join(f"{self.design.bounds(i).nominal:.2g}" for i in range(len(self.design.looks)))
         stopped = [d.look for d in self.decisions if d is not None and d.decided]
         at = ", ".join(f"{stopped.count(i)} at look {i + 1}" for i in range(len(self.design.looks)) if stopped.count(i))
         used, saved = self.trials()
         state = "every comparison final" if self.next_look is None else f"look {self.next_look + 1} to run"
         return (
-            f"Sequential design over seeds {list(self.design.looks)} ({self.design.method}; interval levels "
-            f"{levels} per comparison): {len(stopped)} of {len(self.decisions)} comparisons decided"
+            f"Sequential design over seeds {list(self.design.looks)} ({self.design.method}; each comparison's "
+            f"nominal two-sided levels {levels}): {len(stopped)} of {len(self.decisions)} comparisons decided"
             f"{f' ({at})' if at else ''}; {state}; {used} trials run, {saved} saved by the early stops."
         )
 
