@@ -14,18 +14,22 @@ the right look with the same decisions. The driver calls, after each look's tria
     state.arms_next()         # {arm: seeds it must have}: the arms of the comparisons still open
     state.decisions[i]        # comparison i's LookDecision: .result (word, interval), .look, .decided, .final
     state.trials(arms)        # trials run, and saved against every arm running the last look's seeds
+    state.summary()           # the verdict's line on the design; state.sentence(i): where comparison i stopped
+
+`groups=` (training mode → arm → per-seed accuracies) pools each mode's seed × arm variance at every look
+where its arms spread alike; `state.pools` holds the latest look's layouts, `Pool.sentence()` what to say.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from analysis.compare import MARGIN, Comparison, Estimate, Evidence, evidence, judge
 from analysis.spending import Design
-from analysis.variance import DEFAULT_POPULATION, Population
+from analysis.variance import DEFAULT_POPULATION, Pool, Population, pool, pooled_family
 
 __all__ = ["Design", "LookDecision", "Progress", "decide_look", "progress"]
 
@@ -78,6 +82,7 @@ class Progress:
     comparisons: tuple[tuple[str, str], ...]  # (arm, reference) names
     decisions: tuple[LookDecision | None, ...]  # None: the comparison has not reached its first look
     next_look: int | None  # the look whose seeds are still to run; None when every comparison is final
+    pools: tuple[Pool, ...] = ()  # the pooled layouts of the latest judged look (their sentences go in the verdict)
 
     def arms_next(self) -> dict[str, int]:
         """arm → the seeds it must have for the next look: the arms of every comparison still open."""
@@ -134,27 +139,41 @@ def progress(
     higher_is_better: bool = True,
     population: Population = DEFAULT_POPULATION,
     ran: int | None = None,
+    groups: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
 ) -> Progress:
     """Replay the looks on the data so far. `pairs[i]` is comparison i's (a, b) on its common seeds in the
     planned seed order (a later look only adds seeds). Look j is judged, for every comparison still open, once
     each has design.looks[j] common seeds, on its first looks[j]; or, where the driver says the first `ran`
-    looks' trials have finished (a trial that failed for good), on the seeds there are."""
+    looks' trials have finished (a trial that failed for good), on the seeds there are. With `groups`
+    (training mode → arm → its per-seed accuracies in seed order), each look pools the seed × arm variance of
+    the arms of a mode that have the look's seeds, where they spread alike (`analysis.variance.pool`)."""
     if len(comparisons) != len(pairs):
         raise ValueError(f"{len(comparisons)} comparisons named but {len(pairs)} given")
     if len(pairs) > design.comparisons:
         raise ValueError(f"{len(pairs)} comparisons, but the design was planned for {design.comparisons}")
     decisions: list[LookDecision | None] = [None] * len(pairs)
+    last: tuple[Pool, ...] = ()
     for look, seeds in enumerate(design.looks):
         open_ = [i for i, d in enumerate(decisions) if d is None or not d.final]
         if not open_:
-            return Progress(design, tuple(map(tuple, comparisons)), tuple(decisions), None)
+            return Progress(design, tuple(map(tuple, comparisons)), tuple(decisions), None, last)
         finished = ran is not None and look < ran
         if not finished and any(len(pairs[i][0]) < seeds for i in open_):
-            return Progress(design, tuple(map(tuple, comparisons)), tuple(decisions), look)
-        for i in open_:
-            a, b = pairs[i]
-            n = min(seeds, len(a))
-            decisions[i] = decide_look(
-                (a[:n], b[:n]), look, design, margin, higher_is_better=higher_is_better, population=population
-            )
-    return Progress(design, tuple(map(tuple, comparisons)), tuple(decisions), None)
+            return Progress(design, tuple(map(tuple, comparisons)), tuple(decisions), look, last)
+        pools = _pools(groups, seeds)
+        evidences = [evidence(pairs[i][0][:seeds], pairs[i][1][:seeds], population=population) for i in open_]
+        evidences = pooled_family([comparisons[i] for i in open_], evidences, pools)
+        for i, ev in zip(open_, evidences):
+            decisions[i] = decide_look(ev, look, design, margin, higher_is_better=higher_is_better)
+        last = tuple(pools)
+    return Progress(design, tuple(map(tuple, comparisons)), tuple(decisions), None, last)
+
+
+def _pools(groups: Mapping[str, Mapping[str, Sequence[float]]] | None, seeds: int) -> list[Pool]:
+    """Each group's two-way layout on its first `seeds` seeds, over the arms that have them."""
+    if not groups:
+        return []
+    return [
+        pool(name, {arm: list(ys)[:seeds] for arm, ys in arms.items() if len(ys) >= seeds})
+        for name, arms in groups.items()
+    ]

@@ -13,7 +13,8 @@ Population: a paired difference over seeds is about *these evaluated test sample
 seeds vary. A claim about *the test distribution* treats the samples as drawn too: the per-sample differences
 d[seed, sample] are a crossed two-way random layout (seed, sample, residual), and the variance of their mean is
 (MS_seed + MS_sample − MS_res) / (S·J) (method of moments, the sample component cut at 0), its degrees of freedom
-by Satterthwaite (1946, Biometrics Bulletin 2:110).
+by Satterthwaite (1946, Biometrics Bulletin 2:110), capped at the seed term's own so that the wider claim never
+gets the narrower interval.
 """
 
 from __future__ import annotations
@@ -54,11 +55,12 @@ class Spread:
 
     @property
     def df(self) -> float:
-        """Satterthwaite's degrees of freedom of the sum (the seed term's own where it is alone)."""
+        """Satterthwaite's degrees of freedom of the sum, at most the seed term's: a claim about a wider
+        population never gets a narrower interval from the sample term's many degrees of freedom."""
         if len(self.terms) == 1:
             return self.terms[0][1]
         den = sum(v * v / d for v, d in self.terms if d > 0)
-        return float(self.variance**2 / den) if den > 0 else math.nan
+        return min(float(self.variance**2 / den), self.terms[0][1]) if den > 0 else math.nan
 
 
 def seed_spread(diffs: np.ndarray) -> Spread:

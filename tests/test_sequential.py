@@ -164,3 +164,21 @@ def test_sequential_stops_early_on_a_real_difference_and_a_family_stays_below_al
         state = progress(family, ["ab", "cd", "ef"], pairs)
         any_false += any(d.result.outcome in ("better", "worse") for d in state.decisions)
     assert any_false / reps <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / reps), any_false / reps
+
+
+def test_pooled_looks_keep_false_claims_below_alpha() -> None:
+    """Four arms of one mode, all alike, three comparisons against the reference, looks 3, 6, 10 with the
+    seed × arm variance pooled at each look: any false *better*/*worse* at most 5 % (within Monte-Carlo error)."""
+    rng = np.random.default_rng(12)
+    design = Design(LOOKS, comparisons=3)
+    names = [("arm1", "ref"), ("arm2", "ref"), ("arm3", "ref")]
+    reps, any_false, pooled = 300, 0, 0
+    for _ in range(reps):
+        runs, _, _ = calibration.simulate_arms(rng, means=(0.6,) * 4, seeds=10, samples=80, rho=0.5)
+        ref, arms = runs[0], runs[1:]
+        per_seed = {n: [x.mean() for x in r] for n, r in zip(("ref", "arm1", "arm2", "arm3"), runs)}
+        state = progress(design, names, [(a, ref) for a in arms], groups={"standard": per_seed})
+        pooled += state.pools[0].pooled and state.decisions[0].interval.method == "pooled"
+        any_false += any(d.result.outcome in ("better", "worse") for d in state.decisions)
+    assert pooled / reps > 0.8
+    assert any_false / reps <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / reps), any_false / reps
