@@ -14,6 +14,11 @@ interval lies on the good side of 0, *worse* on the other, *equivalent within ±
 (−m, +m) (two one-sided tests, each at α/2k), and *inconclusive* otherwise, with the smallest difference
 the design could have detected with 80 % power. A claim is wrong only where an interval misses its true
 difference, so the chance of any false *better*, *worse* or *equivalent* in the family is at most α.
+
+`judge` is the one code path: the fixed design (`compare`) is one look of `analysis.spending.Design`, and a
+sequential design (`analysis.sequential`) judges each look with the same code at the look's spent level.
+Where the variance comes from (each pair's seeds, the pooled arms of a mode, a seed × sample term for a claim
+about the test distribution) is `analysis.variance`.
 """
 
 from __future__ import annotations
