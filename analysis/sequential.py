@@ -106,8 +106,8 @@ class Progress:
         return used, len(arms) * self.design.looks[-1] - used
 
     def sentence(self, i: int) -> str:
-        """Where comparison `i` stands: 'decided at look 2 of 3 (6 seeds)', 'inconclusive after the last look
-        (10 seeds)' or 'open after look 1 of 3 (3 seeds)'."""
+        """Where comparison `i` stands: 'decided at look 2 of 3 (6 seeds)', 'inconclusive after the last look,
+        look 3 of 3 (10 seeds)' or 'open after look 1 of 3 (3 seeds)'."""
         d, k = self.decisions[i], len(self.design.looks)
         if d is None:
             return f"waiting for its first look ({self.design.looks[0]} seeds)"
@@ -122,11 +122,13 @@ class Progress:
         stopped = [d.look for d in self.decisions if d is not None and d.decided]
         at = ", ".join(f"{stopped.count(i)} at look {i + 1}" for i in range(len(self.design.looks)) if stopped.count(i))
         used, saved = self.trials()
-        state = "every comparison final" if self.next_look is None else f"look {self.next_look + 1} to run"
+        done = self.next_look is None
+        state = "every comparison final" if done else f"look {self.next_look + 1} to run"
         return (
             f"Sequential design over seeds {list(self.design.looks)} ({self.design.method}; each comparison's "
             f"nominal two-sided levels {levels}): {len(stopped)} of {len(self.decisions)} comparisons decided"
-            f"{f' ({at})' if at else ''}; {state}; {used} trials run, {saved} saved by the early stops."
+            f"{f' ({at})' if at else ''}; {state}; {used} trials {'run' if done else 'run or scheduled'}, "
+            f"{saved} saved by the early stops{'' if done else ' so far'}."
         )
 
 
