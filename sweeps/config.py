@@ -190,7 +190,13 @@ class Confirm(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     top: int = Field(2, ge=0)  # distinct configurations confirmed, best first (0: no confirmation)
-    seeds: list[int] | None = None  # fresh seeds, none used by the search; default: the 3 after trial.seed
+    seeds: list[int] | None = (
+        None  # fresh seeds, none used by the search; default: the 3 (or looks[-1]) after trial.seed
+    )
+    # a pre-planned sequential confirmation: cumulative seeds per arm at each look, e.g. [3, 6, 10]. After each look
+    # the verdict judges every comparison at that look's boundary (O'Brien–Fleming spending, analysis.spending);
+    # decided ones stop, the arms of the others get the next look's seeds. None: one look on every seed.
+    looks: list[int] | None = None
 
 
 class VerdictSettings(BaseModel):
@@ -355,11 +361,25 @@ class SweepConfig(BaseModel):
                 out += [{VARIANT: name, **fields, "seed": seed, REFERENCE: name} for seed in self.seeds]
         return out
 
-    def confirm_seeds(self) -> list[int]:
-        """The fresh seeds of the confirmation runs."""
+    def planned_seeds(self) -> list[int]:
+        """Every fresh seed the confirmation may use, in the order the looks take them."""
         if self.confirm.seeds is not None:
             return list(self.confirm.seeds)
-        return [self.trial.seed + i for i in (1, 2, 3)]
+        count = self.confirm.looks[-1] if self.confirm.looks else 3
+        return [self.trial.seed + i for i in range(1, count + 1)]
+
+    def looks(self) -> tuple[int, ...]:
+        """Cumulative seeds per arm at each look of the confirmation (one look on every seed by default)."""
+        return tuple(self.confirm.looks) if self.confirm.looks else (len(self.planned_seeds()),)
+
+    def look_seeds(self, look: int) -> list[int]:
+        """The seeds look `look` (0-based) adds to the arms it runs: the first look's are `confirm_seeds()`."""
+        looks = self.looks()
+        return self.planned_seeds()[(looks[look - 1] if look else 0) : looks[look]]
+
+    def confirm_seeds(self) -> list[int]:
+        """The fresh seeds of the confirmation's first look (all of them without `confirm.looks`)."""
+        return self.look_seeds(0)
 
     def confirm_overrides(self, ranked: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Optimize: the confirmation grid, (top configurations + references) × fresh seeds.
@@ -394,7 +414,7 @@ class SweepConfig(BaseModel):
         if self.mode == "ablation":
             return len(self.trial_overrides())
         arms = self.confirm.top + len(self.references()) if self.confirm.top and confirmation else 0
-        return int(self.num_trials or 0) + arms * len(self.confirm_seeds())
+        return int(self.num_trials or 0) + arms * self.looks()[-1]  # every look run: early stops run fewer
 
     def full_initial_points(self) -> list[dict[str, Any]]:
         """Initial points with every space dimension set (missing ones from the base trial)."""
@@ -612,7 +632,18 @@ def _arm_problems(cfg: SweepConfig) -> list[str]:
         out.append(f"reference: names {names} must differ (each names a row of the verdict)")
     if cfg.mode == "ablation" and cfg.confirm != Confirm():
         out.append("confirm: only for mode optimize (an ablation runs every arm on `seeds` already)")
-    seeds = cfg.confirm_seeds()
+    looks = cfg.confirm.looks
+    if looks is not None and (not looks or looks[0] < 2 or any(b <= a for a, b in zip(looks, looks[1:]))):
+        out.append(
+            f"confirm.looks = {looks}: give increasing seed counts, the first at least 2 (a configuration-level "
+            "verdict needs 2 seeds), e.g. [3, 6, 10]"
+        )
+    elif looks is not None and cfg.confirm.seeds is not None and len(cfg.confirm.seeds) < looks[-1]:
+        out.append(
+            f"confirm.seeds = {cfg.confirm.seeds}: the last look needs {looks[-1]} seeds per arm; give that many "
+            "(or leave seeds out: the ones after trial.seed)"
+        )
+    seeds = cfg.planned_seeds()
     if len(set(seeds)) != len(seeds):
         out.append(f"confirm.seeds = {seeds}: give distinct integers")
     searched = {cfg.trial.seed} if "seed" not in cfg.space else set()
@@ -844,7 +875,7 @@ def smoke_overrides(cfg: SweepConfig, *, epochs: int = SMOKE_EPOCHS) -> list[str
     if refs:  # the first reference alone: the verdict's plumbing, at a third of the cost
         sets.append(f"reference={json.dumps(refs[:1])}")
     if cfg.mode == "optimize" and cfg.confirm.top:
-        sets += ["confirm.top=1", f"confirm.seeds={json.dumps(cfg.confirm_seeds()[:2])}"]
+        sets += ["confirm.top=1", f"confirm.seeds={json.dumps(cfg.planned_seeds()[:2])}", "confirm.looks=null"]
     if cfg.mode == "optimize":
         sets.append("num_trials=2")
         shrunk = {
