@@ -404,9 +404,7 @@ class SweepConfig(BaseModel):
     def trial_config(self, overrides: dict[str, Any], *, confirmation: bool = False) -> TrialConfig:
         """The TrialConfig of one trial: the base trial (the confirmation's, if asked) with `overrides`
         applied (labels left out)."""
-        base = self.confirm_trial() if confirmation else self.trial
-        values = {**base.model_dump(), **{k: v for k, v in overrides.items() if k not in LABELS}}
-        return TrialConfig(**values)
+        return with_overrides(self.confirm_trial() if confirmation else self.trial, overrides)
 
     def confirm_trial(self) -> TrialConfig:
         """The base trial of the confirmation runs: AutoAttack on every evaluated sample, not a subset."""
@@ -415,6 +413,11 @@ class SweepConfig(BaseModel):
 
 SEARCH_TRIAL = "search_trial"  # key of a confirmation override: the search trial it re-trains
 LABELS = (VARIANT, REFERENCE, SEARCH_TRIAL)  # keys of a trial override that label it, not TrialConfig fields
+
+
+def with_overrides(base: TrialConfig, overrides: dict[str, Any]) -> TrialConfig:
+    """`base` with a trial's `overrides` applied (its labels left out): the TrialConfig that trial trains."""
+    return TrialConfig(**{**base.model_dump(), **{k: v for k, v in overrides.items() if k not in LABELS}})
 
 
 def _without_seed(cfg: TrialConfig) -> dict[str, Any]:
