@@ -59,6 +59,13 @@ EVALUATION_ARTIFACT = "evaluation.json"  # metrics, warnings and resolved config
 # logged with evaluation.json, and `pclc evaluate`'s re-score of it, beside its `finalist/*` metrics.
 OUTCOMES_ARTIFACT = "outcomes.json"
 FINALIST_OUTCOMES_ARTIFACT = f"{FINALIST_PREFIX}{OUTCOMES_ARTIFACT}"
+# A trial with `save_weights: true` writes its final weights to WEIGHTS_FILE in its output folder; the sweep logs
+# that file into the artifact folder WEIGHTS_DIR, where `pclc evaluate` downloads it from (WEIGHTS_ARTIFACT).
+WEIGHTS_FILE, WEIGHTS_DIR = "model.pt", "weights"
+WEIGHTS_ARTIFACT = f"{WEIGHTS_DIR}/{WEIGHTS_FILE}"
+# `pclc evaluate` on a trial's child run: "1" once a full AutoAttack re-score is logged, and its settings (JSON:
+# n, aa_steps, square_queries and the eps it covers)
+FINALIST, FINALIST_SETTINGS = "pclc.finalist", "pclc.finalist_settings"
 # MLflow 3's experiment kind: model training (runs), not a GenAI app (traces). The 3.17 UI itself picks the
 # view from its workflow switch instead (default GenAI), so the link we print names it: `experiment_ui_path`.
 EXPERIMENT_KIND, CUSTOM_MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from pclc import contract as C
 from pclc import metrics as M
+from pclc.contract import FINALIST, FINALIST_SETTINGS  # tags on the trial's run (imported from here by tests)
 from pclc.files import write_atomic
 
 if TYPE_CHECKING:  # torch, MLflow and the attacks load when there is work, not for `pclc --help`
@@ -52,13 +53,8 @@ if TYPE_CHECKING:  # torch, MLflow and the attacks load when there is work, not 
     from pclc.config import TrialConfig
     from pclc.outcomes import Outcomes
 
-# Tags on the trial's child run (beside sweeps.tracking's).
-FINALIST = "pclc.finalist"  # "1" once a full AutoAttack re-score is logged
-FINALIST_SETTINGS = "pclc.finalist_settings"  # JSON: n, aa_steps, square_queries and the eps it covers
 
 ATTACK = "autoattack"  # the reference's standard AutoAttack (pclc.attacks)
-WEIGHTS = "weights/model.pt"  # where a trial with `save_weights: true` logs its final weights
-EVALUATION = "evaluation.json"  # the trial's metrics, warnings and resolved TrialConfig
 DEFAULT_CHUNK = 256  # samples per chunk: the unit of resume (and of AutoAttack's seeding)
 DEFAULT_AA_STEPS = 100  # APGD / FAB iterations of the standard AutoAttack
 DEFAULT_SQUARE_QUERIES = 5000  # Square Attack queries of the standard AutoAttack
@@ -370,14 +366,16 @@ def _trial_config(path: Path, run_id: str) -> TrialConfig:
         values = payload["config"]
         assert isinstance(values, dict)
     except (OSError, ValueError, KeyError, TypeError, AssertionError):
-        raise FinalistError(f"run {run_id}: {EVALUATION} holds no resolved trial config ('config')") from None
+        raise FinalistError(
+            f"run {run_id}: {C.EVALUATION_ARTIFACT} holds no resolved trial config ('config')"
+        ) from None
     unknown = sorted(set(values) - set(TrialConfig.model_fields))
     if unknown:  # a run logged by an older version: the fields that matter here are all still there
         print(
             f"pclc evaluate: note: run {run_id}: ignoring config fields this version lacks: {unknown}", file=sys.stderr
         )
     known = {k: v for k, v in values.items() if k in TrialConfig.model_fields}
-    return make_config(known, source=f"run {run_id} {EVALUATION}")
+    return make_config(known, source=f"run {run_id} {C.EVALUATION_ARTIFACT}")
 
 
 def _done_settings(tags: dict[str, str]) -> dict[str, Any] | None:
@@ -424,16 +422,16 @@ def evaluate_run(run_id: str, settings: Settings) -> Finalist:
         )
 
     with tempfile.TemporaryDirectory(prefix="pclc-finalist-") as tmp:
-        weights = _download(client, run_id, WEIGHTS, tmp)
+        weights = _download(client, run_id, C.WEIGHTS_ARTIFACT, tmp)
         if weights is None:
             raise FinalistError(
-                f"run {run_id} has no weights artifact ({WEIGHTS}): its trial ran with "
+                f"run {run_id} has no weights artifact ({C.WEIGHTS_ARTIFACT}): its trial ran with "
                 "save_weights: false. Set `save_weights: true` in the sweep file's trial: block "
                 "(or --set save_weights=true) and run the trial again to re-score it"
             )
-        evaluation = _download(client, run_id, EVALUATION, tmp)
+        evaluation = _download(client, run_id, C.EVALUATION_ARTIFACT, tmp)
         if evaluation is None:
-            raise FinalistError(f"run {run_id} has no {EVALUATION}: its final evaluation was never logged")
+            raise FinalistError(f"run {run_id} has no {C.EVALUATION_ARTIFACT}: its final evaluation was never logged")
         cfg = _trial_config(evaluation, run_id)
         state_dict = load_checkpoint(weights)
         earlier = _download(client, run_id, C.FINALIST_OUTCOMES_ARTIFACT, tmp)

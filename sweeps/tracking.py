@@ -712,7 +712,7 @@ class TrialRun:
         if outcomes is not None:
             call(self.client.log_text, self.run_id, outcomes, C.OUTCOMES_ARTIFACT)
         if weights is not None and weights.is_file():
-            call(self.client.log_artifact, self.run_id, str(weights), "weights")
+            call(self.client.log_artifact, self.run_id, str(weights), C.WEIGHTS_DIR)
         tags = C.samples_tags(evaluation.get("samples") or {})  # the analysis reads them from the runs' search
         left_out = [str(w) for w in evaluation.get("warnings", []) if str(w).startswith(LEFT_OUT_WARNING)]
         if left_out:  # a tag, so that the analysis sees it without downloading every run's evaluation.json
