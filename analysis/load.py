@@ -39,10 +39,11 @@ from pclc.contract import (
     VARIANT,
     parse_param,
 )
-from pclc.losses import IGNORED_BY_LOSS  # the knobs each loss ignores
+from pclc.knobs import SYMBOL  # a knob's symbol: ξ λ α β
+from pclc.losses import IGNORED_BY_LOSS, LOSSES  # the knobs each loss ignores; the registry's order
 from pclc.metrics import canonical_metric
 from pclc.outcomes import Outcomes, OutcomesError
-from pclc.training import IGNORED_BY_TRAINING, TRAINING_MODES  # ... and those each training mode ignores
+from pclc.training_modes import IGNORED_BY_TRAINING, TRAINING_MODES  # ... and those each training mode ignores
 
 # Params that change between trials without defining a configuration: seeds, per-trial paths, resources.
 NOT_CONFIG = frozenset(
@@ -69,8 +70,7 @@ FINISHED, FAILED, STOPPED, RUNNING = "finished", "failed", "stopped", "running"
 _OUTCOME = {"FINISHED": FINISHED, "FAILED": FAILED, "KILLED": STOPPED, "RUNNING": RUNNING, "SCHEDULED": RUNNING}
 
 # Short names for the knobs in labels and titles: the paper's, label smoothing's, adversarial training's.
-SYMBOL = {"margin": "ξ", "lc_weight": "λ", "smoothing": "α", "trades_beta": "β", "adv_eps": "ε_train"}
-VARIANT_ORDER = ("ce", "pc", "lc", "pclc", "label_smoothing")
+VARIANT_ORDER = LOSSES.select()  # in the loss registry's order: ce, pc, lc, pclc, label_smoothing
 
 # A trial's training mode (param `training`); runs logged before there was a choice have none: standard.
 TRAINING, STANDARD = "training", "standard"
@@ -331,21 +331,16 @@ def _subset_tags(tags: dict[str, str]) -> list[tuple[str, str]]:
 
 
 def _search(client: MlflowClient, experiment_id: str, filter_string: str, order: str = "ASC") -> list[Run]:
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs(
+    return C.every_page(
+        lambda token: client.search_runs(
             [experiment_id],
             filter_string=filter_string,
             run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=1000,
+            max_results=C.RUNS_PAGE,
             order_by=[f"attributes.start_time {order}"],
             page_token=token,
         )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+    )
 
 
 def _objectives(tags: dict[str, str]) -> list[tuple[str, str]]:

@@ -672,7 +672,7 @@ def craft(
 def run_attack(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: AttackSuite) -> torch.Tensor:
     """`attack.perturb` over x in batches of `suite.batch_size`: fp32, `model` frozen, the RNG seeded by
     `suite.seed` and put back afterwards. What `craft` runs, and what adversarial training runs its
-    inner attack with (pclc.training)."""
+    inner attack with (pclc.training_modes)."""
     device = _device_of(model)
     out: list[torch.Tensor] = []
     with frozen(model), torch.enable_grad(), _fp32(device), _seeded(suite.seed, device):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +148,30 @@ def normalize_tracking_uri(uri: str) -> str:
     if is_file_store(uri):
         raise ValueError(f"{uri!r}: {NO_FILE_STORE}")
     return uri
+
+
+# --------------------------------------------------------------------------- talking to the store
+
+# One policy for MLflow's own HTTP retries in every pclc process that talks to a tracking server (a trial, the
+# driver, `pclc evaluate`, `pclc analyze`): a few quick tries, then the caller's own patience
+# (`sweeps.tracking.patiently`) or one clear error. MLflow's default is 7 retries with minutes of back-off.
+# Set as environment defaults (an explicit setting wins), since MLflow reads them there.
+MLFLOW_CLIENT_ENV: dict[str, str] = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+RUNS_PAGE = 1000  # runs per page of a paged search
+
+
+def every_page(fetch: Callable[[str | None], Any]) -> list[Any]:
+    """Every result of a paged MLflow search: `fetch(page_token)` returns one page (a list with `.token`, None
+    after the last), e.g. `lambda token: client.search_runs(ids, max_results=RUNS_PAGE, page_token=token)`."""
+    found: list[Any] = []
+    token = None
+    while True:
+        page = fetch(token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            return found

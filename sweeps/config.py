@@ -31,6 +31,7 @@ from pydantic import (
 from pclc import metrics as M
 from pclc.config import OPTIMIZATION_FIELDS, ConfigError, TrialConfig, parse_override, read_yaml
 from pclc.contract import DEFAULT_MARGIN, normalize_tracking_uri
+from pclc.knobs import AUTHORS
 
 # Fields a sweep may vary per trial. The rest are fixed per sweep because `prepare()` builds the
 # data and the transfer substitute once from them, or because they define what is measured
@@ -40,7 +41,7 @@ SEARCHABLE: tuple[str, ...] = (
     "margin",
     "lc_weight",
     "smoothing",
-    "training",  # with its budget: a training mode is a configuration like a loss (pclc.training)
+    "training",  # with its budget: a training mode is a configuration like a loss (pclc.training_modes)
     "adv_eps",
     "adv_steps",
     "adv_step_size",
@@ -64,7 +65,7 @@ _MAX_CORNERS = 4096  # corner trial configs built per sweep file (cheap: pydanti
 # The references a sweep compares with when its file names none: plain CE with the sweep's own trial
 # settings and, where PC-LC is trained, the authors' ξ and λ (Li et al., AAAI-21).
 CE_REFERENCE: dict[str, Any] = {"name": "ce", "loss": "ce"}
-AUTHORS_REFERENCE: dict[str, Any] = {"name": "pclc-authors", "loss": "pclc", "margin": 0.995, "lc_weight": 0.05}
+AUTHORS_REFERENCE: dict[str, Any] = {"name": "pclc-authors", "loss": "pclc", **AUTHORS}
 VARIANT = "variant"  # key of a trial override (and its Tune config): the arm's label in the grid
 REFERENCE = "reference"  # key of a trial override (and its Tune config) naming the reference arm it is
 
@@ -799,7 +800,7 @@ def parse_sweep(data: dict[str, Any], *, source: str = "sweep") -> SweepConfig:
     return cfg
 
 
-def load_sweep(path: str | Path, overrides: list[str] | None = None, *, smoke: bool = False) -> SweepConfig:
+def read_sweep_file(path: str | Path, overrides: list[str] | None = None, *, smoke: bool = False) -> SweepConfig:
     """The one loader: YAML file ← `--set key=value` (dotted keys, e.g. trial.epochs=2).
 
     `smoke` (`--smoke-test`) shrinks the sweep to check the plumbing; the user's `--set` still wins over
@@ -808,7 +809,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None, *, smoke: b
     if smoke:
         given = dict(parse_override(item) for item in overrides)
         epochs = int(given.get("trial.epochs", SMOKE_EPOCHS))  # a searched length follows the user's --set too
-        overrides = overrides + smoke_overrides(load_sweep(path, overrides), epochs=epochs) + overrides
+        overrides = overrides + smoke_overrides(read_sweep_file(path, overrides), epochs=epochs) + overrides
     data = read_yaml(path)
     for item in overrides:
         key, value = parse_override(item)
@@ -816,6 +817,8 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None, *, smoke: b
     source = str(path) + (" (with --set)" if overrides else "")
     return parse_sweep(data, source=source)
 
+
+load_sweep = read_sweep_file  # the old name (analysis.load.load_sweep reads MLflow): kept while branches merge
 
 SMOKE_EPOCHS = 2  # `--smoke-test`: epochs per trial (a searched training length: this or one more)
 

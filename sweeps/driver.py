@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from sweeps.config import SweepConfig, load_sweep
+from sweeps.config import SweepConfig, read_sweep_file
 from sweeps.plan import SweepPlan, open_parent_run, plan_sweep, sweep_fingerprint  # noqa: F401  (re-exported)
 from sweeps.result import SweepResult
 from sweeps.stages import run_stages, stages_of
@@ -61,7 +61,7 @@ def run_sweep(
     The process must have Tune's settings (`set_tune_environment`, done by `sweep_command`).
 
     Args:
-        cfg: a validated sweep (see `sweeps.config.load_sweep`).
+        cfg: a validated sweep (see `sweeps.config.read_sweep_file`).
         resume: continue the stored experiment; it is also continued without this flag when
             `<storage>/<name>` holds a restorable Tune experiment.
         storage_path: Ray results root (default: the file's `storage_path`, else `<cwd>/ray_results`).
@@ -74,7 +74,7 @@ def run_sweep(
         retry_failed: on resume, re-run trials whose failure was deterministic (by default they keep it).
 
     Example (an illustration: it needs Ray running):
-        >>> cfg = load_sweep("sweeps/configs/quickstart.yaml")  # doctest: +SKIP
+        >>> cfg = read_sweep_file("sweeps/configs/quickstart.yaml")  # doctest: +SKIP
         >>> result = run_sweep(cfg)  # doctest: +SKIP
         >>> print(result.ui_command)  # doctest: +SKIP
     """
@@ -167,7 +167,7 @@ def ray_session(address: str | None, **init: Any) -> Iterator[None]:
 def sweep_command(args: argparse.Namespace) -> int:
     """`pclc sweep CONFIG [--resume] [--address A] [--tracking-uri U] [--storage-path P] [--smoke-test]`."""
     # every config error is raised here, before Ray starts
-    cfg = load_sweep(args.config, getattr(args, "set", None), smoke=getattr(args, "smoke_test", False))
+    cfg = read_sweep_file(args.config, getattr(args, "set", None), smoke=getattr(args, "smoke_test", False))
     tracking_uri = args.tracking_uri
     if tracking_uri:
         from pclc.contract import normalize_tracking_uri
