@@ -3,6 +3,9 @@
 Metric names are read back through `pclc.metrics.canonical_metric`, the inverse of the function that wrote
 them, and params through `pclc.contract.parse_param`, the inverse of the writer's `param_value`. Failed, stopped and unfinished runs stay in the table with
 their outcome, so they are counted and reported, never silently dropped.
+
+One room (~650 lines): MLflow → `Sweep`, the only module of `analysis` that reads the store; what the rest needs
+of a run (labels, training modes, outcomes) is derived here once, from the same rows.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ DISPLAY_WIDTH_PX, the page's column): a 'small' font (8.3 pt at DPI 110) reads a
 configuration is labelled by the knobs that differ between the configurations a figure shows, to 3
 significant digits, or by its rank where that is still long; the figure's `key` gives the full labels.
 
-One room: every figure the report draws, and the few helpers (labels, legends, sizes) they share.
+One room (~960 lines, above 800): every figure the report draws, and the few helpers (labels, legends, sizes)
+they share; each figure is one function of the sweep (and its verdict), so a new figure is one function and one
+line of `PLOTS`.
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@
 advertorch 0.2.3 predates torch 1.9, so its compatibility shim lives here, and only here,
 installed before the first `import advertorch`. Every attack is L∞, clipped to [0, 1] and run
 in fp32 on a frozen model (no weight gradients, eval mode).
+
+One room (~815 lines, above 800): the attack registry and its one runner. Each builder is small; they share the
+suite spec, the per-sample cascade and the advertorch shim, which must be installed before any of them imports
+advertorch. A new attack is one decorated builder here.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ are still robust, at each attack's start and end and at most every `PROGRESS_EVE
 
 Runs are scored one after the other in this process, or with `--address` one Ray task per run
 (Ray is imported only then): the command, choosing the runs and printing the table, is `sweeps.finalists_command`.
+
+One room (~560 lines): the re-score of one run, from its weights to its logged numbers, resumable chunk by chunk;
+its parts (the chunked AutoAttack, the run's artifacts, the logging) share the run's state file and settings.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ answers "database is locked" when several trial processes write at once. A trial
 survive a tracking server that is down for a while: they wait in a buffer (in memory and in a
 file in the trial's output folder, so a retry finds them) and are sent once it answers again;
 the final evaluation waits for it at most `patience_s`. No Ray import here.
+
+One room (~760 lines): both ends of the run layout, the driver's (`SweepTracker`) and the trial's (`TrialRun`),
+over one retry policy (`retrying`, `patiently`); they must agree on every tag and on how a run is found.
 """
 
 from __future__ import annotations
