@@ -5,6 +5,12 @@ optimize mode, the confirmation (the search's best and the references, re-traine
 stage runs as its own Tune experiment (`<storage>/<name><suffix>`), resumed on its own, its trials tracked
 under the sweep's one parent run with the tag `pclc.phase` = its `phase`. A new stage is one `Stage`
 subclass here (plus its phase in `pclc.contract` if its runs are tagged apart).
+
+For example, a look of a sequential confirmation (`confirm: {looks: [3, 6, 10]}`) is a stage whose `trials`
+computes the verdict so far (`analysis.verdict.verdict_for_parent`, from `before`'s tracking ids), returns the arms
+still in an undecided comparison × the look's new seeds (None when all are decided), and `merge` adds its runs
+to `confirmed`; its own suffix (`.confirm.look2`, …) and `on_resume` check make a kill between looks resume at
+the right look.
 """
 
 from __future__ import annotations
