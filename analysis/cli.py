@@ -16,6 +16,7 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 
 from analysis.load import FAILED, RUNNING, STOPPED, AnalysisError, Sweep, connect, load_sweep
+from pclc import contract as C
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,12 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
 
 
-# A dead server should fail in seconds, not after MLflow's minutes of retries; no download progress bars.
-QUIET_MLFLOW = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-}
+# A dead server should fail in seconds, not after MLflow's minutes of retries (the one policy, pclc.contract);
+# no download progress bars.
+QUIET_MLFLOW = {**C.MLFLOW_CLIENT_ENV, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 
 @contextmanager

@@ -3,6 +3,9 @@
 Metric names are read back through `pclc.metrics.canonical_metric`, the inverse of the function that wrote
 them, and params through `pclc.contract.parse_param`, the inverse of the writer's `param_value`. Failed, stopped and unfinished runs stay in the table with
 their outcome, so they are counted and reported, never silently dropped.
+
+One room (~650 lines): MLflow → `Sweep`, the only module of `analysis` that reads the store; what the rest needs
+of a run (labels, training modes, outcomes) is derived here once, from the same rows.
 """
 
 from __future__ import annotations
@@ -39,10 +42,11 @@ from pclc.contract import (
     VARIANT,
     parse_param,
 )
-from pclc.losses import IGNORED_BY_LOSS  # the knobs each loss ignores
+from pclc.knobs import SYMBOL  # a knob's symbol: ξ λ α β
+from pclc.losses import IGNORED_BY_LOSS, LOSSES  # the knobs each loss ignores; the registry's order
 from pclc.metrics import canonical_metric
 from pclc.outcomes import Outcomes, OutcomesError
-from pclc.training import IGNORED_BY_TRAINING, TRAINING_MODES  # ... and those each training mode ignores
+from pclc.training_modes import IGNORED_BY_TRAINING, TRAINING_MODES  # ... and those each training mode ignores
 
 # Params that change between trials without defining a configuration: seeds, per-trial paths, resources.
 NOT_CONFIG = frozenset(
@@ -69,8 +73,7 @@ FINISHED, FAILED, STOPPED, RUNNING = "finished", "failed", "stopped", "running"
 _OUTCOME = {"FINISHED": FINISHED, "FAILED": FAILED, "KILLED": STOPPED, "RUNNING": RUNNING, "SCHEDULED": RUNNING}
 
 # Short names for the knobs in labels and titles: the paper's, label smoothing's, adversarial training's.
-SYMBOL = {"margin": "ξ", "lc_weight": "λ", "smoothing": "α", "trades_beta": "β", "adv_eps": "ε_train"}
-VARIANT_ORDER = ("ce", "pc", "lc", "pclc", "label_smoothing")
+VARIANT_ORDER = LOSSES.select()  # in the loss registry's order: ce, pc, lc, pclc, label_smoothing
 
 # A trial's training mode (param `training`); runs logged before there was a choice have none: standard.
 TRAINING, STANDARD = "training", "standard"
@@ -331,21 +334,16 @@ def _subset_tags(tags: dict[str, str]) -> list[tuple[str, str]]:
 
 
 def _search(client: MlflowClient, experiment_id: str, filter_string: str, order: str = "ASC") -> list[Run]:
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs(
+    return C.every_page(
+        lambda token: client.search_runs(
             [experiment_id],
             filter_string=filter_string,
             run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=1000,
+            max_results=C.RUNS_PAGE,
             order_by=[f"attributes.start_time {order}"],
             page_token=token,
         )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+    )
 
 
 def _objectives(tags: dict[str, str]) -> list[tuple[str, str]]:

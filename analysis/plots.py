@@ -8,7 +8,9 @@ DISPLAY_WIDTH_PX, the page's column): a 'small' font (8.3 pt at DPI 110) reads a
 configuration is labelled by the knobs that differ between the configurations a figure shows, to 3
 significant digits, or by its rank where that is still long; the figure's `key` gives the full labels.
 
-One room: every figure the report draws, and the few helpers (labels, legends, sizes) they share.
+One room (~960 lines, above 800): every figure the report draws, and the few helpers (labels, legends, sizes)
+they share; each figure is one function of the sweep (and its verdict), so a new figure is one function and one
+line of `PLOTS`.
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ from analysis.load import (
     FINISHED,
     SEED,
     STOPPED,
-    SYMBOL,
     Sweep,
     fmt_value,
     is_finalist,
@@ -45,14 +46,14 @@ from analysis.load import (
     variant_sort_key,
 )
 from analysis.stats import best_configs, pareto_mask, summarize
+from analysis.verdict import Verdict, verdict
 from pclc import metrics as M
-from pclc.config import TrialConfig
 from pclc.files import atomic_file
+from pclc.knobs import AUTHORS, KNOBS, SYMBOL
 
-# The authors' defaults (pclc.config declares them once): PC-LC with ξ = 0.995, λ = 0.05.
+# The authors' configuration (pclc.knobs declares their ξ and λ once): PC-LC with ξ = 0.995, λ = 0.05.
 AUTHORS_LOSS = "pclc"
-AUTHORS_MARGIN = float(TrialConfig.model_fields["margin"].default)
-AUTHORS_LC_WEIGHT = float(TrialConfig.model_fields["lc_weight"].default)
+AUTHORS_MARGIN, AUTHORS_LC_WEIGHT = AUTHORS["margin"], AUTHORS["lc_weight"]
 
 MAX_LINES = 4  # more combinations of the other knobs than this: plot single trials, not lines
 MIN_IMPORTANCE_TRIALS = 8  # fANOVA's forest says little below this
@@ -136,11 +137,8 @@ def scale(metric: str) -> float:
 
 
 def knob_label(knob: str, *, log: bool = False) -> str:
-    names = {
-        "margin": "PC margin ξ (probability, unitless)",
-        "lc_weight": "logit-constraint weight λ (unitless)",
-    }
-    return names.get(knob, knob) + (", log scale" if log else "")
+    """An axis label: the knob's meaning, symbol and unit (pclc.knobs), or its name."""
+    return (KNOBS[knob].label() if knob in KNOBS else knob) + (", log scale" if log else "")
 
 
 def variant_colors(variants: list[str]) -> dict[str, tuple[float, ...]]:
@@ -870,14 +868,12 @@ def learning_curves(sweep: Sweep) -> Figure:
     return fig
 
 
-def arm_curves(sweep: Sweep) -> Figure:
-    """Each arm of the verdict (confirmed configurations and references, or the ablation's grid points): its
-    per-epoch signal, mean and 95 % interval over seeds, and at its last epoch the final AutoAttack-checked
-    headline with its interval. A curve that peaks before the end says the arm trained too long; the gap
-    between the curve's end and the final marker is how much the cheap signal overstates."""
-    from analysis.verdict import verdict
-
-    judged = verdict(sweep)
+def arm_curves(sweep: Sweep, judged: Verdict) -> Figure:
+    """Each arm of the verdict `judged` (confirmed configurations and references, or the ablation's grid points):
+    its per-epoch signal, mean and 95 % interval over seeds, and at its last epoch the final AutoAttack-checked
+    headline with its interval, the very one the report's table gives. A curve that peaks before the end says the
+    arm trained too long; the gap between the curve's end and the final marker is how much the cheap signal
+    overstates."""
     arms = [a for a in judged.arms if a.curve is not None and len(a.curve) >= 2]
     if not arms:
         raise NotApplicable(f"needs the verdict's arms with a per-epoch {M.EPOCH_ROBUST_ACC} over two or more epochs")
@@ -916,27 +912,44 @@ def arm_curves(sweep: Sweep) -> Figure:
 # --------------------------------------------------------------------------- all of them
 
 
-PLOTS: list[tuple[str, str, Callable[[Sweep], Figure]]] = [
-    ("robust_vs_margin", "Robust accuracy vs ξ", lambda s: robust_vs_knob(s, "margin")),
-    ("robust_vs_lc_weight", "Robust accuracy vs λ", lambda s: robust_vs_knob(s, "lc_weight")),
-    ("robust_vs_eps", "Robust accuracy vs ε per loss variant", robust_vs_eps),
-    ("claimed_vs_autoattack", "Claimed (classic attacks) vs AutoAttack-grade robust accuracy", claimed_vs_autoattack),
-    ("clean_vs_robust", "Clean vs robust accuracy (Pareto front)", clean_vs_robust),
-    ("heatmap_margin_lc_weight", "ξ × λ heatmap of the headline metric", heatmap_margin_lc),
-    ("importance", "Parameter importance (fANOVA)", importance),
-    ("prob_gap_second_class", "Probability gap and second-class rate", gap_and_second_class),
-    ("parallel_coordinates", "Searched knobs against the objective (parallel coordinates)", parallel_coordinates),
-    ("learning_curves", "Learning curves of the per-epoch signal, early-stopped trials marked", learning_curves),
+# Each builds from the sweep and its verdict (computed once, by the caller: the report shows the same one).
+PLOTS: list[tuple[str, str, Callable[[Sweep, Verdict], Figure]]] = [
+    ("robust_vs_margin", "Robust accuracy vs ξ", lambda s, _: robust_vs_knob(s, "margin")),
+    ("robust_vs_lc_weight", "Robust accuracy vs λ", lambda s, _: robust_vs_knob(s, "lc_weight")),
+    ("robust_vs_eps", "Robust accuracy vs ε per loss variant", lambda s, _: robust_vs_eps(s)),
+    (
+        "claimed_vs_autoattack",
+        "Claimed (classic attacks) vs AutoAttack-grade robust accuracy",
+        lambda s, _: claimed_vs_autoattack(s),
+    ),
+    ("clean_vs_robust", "Clean vs robust accuracy (Pareto front)", lambda s, _: clean_vs_robust(s)),
+    ("heatmap_margin_lc_weight", "ξ × λ heatmap of the headline metric", lambda s, _: heatmap_margin_lc(s)),
+    ("importance", "Parameter importance (fANOVA)", lambda s, _: importance(s)),
+    ("prob_gap_second_class", "Probability gap and second-class rate", lambda s, _: gap_and_second_class(s)),
+    (
+        "parallel_coordinates",
+        "Searched knobs against the objective (parallel coordinates)",
+        lambda s, _: parallel_coordinates(s),
+    ),
+    (
+        "learning_curves",
+        "Learning curves of the per-epoch signal, early-stopped trials marked",
+        lambda s, _: learning_curves(s),
+    ),
     ("arm_curves", "Per-epoch signal of the verdict's arms, with their final AutoAttack-checked value", arm_curves),
 ]
 
 
-def make_plots(sweep: Sweep) -> list[Plot]:
-    """Every plot of the report, in order; those that do not apply carry their reason instead of a figure."""
+def make_plots(sweep: Sweep, judged: Verdict | None = None) -> list[Plot]:
+    """Every plot of the report, in order; those that do not apply carry their reason instead of a figure.
+    `judged`: the sweep's verdict as the report gives it (`analysis.report.write_report` hands it on); without
+    one it is computed here from the runs alone (no per-sample outcomes)."""
+    if judged is None:
+        judged = verdict(sweep)
     out = []
     for name, title, build in PLOTS:
         try:
-            fig = build(sweep)
+            fig = build(sweep, judged)
         except NotApplicable as why:
             out.append(Plot(name, title, reason=str(why)))
             continue

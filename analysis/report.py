@@ -6,7 +6,8 @@ tables hold what a reader decides on (clean, AutoAttack-checked and claimed accu
 ten columns at most, and a large sweep's rows are cut to the best ones plus the references; runs.csv and
 configurations.csv, written beside the report, always hold everything.
 
-One room: the report's sections, their tables and the two renderers.
+One room (~1040 lines, above 800): the report's sections, their tables and the two renderers; each section is
+one function of the sweep, all rendered by the same two renderers, so a new section is one function here.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from mlflow.tracking import MlflowClient
 from analysis.compare import ALPHA, CORRECTION_NAME, METHODS, POWER, Comparison, run_interval
 from analysis.load import (
     SEED,
-    SYMBOL,
     TRAINING,
     AnalysisError,
     Sweep,
@@ -43,9 +43,11 @@ from analysis.load import (
 from analysis.plots import DISPLAY_WIDTH_PX, Plot, attack_rank, is_accuracy, make_plots, save_figure, short_numbers
 from analysis.stats import best_configs, by_mode, config_table, pareto_mask, summarize, t_halfwidth
 from analysis.verdict import Verdict, headline_outcomes, interval_name, is_checked, verdict
+from pclc import contract as C
 from pclc import metrics as M
 from pclc.attacks import AUTOATTACK, CLASSIC
 from pclc.files import write_atomic
+from pclc.knobs import SYMBOL
 
 ARTIFACT_DIR = "analysis"  # folder of the parent run's artifacts that holds the report
 TOP = 10  # best configurations listed (per training mode), the references below them
@@ -742,7 +744,7 @@ def _masking_section(sweep: Sweep, client: MlflowClient | None) -> list[Block]:
         texts = fetch_warnings(client, ordered, limit=10)
         if texts:
             rid, first = next(iter(texts.items()))
-            blocks += [Para(f"What evaluation.json of run `{rid[:8]}` says:"), Bullets(first)]
+            blocks += [Para(f"What {C.EVALUATION_ARTIFACT} of run `{rid[:8]}` says:"), Bullets(first)]
     return blocks
 
 
@@ -1010,14 +1012,14 @@ def write_report(
     sweep = with_gap(sweep)
     for name, frame in csv_tables(sweep).items():
         frame.to_csv(out / name, index=False)
-    plots = make_plots(sweep)
+    judged = verdict(sweep, outcomes=headline_outcomes(client, sweep.headline))  # once: table, plots and command
+    plots = make_plots(sweep, judged)
     for p in plots:
         target = out / f"{p.name}.png"
         if p.figure is not None:
             p.path = save_figure(p.figure, target)
         elif target.exists():  # a plot an earlier analysis drew no longer applies
             target.unlink()
-    judged = verdict(sweep, outcomes=headline_outcomes(client, sweep.headline))
     verdict_frame(judged).to_csv(out / VERDICT_CSV, index=False)
     classes = per_class(judged, client)
     if classes is not None:

@@ -9,12 +9,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from analysis.compare import LEVEL
 from analysis.load import TRAINING, Sweep, training_modes, training_sort_key, variant_sort_key
 
-CONFIDENCE = 0.95
 
-
-def t_halfwidth(std: float, n: int, confidence: float = CONFIDENCE) -> float:
+def t_halfwidth(std: float, n: int, confidence: float = LEVEL) -> float:
     """Half-width of the t-interval of a mean of n values; NaN for n < 2 (no interval from one seed)."""
     if n < 2 or not math.isfinite(std):
         return math.nan

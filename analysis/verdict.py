@@ -34,8 +34,9 @@ from analysis.load import (
 from analysis.stats import t_halfwidth
 from pclc import metrics as M
 
-# (scored sample indices, per-sample correctness under the headline) of one run, or None when not stored
-Outcomes = Callable[[str], "tuple[np.ndarray, np.ndarray] | None"]
+# run id → (scored sample indices, per-sample correctness under the headline) of that run, or None when not stored
+# (the reader of pclc.outcomes.Outcomes the verdict needs, named apart from that class)
+OutcomeReader = Callable[[str], "tuple[np.ndarray, np.ndarray] | None"]
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,7 @@ def _estimate(runs: pd.DataFrame, metric: str, correct: np.ndarray | None) -> Es
     return Estimate(float(values[0]), math.nan, math.nan, "run", 1)
 
 
-def verdict(sweep: Sweep, *, outcomes: Outcomes | None = None) -> Verdict:
+def verdict(sweep: Sweep, *, outcomes: OutcomeReader | None = None) -> Verdict:
     """The verdict of a loaded sweep. `outcomes(run_id)` gives a run's per-sample headline outcomes
     (needed only for one-seed comparisons: several seeds are compared seed by seed on their accuracies)."""
     metric = sweep.headline
@@ -397,7 +398,7 @@ def _winner_notes(v: Verdict, metric: str) -> list[str]:
     return notes
 
 
-def headline_outcomes(client: MlflowClient, metric: str) -> Outcomes:
+def headline_outcomes(client: MlflowClient, metric: str) -> OutcomeReader:
     """`outcomes(run_id)`: the samples a run's `metric` was taken on and whether each stayed correct, read
     from its per-sample outcomes artifact (None where a run has none, e.g. one logged before they existed)."""
 

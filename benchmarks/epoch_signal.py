@@ -352,7 +352,7 @@ def storage_order(args: argparse.Namespace) -> dict[str, Any]:
     """Per storage order of the same file: each trial's last per-epoch signal against its final robust_acc."""
     import tempfile
 
-    from sweeps.config import load_sweep
+    from sweeps.config import read_sweep_file
 
     report: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="pclc-order-") as tmp:
@@ -364,7 +364,7 @@ def storage_order(args: argparse.Namespace) -> dict[str, Any]:
                 f"trial.dataset=npz:{file}",
                 *(ORDER_SMOKE if args.smoke_test else []),
             ]
-            sweep = load_sweep(args.config, [*sets, *args.set])
+            sweep = read_sweep_file(args.config, [*sets, *args.set])
             jobs = [(sweep.trial_config(o).model_dump(), o["variant"]) for o in sweep.trial_overrides()]
             with mp.get_context("spawn").Pool(args.processes) as pool:
                 report[order] = pool.map(signal_trial, jobs)
@@ -389,7 +389,7 @@ def storage_order(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from sweeps.config import load_sweep
+    from sweeps.config import read_sweep_file
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", default=str(ROOT / "sweeps/configs/ablation_digits.yaml"))
@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> None:
     for case in args.case or DEFAULT_CASES:
         dataset, _, model = case.rpartition(":")
         sets = GRID + SETTINGS + (SMOKE if args.smoke_test else [])
-        sweep = load_sweep(args.config, [*sets, f"trial.dataset={dataset}", f"trial.model={model}", *args.set])
+        sweep = read_sweep_file(args.config, [*sets, f"trial.dataset={dataset}", f"trial.model={model}", *args.set])
         jobs = [(sweep.trial_config(o).model_dump(), o["variant"]) for o in sweep.trial_overrides()]
         with mp.get_context("spawn").Pool(args.processes) as pool:
             rows = pool.map(one_trial, jobs)

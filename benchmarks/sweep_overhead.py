@@ -121,13 +121,13 @@ def overhead(work: Path, trial: dict[str, Any], k: int) -> dict[str, float]:
 def speedup(work: Path, smoke: bool) -> dict[str, float]:
     """The quickstart with 1 trial at a time, then 2 at a time (same trials: same seeds and points)."""
     from pclc.experiment import prepare
-    from sweeps.config import load_sweep
+    from sweeps.config import read_sweep_file
     from sweeps.driver import run_sweep
 
     times: dict[int, float] = {}
     prepared = None
     for concurrent in (1, 2):
-        cfg = load_sweep(
+        cfg = read_sweep_file(
             ROOT / "sweeps/configs/quickstart.yaml",
             [
                 f"name=quickstart-c{concurrent}",

@@ -8,6 +8,10 @@
 advertorch 0.2.3 predates torch 1.9, so its compatibility shim lives here, and only here,
 installed before the first `import advertorch`. Every attack is L∞, clipped to [0, 1] and run
 in fp32 on a frozen model (no weight gradients, eval mode).
+
+One room (~815 lines, above 800): the attack registry and its one runner. Each builder is small; they share the
+suite spec, the per-sample cascade and the advertorch shim, which must be installed before any of them imports
+advertorch. A new attack is one decorated builder here.
 """
 
 from __future__ import annotations
@@ -696,7 +700,7 @@ def craft(
 def run_attack(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, suite: AttackSuite) -> torch.Tensor:
     """`attack.perturb` over x in batches of `suite.batch_size`: fp32, `model` frozen, the RNG seeded by
     `suite.seed` and put back afterwards. What `craft` runs, and what adversarial training runs its
-    inner attack with (pclc.training)."""
+    inner attack with (pclc.training_modes)."""
     device = _device_of(model)
     out: list[torch.Tensor] = []
     with frozen(model), torch.enable_grad(), _fp32(device), _seeded(suite.seed, device):

@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pclc.knobs import AUTHORS
+
 
 class ConfigError(ValueError):
     """A config that cannot run; the message names the field, the value and what is allowed."""
@@ -51,11 +53,11 @@ class TrialConfig(BaseModel):
 
     # --- loss: the paper's knobs
     loss: str = "pclc"  # a pclc.losses registry name: ce | pc | pclc | lc (LC alone, for ablation) | label_smoothing
-    margin: float = Field(0.995, gt=0.0, le=1.0)  # ξ, the PC probability margin
-    lc_weight: float = Field(0.05, ge=0.0)  # λ, weight of the logit constraint
+    margin: float = Field(AUTHORS["margin"], gt=0.0, le=1.0)  # ξ, the PC probability margin (pclc.knobs)
+    lc_weight: float = Field(AUTHORS["lc_weight"], ge=0.0)  # λ, weight of the logit constraint (pclc.knobs)
     smoothing: float = Field(0.1, ge=0.0, lt=1.0)  # α of loss label_smoothing (the negative control)
 
-    # --- training mode: what the loss is taken on (pclc.training)
+    # --- training mode: what the loss is taken on (pclc.training_modes)
     training: str = "standard"  # standard | pgd (Madry PGD adversarial training) | trades (Zhang et al.)
     adv_eps: float | None = Field(None, gt=0.0, le=1.0)  # L∞ radius of the training attack; None = headline_eps
     adv_steps: int = Field(10, ge=1)  # its iterations
@@ -172,7 +174,7 @@ class TrialConfig(BaseModel):
     @field_validator("training")
     @classmethod
     def _known_training(cls, v: str) -> str:
-        from pclc.training import TRAINING_MODES
+        from pclc.training_modes import TRAINING_MODES
 
         TRAINING_MODES.get(v)  # raises, naming the choices
         return v

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,13 @@ EVALUATION_ARTIFACT = "evaluation.json"  # metrics, warnings and resolved config
 # logged with evaluation.json, and `pclc evaluate`'s re-score of it, beside its `finalist/*` metrics.
 OUTCOMES_ARTIFACT = "outcomes.json"
 FINALIST_OUTCOMES_ARTIFACT = f"{FINALIST_PREFIX}{OUTCOMES_ARTIFACT}"
+# A trial with `save_weights: true` writes its final weights to WEIGHTS_FILE in its output folder; the sweep logs
+# that file into the artifact folder WEIGHTS_DIR, where `pclc evaluate` downloads it from (WEIGHTS_ARTIFACT).
+WEIGHTS_FILE, WEIGHTS_DIR = "model.pt", "weights"
+WEIGHTS_ARTIFACT = f"{WEIGHTS_DIR}/{WEIGHTS_FILE}"
+# `pclc evaluate` on a trial's child run: "1" once a full AutoAttack re-score is logged, and its settings (JSON:
+# n, aa_steps, square_queries and the eps it covers)
+FINALIST, FINALIST_SETTINGS = "pclc.finalist", "pclc.finalist_settings"
 # MLflow 3's experiment kind: model training (runs), not a GenAI app (traces). The 3.17 UI itself picks the
 # view from its workflow switch instead (default GenAI), so the link we print names it: `experiment_ui_path`.
 EXPERIMENT_KIND, CUSTOM_MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
@@ -140,3 +148,30 @@ def normalize_tracking_uri(uri: str) -> str:
     if is_file_store(uri):
         raise ValueError(f"{uri!r}: {NO_FILE_STORE}")
     return uri
+
+
+# --------------------------------------------------------------------------- talking to the store
+
+# One policy for MLflow's own HTTP retries in every pclc process that talks to a tracking server (a trial, the
+# driver, `pclc evaluate`, `pclc analyze`): a few quick tries, then the caller's own patience
+# (`sweeps.tracking.patiently`) or one clear error. MLflow's default is 7 retries with minutes of back-off.
+# Set as environment defaults (an explicit setting wins), since MLflow reads them there.
+MLFLOW_CLIENT_ENV: dict[str, str] = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+RUNS_PAGE = 1000  # runs per page of a paged search
+
+
+def every_page(fetch: Callable[[str | None], Any]) -> list[Any]:
+    """Every result of a paged MLflow search: `fetch(page_token)` returns one page (a list with `.token`, None
+    after the last), e.g. `lambda token: client.search_runs(ids, max_results=RUNS_PAGE, page_token=token)`."""
+    found: list[Any] = []
+    token = None
+    while True:
+        page = fetch(token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            return found

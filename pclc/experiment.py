@@ -21,7 +21,7 @@ from torch import nn
 from pclc import metrics as M
 from pclc.attacks import AttackSuite, check_classes
 from pclc.config import OPTIMIZATION_FIELDS, ConfigError, TrialConfig
-from pclc.contract import OUTCOMES_ARTIFACT
+from pclc.contract import OUTCOMES_ARTIFACT, WEIGHTS_FILE
 from pclc.data import Dataset, load_stored, pixels
 from pclc.evaluate import epoch_left_out, epoch_robust_acc, evaluate
 from pclc.files import write_atomic
@@ -354,5 +354,5 @@ def write_outputs(cfg: TrialConfig, evaluation: Evaluation, model: nn.Module) ->
     if evaluation.outcomes is not None:
         write_atomic(out / OUTCOMES_ARTIFACT, evaluation.outcomes.to_json())
     if cfg.save_weights:
-        save_checkpoint({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / "model.pt")
+        save_checkpoint({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / WEIGHTS_FILE)
     return out

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pclc.knobs import AUTHORS, LOSS_KNOBS
 from pclc.registry import Registry
 
 __all__ = [
@@ -59,7 +60,7 @@ def _prepare(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return z, index, true_mask
 
 
-def pc_loss(logits: Tensor, target: Tensor, margin: float = 0.995) -> Tensor:
+def pc_loss(logits: Tensor, target: Tensor, margin: float = AUTHORS["margin"]) -> Tensor:
     """Mean over the batch of Σ_{j≠y} max(0, ξ + p_j − p_y), divided by K − 1 (float32 scalar)."""
     z, index, true_mask = _prepare(logits, target)
     p = z.softmax(dim=1)
@@ -87,7 +88,7 @@ class PCLoss(nn.Module):
         True
     """
 
-    def __init__(self, margin: float = 0.995) -> None:
+    def __init__(self, margin: float = AUTHORS["margin"]) -> None:
         super().__init__()
         self.margin = _check_margin(margin)
 
@@ -111,7 +112,7 @@ class LogitConstraint(nn.Module):
 class PCLCLoss(nn.Module):
     """The paper's training objective after CE warm-up: PC + λ·LC."""
 
-    def __init__(self, margin: float = 0.995, lc_weight: float = 0.05) -> None:
+    def __init__(self, margin: float = AUTHORS["margin"], lc_weight: float = AUTHORS["lc_weight"]) -> None:
         super().__init__()
         self.margin = _check_margin(margin)
         self.lc_weight = _check_lc_weight(lc_weight)
@@ -127,7 +128,7 @@ class PCLCLoss(nn.Module):
 
 
 # --- registry: the config's `loss` field names one of these; each member knows the paper's knobs it uses
-KNOBS: tuple[str, ...] = ("margin", "lc_weight", "smoothing")  # ξ (PC's margin), λ (LC's weight), α (smoothing)
+KNOBS: tuple[str, ...] = LOSS_KNOBS  # ξ (PC's margin), λ (LC's weight), α (smoothing): symbols etc. in pclc.knobs
 LOSSES: Registry[nn.Module] = Registry("loss")
 """name → builder(**knobs); info: the knobs (of `KNOBS`) the loss uses."""
 
@@ -138,12 +139,12 @@ def _ce() -> nn.Module:
 
 
 @LOSSES.register("pc", info=("margin",))
-def _pc(*, margin: float = 0.995) -> nn.Module:
+def _pc(*, margin: float = AUTHORS["margin"]) -> nn.Module:
     return PCLoss(margin=margin)
 
 
 @LOSSES.register("lc", info=("lc_weight",))
-def _lc(*, lc_weight: float = 0.05) -> nn.Module:
+def _lc(*, lc_weight: float = AUTHORS["lc_weight"]) -> nn.Module:
     # The constraint alone, for ablation. It is unweighted (λ does not change it), yet λ stays LC's knob:
     # the paper's ablation labels LC runs by λ, and analysis keeps it in their labels.
     del lc_weight
@@ -151,7 +152,7 @@ def _lc(*, lc_weight: float = 0.05) -> nn.Module:
 
 
 @LOSSES.register("pclc", info=("margin", "lc_weight"))
-def _pclc(*, margin: float = 0.995, lc_weight: float = 0.05) -> nn.Module:
+def _pclc(*, margin: float = AUTHORS["margin"], lc_weight: float = AUTHORS["lc_weight"]) -> nn.Module:
     return PCLCLoss(margin=margin, lc_weight=lc_weight)
 
 

@@ -25,7 +25,7 @@ from pclc.data import Dataset, batches
 from pclc.files import atomic_file
 from pclc.gpu import bf16_native
 from pclc.losses import NO_WARMUP, build_loss
-from pclc.training import Step, budget_of, build_step
+from pclc.training_modes import Step, budget_of, build_step
 
 
 class NonFiniteLossError(RuntimeError):
@@ -149,7 +149,7 @@ class Trainer:
     augment_generator: torch.Generator = field(init=False)
     attack_generator: torch.Generator = field(init=False)  # per-batch seeds of the training mode's inner attack
     forward: nn.Module = field(init=False)  # the training forward pass: the model, compiled if cfg.compile
-    step: Step = field(init=False)  # the training mode's loss of one batch (pclc.training)
+    step: Step = field(init=False)  # the training mode's loss of one batch (pclc.training_modes)
 
     def __post_init__(self) -> None:
         self.augment_generator = augment_generator(self.cfg.seed, self.device)

@@ -3,7 +3,7 @@
 The `pclc` command lives here, in `sweeps.cli` (the composition root: the top of pclc → analysis → sweeps),
 not in the `pclc` package, which never imports Ray or MLflow. `python -m sweeps` is `pclc sweep`.
 
-- `sweeps.config`: the sweep file (`load_sweep(path, overrides) -> SweepConfig`), validated before Ray starts.
+- `sweeps.config`: the sweep file (`read_sweep_file(path, overrides) -> SweepConfig`), validated before Ray starts.
 - `sweeps.cli`: the `pclc` command (train, sweep, evaluate, analyze): one parser per subcommand.
 - `sweeps.driver`: `run_sweep(cfg, ...) -> SweepResult` (plan → parent run → Tuner → fit → collect) and
   `sweep_command(args)` behind `pclc sweep`; `sweeps.summary`: what the end of a sweep prints (best rows,

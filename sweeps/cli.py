@@ -60,10 +60,10 @@ def _preflight_sweep(args: argparse.Namespace) -> None:
     from pclc.config import ConfigError
     from pclc.contract import normalize_tracking_uri
     from pclc.data import check_npz, npz_num_classes
-    from sweeps.config import check_tracking_store, load_sweep
+    from sweeps.config import check_tracking_store, read_sweep_file
     from sweeps.storage import experiment_path, read_metadata, storage_root
 
-    cfg = load_sweep(args.config, args.set, smoke=args.smoke_test)
+    cfg = read_sweep_file(args.config, args.set, smoke=args.smoke_test)
     uri = normalize_tracking_uri(args.tracking_uri) if args.tracking_uri else cfg.tracking_uri
     if uri is None:  # a sweep being resumed goes on logging to the store it began with: probe that one
         uri = read_metadata(experiment_path(storage_root(cfg, args.storage_path), cfg.name)).get("tracking_uri")
@@ -82,7 +82,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from pclc.config import ConfigError
 
     if args.dry_run:  # no MLflow probe, no Ray: only the sweep file and one measured epoch
-        from sweeps.config import load_sweep
+        from sweeps.config import read_sweep_file
         from sweeps.estimate import dry_run
 
         cluster = None
@@ -93,7 +93,7 @@ def _sweep(args: argparse.Namespace) -> int:
                 cluster = read_capacity(args.cluster)
             except ClusterFileError as exc:
                 raise ConfigError(str(exc)) from None
-        return dry_run(load_sweep(args.config, args.set, smoke=args.smoke_test), sys.stdout, cluster)
+        return dry_run(read_sweep_file(args.config, args.set, smoke=args.smoke_test), sys.stdout, cluster)
     if args.cluster:
         raise ConfigError("--cluster FILE sizes a --dry-run to that cluster's workers; add --dry-run")
     _preflight_sweep(args)
@@ -103,7 +103,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from sweeps.finalists import evaluate_command
+    from sweeps.finalists_command import evaluate_command
 
     return evaluate_command(args)
 

@@ -6,6 +6,10 @@ resources, concurrency, scheduler and retries. Every error names the file, the f
 value and what is allowed, and is raised here, before Ray starts: the loader also builds every
 corner of the search space into a TrialConfig so that no sampled trial can be invalid.
 No Ray import here, so `pclc sweep` refuses a bad file in well under a second.
+
+One room (~750 lines): the schema and every check of it, which read one another (a field's check needs the
+others' values). The tracking-store probe (`sweeps.preflight`), the trial's metric list (`sweeps.trial_metrics`)
+and the smoke-test shrink (`sweeps.smoke`) live apart.
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ from pydantic import (
 from pclc import metrics as M
 from pclc.config import OPTIMIZATION_FIELDS, ConfigError, TrialConfig, parse_override, read_yaml
 from pclc.contract import DEFAULT_MARGIN, normalize_tracking_uri
+from pclc.knobs import AUTHORS
+from sweeps.preflight import TrackingStoreError, check_tracking_store  # noqa: F401  (moved; re-exported)
+from sweeps.smoke import SMOKE_EPOCHS, smoke_overrides
+from sweeps.trial_metrics import family_eps, objective_metrics, unchecked_robust_metric  # noqa: F401  (re-exported)
 
 # Fields a sweep may vary per trial. The rest are fixed per sweep because `prepare()` builds the
 # data and the transfer substitute once from them, or because they define what is measured
@@ -40,7 +48,7 @@ SEARCHABLE: tuple[str, ...] = (
     "margin",
     "lc_weight",
     "smoothing",
-    "training",  # with its budget: a training mode is a configuration like a loss (pclc.training)
+    "training",  # with its budget: a training mode is a configuration like a loss (pclc.training_modes)
     "adv_eps",
     "adv_steps",
     "adv_step_size",
@@ -64,7 +72,7 @@ _MAX_CORNERS = 4096  # corner trial configs built per sweep file (cheap: pydanti
 # The references a sweep compares with when its file names none: plain CE with the sweep's own trial
 # settings and, where PC-LC is trained, the authors' ξ and λ (Li et al., AAAI-21).
 CE_REFERENCE: dict[str, Any] = {"name": "ce", "loss": "ce"}
-AUTHORS_REFERENCE: dict[str, Any] = {"name": "pclc-authors", "loss": "pclc", "margin": 0.995, "lc_weight": 0.05}
+AUTHORS_REFERENCE: dict[str, Any] = {"name": "pclc-authors", "loss": "pclc", **AUTHORS}
 VARIANT = "variant"  # key of a trial override (and its Tune config): the arm's label in the grid
 REFERENCE = "reference"  # key of a trial override (and its Tune config) naming the reference arm it is
 
@@ -424,9 +432,7 @@ class SweepConfig(BaseModel):
     def trial_config(self, overrides: dict[str, Any], *, confirmation: bool = False) -> TrialConfig:
         """The TrialConfig of one trial: the base trial (the confirmation's, if asked) with `overrides`
         applied (labels left out)."""
-        base = self.confirm_trial() if confirmation else self.trial
-        values = {**base.model_dump(), **{k: v for k, v in overrides.items() if k not in LABELS}}
-        return TrialConfig(**values)
+        return with_overrides(self.confirm_trial() if confirmation else self.trial, overrides)
 
     def confirm_trial(self) -> TrialConfig:
         """The base trial of the confirmation runs: AutoAttack on every evaluated sample, not a subset."""
@@ -435,6 +441,11 @@ class SweepConfig(BaseModel):
 
 SEARCH_TRIAL = "search_trial"  # key of a confirmation override: the search trial it re-trains
 LABELS = (VARIANT, REFERENCE, SEARCH_TRIAL)  # keys of a trial override that label it, not TrialConfig fields
+
+
+def with_overrides(base: TrialConfig, overrides: dict[str, Any]) -> TrialConfig:
+    """`base` with a trial's `overrides` applied (its labels left out): the TrialConfig that trial trains."""
+    return TrialConfig(**{**base.model_dump(), **{k: v for k, v in overrides.items() if k not in LABELS}})
 
 
 def _without_seed(cfg: TrialConfig) -> dict[str, Any]:
@@ -453,58 +464,6 @@ def _as_grid(key: str, value: Any) -> list[Any]:
 
 
 # --------------------------------------------------------------------------- cross-field checks
-
-
-def objective_metrics(trial: TrialConfig) -> list[str]:
-    """Every final metric a trial with this config reports (what an objective may name)."""
-    from pclc.attacks import AttackSuite
-
-    suite = AttackSuite.from_config(trial)
-    names = [M.CLEAN_ACC, M.ROBUST_ACC, M.PROB_GAP, M.TRAIN_LOSS]
-    exact = [a for a in trial.attacks if a not in trial.worst_case_only]  # the others have no number of their own
-    for attack in exact:
-        names += [M.robust_key(attack, eps) for eps in suite.eps_for(attack)]
-    names += [M.robust_key(M.WORST, eps) for eps in trial.eps]
-    from pclc.attacks import AUTOATTACK, CLASSIC
-
-    families = ((M.WORST_CLASSIC, M.ROBUST_ACC_CLASSIC, CLASSIC), (M.WORST_AA, M.ROBUST_ACC_AA, AUTOATTACK))
-    for aggregate, headline, family in families:
-        if set(family) & set(trial.worst_case_only):
-            continue  # its worst would hold an attack run only where the others failed: not exact
-        ran = family_eps(trial, family)
-        names += [M.robust_key(aggregate, eps) for eps in sorted(ran)]
-        names += [headline] if trial.headline_eps in ran else []
-    names += [M.second_class_key(a) for a in exact]
-    return names
-
-
-def family_eps(trial: TrialConfig, family: tuple[str, ...]) -> set[float]:
-    """The radii at which some attack of `family` runs in this trial (AutoAttack-grade ones only at aa_eps)."""
-    from pclc.attacks import AttackSuite
-
-    suite = AttackSuite.from_config(trial)
-    return {eps for a in trial.attacks if a in family for eps in suite.eps_for(a)}
-
-
-def unchecked_robust_metric(metric: str, trial: TrialConfig) -> str | None:
-    """Why optimising `metric` would reward fooling weak attacks, or None when AutoAttack-grade attacks
-    check it. Softmax-saturating losses (PC) flatten CE gradients: a classic-only number is a claim."""
-    from pclc.attacks import AUTOATTACK, CLASSIC
-
-    aa_eps = family_eps(trial, AUTOATTACK)
-    if metric == M.ROBUST_ACC_CLASSIC:
-        return "it is the paper's classic attacks alone"
-    parsed = M.parse_robust_key(metric)
-    if metric == M.ROBUST_ACC:
-        parsed = (M.WORST, trial.headline_eps)
-    if parsed is None:
-        return None
-    attack, eps = parsed
-    if attack in CLASSIC or attack == M.WORST_CLASSIC:
-        return f"{attack} is one of the paper's classic attacks, not AutoAttack-grade"
-    if attack == M.WORST and eps not in aa_eps:
-        return f"no AutoAttack-grade attack runs at eps={M.format_eps(eps)} (trial.attacks, trial.aa_eps)"
-    return None
 
 
 def _problems(cfg: SweepConfig) -> list[str]:
@@ -704,43 +663,6 @@ def _short(values: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- loading
 
 
-class TrackingStoreError(ValueError):
-    """The MLflow tracking store cannot be reached or created; found before Ray starts."""
-
-
-def check_tracking_store(uri: str, *, timeout: float = 5.0) -> None:
-    """Fail fast when `uri` cannot work: a server that does not answer, a SQLite file in a missing folder.
-
-    Only connection failures count: any HTTP answer (even 401/404 from a proxy) means a server is there.
-    """
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///"))
-        if not db.parent.is_dir():
-            raise TrackingStoreError(
-                f"tracking URI {uri}: folder {db.parent} does not exist; create it or point --tracking-uri elsewhere"
-            )
-        if db.exists() and not db.is_file():
-            raise TrackingStoreError(f"tracking URI {uri}: {db} is not a file")
-        if not os.access(db if db.exists() else db.parent, os.W_OK):
-            raise TrackingStoreError(f"tracking URI {uri}: {db if db.exists() else db.parent} is not writable")
-        return
-    if uri.startswith(("http://", "https://")):
-        import urllib.error
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
-                return
-        except urllib.error.HTTPError:
-            return  # something answered
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise TrackingStoreError(
-                f"MLflow tracking server {uri} cannot be reached ({reason}); start it "
-                f"(mlflow server --host 127.0.0.1 --port PORT) or check --tracking-uri"
-            ) from None
-
-
 def _expand_env(value: Any, where: str, problems: list[str]) -> Any:
     """`${VAR}` / `${VAR:-default}` in string values, so data paths can differ per machine."""
     if isinstance(value, dict):
@@ -830,7 +752,7 @@ def parse_sweep(data: dict[str, Any], *, source: str = "sweep") -> SweepConfig:
     return cfg
 
 
-def load_sweep(path: str | Path, overrides: list[str] | None = None, *, smoke: bool = False) -> SweepConfig:
+def read_sweep_file(path: str | Path, overrides: list[str] | None = None, *, smoke: bool = False) -> SweepConfig:
     """The one loader: YAML file ← `--set key=value` (dotted keys, e.g. trial.epochs=2).
 
     `smoke` (`--smoke-test`) shrinks the sweep to check the plumbing; the user's `--set` still wins over
@@ -839,7 +761,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None, *, smoke: b
     if smoke:
         given = dict(parse_override(item) for item in overrides)
         epochs = int(given.get("trial.epochs", SMOKE_EPOCHS))  # a searched length follows the user's --set too
-        overrides = overrides + smoke_overrides(load_sweep(path, overrides), epochs=epochs) + overrides
+        overrides = overrides + smoke_overrides(read_sweep_file(path, overrides), epochs=epochs) + overrides
     data = read_yaml(path)
     for item in overrides:
         key, value = parse_override(item)
@@ -848,54 +770,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None, *, smoke: b
     return parse_sweep(data, source=source)
 
 
-SMOKE_EPOCHS = 2  # `--smoke-test`: epochs per trial (a searched training length: this or one more)
-
-
-def smoke_overrides(cfg: SweepConfig, *, epochs: int = SMOKE_EPOCHS) -> list[str]:
-    """`--smoke-test`: 2 trials of 2 epochs on a small subset, cheap attacks, and a confirmation of the best on
-    2 fresh seeds against the first reference: checks the plumbing."""
-    sets = [
-        f"trial.epochs={epochs}",
-        "trial.warmup_epochs=1",
-        "trial.train_limit=256",
-        "trial.eval_limit=64",
-        "trial.epoch_eval_samples=32",
-        "trial.attack_steps=2",
-        "trial.spsa_samples=8",
-        "trial.substitute_epochs=1",
-        "scheduler=none",
-        f"name={cfg.name}-smoke",
-        # AutoAttack still runs (the objective needs it), on a few samples with a small budget
-        "trial.aa_limit=16",
-        "trial.aa_steps=5",
-        "trial.square_queries=50",
-        "trial.epoch_attack_steps=2",
-    ]
-    refs = cfg.references()
-    if refs:  # the first reference alone: the verdict's plumbing, at a third of the cost
-        sets.append(f"reference={json.dumps(refs[:1])}")
-    if cfg.mode == "optimize" and cfg.confirm.top:
-        sets += ["confirm.top=1", f"confirm.seeds={json.dumps(cfg.planned_seeds()[:2])}", "confirm.looks=null"]
-    if cfg.mode == "optimize":
-        sets.append("num_trials=2")
-        shrunk = {
-            "epochs": (f"{{type: int, low: {epochs}, high: {epochs + 1}}}", epochs),
-            "warmup_epochs": ("{type: int, low: 1, high: 2}", 1),
-        }
-        points = [dict(p) for p in cfg.initial_points]
-        for key, (space, value) in shrunk.items():
-            if key in cfg.space:
-                sets.append(f"space.{key}={space}")
-                points = [{**p, key: value} if key in p else p for p in points]
-        if points != cfg.initial_points:
-            sets.append(f"initial_points={json.dumps(points)}")
-    else:
-        first = [
-            {k: (v[0] if isinstance(v, list) and k != "milestones" else v) for k, v in var.items()}
-            for var in cfg.variants[:2]
-        ]
-        sets += [f"variants={json.dumps(first)}", f"seeds=[{cfg.seeds[0]}]"]
-    return sets
+load_sweep = read_sweep_file  # the old name (analysis.load.load_sweep reads MLflow): kept while branches merge
 
 
 def resolved_yaml(cfg: SweepConfig) -> str:

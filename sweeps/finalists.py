@@ -18,28 +18,30 @@ Progress: while a chunk is scored, a line on stderr says which attack of the ens
 are still robust, at each attack's start and end and at most every `PROGRESS_EVERY` seconds in between.
 
 Runs are scored one after the other in this process, or with `--address` one Ray task per run
-(Ray is imported only then).
+(Ray is imported only then): the command, choosing the runs and printing the table, is `sweeps.finalists_command`.
+
+One room (~560 lines): the re-score of one run, from its weights to its logged numbers, resumable chunk by chunk;
+its parts (the chunked AutoAttack, the run's artifacts, the logging) share the run's state file and settings.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
-import math
 import os
 import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pclc import contract as C
 from pclc import metrics as M
+from pclc.contract import FINALIST, FINALIST_SETTINGS  # tags on the trial's run (imported from here by tests)
 from pclc.files import write_atomic
 
 if TYPE_CHECKING:  # torch, MLflow and the attacks load when there is work, not for `pclc --help`
@@ -52,13 +54,8 @@ if TYPE_CHECKING:  # torch, MLflow and the attacks load when there is work, not 
     from pclc.config import TrialConfig
     from pclc.outcomes import Outcomes
 
-# Tags on the trial's child run (beside sweeps.tracking's).
-FINALIST = "pclc.finalist"  # "1" once a full AutoAttack re-score is logged
-FINALIST_SETTINGS = "pclc.finalist_settings"  # JSON: n, aa_steps, square_queries and the eps it covers
 
 ATTACK = "autoattack"  # the reference's standard AutoAttack (pclc.attacks)
-WEIGHTS = "weights/model.pt"  # where a trial with `save_weights: true` logs its final weights
-EVALUATION = "evaluation.json"  # the trial's metrics, warnings and resolved TrialConfig
 DEFAULT_CHUNK = 256  # samples per chunk: the unit of resume (and of AutoAttack's seeding)
 DEFAULT_AA_STEPS = 100  # APGD / FAB iterations of the standard AutoAttack
 DEFAULT_SQUARE_QUERIES = 5000  # Square Attack queries of the standard AutoAttack
@@ -67,11 +64,6 @@ PROGRESS_EVERY = 5.0  # seconds between progress lines while an attack works (Ra
 # Called after each chunk is scored and saved: (state file, the chunk's first sample). A fault seam, like a
 # sweep's `run_fn`: the resume's test kills the process there; production passes none.
 ChunkSaved = Callable[[Path, int], None]
-_QUIET_MLFLOW = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
-    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-}
 
 
 class FinalistError(ValueError):
@@ -111,71 +103,6 @@ class Finalist:
     chunks_reused: int = 0
     chunks_scored: int = 0
     error: str | None = None
-
-
-# --------------------------------------------------------------------------- choosing runs
-
-
-def resolve_uri(uri: str | None) -> str:
-    """The store to read: `pclc analyze`'s rules (default `sqlite:///<abs cwd>/mlflow.db`, which must exist)."""
-    from analysis.load import AnalysisError, resolve_tracking_uri
-
-    try:
-        return resolve_tracking_uri(uri)
-    except AnalysisError as err:
-        raise FinalistError(str(err)) from None
-
-
-def select_runs(
-    client: MlflowClient,
-    *,
-    run_ids: list[str] | None = None,
-    experiment: str | None = None,
-    top: int = 1,
-    objective: str | None = None,
-    mode: str | None = None,
-) -> list[str]:
-    """The run ids to re-score: `run_ids` as given (each checked to exist), or the `top` finished trial
-    runs of `experiment`'s latest sweep by `objective` (default: the sweep's headline and its direction)."""
-    from mlflow.exceptions import MlflowException
-
-    from sweeps.tracking import retrying
-
-    if run_ids:
-        ids = list(dict.fromkeys(run_ids))
-        missing = []
-        for rid in ids:
-            try:
-                retrying(client.get_run, rid)
-            except MlflowException:
-                missing.append(rid)
-        if missing:
-            where = client.tracking_uri
-            raise FinalistError(
-                f"no run {', '.join(map(repr, missing))} in {where}; pass trial (child) run ids "
-                "as MLflow shows them, or choose with --experiment NAME --top N"
-            )
-        return ids
-    if experiment is None:
-        raise FinalistError("choose the runs: --run-id ID [ID …], or --experiment NAME --top N")
-    from analysis.load import AnalysisError, canonical_metric, load_sweep
-
-    try:
-        sweep = load_sweep(experiment, tracking_uri=client.tracking_uri, client=client)
-    except AnalysisError as err:
-        raise FinalistError(str(err)) from None
-    metric = canonical_metric(objective) if objective else sweep.headline
-    direction = mode or sweep.direction(metric)
-    trials = sweep.trials
-    if metric not in trials:
-        known = ", ".join(m for m in sweep.metrics if not m.startswith(M.FINALIST_PREFIX)) or "none"
-        raise FinalistError(
-            f"no finished trial of experiment {experiment!r} has the metric {metric!r}; its metrics: {known}"
-        )
-    ranked = trials[trials[metric].notna()].sort_values(metric, ascending=direction == "min", kind="stable")
-    if ranked.empty:
-        raise FinalistError(f"experiment {experiment!r} has no finished trial with a value of {metric!r}")
-    return list(ranked["run_id"][:top])
 
 
 # --------------------------------------------------------------------------- chunked AutoAttack with resume
@@ -345,7 +272,7 @@ def chunked_autoattack(
 
 def config_label(cfg: TrialConfig) -> str:
     """'pclc ξ=0.995 λ=0.05 seed=0': the loss and the paper's knobs it uses, and the seed."""
-    from analysis.load import SYMBOL
+    from pclc.knobs import SYMBOL
     from pclc.losses import IGNORED_BY_LOSS, KNOBS
 
     knobs = [k for k in KNOBS if k not in IGNORED_BY_LOSS.get(cfg.loss, frozenset())]
@@ -370,14 +297,16 @@ def _trial_config(path: Path, run_id: str) -> TrialConfig:
         values = payload["config"]
         assert isinstance(values, dict)
     except (OSError, ValueError, KeyError, TypeError, AssertionError):
-        raise FinalistError(f"run {run_id}: {EVALUATION} holds no resolved trial config ('config')") from None
+        raise FinalistError(
+            f"run {run_id}: {C.EVALUATION_ARTIFACT} holds no resolved trial config ('config')"
+        ) from None
     unknown = sorted(set(values) - set(TrialConfig.model_fields))
     if unknown:  # a run logged by an older version: the fields that matter here are all still there
         print(
             f"pclc evaluate: note: run {run_id}: ignoring config fields this version lacks: {unknown}", file=sys.stderr
         )
     known = {k: v for k, v in values.items() if k in TrialConfig.model_fields}
-    return make_config(known, source=f"run {run_id} {EVALUATION}")
+    return make_config(known, source=f"run {run_id} {C.EVALUATION_ARTIFACT}")
 
 
 def _done_settings(tags: dict[str, str]) -> dict[str, Any] | None:
@@ -424,16 +353,16 @@ def evaluate_run(run_id: str, settings: Settings) -> Finalist:
         )
 
     with tempfile.TemporaryDirectory(prefix="pclc-finalist-") as tmp:
-        weights = _download(client, run_id, WEIGHTS, tmp)
+        weights = _download(client, run_id, C.WEIGHTS_ARTIFACT, tmp)
         if weights is None:
             raise FinalistError(
-                f"run {run_id} has no weights artifact ({WEIGHTS}): its trial ran with "
+                f"run {run_id} has no weights artifact ({C.WEIGHTS_ARTIFACT}): its trial ran with "
                 "save_weights: false. Set `save_weights: true` in the sweep file's trial: block "
                 "(or --set save_weights=true) and run the trial again to re-score it"
             )
-        evaluation = _download(client, run_id, EVALUATION, tmp)
+        evaluation = _download(client, run_id, C.EVALUATION_ARTIFACT, tmp)
         if evaluation is None:
-            raise FinalistError(f"run {run_id} has no {EVALUATION}: its final evaluation was never logged")
+            raise FinalistError(f"run {run_id} has no {C.EVALUATION_ARTIFACT}: its final evaluation was never logged")
         cfg = _trial_config(evaluation, run_id)
         state_dict = load_checkpoint(weights)
         earlier = _download(client, run_id, C.FINALIST_OUTCOMES_ARTIFACT, tmp)
@@ -637,141 +566,3 @@ def attempt_on_worker(run_id: str, settings: Settings) -> Finalist:
     except GPUUnavailableError as exc:
         return Finalist(run_id=run_id, error=f"run {run_id}: {exc}")
     return attempt(run_id, replace(settings, device=trial_device(settings.device, gpu_ids=gpu_ids)))
-
-
-# --------------------------------------------------------------------------- many runs
-
-
-def run_local(run_ids: Iterable[str], settings: Settings) -> list[Finalist]:
-    """One run after the other in this process (no Ray)."""
-    return [attempt(rid, settings) for rid in run_ids]
-
-
-def run_ray(run_ids: list[str], settings: Settings, address: str) -> list[Finalist]:
-    """One Ray task per run (a GPU each when the cluster has GPUs and the device allows), gathered."""
-    import ray
-
-    try:
-        ray.init(address=address, include_dashboard=False, configure_logging=False)
-    except (ConnectionError, RuntimeError) as exc:
-        raise FinalistError(f"cannot join the Ray cluster at --address {address!r}: {exc}") from None
-    try:
-        gpus = float(ray.cluster_resources().get("GPU", 0))
-        num_gpus = 1 if gpus >= 1 and settings.device in ("auto", "cuda") else 0
-        task = ray.remote(num_cpus=1, num_gpus=num_gpus)(attempt_on_worker)
-        refs = [task.remote(rid, settings) for rid in run_ids]
-        out = []
-        for rid, ref in zip(run_ids, refs):
-            try:
-                out.append(ray.get(ref))
-            except Exception as exc:  # the task crashed (after Ray's retries): keep the others' results
-                first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                out.append(Finalist(run_id=rid, error=f"run {rid}: the Ray task failed: {first[:400]}"))
-        return out
-    finally:
-        ray.shutdown()
-
-
-def _fmt(v: float | None) -> str:
-    return "-" if v is None or not math.isfinite(v) else f"{v:.4f}"
-
-
-def format_table(results: list[Finalist]) -> str:
-    """run id, trial config, trial robust_acc, finalist robust_acc (headline eps), other eps, n."""
-    extra = sorted({e for r in results if not r.error for e in r.eps if e != r.headline_eps})
-    head = [
-        "run",
-        "config",
-        "trial robust_acc",
-        "finalist robust_acc",
-        *(f"finalist eps={M.format_eps(e)}" for e in extra),
-        "n",
-        "note",
-    ]
-    rows = []
-    for r in results:
-        if r.error:
-            rows.append([r.run_id, "-", "-", "-", *("-" for _ in extra), "-", "failed (see above)"])
-            continue
-        per_eps = [r.metrics.get(M.finalist_key(M.robust_key(ATTACK, e))) if e in r.eps else None for e in extra]
-        note = (
-            "already scored" if r.skipped else (f"resumed ({r.chunks_reused} chunks kept)" if r.chunks_reused else "")
-        )
-        rows.append(
-            [
-                r.run_id,
-                r.label,
-                _fmt(r.trial_robust_acc),
-                _fmt(r.metrics.get(M.finalist_key(M.ROBUST_ACC))),
-                *map(_fmt, per_eps),
-                str(r.n),
-                note,
-            ]
-        )
-    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *rows]]
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- the command
-
-
-def settings_from_args(args: argparse.Namespace, tracking_uri: str) -> Settings:
-    if args.eps is not None:
-        bad = [e for e in args.eps if not 0.0 < e <= 1.0]
-        if bad:
-            raise FinalistError(f"--eps {bad}: every eps must be in (0, 1] (pixels in [0, 1])")
-    state_dir = (
-        Path(args.state_dir).expanduser().resolve() if args.state_dir else Path.cwd().resolve() / "runs" / "finalists"
-    )
-    return Settings(
-        tracking_uri=tracking_uri,
-        limit=args.limit,
-        eps=tuple(args.eps) if args.eps else None,
-        batch_size=args.batch_size,
-        device=args.device,
-        chunk_size=args.chunk_size,
-        aa_steps=args.aa_steps,
-        square_queries=args.square_queries,
-        state_dir=str(state_dir),
-        force=args.force,
-    )
-
-
-def evaluate_command(args: argparse.Namespace, *, on_chunk: ChunkSaved | None = None) -> int:
-    """`pclc evaluate`: choose, re-score, log, print the table; 2 when a run could not be re-scored.
-    `on_chunk`: see ChunkSaved (a test's fault seam; the `pclc` command passes none)."""
-    added = [k for k in _QUIET_MLFLOW if k not in os.environ]  # for this call only: main may run in a longer process
-    os.environ.update({k: _QUIET_MLFLOW[k] for k in added})
-    try:
-        return _evaluate(args, on_chunk)
-    finally:
-        for k in added:
-            os.environ.pop(k, None)
-
-
-def _evaluate(args: argparse.Namespace, on_chunk: ChunkSaved | None) -> int:
-    from mlflow.tracking import MlflowClient
-
-    uri = resolve_uri(args.tracking_uri)
-    settings = replace(settings_from_args(args, uri), on_chunk=on_chunk)
-    client = MlflowClient(uri)
-    run_ids = select_runs(
-        client, run_ids=args.run_id, experiment=args.experiment, top=args.top, objective=args.objective, mode=args.mode
-    )
-    if not args.run_id:
-        print(f"pclc evaluate: the top {len(run_ids)} of {args.experiment!r}: {', '.join(run_ids)}", file=sys.stderr)
-    results = run_ray(run_ids, settings, args.address) if args.address else run_local(run_ids, settings)
-    for r in results:
-        if r.error:
-            print(f"pclc evaluate: error: {r.error}", file=sys.stderr)
-    print(format_table(results))
-    print(f"state files: {settings.state_dir}", file=sys.stderr)
-    failed = [r.run_id for r in results if r.error]
-    if failed:
-        print(
-            f"pclc evaluate: error: {len(failed)} of {len(results)} runs could not be re-scored: {', '.join(failed)}",
-            file=sys.stderr,
-        )
-        return 2
-    return 0

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pclc.files import write_atomic
 from sweeps.config import SweepConfig
 
 METADATA_FILE = "pclc_sweep.json"  # in the Ray experiment folder: where this sweep is tracked
@@ -62,3 +63,10 @@ def read_metadata(exp_path: str) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def write_local(exp_path: str, name: str, text: str) -> None:
+    """Write `name` into the experiment folder; nothing on remote storage (the parent run in MLflow holds the same)."""
+    if "://" in exp_path:
+        return  # remote storage: the parent run in MLflow holds the same information
+    write_atomic(Path(exp_path) / name, text)

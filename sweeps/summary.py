@@ -1,14 +1,14 @@
 """The end of a sweep on the terminal: the best rows (or the Pareto front), the ablation's table, the summary.
 
-Printing only: `sweeps.driver` collects the trials into a `SweepResult`; this module ranks its rows and says
-what happened, where the results are and how to look at them.
+Printing only: the stages (`sweeps.stages`) collect the trials into a `SweepResult`; this module ranks its rows
+and says what happened, where the results are and how to look at them.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -16,9 +16,7 @@ from analysis.stats import mean_sd, pareto_mask
 from pclc import contract as C
 from pclc import metrics as M
 from sweeps.config import SweepConfig
-
-if TYPE_CHECKING:  # the driver imports this module: its result type is only named here
-    from sweeps.driver import SweepResult
+from sweeps.result import SweepResult
 
 
 def best_rows(cfg: SweepConfig, rows: list[dict[str, Any]], top: int = 5) -> list[dict[str, Any]]:

@@ -8,6 +8,9 @@ answers "database is locked" when several trial processes write at once. A trial
 survive a tracking server that is down for a while: they wait in a buffer (in memory and in a
 file in the trial's output folder, so a retry finds them) and are sent once it answers again;
 the final evaluation waits for it at most `patience_s`. No Ray import here.
+
+One room (~760 lines): both ends of the run layout, the driver's (`SweepTracker`) and the trial's (`TrialRun`),
+over one retry policy (`retrying`, `patiently`); they must agree on every tag and on how a run is found.
 """
 
 from __future__ import annotations
@@ -75,12 +78,8 @@ _UNREACHABLE = (
 PATIENCE_ENV = "PCLC_TRACKING_PATIENCE_S"  # how long a trial waits for MLflow at its end (seconds)
 DEFAULT_PATIENCE_S = 600.0
 # MLflow's client retries a refused request 7 times with back-off (minutes) before it raises:
-# a trial retries on its own terms instead, so the client gives up after a few seconds.
-_CLIENT_LIMITS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
-}
+# a trial retries on its own terms instead, so the client gives up after a few seconds (the one policy).
+_CLIENT_LIMITS = C.MLFLOW_CLIENT_ENV
 
 
 def artifact_root(tracking_uri: str) -> str | None:
@@ -245,11 +244,11 @@ class TrialOutcome:
 # --------------------------------------------------------------------------- driver side
 
 
-class _Search:
-    """`close_trial(run=SEARCH)`: the caller has not looked the trial's run up."""
+class _NotLookedUp:
+    """`close_trial(run=NOT_LOOKED_UP)`: the caller has not looked the trial's run up (close_trial searches it)."""
 
 
-SEARCH = _Search()
+NOT_LOOKED_UP = _NotLookedUp()
 
 
 class SweepTracker:
@@ -383,21 +382,16 @@ class SweepTracker:
 
     def child_runs(self, view: int = ViewType.ACTIVE_ONLY, parent_run_id: str | None = None) -> list[Run]:
         """Every child run of the parent (this sweep's by default), page by page."""
-        runs: list[Run] = []
-        token = None
-        while True:
-            page = self._call(
+        return C.every_page(
+            lambda token: self._call(
                 self.client.search_runs,
                 [self.experiment_id],
                 filter_string=f"tags.`{PARENT}` = '{parent_run_id or self.parent_run_id}'",
                 run_view_type=view,
-                max_results=1000,
+                max_results=C.RUNS_PAGE,
                 page_token=token,
             )
-            runs.extend(page)
-            token = page.token
-            if not token:
-                return runs
+        )
 
     def close_trial(
         self,
@@ -406,11 +400,11 @@ class SweepTracker:
         error: str | None = None,
         stopped: bool = False,
         params: dict[str, Any] | None = None,
-        run: Run | None | _Search = SEARCH,
+        run: Run | None | _NotLookedUp = NOT_LOOKED_UP,
     ) -> None:
         """The driver's last word on one trial: FAILED with a reason, KILLED when stopped early. `run` is its
         run when the caller already searched (None: it has none), else it is searched for here."""
-        if run is SEARCH:
+        if run is NOT_LOOKED_UP:
             run = self._call(find_trial_run, self.client, self.target, trial_id)
         if run is None:
             if error is None:
@@ -712,7 +706,7 @@ class TrialRun:
         if outcomes is not None:
             call(self.client.log_text, self.run_id, outcomes, C.OUTCOMES_ARTIFACT)
         if weights is not None and weights.is_file():
-            call(self.client.log_artifact, self.run_id, str(weights), "weights")
+            call(self.client.log_artifact, self.run_id, str(weights), C.WEIGHTS_DIR)
         tags = C.samples_tags(evaluation.get("samples") or {})  # the analysis reads them from the runs' search
         left_out = [str(w) for w in evaluation.get("warnings", []) if str(w).startswith(LEFT_OUT_WARNING)]
         if left_out:  # a tag, so that the analysis sees it without downloading every run's evaluation.json

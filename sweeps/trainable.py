@@ -183,7 +183,7 @@ def trainable(config: dict[str, Any], *, prepared: Any, setup: TrialSetup) -> No
         from pclc.experiment import run_trial as run_fn
     reporter = TuneReporter(
         run,
-        weights=out / "model.pt" if cfg.save_weights else None,
+        weights=out / C.WEIGHTS_FILE if cfg.save_weights else None,
         checkpoint_dest=f"{setup.experiment_path}/trial_{trial_id}" if setup.experiment_path else "the storage_path",
         gpu_share=gpu_share(),
     )

@@ -7,6 +7,11 @@ and `searcher-state-*.pkl` (Optuna's study). It copies them to storage one by on
 so a driver killed mid-copy can leave a trial list from one moment beside a search state from the next:
 the search then counts trials the snapshot never recorded, and the resumed sweep ends short of
 `num_trials` (or runs past it, the other way round).
+
+These files are Tune's private format (and Optuna's pickled study inside OptunaSearch's). Their layout is
+checked first (`layout_problem`): on anything but what Ray `RAY_CHECKED` writes, the resume is refused with a
+message naming the versions (`UnknownTuneLayout`), never mended by guesswork or silently left alone.
+pyproject.toml pins Ray to that minor version; tests/fixtures/tune_state holds a snapshot it wrote.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ SNAPSHOT = "experiment_state-*.json"  # the trials: what a resume restores
 SEARCH_STATE = "search_gen_state-*.json"  # a cloudpickle, whatever its name says
 SEARCHER_STATE = "searcher-state-*.pkl"
 LIMITER = "name:ConcurrencyLimiter"
+RAY_CHECKED = "2.60"  # the Ray minor version whose private layout this module reads (pyproject.toml pins it)
 
 
 def has_snapshot(exp_path: str) -> bool:
@@ -62,6 +68,50 @@ def _read(path: Path, load: Callable[[bytes], Any], exp_path: str) -> Any:
         ) from None
 
 
+class UnknownTuneLayout(DamagedState):
+    """Tune's saved state is not laid out as this module reads it (another Ray): the resume is refused."""
+
+
+def layout_problem(snapshot: Any, search: Any, searcher: Any) -> str | None:
+    """What in Tune's saved state (the parsed snapshot, search state and searcher state, the last None when
+    there is none) is not where `align_search_state` reads and rewrites it, or None when all is."""
+    trial_data = snapshot.get("trial_data") if isinstance(snapshot, dict) else None
+    if not isinstance(trial_data, list) or not all(isinstance(t, list | tuple) and len(t) == 2 for t in trial_data):
+        return "experiment_state: no `trial_data` list of (trial, runtime) pairs"
+    try:
+        if not all("trial_id" in json.loads(t) for t, _ in trial_data):
+            return "experiment_state: a trial without `trial_id`"
+    except (TypeError, ValueError):
+        return "experiment_state: a trial that is not a JSON object"
+    if not isinstance(search, dict) or not isinstance(search.get("counter"), int):
+        return "search_gen_state: no integer `counter` of the trials created"
+    limiter = search.get(LIMITER)
+    if limiter is not None and not (
+        isinstance(limiter, dict)
+        and isinstance(limiter.get("live_trials"), set)
+        and isinstance(limiter.get("num_unfinished_live_trials"), int)
+    ):
+        return f"search_gen_state: `{LIMITER}` without a `live_trials` set and a `num_unfinished_live_trials` count"
+    if searcher is not None and not (
+        isinstance(searcher, dict)
+        and isinstance(searcher.get("_ot_trials"), dict)
+        and all(hasattr(searcher.get("_ot_study"), m) for m in ("tell", "enqueue_trial"))
+    ):
+        return "searcher-state: not OptunaSearch's `_ot_trials` dict beside its `_ot_study`"
+    return None
+
+
+def _refuse_layout(problem: str, exp_path: str) -> UnknownTuneLayout:
+    import ray
+
+    return UnknownTuneLayout(
+        f"the sweep's saved Tune state in {exp_path} is not laid out as pclc reads it ({problem}); pclc reads the "
+        f"layout of Ray {RAY_CHECKED}.x and Ray {ray.__version__} is installed. pclc refuses to resume it rather "
+        f"than guess. The trials' results in MLflow are kept: resume with the Ray that started the sweep, or move "
+        f"{exp_path} aside and start it again without --resume"
+    )
+
+
 def _newest(folder: Path, pattern: str) -> Path | None:
     """The file Tune restores from: the greatest name (names end in the session's start time)."""
     found = sorted(folder.glob(pattern))
@@ -70,7 +120,8 @@ def _newest(folder: Path, pattern: str) -> Path | None:
 
 def align_search_state(exp_path: str) -> str | None:
     """Make the saved search state agree with the saved trials; what was changed, or None. A file that
-    cannot be read raises `DamagedState`, naming it: Tune itself would start the sweep over silently.
+    cannot be read raises `DamagedState`, naming it: Tune itself would start the sweep over silently; one laid
+    out otherwise than Ray `RAY_CHECKED` writes raises `UnknownTuneLayout`, naming the versions.
 
     Trials the search created after the snapshot (unknown to it) are forgotten: they leave the
     concurrency limiter, fail in Optuna's study, and an initial point one of them had taken is queued
@@ -85,15 +136,19 @@ def align_search_state(exp_path: str) -> str | None:
         return None
     import ray.cloudpickle as cloudpickle
 
-    trials = _read(snapshot, lambda b: {json.loads(t)["trial_id"] for t, _ in json.loads(b)["trial_data"]}, exp_path)
+    saved = _read(snapshot, json.loads, exp_path)
     state = _read(search, cloudpickle.loads, exp_path)
     loaded = _read(searcher, pickle.loads, exp_path) if searcher is not None else None
-    if state.get("counter") == len(trials):
+    problem = layout_problem(saved, state, loaded)
+    if problem is not None:
+        raise _refuse_layout(problem, exp_path)
+    trials = {json.loads(t)["trial_id"] for t, _ in saved["trial_data"]}
+    if state["counter"] == len(trials):
         return None
     created = state["counter"]
     state["counter"] = len(trials)
     limiter = state.get(LIMITER) or {}
-    optuna_state = loaded if isinstance(loaded, dict) and "_ot_trials" in loaded else None
+    optuna_state = loaded
     known = set(limiter.get("live_trials", ())) | set((optuna_state or {}).get("_ot_trials", {}))
     unknown = sorted(known - trials)
     for trial_id in unknown:

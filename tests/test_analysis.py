@@ -395,6 +395,25 @@ def figure(report, name: str):
     return fig
 
 
+def test_the_report_computes_the_verdict_once_and_hands_it_to_the_plots(
+    store: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import analysis.report as report_module
+    import analysis.verdict as verdict_module
+
+    calls: list[bool] = []  # per verdict computed: whether it had the per-sample outcomes
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs.get("outcomes") is not None)
+        return verdict_module.verdict(*args, **kwargs)
+
+    monkeypatch.setattr(report_module, "verdict", counted)
+    monkeypatch.setattr(plots, "verdict", counted)
+    sweep = load_sweep("ablation", tracking_uri=store["uri"])
+    report = write_report(sweep, tmp_path / "once", client=store["client"], log_to_mlflow=False)
+    assert calls == [True] and report.verdict is not None  # the table's verdict, with outcomes, also the plots'
+
+
 def _legend_texts(fig) -> list[str]:
     return [t.get_text() for leg in fig.legends for t in leg.get_texts()] + [
         t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()

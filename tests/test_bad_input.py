@@ -27,7 +27,7 @@ from test_sweep_config import BAD, _ablation, _optimize
 
 from pclc.train import CheckpointError, Trainer, load_checkpoint, save_checkpoint, seed_everything
 from sweeps.cli import main
-from sweeps.config import load_sweep
+from sweeps.config import read_sweep_file
 
 QUICKSTART = Path(__file__).parents[1] / "sweeps/configs/quickstart.yaml"
 RECORDED = ("mlflow.db", "mlartifacts")  # what earlier sweeps left in the cwd: must survive a refused command
@@ -249,7 +249,7 @@ def test_more_malformed_sweep_fields_are_named_and_exit_2(
 ) -> None:
     path = write_yaml(cwd, data)
     with pytest.raises(ValueError):  # the loader refuses it: the command below can never start a sweep
-        load_sweep(path)
+        read_sweep_file(path)
     err = refused(["sweep", str(path)], capsys, cwd)
     assert str(path) in err
     for text in expected:

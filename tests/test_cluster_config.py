@@ -278,7 +278,7 @@ def test_the_docs_use_commands_flags_files_and_sweeps_that_exist() -> None:
 
     from analysis.cli import build_parser as analyze_parser
     from sweeps.cli import build_parser
-    from sweeps.config import load_sweep
+    from sweeps.config import read_sweep_file
 
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     pclc_commands = next(a for a in build_parser()._actions if a.dest == "command").choices
@@ -303,7 +303,7 @@ def test_the_docs_use_commands_flags_files_and_sweeps_that_exist() -> None:
             ):
                 assert (REPO / path).is_file(), f"the README's cluster section names {path}, which does not exist"
                 if path.startswith("sweeps/configs/"):
-                    load_sweep(REPO / path)  # a config the docs send to the cluster must be valid
+                    read_sweep_file(REPO / path)  # a config the docs send to the cluster must be valid
     assert {"ray", "pclc", "ssh"} <= seen
 
 

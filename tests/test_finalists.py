@@ -38,7 +38,7 @@ FINALIST_N = M.to_mlflow(M.finalist_key("n_samples"))
 KILLED_AFTER_FIRST_CHUNK = """
 import os, signal, sys
 from sweeps.cli import build_parser
-from sweeps.finalists import evaluate_command
+from sweeps.finalists_command import evaluate_command
 
 def kill(state_file, start):
     assert start == 0 and state_file.is_file()

@@ -71,3 +71,39 @@ def test_the_scan_sees_lazy_imports(tmp_path: Path) -> None:
     source = tmp_path / "m.py"
     source.write_text("import os\n\ndef f():\n    import ray.tune\n    from mlflow.tracking import MlflowClient\n")
     assert _imported(source) == {"os", "ray", "mlflow"}
+
+
+def test_a_large_module_says_why_it_is_one_room() -> None:
+    # a module over ~500 lines says at its top why its parts belong together (or it is split)
+    silent = {
+        str(p.relative_to(ROOT)): lines
+        for package in ("pclc", "sweeps", "analysis")
+        for p in sorted((ROOT / package).rglob("*.py"))
+        if (lines := len(p.read_text().splitlines())) > 500
+        and "One room" not in (ast.get_docstring(ast.parse(p.read_text())) or "")
+    }
+    assert not silent, f"modules over 500 lines without 'One room (…)' in their docstring: {silent}"
+
+
+def test_no_import_circle_inside_sweeps() -> None:
+    # every import between sweeps modules, lazy ones included, points one way
+    graph = {
+        f"sweeps.{p.stem}": {
+            n.module
+            for n in ast.walk(ast.parse(p.read_text()))
+            if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("sweeps.")
+        }
+        for p in (ROOT / "sweeps").glob("*.py")
+    }
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, f"import circle: {' -> '.join((*path, module))}"
+        if module in done:
+            return
+        for dep in sorted(graph.get(module, ())):
+            visit(dep, (*path, module))
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, ())

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sweep_util import tiny_ablation, tiny_optimize
 
-from sweeps.driver import SweepResult
+from sweeps.result import SweepResult
 from sweeps.summary import ablation_table, best_rows, print_summary
 
 

@@ -14,8 +14,8 @@ from pclc.config import TrialConfig
 from sweeps.config import (
     SEARCHABLE,
     SweepConfigError,
-    load_sweep,
     parse_sweep,
+    read_sweep_file,
     resolved_yaml,
     shipped_configs,
 )
@@ -41,7 +41,7 @@ def test_the_expected_files_are_shipped() -> None:
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_shipped_file_validates(path: Path) -> None:
-    cfg = load_sweep(path)
+    cfg = read_sweep_file(path)
     assert cfg.name == path.stem
     assert cfg.total_trials() >= 1
     # the resolved file round-trips into the same sweep
@@ -53,7 +53,7 @@ def test_shipped_file_validates(path: Path) -> None:
     "path", [p for p in SHIPPED if not p.stem.endswith("_digits") and p.stem != "quickstart"], ids=lambda p: p.stem
 )
 def test_paper_scale_files_use_gpus_and_start_from_the_authors_defaults(path: Path) -> None:
-    cfg = load_sweep(path)
+    cfg = read_sweep_file(path)
     assert 0 < cfg.resources.gpu <= 1
     assert cfg.trial.data_root is not None and Path(cfg.trial.data_root).is_absolute()
     authors = {"margin": 0.995, "lc_weight": 0.05}.items()
@@ -67,14 +67,14 @@ def test_paper_scale_files_use_gpus_and_start_from_the_authors_defaults(path: Pa
 
 def test_data_root_comes_from_an_environment_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PCLC_DATA", str(tmp_path / "datasets"))
-    cfg = load_sweep(Path(__file__).parents[1] / "sweeps/configs/mnist_lenet5.yaml")
+    cfg = read_sweep_file(Path(__file__).parents[1] / "sweeps/configs/mnist_lenet5.yaml")
     assert cfg.trial.data_root == str(tmp_path / "datasets")
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_shipped_files_score_with_autoattack_and_the_classic_attacks(path: Path) -> None:
 
-    trial = load_sweep(path).trial
+    trial = read_sweep_file(path).trial
     assert "autoattack" in trial.attacks and trial.headline_eps in (trial.aa_eps or [trial.headline_eps])
     assert {"fgsm", "pgd_ce", "pgd_cw", "mim", "transfer"} <= set(trial.attacks)  # the paper's protocol stays
     assert trial.save_weights  # `pclc evaluate` can re-score the finalists
@@ -82,7 +82,7 @@ def test_shipped_files_score_with_autoattack_and_the_classic_attacks(path: Path)
 
 
 def test_quickstart_is_small_and_cpu_only() -> None:
-    cfg = load_sweep(Path(__file__).parents[1] / "sweeps/configs/quickstart.yaml")
+    cfg = read_sweep_file(Path(__file__).parents[1] / "sweeps/configs/quickstart.yaml")
     assert (cfg.mode, cfg.trial.dataset, cfg.resources.gpu, cfg.num_trials) == ("optimize", "digits", 0, 4)
     assert {"margin", "lc_weight", "epochs", "warmup_epochs", "lr"} <= set(cfg.space)  # training length too
     # the verdict's arms: the 2 best and the references (CE first) on 3 fresh seeds
@@ -91,7 +91,7 @@ def test_quickstart_is_small_and_cpu_only() -> None:
 
 
 def test_ablation_grid_is_variants_times_values_times_seeds() -> None:
-    cfg = load_sweep(Path(__file__).parents[1] / "sweeps/configs/ablation_digits.yaml")
+    cfg = read_sweep_file(Path(__file__).parents[1] / "sweeps/configs/ablation_digits.yaml")
     trials = cfg.trial_overrides()
     # ce: 1, pc: 3 margins, lc: 2 weights, pclc: 2 margins × 3 weights = 12 points; × 3 seeds
     assert len(trials) == cfg.total_trials() == 12 * 3
@@ -103,7 +103,7 @@ def test_ablation_grid_is_variants_times_values_times_seeds() -> None:
 
 @pytest.mark.parametrize("name", ["controls_digits", "mnist_lenet5_at", "cifar10_resnet20_at"])
 def test_the_controls_grid_is_seven_arms_in_three_training_modes(name: str) -> None:
-    cfg = load_sweep(Path(__file__).parents[1] / f"sweeps/configs/{name}.yaml")
+    cfg = read_sweep_file(Path(__file__).parents[1] / f"sweeps/configs/{name}.yaml")
     trials = cfg.trial_overrides()
     assert len(trials) == cfg.total_trials() == 7 * len(cfg.seeds) and len(cfg.seeds) >= 3
     arms = {t["variant"]: cfg.trial_config(t) for t in trials}
@@ -131,13 +131,13 @@ def test_initial_points_are_completed_from_the_base_trial() -> None:
 
 def test_set_overrides_use_dotted_keys(tmp_path: Path) -> None:
     path = _write(tmp_path, _optimize())
-    cfg = load_sweep(path, ["trial.epochs=5", "num_trials=3", "space.margin={type: uniform, low: 0.5, high: 0.9}"])
+    cfg = read_sweep_file(path, ["trial.epochs=5", "num_trials=3", "space.margin={type: uniform, low: 0.5, high: 0.9}"])
     assert (cfg.trial.epochs, cfg.num_trials, cfg.space["margin"].high) == (5, 3, 0.9)
 
 
 def test_smoke_test_shrinks_the_sweep_and_the_users_set_still_wins() -> None:
     quickstart = Path(__file__).parents[1] / "sweeps/configs/quickstart.yaml"
-    smoke = load_sweep(quickstart, smoke=True)
+    smoke = read_sweep_file(quickstart, smoke=True)
     assert (smoke.name, smoke.num_trials, smoke.trial.epochs, smoke.trial.train_limit) == (
         "quickstart-smoke",
         2,
@@ -145,7 +145,7 @@ def test_smoke_test_shrinks_the_sweep_and_the_users_set_still_wins() -> None:
         256,
     )
     assert smoke.full_initial_points()[0]["warmup_epochs"] == 1  # inside the shrunk warm-up range
-    mine = load_sweep(quickstart, ["trial.epochs=6", "name=mine"], smoke=True)
+    mine = read_sweep_file(quickstart, ["trial.epochs=6", "name=mine"], smoke=True)
     assert (mine.name, mine.num_trials, mine.trial.epochs, mine.trial.eval_limit) == ("mine", 2, 6, 64)
 
 
@@ -379,7 +379,7 @@ def test_malformed_field_is_named_with_value_and_what_is_allowed(
 ) -> None:
     path = _write(tmp_path, data)
     with pytest.raises(SweepConfigError) as err:
-        load_sweep(path)
+        read_sweep_file(path)
     message = str(err.value)
     assert str(path) in message
     for text in expected:
@@ -389,17 +389,17 @@ def test_malformed_field_is_named_with_value_and_what_is_allowed(
 def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
     path = _write(tmp_path, _optimize(max_concurrent=0, resources={"cpu": -1}, mode="x"))
     with pytest.raises(SweepConfigError) as err:
-        load_sweep(path)
+        read_sweep_file(path)
     assert all(f in str(err.value) for f in ("max_concurrent", "resources.cpu", "mode"))
 
 
 def test_missing_or_unreadable_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="does not exist"):
-        load_sweep(tmp_path / "nope.yaml")
+        read_sweep_file(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed\n")
     with pytest.raises(ValueError, match="not valid YAML"):
-        load_sweep(bad)
+        read_sweep_file(bad)
 
 
 def test_searchable_fields_are_trial_fields() -> None:
@@ -407,7 +407,7 @@ def test_searchable_fields_are_trial_fields() -> None:
 
 
 def test_tiny_imagenet_follows_the_authors_notebook() -> None:
-    trial = load_sweep(Path(__file__).parents[1] / "sweeps/configs/tiny_imagenet_vgg13.yaml").trial
+    trial = read_sweep_file(Path(__file__).parents[1] / "sweeps/configs/tiny_imagenet_vgg13.yaml").trial
     assert (trial.dataset, trial.model, trial.headline_eps) == ("tiny_imagenet", "vgg13", 0.015)
     assert trial.eps == trial.aa_eps == [0.005, 0.01, 0.015]
     assert (trial.optimizer, trial.lr, trial.batch_size, trial.schedule, trial.milestones, trial.gamma) == (

@@ -142,7 +142,7 @@ def test_a_parent_run_killed_before_tunes_first_snapshot_is_not_taken_over_by_an
     from mlflow.tracking import MlflowClient
 
     from pclc import contract as C
-    from sweeps.config import load_sweep
+    from sweeps.config import read_sweep_file
     from sweeps.driver import sweep_fingerprint
 
     command, uri, exp_path = _sweep(tmp_path, "changed", num_trials=2, max_concurrent=2)
@@ -181,7 +181,7 @@ def test_a_parent_run_killed_before_tunes_first_snapshot_is_not_taken_over_by_an
     assert before.data.tags[C.FAILURE].startswith("superseded: the sweep file changed: num_trials")
     assert children(old) == [] and children(old, ViewType.DELETED_ONLY)  # it had begun trial runs: deleted
     assert now.info.status == "FINISHED" and now.info.run_id in second.stdout.split(said)[1].splitlines()[0]
-    assert now.data.tags[C.SWEEP_FINGERPRINT] == sweep_fingerprint(load_sweep(command[-1]))
+    assert now.data.tags[C.SWEEP_FINGERPRINT] == sweep_fingerprint(read_sweep_file(command[-1]))
     assert before.data.tags[C.SWEEP_FINGERPRINT] != now.data.tags[C.SWEEP_FINGERPRINT]
     (trial,) = children(now.info.run_id)
     assert trial.info.status == "FINISHED"

@@ -19,7 +19,7 @@ from pclc.experiment import substitute_config
 from pclc.losses import IGNORED_BY_LOSS, build_loss
 from pclc.models import create_model
 from pclc.train import Trainer, accuracy, seed_everything
-from pclc.training import IGNORED_BY_TRAINING, KLAttack, budget_of
+from pclc.training_modes import IGNORED_BY_TRAINING, KLAttack, budget_of
 
 CPU = torch.device("cpu")
 
