@@ -34,7 +34,17 @@ from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.proportion import proportion_confint
 
 from analysis.spending import Design
-from analysis.variance import DEFAULT_POPULATION, POPULATIONS, SAME, Population, Spread, sample_terms, seed_spread
+from analysis.variance import (
+    DEFAULT_POPULATION,
+    POPULATIONS,
+    SAME,
+    Pool,
+    Population,
+    Spread,
+    pooled_family,
+    sample_terms,
+    seed_spread,
+)
 from pclc.contract import DEFAULT_MARGIN
 
 ALPHA = 0.05  # the family-wise error rate of the verdict's claims
@@ -291,14 +301,20 @@ def compare(
     margin: float = MARGIN,
     higher_is_better: bool = True,
     population: Population = DEFAULT_POPULATION,
+    names: Sequence[tuple[str, str]] | None = None,
+    pools: Sequence[Pool] = (),
 ) -> list[Comparison]:
     """Each (configuration, reference) pair compared on a simultaneous interval: the fixed design (one look),
-    Bonferroni over the pairs, each at level 1 − alpha/k, the outcome read off it (module docstring)."""
+    Bonferroni over the pairs, each at level 1 − alpha/k, the outcome read off it (module docstring). With
+    `names` ((arm, reference) per pair) and `pools` (`analysis.variance.pool`), a pair of arms of one pooled group
+    uses the group's seed × arm variance."""
     if not pairs:
         return []
     if not margin > 0:
         raise ValueError(f"the equivalence margin must be > 0, got {margin}")
     evidences = [evidence(a, b, population=population) for a, b in pairs]
+    if pools and names is not None:
+        evidences = pooled_family(names, evidences, pools)
     design = Design.fixed(max(ev.n for ev in evidences), alpha=alpha, comparisons=len(pairs))
     return judge(evidences, design, margin=margin, higher_is_better=higher_is_better)
 

@@ -212,6 +212,8 @@ class Sweep:
     other_parents: list[str] = field(default_factory=list)  # other sweeps in the experiment, newest first
     references: list[str] = field(default_factory=list)  # the reference arms' names, in the sweep file's order
     verdict_margin: float | None = None  # the sweep file's equivalence margin (verdict.margin); None: the default
+    verdict_looks: tuple[int, ...] | None = None  # confirm.looks: seeds per arm at each look of a sequential design
+    verdict_population: str = "samples"  # what a claim is about: these evaluated samples, or the test distribution
     notes: list[str] = field(default_factory=list)  # plain-English remarks for the report
     _histories: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict, repr=False)
 
@@ -325,6 +327,24 @@ def _verdict_margin(text: str | None) -> float | None:
     except (ValueError, TypeError, KeyError):
         return None
     return value if value is not None and math.isfinite(value) and value > 0 else None
+
+
+def _verdict_looks(text: str | None) -> tuple[int, ...] | None:
+    """The looks of a sequential confirmation the parent run records (tag pclc.verdict), or None (one look)."""
+    try:
+        looks = json.loads(text).get("looks") if text else None
+        return tuple(int(n) for n in looks) if looks else None
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def _verdict_population(text: str | None) -> str:
+    """What the sweep's claims are about (tag pclc.verdict's `population`): 'samples' unless it says 'distribution'."""
+    try:
+        said = json.loads(text).get("population") if text else None
+    except (ValueError, TypeError, AttributeError):
+        said = None
+    return "distribution" if said == "distribution" else "samples"
 
 
 def _subset_tags(tags: dict[str, str]) -> list[tuple[str, str]]:
@@ -465,6 +485,8 @@ def load_sweep(
         notes=notes,
         references=_json_list(parent_tags.get(C.REFERENCES)),
         verdict_margin=_verdict_margin(parent_tags.get(C.VERDICT)),
+        verdict_looks=_verdict_looks(parent_tags.get(C.VERDICT)),
+        verdict_population=_verdict_population(parent_tags.get(C.VERDICT)),
     )
     sweep.notes.extend(_data_notes(sweep, child_runs))
     return sweep

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from analysis.compare import CORRECTION_NAME, MARGIN, OUTCOMES, Comparison, Estimate, compare, run_interval
+from analysis.compare import ALPHA, CORRECTION_NAME, MARGIN, OUTCOMES, Comparison, Estimate, compare, run_interval
 from analysis.load import (
     SEED,
     STANDARD,
@@ -31,7 +31,9 @@ from analysis.load import (
     load_sweep,
     training_modes,
 )
+from analysis.sequential import Design, Progress, progress
 from analysis.stats import t_halfwidth
+from analysis.variance import Pool, pool
 from pclc import metrics as M
 
 # run id → (scored sample indices, per-sample correctness under the headline) of that run, or None when not stored
@@ -88,6 +90,7 @@ class Line:
     samples: int | None
     on_samples: bool = True  # paired on per-sample outcomes checked to be the same samples; else logged accuracies
     family: int = 1  # comparisons in the verdict (the correction's k)
+    stopped: str | None = None  # a sequential design: where it was decided ('decided at look 2 of 3 (6 seeds)')
 
     def sentence(self, metric: str) -> str:
         r = self.result
@@ -99,9 +102,12 @@ class Line:
         )
         checked = ", AutoAttack-checked" if is_checked(metric) else ""
         words = r.words if r.outcome != "inconclusive" else f"inconclusive: {r.why_inconclusive()}"
+        name = interval_name(r.level, self.family)
+        if self.stopped is not None:  # the repeated interval of the look it stopped at, the one the words read
+            name = f"{100 * r.level:.3g} % repeated interval, {self.stopped}"
         return (
             f"{self.arm.label} vs {self.reference.label}: {r.difference.text(points=True)} "
-            f"({interval_name(r.level, self.family)}), {words} ({self.seeds} seed{'s' if self.seeds != 1 else ''}"
+            f"({name}), {words} ({self.seeds} seed{'s' if self.seeds != 1 else ''}"
             f"{samples}, {paired}; {metric}{checked}; p = {r.p_corrected:.3g} after {CORRECTION_NAME} over "
             f"{self.family})"
         )
@@ -133,6 +139,8 @@ class Verdict:
     notes: list[str] = field(default_factory=list)
     margin: float = MARGIN  # the equivalence margin, in the metric's units (the sweep file's verdict.margin)
     higher_is_better: bool = True  # the headline's direction (its objective's mode)
+    progress: Progress | None = None  # a sequential confirmation: where each comparison stands, the next look
+    pools: list[Pool] = field(default_factory=list)  # each training mode's two-way layout (pooled or not, and why)
 
     def sentences(self) -> list[str]:
         """The verdict, one sentence per comparison, then what did not confirm or could not be compared, then
@@ -207,9 +215,11 @@ def _estimate(runs: pd.DataFrame, metric: str, correct: np.ndarray | None) -> Es
     return Estimate(float(values[0]), math.nan, math.nan, "run", 1)
 
 
-def verdict(sweep: Sweep, *, outcomes: OutcomeReader | None = None) -> Verdict:
+def verdict(sweep: Sweep, *, outcomes: OutcomeReader | None = None, looks_run: int | None = None) -> Verdict:
     """The verdict of a loaded sweep. `outcomes(run_id)` gives a run's per-sample headline outcomes
-    (needed only for one-seed comparisons: several seeds are compared seed by seed on their accuracies)."""
+    (needed only for one-seed comparisons: several seeds are compared seed by seed on their accuracies).
+    A sweep with `confirm.looks` is judged look by look (`analysis.sequential.progress`); `looks_run` is how
+    many looks' trials have finished (None: inferred from the seeds there are)."""
     metric = sweep.headline
     confirmed = sweep.confirmed
     frame, source = (confirmed, "confirmation") if len(confirmed) else (sweep.trials, "grid")
@@ -296,8 +306,21 @@ def verdict(sweep: Sweep, *, outcomes: OutcomeReader | None = None) -> Verdict:
                 )
             pairs.append(paired[:2])
             meta.append((arm, ref, *paired[2:]))
-    results = compare(pairs, margin=out.margin, higher_is_better=out.higher_is_better)
-    for result, (arm, ref, seeds, samples, on_samples) in zip(results, meta):
+    names = [(arm.name, ref.name) for arm, ref, *_ in meta]
+    groups = _groups(out.arms, metric)
+    judged = dict(margin=out.margin, higher_is_better=out.higher_is_better, population=sweep.verdict_population)
+    stopped: list[str | None] = [None] * len(pairs)
+    if sweep.verdict_looks and pairs:
+        design = Design(looks=sweep.verdict_looks, alpha=ALPHA, comparisons=len(pairs))
+        out.progress = progress(design, names, pairs, ran=looks_run, groups=groups, **judged)
+        out.pools = list(out.progress.pools)
+        fixed = compare(pairs, **judged)  # a comparison that never reached its first look: said so, not judged
+        results = [d.result if d is not None else f for d, f in zip(out.progress.decisions, fixed)]
+        stopped = [out.progress.sentence(i) for i in range(len(pairs))]
+    else:
+        out.pools = [pool(mode, arms) for mode, arms in groups.items() if len(arms) >= 3]
+        results = compare(pairs, names=names, pools=out.pools, **judged)
+    for result, (arm, ref, seeds, samples, on_samples), where in zip(results, meta, stopped):
         out.lines.append(
             Line(
                 arm=arm,
@@ -307,8 +330,12 @@ def verdict(sweep: Sweep, *, outcomes: OutcomeReader | None = None) -> Verdict:
                 samples=samples,
                 on_samples=on_samples,
                 family=len(results),
+                stopped=where,
             )
         )
+    out.notes.extend(p.sentence() for p in out.pools if len(p.arms) >= 3)
+    if out.progress is not None:
+        out.notes.append(out.progress.summary())
     if out.lines and all(line.seeds < 2 for line in out.lines):
         out.notes.append(
             "One seed per arm: the comparisons rank two trained networks each, and say nothing about the "
@@ -320,6 +347,18 @@ def verdict(sweep: Sweep, *, outcomes: OutcomeReader | None = None) -> Verdict:
             f"Per-sample outcomes of {len(unread)} run(s) could not be read ({unread[0]}); several seeds are "
             "compared on their logged accuracies instead, and a one-seed comparison is left out."
         )
+    return out
+
+
+def _groups(arms: list[Arm], metric: str) -> dict[str, dict[str, list[float]]]:
+    """Training mode → arm → its headline per seed, on the seeds every arm of that mode ran, in seed order: the
+    two-way layouts the verdict pools a mode's seed × arm variance from (`analysis.variance.pool`)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for mode in dict.fromkeys(a.training for a in arms):
+        members = [a for a in arms if a.training == mode and SEED in a.runs]
+        common = sorted(set.intersection(*(set(a.seeds) for a in members))) if members else []
+        if len(common) >= 2:
+            out[mode] = {a.name: [float(a.runs.set_index(SEED).loc[s, metric]) for s in common] for a in members}
     return out
 
 
@@ -415,7 +454,10 @@ def headline_outcomes(client: MlflowClient, metric: str) -> OutcomeReader:
     return read
 
 
-def verdict_for_parent(client: MlflowClient, experiment_id: str, parent_run_id: str, *, tracking_uri: str) -> Verdict:
-    """The verdict of the sweep under `parent_run_id`, read from MLflow (what `pclc sweep` prints last)."""
+def verdict_for_parent(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, *, tracking_uri: str, looks_run: int | None = None
+) -> Verdict:
+    """The verdict of the sweep under `parent_run_id`, read from MLflow (what `pclc sweep` prints last, and what
+    a sequential confirmation's next look is planned from: `looks_run` looks' trials have finished)."""
     sweep = load_sweep(parent_run_id=parent_run_id, client=client, tracking_uri=tracking_uri)
-    return verdict(sweep, outcomes=headline_outcomes(client, sweep.headline))
+    return verdict(sweep, outcomes=headline_outcomes(client, sweep.headline), looks_run=looks_run)

@@ -35,6 +35,7 @@ GIT_COMMIT, VERSIONS = "git_commit", "versions"
 TRIAL_ID = "pclc.trial_id"
 VARIANT = "pclc.variant"  # ablation: the variant's label; confirmation: `search #k` or the reference's name
 PHASE = "pclc.phase"  # which part of a sweep a trial run belongs to (none: an older sweep's search)
+LOOK = "pclc.look"  # a sequential confirmation's later look a trial run belongs to (2, 3, …; none: the first look)
 PHASE_SEARCH, PHASE_CONFIRM = "search", "confirm"  # the search (or ablation grid); its confirmation on fresh seeds
 REFERENCE = "pclc.reference"  # on a reference arm's runs: the reference's name (e.g. ce)
 REFERENCES = "pclc.references"  # on the parent run: JSON list of the reference names, in the sweep file's order

@@ -215,6 +215,9 @@ class VerdictSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     margin: float = Field(DEFAULT_MARGIN, gt=0.0, lt=1.0)
+    # what a claim is about: these evaluated test samples (seed-to-seed spread only), or the test distribution
+    # (adds a crossed seed × sample term from the per-sample outcomes: wider, about data the sweep never scored)
+    population: Literal["samples", "distribution"] = "samples"
 
 
 # --------------------------------------------------------------------------- the sweep file
@@ -596,6 +599,10 @@ def _arm_problems(cfg: SweepConfig) -> list[str]:
         out.append(
             f"confirm.looks = {looks}: give increasing seed counts, the first at least 2 (a configuration-level "
             "verdict needs 2 seeds), e.g. [3, 6, 10]"
+        )
+    elif looks is not None and cfg.confirm.seeds is not None and cfg.confirm.seeds != sorted(cfg.confirm.seeds):
+        out.append(
+            f"confirm.seeds = {cfg.confirm.seeds}: with looks, give them in increasing order (each look takes the next)"
         )
     elif looks is not None and cfg.confirm.seeds is not None and len(cfg.confirm.seeds) < looks[-1]:
         out.append(

@@ -147,7 +147,7 @@ def open_parent_run(cfg: SweepConfig, plan: SweepPlan, *, out: TextIO) -> SweepT
         resolved_config=resolved_yaml(cfg),
         resume=plan.restorable,
         references=[r["name"] for r in cfg.references()],
-        verdict=cfg.verdict.model_dump(),
+        verdict={**cfg.verdict.model_dump(), **({"looks": list(cfg.looks())} if cfg.confirm.looks else {})},
         fingerprint=fingerprint,
     )
     if superseded and earlier is not None:

@@ -38,6 +38,7 @@ class Stage:
 
     phase: str  # the tag `pclc.phase` of its runs (C.PHASE), and its name
     suffix: str  # its Tune experiment is <storage>/<sweep name><suffix>; "" for the sweep's own folder
+    look_tag: str = ""  # tag C.LOOK of its runs, for a phase run as several Tune experiments (its later looks)
 
     def trials(self, cfg: SweepConfig, before: SweepResult | None) -> StageTrials | None:
         """What it runs, given the stages before it (None: it is the first); None to skip it."""
@@ -86,9 +87,12 @@ class ConfirmStage(Stage):
 
     phase, suffix = C.PHASE_CONFIRM, CONFIRM_SUFFIX
 
+    arms: list[dict[str, Any]] | None = None  # what it ran: the later looks add seeds to some of these
+
     def trials(self, cfg: SweepConfig, before: SweepResult | None) -> StageTrials | None:
         finished = before.finished if before is not None else []
         arms = cfg.confirm_overrides(best_rows(cfg, finished, top=len(finished)))
+        self.arms = arms
         if not arms:
             return None
         return StageTrials(
@@ -131,9 +135,89 @@ class ConfirmStage(Stage):
         return before
 
 
+class LookStage(Stage):
+    """A later look of a sequential confirmation (`confirm.looks`): the verdict so far, judged at the design's
+    boundaries (`analysis.sequential`), stops the decided comparisons; the arms still in an open one get this
+    look's seeds (`cfg.look_seeds`). Its own Tune experiment (`.confirm.look2`, …): a kill between looks resumes
+    at the right look, because where the sweep stands is read back from MLflow, never kept in the driver."""
+
+    phase = C.PHASE_CONFIRM
+
+    def __init__(self, look: int, confirm: ConfirmStage) -> None:
+        self.look, self.confirm = look, confirm  # 0-based; the first look is the confirmation itself
+        self.suffix = f"{CONFIRM_SUFFIX}.look{look + 1}"
+        self.look_tag = str(look + 1)  # tag C.LOOK of its runs: its reconcile leaves the other looks' alone
+        self.note = ""
+
+    def trials(self, cfg: SweepConfig, before: SweepResult | None) -> StageTrials | None:
+        configs = {a[VARIANT]: a for a in self.confirm.arms or []}  # one per configuration (any seed)
+        if before is None or not configs:
+            return None
+        stored = Path(experiment_path(str(Path(before.experiment_path).parent), cfg.name + self.suffix)) / CONFIRM_ARMS
+        if stored.is_file():  # this look was started: the same trials, whatever the verdict says now
+            arms = json.loads(stored.read_text())
+        else:
+            state = _progress(before, looks_run=self.look)
+            if state is None or state.next_look != self.look:
+                return None  # every comparison decided (or waiting on trials that failed)
+            open_ = state.arms_next()
+            seeds = cfg.look_seeds(self.look)
+            arms = [{**a, "seed": seed} for name, a in configs.items() if name in open_ for seed in seeds]
+            self.note = state.summary()
+        if not arms:
+            return None
+        return StageTrials(
+            base=cfg.confirm_trial(),
+            searched=_varied(cfg, arms),
+            total=len(arms),
+            search=lambda: grid_of(arms),
+            arms=arms,
+        )
+
+    def on_resume(self, exp_path: str, trials: StageTrials, out: TextIO) -> None:
+        print(f"pclc sweep: resuming look {self.look + 1} of the confirmation at {exp_path}", file=out)
+
+    def announce(self, cfg: SweepConfig, trials: StageTrials, out: TextIO) -> None:
+        arms = trials.arms or []
+        configs = sorted({a[VARIANT] for a in arms})
+        seeds = sorted({a["seed"] for a in arms})
+        if self.note:
+            print(f"pclc sweep: {self.note}", file=out)
+        print(
+            f"pclc sweep: look {self.look + 1} of {len(cfg.looks())}: {', '.join(configs)} (in a comparison still "
+            f"open) on seeds {seeds}: {len(arms)} trials",
+            file=out,
+        )
+
+    def record(self, cfg: SweepConfig, exp_path: str, trials: StageTrials) -> None:
+        write_local(exp_path, CONFIRM_ARMS, json.dumps(trials.arms))
+
+    def merge(self, before: SweepResult | None, done: SweepResult) -> SweepResult:
+        assert before is not None, "a look follows the confirmation"
+        before.trials.update(done.trials)
+        before.confirmed = before.confirmed + done.finished
+        before.stopped_early += done.stopped_early
+        return before
+
+
+def _progress(result: SweepResult, *, looks_run: int) -> Any:
+    """Where the sequential confirmation stands, read back from MLflow (`analysis.sequential.Progress`)."""
+    from mlflow import MlflowClient
+
+    from analysis.verdict import verdict_for_parent
+
+    client = MlflowClient(result.tracking_uri)
+    found = verdict_for_parent(
+        client, result.experiment_id, result.parent_run_id, tracking_uri=result.tracking_uri, looks_run=looks_run
+    )
+    return found.progress
+
+
 def stages_of(cfg: SweepConfig) -> list[Stage]:
-    """The sweep's stages, in order (a stage with nothing to run skips itself)."""
-    return [SearchStage(), ConfirmStage()]
+    """The sweep's stages, in order (a stage with nothing to run skips itself): the search, the confirmation
+    (its first look) and, with `confirm.looks`, each later look."""
+    confirm = ConfirmStage()
+    return [SearchStage(), confirm, *(LookStage(i, confirm) for i in range(1, len(cfg.looks())))]
 
 
 def run_stages(
@@ -156,7 +240,7 @@ def run_stages(
             continue
         first = result is None  # the caller's prepared data and --retry-failed are the search's (as before stages)
         splan = stage_plan(cfg, plan, stage, trials, out=out)
-        stracker = _tracker_for(tracker, stage.phase)
+        stracker = _tracker_for(tracker, stage.phase, stage.look_tag)
         stage.announce(cfg, trials, out)
         tuner = build_tuner(
             cfg,
@@ -188,11 +272,11 @@ def stage_plan(cfg: SweepConfig, plan: SweepPlan, stage: Stage, trials: StageTri
     return SweepPlan(plan.root, exp_path, plan.tracking_uri, restorable, phase=stage.phase)
 
 
-def _tracker_for(tracker: SweepTracker, phase: str) -> SweepTracker:
-    """The parent run's tracker, speaking for the runs of `phase`."""
-    if phase == tracker.phase:
+def _tracker_for(tracker: SweepTracker, phase: str, look: str = "") -> SweepTracker:
+    """The parent run's tracker, speaking for the runs of `phase` (and of one later look of it)."""
+    if phase == tracker.phase and look == tracker.look:
         return tracker
-    staged = SweepTracker(tracker.tracking_uri, phase=phase)
+    staged = SweepTracker(tracker.tracking_uri, phase=phase, look=look)
     staged.experiment_id, staged.parent_run_id = tracker.experiment_id, tracker.parent_run_id
     return staged
 

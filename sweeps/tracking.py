@@ -231,6 +231,7 @@ class TrackingTarget:
     experiment_id: str
     parent_run_id: str
     phase: str = C.PHASE_SEARCH  # the part of the sweep its trials belong to (tag C.PHASE)
+    look: str = ""  # a later look of a sequential confirmation (tag C.LOOK): its own Tune experiment
 
 
 @dataclass(frozen=True)
@@ -254,13 +255,14 @@ NOT_LOOKED_UP = _NotLookedUp()
 class SweepTracker:
     """The driver's view: the experiment, the parent run, and the final word on every child run."""
 
-    def __init__(self, tracking_uri: str, *, phase: str = C.PHASE_SEARCH) -> None:
+    def __init__(self, tracking_uri: str, *, phase: str = C.PHASE_SEARCH, look: str = "") -> None:
         self.tracking_uri = tracking_uri
         ensure_sqlite_store(tracking_uri)
         self.client = MlflowClient(tracking_uri)
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self.phase = phase  # the trials `close_trial` and `reconcile` speak for
+        self.look = look  # ... and, in a sequential confirmation, of which look (each is its own Tune experiment)
 
     def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Every write of the driver waits out a tracking server that is down (up to the patience,
@@ -271,7 +273,7 @@ class SweepTracker:
     @property
     def target(self) -> TrackingTarget:
         assert self.experiment_id and self.parent_run_id, "call start_parent first"
-        return TrackingTarget(self.tracking_uri, self.experiment_id, self.parent_run_id, self.phase)
+        return TrackingTarget(self.tracking_uri, self.experiment_id, self.parent_run_id, self.phase, self.look)
 
     def ensure_experiment(self, name: str) -> str:
         """Create the experiment once, here on the driver (trials only look it up)."""
@@ -439,11 +441,11 @@ class SweepTracker:
 
         Child runs of trials Tune no longer knows (the driver was killed before Tune saved its state,
         so the trial was started again under a new id) are deleted: one run per trial, no duplicates.
-        The other phase's runs are not this Tune experiment's, and are left alone.
+        The other phase's runs, and another look's, are not this Tune experiment's, and are left alone.
         """
         counts = {"closed": 0, "orphans_deleted": 0, "duplicates_deleted": 0}
         kept: dict[str, Run] = {}  # one search for the whole phase, not one per trial (O(N) runs, not O(N²))
-        mine = [r for r in self.child_runs() if run_phase(r) == self.phase]
+        mine = [r for r in self.child_runs() if run_phase(r) == self.phase and r.data.tags.get(C.LOOK, "") == self.look]
         by_trial: dict[str, list[Run]] = {}
         for run in mine:
             by_trial.setdefault(run.data.tags.get(TRIAL_ID, ""), []).append(run)
@@ -467,7 +469,8 @@ class SweepTracker:
 
 
 def _trial_tags(target: TrackingTarget, trial_id: str) -> dict[str, str]:
-    return {PARENT: target.parent_run_id, ROLE: C.ROLE_TRIAL, TRIAL_ID: trial_id, C.PHASE: target.phase}
+    look = {C.LOOK: target.look} if target.look else {}
+    return {PARENT: target.parent_run_id, ROLE: C.ROLE_TRIAL, TRIAL_ID: trial_id, C.PHASE: target.phase, **look}
 
 
 def run_phase(run: Run) -> str:

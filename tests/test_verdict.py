@@ -281,6 +281,53 @@ def test_a_search_winner_that_is_noise_is_not_better_after_confirmation(local_ra
     assert sum(c.data.tags.get(C.REFERENCE) == "ce" for c in confirm_runs) == 4
 
 
+# ------------------------------------------------------------------ a sequential confirmation
+@pytest.mark.slow
+def test_a_sequential_confirmation_stops_the_decided_comparisons_and_resumes_at_its_look(
+    local_ray: None, tmp_path: Path
+) -> None:
+    """confirm.looks [2, 4, 6]: PC-LC 30 points above CE is decided at look 2 (4 seeds; O'Brien–Fleming never
+    decides at 2), CE stops there; the PC-LC arms, within 6 points of each other, take look 3's seeds."""
+    cfg = tiny_optimize(
+        "looks", tmp_path, num_trials=2, reference=None, confirm={"top": 2, "looks": [2, 4, 6]}, trial={"epochs": 1}
+    )
+    printed = io.StringIO()
+    result = run_sweep(cfg, out=printed, run_fn=sweep_util.loss_trial)
+    text, verdict = printed.getvalue(), result.verdict
+    assert verdict is not None and verdict.progress is not None, text[-3000:]
+    against_ce = [line for line in verdict.lines if line.reference.name == "ce"]
+    assert against_ce and all(line.result.outcome == "better" for line in against_ce), verdict.sentences()
+    assert all(line.stopped == "decided at look 2 of 3 (4 seeds)" for line in against_ce)
+    assert all("repeated interval, decided at look 2 of 3" in line.sentence(verdict.metric) for line in against_ce)
+    within = [line for line in verdict.lines if line.reference.name != "ce"]
+    seeds = {a.name: len(a.runs) for a in verdict.arms}
+    assert len(seeds) == 3 and len(within) == 1, seeds  # both search points are confirmed: one is the authors' ξ, λ
+    assert seeds["ce"] == 4 and all(n == 6 for name, n in seeds.items() if name != "ce"), seeds
+    assert all(line.seeds == 6 and "look 3 of 3" in (line.stopped or "") for line in within), verdict.sentences()
+    assert "2 saved by the early stops" in text and "look 3 of 3:" in text, text[-3000:]
+    parent, children = runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "looks")
+    confirm_seeds = sorted(int(c.data.params["seed"]) for c in children if c.data.tags.get(C.PHASE) == C.PHASE_CONFIRM)
+    assert confirm_seeds.count(1) == len(seeds) and confirm_seeds.count(5) == len(seeds) - 1
+    # the same command again: every look is read back (none re-runs), the same decisions
+    again = run_sweep(cfg, out=io.StringIO(), run_fn=sweep_util.loss_trial, resume=True)
+    assert [line.stopped for line in again.verdict.lines] == [line.stopped for line in verdict.lines]
+    assert len(runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "looks")[1]) == len(children)
+
+
+def test_looks_are_checked_before_ray_starts(tmp_path: Path) -> None:
+    cfg = tiny_optimize("looks", tmp_path, reference=None, confirm={"top": 1, "looks": [3, 6, 10]})
+    assert cfg.looks() == (3, 6, 10) and cfg.look_seeds(1) == [4, 5, 6] and cfg.confirm_seeds() == [1, 2, 3]
+    assert cfg.total_trials() == 3 + 3 * 10  # every look run: the most it can cost
+    for looks, seeds, message in (
+        ([1, 4], None, "the first at least 2"),
+        ([3, 3], None, "increasing seed counts"),
+        ([2, 4], [1, 2, 3], "the last look needs 4 seeds"),
+        ([2, 4], [4, 3, 2, 1], "increasing order"),
+    ):
+        with pytest.raises(SweepConfigError, match=message):
+            tiny_optimize("looks", tmp_path, reference=None, confirm={"top": 1, "looks": looks, "seeds": seeds})
+
+
 # ------------------------------------------------------------------ what the verdict says, and what it leaves out
 def two_arm_sweep(rows: list[tuple[str, int, float]], **fields: Any) -> Sweep:
     """CE (the reference) and one arm: (arm, seed, robust_acc) rows, started in that order."""
