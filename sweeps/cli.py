@@ -58,17 +58,23 @@ def _preflight_sweep(args: argparse.Namespace) -> None:
     (a dead server fails in seconds)."""
     from pclc.attacks import check_classes
     from pclc.config import ConfigError
-    from pclc.contract import normalize_tracking_uri
+    from pclc.contract import default_tracking_uri, normalize_tracking_uri
     from pclc.data import check_npz, npz_num_classes
     from sweeps.config import check_tracking_store, load_sweep
+    from sweeps.preflight import local_gpu_problem
     from sweeps.storage import experiment_path, read_metadata, storage_root
 
     cfg = load_sweep(args.config, args.set, smoke=args.smoke_test)
     uri = normalize_tracking_uri(args.tracking_uri) if args.tracking_uri else cfg.tracking_uri
     if uri is None:  # a sweep being resumed goes on logging to the store it began with: probe that one
         uri = read_metadata(experiment_path(storage_root(cfg, args.storage_path), cfg.name)).get("tracking_uri")
-    if uri is not None:  # None: the default <cwd>/mlflow.db, made by the sweep itself
-        check_tracking_store(uri)
+    # None: the default <cwd>/mlflow.db (made by the sweep if missing; a file there must be a database)
+    check_tracking_store(uri or default_tracking_uri())
+    if args.address is None and cfg.resources.gpu:  # a local Ray offers this machine's GPUs, no more
+        import torch
+
+        if problem := local_gpu_problem(cfg, torch.cuda.device_count()):
+            raise ConfigError(problem)
     if cfg.trial.dataset.startswith("npz:"):
         check_npz(cfg.trial.dataset.removeprefix("npz:"))
         classes = npz_num_classes(cfg.trial.dataset.removeprefix("npz:"))
@@ -103,8 +109,10 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from sweeps.finalists import evaluate_command
+    from sweeps.config import check_tracking_store
+    from sweeps.finalists import evaluate_command, resolve_uri
 
+    check_tracking_store(resolve_uri(args.tracking_uri))  # a dead store is named as such, before any run id
     return evaluate_command(args)
 
 

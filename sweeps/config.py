@@ -29,8 +29,9 @@ from pydantic import (
 )
 
 from pclc import metrics as M
-from pclc.config import OPTIMIZATION_FIELDS, ConfigError, TrialConfig, parse_override, read_yaml
-from pclc.contract import DEFAULT_MARGIN, normalize_tracking_uri
+from pclc.config import OPTIMIZATION_FIELDS, ConfigError, StrictModel, TrialConfig, parse_override, read_yaml
+from pclc.contract import DEFAULT_MARGIN, normalize_tracking_uri, sqlite_problem
+from sweeps.preflight import database_problem, limit_problems
 
 # Fields a sweep may vary per trial. The rest are fixed per sweep because `prepare()` builds the
 # data and the transfer substitute once from them, or because they define what is measured
@@ -76,7 +77,7 @@ class SweepConfigError(ConfigError):
 # --------------------------------------------------------------------------- parts of a sweep file
 
 
-class Objective(BaseModel):
+class Objective(StrictModel):
     """One metric of the final evaluation and its direction."""
 
     model_config = ConfigDict(extra="forbid")
@@ -85,7 +86,7 @@ class Objective(BaseModel):
     mode: Literal["max", "min"] = "max"
 
 
-class Param(BaseModel):
+class Param(StrictModel):
     """One dimension of the Optuna search space."""
 
     model_config = ConfigDict(extra="forbid")
@@ -144,7 +145,7 @@ class Param(BaseModel):
         return f"{self.type} in [{self.low:g}, {self.high:g}]"
 
 
-class Resources(BaseModel):
+class Resources(StrictModel):
     """What one trial reserves from Ray: CPUs (also its torch threads) and a GPU share."""
 
     model_config = ConfigDict(extra="forbid")
@@ -160,7 +161,7 @@ class Resources(BaseModel):
         return v
 
 
-class Scheduler(BaseModel):
+class Scheduler(StrictModel):
     """Early stopping across trials: ASHA on a per-epoch metric, or none."""
 
     model_config = ConfigDict(extra="forbid")
@@ -182,7 +183,7 @@ class Scheduler(BaseModel):
         return EPOCH_METRICS[self.metric]
 
 
-class Confirm(BaseModel):
+class Confirm(StrictModel):
     """Optimize mode: after the search, the top configurations and the references are re-trained on
     fresh seeds and scored with AutoAttack on the whole evaluation set. A one-seed search on a subset
     ranks noise (its winner is biased upward); the printed best and the verdict come from these runs."""
@@ -193,7 +194,7 @@ class Confirm(BaseModel):
     seeds: list[int] | None = None  # fresh seeds, none used by the search; default: the 3 after trial.seed
 
 
-class VerdictSettings(BaseModel):
+class VerdictSettings(StrictModel):
     """How the verdict decides (analysis.compare): a comparison whose simultaneous interval lies inside
     (−margin, +margin) is *equivalent within ±margin*; the margin is in the headline's units (accuracy: 0.03 is
     3 points) and is the smallest difference that matters, chosen before looking."""
@@ -206,7 +207,7 @@ class VerdictSettings(BaseModel):
 # --------------------------------------------------------------------------- the sweep file
 
 
-class SweepConfig(BaseModel):
+class SweepConfig(StrictModel):
     """A whole sweep: the base trial, what varies, what is optimised, and how it runs."""
 
     model_config = ConfigDict(extra="forbid")
@@ -583,6 +584,7 @@ def _problems(cfg: SweepConfig) -> list[str]:
         out.append(f"resources.gpu = {cfg.resources.gpu}: trial.device is cpu; set device: auto or cuda")
     if cfg.resources.gpu == 0 and cfg.trial.device == "cuda":
         out.append("trial.device = 'cuda' but resources.gpu = 0: Ray would give the trial no GPU")
+    out += limit_problems(cfg)  # confirm.top the search cannot fill, GPUs no machine holds
     if not out:
         out += _corner_problems(cfg)
     return out
@@ -685,8 +687,8 @@ def check_tracking_store(uri: str, *, timeout: float = 5.0) -> None:
             raise TrackingStoreError(
                 f"tracking URI {uri}: folder {db.parent} does not exist; create it or point --tracking-uri elsewhere"
             )
-        if db.exists() and not db.is_file():
-            raise TrackingStoreError(f"tracking URI {uri}: {db} is not a file")
+        if db.exists() and (problem := sqlite_problem(db)):
+            raise TrackingStoreError(f"tracking URI {uri}: {problem}")
         if not os.access(db if db.exists() else db.parent, os.W_OK):
             raise TrackingStoreError(f"tracking URI {uri}: {db if db.exists() else db.parent} is not writable")
         return
@@ -705,6 +707,8 @@ def check_tracking_store(uri: str, *, timeout: float = 5.0) -> None:
                 f"MLflow tracking server {uri} cannot be reached ({reason}); start it "
                 f"(mlflow server --host 127.0.0.1 --port PORT) or check --tracking-uri"
             ) from None
+    if problem := database_problem(uri, timeout=timeout):
+        raise TrackingStoreError(problem)
 
 
 def _expand_env(value: Any, where: str, problems: list[str]) -> Any:

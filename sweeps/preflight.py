@@ -1,0 +1,90 @@
+"""Limits a sweep can set that nothing can meet, and stores that cannot answer: found before Ray starts.
+
+The sweep file's schema (`sweeps.config`) says what each field may hold; this module says what the
+sweep as a whole can get: no more confirmed configurations than the search can find, no more GPUs per
+trial than a machine holds, a tracking database that answers within seconds. No Ray import here.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from sweeps.config import SweepConfig
+
+# The most GPUs one trial may reserve: a trial runs on one machine, and none holds more (an 8- or 16-GPU
+# node is the largest sold); Ray would leave a trial asking for more pending for ever.
+MAX_GPUS_PER_TRIAL = 16
+# Default ports of the SQLAlchemy databases MLflow tracks to (a URI without a port connects here).
+DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def distinct_configurations(cfg: SweepConfig) -> float:
+    """How many distinct configurations an optimize sweep's search can try: its trials, fewer when every
+    searched dimension (the seed aside) is discrete; `math.inf` never (num_trials bounds it)."""
+    sizes: list[float] = []
+    for name, param in cfg.space.items():
+        if name == "seed":  # configurations differing only in seed are one configuration
+            continue
+        if param.type == "choice":
+            sizes.append(len({repr(v) for v in param.values or []}))
+        elif param.type == "int":
+            sizes.append(int(param.high) - int(param.low) + 1)  # type: ignore[arg-type]
+        else:
+            sizes.append(math.inf)
+    return min(float(cfg.num_trials or 0), math.prod(sizes))
+
+
+def limit_problems(cfg: SweepConfig) -> list[str]:
+    """One line per limit the sweep sets that cannot be met (the sweep file's other checks come first)."""
+    out: list[str] = []
+    if cfg.mode == "optimize" and cfg.confirm.top and cfg.num_trials:
+        most = distinct_configurations(cfg)
+        if cfg.confirm.top > most:
+            out.append(
+                f"confirm.top = {cfg.confirm.top}: the search can find at most {int(most)} distinct configuration(s) "
+                f"({cfg.num_trials} trials over `space`); set confirm.top to {int(most)} or fewer, or search more"
+            )
+    if cfg.resources.gpu > MAX_GPUS_PER_TRIAL:
+        out.append(
+            f"resources.gpu = {cfg.resources.gpu:g}: a trial runs on one machine and none holds more than "
+            f"{MAX_GPUS_PER_TRIAL} GPUs; give a share of one GPU (0.25) or a few whole ones"
+        )
+    return out
+
+
+def local_gpu_problem(cfg: SweepConfig, gpus_here: int) -> str | None:
+    """A local Ray (no --address) offers this machine's `gpus_here` GPUs: a trial asking for more would wait for
+    ever. None when the sweep fits, or when it asks for no GPU."""
+    if cfg.resources.gpu <= gpus_here or cfg.resources.gpu == 0:
+        return None
+    return (
+        f"resources.gpu = {cfg.resources.gpu:g}: this machine has {gpus_here} GPU(s) and, without --address, the "
+        f"sweep runs on a local Ray here; set resources.gpu to {gpus_here} or less"
+        + (" (0: CPU only)" if gpus_here == 0 else "")
+        + ", or give --address to run on a cluster"
+    )
+
+
+def database_problem(uri: str, *, timeout: float = 5.0) -> str | None:
+    """Whether the database server of a SQLAlchemy tracking URI (postgresql+psycopg2://…) accepts a connection
+    within `timeout` seconds: MLflow would otherwise retry for minutes, then print a traceback. A URI naming no
+    host (a local Unix socket) is not probed. None when it answers."""
+    parts = urlsplit(uri)
+    base = parts.scheme.partition("+")[0]
+    if base not in DATABASE_PORTS or not parts.hostname:
+        return None
+    port = parts.port or DATABASE_PORTS[base]
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        shown = uri.replace(f"{parts.password}@", "***@") if parts.password else uri
+        return (
+            f"tracking database {shown} cannot be reached at {parts.hostname}:{port} ({reason}); start it or "
+            "check --tracking-uri"
+        )
