@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +21,54 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, P
 def _train(args: argparse.Namespace) -> int:
     from pclc.config import load_config
     from pclc.experiment import Silent, run_trial
+    from pclc.run_folder import (
+        CHECKPOINT,
+        CheckpointKeeper,
+        RunFolderError,
+        claim,
+        discard_if_empty,
+        find_interrupted,
+        new_run_folder,
+        resumable,
+        run_stem,
+    )
+    from pclc.train import load_checkpoint
 
+    if args.resume and args.overwrite:
+        raise RunFolderError("--resume continues the run in out_dir, --overwrite replaces it: choose one")
     cfg = load_config(args.config, args.set)
-    if cfg.out_dir is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        cfg.out_dir = str(
-            Path("runs") / f"train-{cfg.dataset.replace(':', '_').replace('/', '_')}-{cfg.model}-{cfg.loss}-{stamp}"
-        )
+    config = cfg.to_dict()  # out_dir aside: what a resume must match
+    made = None  # a default folder made for this run: removed again if the run is refused before its first epoch
+    if cfg.out_dir is None:  # one run, one folder: a new one, or with --resume the newest interrupted run of cfg
+        parent, stem = Path("runs"), run_stem(cfg.dataset, cfg.model, cfg.loss)
+        if args.resume:
+            found = find_interrupted(parent, stem, config)
+            if found is None:
+                raise RunFolderError(
+                    f"--resume: no interrupted run of this config under {parent.resolve()}/{stem}-*; "
+                    "give its out_dir, or start it without --resume"
+                )
+            cfg.out_dir = str(found)
+        else:
+            made = new_run_folder(parent, stem)
+            cfg.out_dir = str(made)
+    elif args.resume:
+        if problem := resumable(cfg.out_dir, config):
+            raise RunFolderError(f"--resume: {problem}")
+    else:
+        claim(cfg.out_dir, overwrite=args.overwrite)
+    resume = load_checkpoint(Path(cfg.out_dir) / CHECKPOINT) if args.resume else None
+    if resume is not None:
+        print(f"resuming {cfg.out_dir} after epoch {resume['epoch']}", file=sys.stderr)
 
-    final = run_trial(cfg, Silent() if args.quiet else EpochPrinter())
+    keeper = CheckpointKeeper(Silent() if args.quiet else EpochPrinter(), cfg.out_dir, config)
+    try:
+        final = run_trial(cfg, keeper, resume=resume)
+    except BaseException:
+        if made is not None:  # nothing of a run that never finished an epoch stays behind
+            discard_if_empty(made)
+        raise
+    keeper.finished()
     print(json.dumps(final, indent=2, sort_keys=True))
     print(f"wrote {cfg.out_dir}/metrics.json", file=sys.stderr)
     return 0
@@ -232,6 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override one field (repeatable)"
     )
     train.add_argument("--quiet", action="store_true", help="no per-epoch lines on stderr")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run from its last epoch's checkpoint: the one in out_dir, or by default "
+        "the newest interrupted run of the same config under runs/",
+    )
+    train.add_argument(
+        "--overwrite", action="store_true", help="replace the run an explicit out_dir holds (its files removed first)"
+    )
     train.set_defaults(func=_train)
 
     sweep = sub.add_parser("sweep", help="run a sweep file with Ray Tune (+ Optuna), tracked in MLflow")
