@@ -117,6 +117,8 @@ def resolve_tracking_uri(uri: str | None, *, cwd: str | Path | None = None) -> s
 def connect(uri: str | None) -> tuple[MlflowClient, str]:
     """A client for the (checked) URI, after one cheap call that proves the store answers."""
     resolved = resolve_tracking_uri(uri)
+    if problem := C.database_problem(resolved):  # a database that is down: seconds, not MLflow's minutes of retries
+        raise AnalysisError(problem)
     client = MlflowClient(resolved)
     try:
         client.search_experiments(max_results=1)

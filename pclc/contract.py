@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -141,6 +142,8 @@ DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
 # PostgreSQL's Python drivers, best first: psycopg2 is what the cluster nodes install (cluster/setup_node.sh).
 # A bare postgresql:// means whatever SQLAlchemy's default is (psycopg 3 since 2.1): the URI names one that is here.
 POSTGRES_DRIVERS = ("psycopg2", "psycopg", "pg8000")
+# Default ports of the SQLAlchemy databases MLflow tracks to (a URI without a port connects here).
+DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 TRACKING_FORMS = "sqlite:////abs/path/mlflow.db, http(s)://host:port or postgresql+psycopg2://user:pw@host:port/db"
 
@@ -163,6 +166,8 @@ def normalize_tracking_uri(uri: str) -> str:
         return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).expanduser().resolve())
     if is_file_store(uri):
         raise ValueError(f"{uri!r}: {NO_FILE_STORE}")
+    if any(c.isspace() or not c.isprintable() for c in uri):
+        raise ValueError(f"tracking URI {uri!r} holds a space or a control character; a URI has none")
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
     base, _, driver = scheme.partition("+")
@@ -174,7 +179,9 @@ def normalize_tracking_uri(uri: str) -> str:
         parts.port  # noqa: B018 (urllib checks the port only when asked)
     except ValueError:
         port = parts.netloc.rpartition(":")[2]
-        raise ValueError(f"tracking URI {uri!r}: port {port!r} is not a number (e.g. http://127.0.0.1:5000)") from None
+        raise ValueError(
+            f"tracking URI {uri!r}: port {port!r} is not a port number 0–65535 (e.g. http://127.0.0.1:5000)"
+        ) from None
     if base in SERVER_SCHEMES:
         if driver or not parts.hostname:
             raise ValueError(f"tracking URI {uri!r}: expected http(s)://host:port")
@@ -209,3 +216,24 @@ def sqlite_problem(path: Path) -> str | None:
     if head and head != SQLITE_HEADER:
         return f"{path} is not an SQLite database (an MLflow store is one, e.g. mlflow.db)"
     return None
+
+
+def database_problem(uri: str, *, timeout: float = 5.0) -> str | None:
+    """Whether the database server of a SQLAlchemy tracking URI (postgresql+psycopg2://…) accepts a connection
+    within `timeout` seconds: MLflow would otherwise retry for minutes, then print a traceback. A URI naming no
+    host (a local Unix socket) is not probed. None when it answers."""
+    parts = urlsplit(uri)
+    base = parts.scheme.partition("+")[0]
+    if base not in DATABASE_PORTS or not parts.hostname:
+        return None
+    port = parts.port or DATABASE_PORTS[base]
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            return None
+    except (OSError, UnicodeError) as exc:  # refused, timed out, unknown host, a host name IDNA cannot encode
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        shown = uri.replace(f"{parts.password}@", "***@") if parts.password else uri
+        return (
+            f"tracking database {shown} cannot be reached at {parts.hostname}:{port} ({reason}); start it or "
+            "check --tracking-uri"
+        )

@@ -693,6 +693,7 @@ def check_tracking_store(uri: str, *, timeout: float = 5.0) -> None:
             raise TrackingStoreError(f"tracking URI {uri}: {db if db.exists() else db.parent} is not writable")
         return
     if uri.startswith(("http://", "https://")):
+        import http.client
         import urllib.error
         import urllib.request
 
@@ -701,7 +702,7 @@ def check_tracking_store(uri: str, *, timeout: float = 5.0) -> None:
                 return
         except urllib.error.HTTPError:
             return  # something answered
-        except (urllib.error.URLError, OSError) as exc:
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:  # incl. bad host names
             reason = getattr(exc, "reason", exc)
             raise TrackingStoreError(
                 f"MLflow tracking server {uri} cannot be reached ({reason}); start it "

@@ -8,9 +8,11 @@ trial than a machine holds, a tracking database that answers within seconds. No 
 from __future__ import annotations
 
 import math
-import socket
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+
+from pclc.contract import database_problem
+
+__all__ = ["MAX_GPUS_PER_TRIAL", "database_problem", "distinct_configurations", "limit_problems", "local_gpu_problem"]
 
 if TYPE_CHECKING:
     from sweeps.config import SweepConfig
@@ -18,8 +20,6 @@ if TYPE_CHECKING:
 # The most GPUs one trial may reserve: a trial runs on one machine, and none holds more (an 8- or 16-GPU
 # node is the largest sold); Ray would leave a trial asking for more pending for ever.
 MAX_GPUS_PER_TRIAL = 16
-# Default ports of the SQLAlchemy databases MLflow tracks to (a URI without a port connects here).
-DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 
 
 def distinct_configurations(cfg: SweepConfig) -> float:
@@ -67,24 +67,3 @@ def local_gpu_problem(cfg: SweepConfig, gpus_here: int) -> str | None:
         + (" (0: CPU only)" if gpus_here == 0 else "")
         + ", or give --address to run on a cluster"
     )
-
-
-def database_problem(uri: str, *, timeout: float = 5.0) -> str | None:
-    """Whether the database server of a SQLAlchemy tracking URI (postgresql+psycopg2://…) accepts a connection
-    within `timeout` seconds: MLflow would otherwise retry for minutes, then print a traceback. A URI naming no
-    host (a local Unix socket) is not probed. None when it answers."""
-    parts = urlsplit(uri)
-    base = parts.scheme.partition("+")[0]
-    if base not in DATABASE_PORTS or not parts.hostname:
-        return None
-    port = parts.port or DATABASE_PORTS[base]
-    try:
-        with socket.create_connection((parts.hostname, port), timeout=timeout):
-            return None
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        shown = uri.replace(f"{parts.password}@", "***@") if parts.password else uri
-        return (
-            f"tracking database {shown} cannot be reached at {parts.hostname}:{port} ({reason}); start it or "
-            "check --tracking-uri"
-        )

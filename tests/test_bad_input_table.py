@@ -49,7 +49,7 @@ def object_npz(folder: Path) -> Path:
 @pytest.mark.parametrize(
     ("uri", "expected"),
     [
-        ("http://127.0.0.1:notaport", "port 'notaport' is not a number"),
+        ("http://127.0.0.1:notaport", "port 'notaport' is not a port number"),
         ("foo://bar", "unknown scheme 'foo'"),
         ("sqlite://relative.db", "expected sqlite:///"),
         ("http://", "expected http(s)://host:port"),
