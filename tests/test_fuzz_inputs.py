@@ -126,7 +126,9 @@ NUMBERS = st.one_of(
 TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
 SCALARS = st.one_of(st.none(), st.booleans(), NUMBERS, TEXT)
 VALUES = st.recursive(
-    SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(TEXT, inner, max_size=3)), max_leaves=6
+    SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(TEXT, inner, max_size=3)),
+    max_leaves=6,
 )
 # Every path of the shipped quickstart, nested parts included: where a wrong value or a deletion goes.
 PATHS = sorted(
@@ -238,10 +240,8 @@ def test_generated_npz_files_load_or_are_a_data_error(checks_only: None, content
         path = folder / "data.npz"
         np.savez(path, **contents)
         for check in (check_npz, npz_num_classes, load_npz):  # each entry point: a Dataset or one DataError
-            try:
+            with contextlib.suppress(DataError):
                 check(path)
-            except DataError:
-                pass
         contract("npz file", ["train", "--set", f"dataset=npz:{path}", "--set", "eval_limit=8"])
         assert not (folder / "runs").exists() or all(not any(p.iterdir()) for p in (folder / "runs").iterdir())
 
