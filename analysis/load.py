@@ -108,15 +108,20 @@ def resolve_tracking_uri(uri: str | None, *, cwd: str | Path | None = None) -> s
             )
         if path.stat().st_size == 0:
             raise AnalysisError(f"{path} is an empty file, not an MLflow database")
+        if problem := C.sqlite_problem(path):
+            raise AnalysisError(f"tracking URI {uri}: {problem}")
         return f"sqlite:///{path}"
-    if C.is_file_store(uri):
-        raise AnalysisError(f"tracking URI {uri!r}: {C.NO_FILE_STORE}")
-    return uri
+    try:  # a file store, an unknown scheme, a port that is not a number, a driver not installed
+        return C.normalize_tracking_uri(uri)
+    except ValueError as exc:
+        raise AnalysisError(str(exc)) from None
 
 
 def connect(uri: str | None) -> tuple[MlflowClient, str]:
     """A client for the (checked) URI, after one cheap call that proves the store answers."""
     resolved = resolve_tracking_uri(uri)
+    if problem := C.database_problem(resolved):  # a database that is down: seconds, not MLflow's minutes of retries
+        raise AnalysisError(problem)
     client = MlflowClient(resolved)
     try:
         client.search_experiments(max_results=1)

@@ -6,12 +6,22 @@ value is refused with the field, the value and what is allowed, before anything 
 
 from __future__ import annotations
 
+import types
+import typing
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from pclc.knobs import AUTHORS
 
@@ -35,7 +45,50 @@ OPTIMIZATION_FIELDS: tuple[str, ...] = (
 )
 
 
-class TrialConfig(BaseModel):
+# The most epochs a trial may train: far above any paper-scale run (CIFAR-10 trains 200), low enough that a
+# typo (1e12) is refused rather than scheduled.
+MAX_EPOCHS = 10_000
+
+
+def _accepts_bool(annotation: Any) -> bool:
+    """Whether a field typed `annotation` takes true/false itself (bool, Any, or a union holding one)."""
+    if annotation is bool or annotation is Any:
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_accepts_bool(a) for a in typing.get_args(annotation))
+    return False
+
+
+def _list_item(annotation: Any) -> Any:
+    """The item type of a `list[X]` field (or `list[X] | None`), else None."""
+    if typing.get_origin(annotation) is list:
+        return (typing.get_args(annotation) or (Any,))[0]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return next((i for a in typing.get_args(annotation) if (i := _list_item(a)) is not None), None)
+    return None
+
+
+class StrictModel(BaseModel):
+    """A config model where true/false is never a number (pydantic would read `epochs: true` as 1 epoch) and
+    inf/NaN are never values (`lc_weight: .inf` is refused by the file check, not after minutes of work).
+
+    Strict in those two ways only: `3.0` for an int and numpy ints (Optuna, Tune) still validate."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        annotation = cls.model_fields[info.field_name].annotation if info.field_name else Any
+        item = _list_item(annotation)
+        if isinstance(v, bool) and not _accepts_bool(annotation) and item is None:
+            raise ValueError(f"{str(v).lower()} is a boolean, not a number; give a number")
+        if isinstance(v, list) and item is not None and not _accepts_bool(item) and any(isinstance(x, bool) for x in v):
+            raise ValueError("holds a boolean (true/false), not a number; give numbers")
+        return v
+
+
+class TrialConfig(StrictModel):
     """Everything one trial needs: data → model → train → evaluate."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -65,8 +118,8 @@ class TrialConfig(BaseModel):
     trades_beta: float = Field(6.0, ge=0.0)  # TRADES' β: weight of KL(p(x) ‖ p(x′)) (its CIFAR-10 value)
 
     # --- training
-    epochs: int = Field(12, ge=1)  # total epochs, warm-up included
-    warmup_epochs: int = Field(4, ge=0)  # CE epochs before the configured loss (ignored for ce)
+    epochs: int = Field(12, ge=1, le=MAX_EPOCHS)  # total epochs, warm-up included (at most MAX_EPOCHS)
+    warmup_epochs: int = Field(4, ge=0, le=MAX_EPOCHS)  # CE epochs before the configured loss (ignored for ce)
     reset_optimizer: bool = True  # fresh optimizer after warm-up, as the authors do
     batch_size: int = Field(64, ge=1)
     optimizer: Literal["adam", "sgd"] = "adam"
@@ -117,7 +170,7 @@ class TrialConfig(BaseModel):
 
     # --- transfer attack: the substitute model
     substitute_model: str | None = None  # None: same architecture as `model`
-    substitute_epochs: int | None = Field(None, ge=1)  # None: same as `epochs`
+    substitute_epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS)  # None: same as `epochs`
     substitute_seed: int = 1000
     cache_dir: str | None = None  # keep trained substitutes here, reused across sweeps (made absolute)
 
@@ -263,10 +316,17 @@ def parse_override(item: str) -> tuple[str, Any]:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from `path` (safe loader), with a clear error otherwise."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {p} is a folder, not a file; name the YAML file in it")
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {p} is not a text file (byte {exc.object[exc.start]:#04x} at offset {exc.start} is not "
+            "UTF-8); a config is a YAML text file"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):

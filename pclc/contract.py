@@ -11,11 +11,15 @@ Layout: one parent run per sweep (tag `pclc.role` = `sweep`), one child run per 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from collections.abc import Callable
+
+import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pclc.metrics import FINALIST_PREFIX
 
@@ -142,12 +146,70 @@ def is_file_store(uri: str) -> bool:
     return uri.startswith(("file:", "./", "/", "~")) or "://" not in uri
 
 
+# The stores MLflow 3 tracks runs in: SQLite, a tracking server, or a database SQLAlchemy reaches.
+SERVER_SCHEMES = ("http", "https")
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+# PostgreSQL's Python drivers, best first: psycopg2 is what the cluster nodes install (cluster/setup_node.sh).
+# A bare postgresql:// means whatever SQLAlchemy's default is (psycopg 3 since 2.1): the URI names one that is here.
+POSTGRES_DRIVERS = ("psycopg2", "psycopg", "pg8000")
+# Default ports of the SQLAlchemy databases MLflow tracks to (a URI without a port connects here).
+DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+TRACKING_FORMS = "sqlite:////abs/path/mlflow.db, http(s)://host:port or postgresql+psycopg2://user:pw@host:port/db"
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
 def normalize_tracking_uri(uri: str) -> str:
-    """An MLflow URI every process can use: sqlite paths made absolute; file stores refused (ValueError)."""
+    """An MLflow URI every process can use, or a ValueError saying why not and which form works.
+
+    sqlite paths are made absolute; a bare `postgresql://` names an installed driver
+    (`postgresql+psycopg2://`); file stores, unknown schemes, a port that is not a number and a database
+    driver that is not installed are refused.
+
+    >>> normalize_tracking_uri("http://127.0.0.1:5000")
+    'http://127.0.0.1:5000'
+    """
     if uri.startswith("sqlite:///"):
         return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).expanduser().resolve())
     if is_file_store(uri):
         raise ValueError(f"{uri!r}: {NO_FILE_STORE}")
+    if any(c.isspace() or not c.isprintable() for c in uri):
+        raise ValueError(f"tracking URI {uri!r} holds a space or a control character; a URI has none")
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    base, _, driver = scheme.partition("+")
+    if base == "sqlite":
+        raise ValueError(f"tracking URI {uri!r}: expected sqlite:////abs/path/mlflow.db (three slashes, then the path)")
+    if base not in (*SERVER_SCHEMES, *DATABASE_SCHEMES):
+        raise ValueError(f"tracking URI {uri!r}: unknown scheme {scheme!r}; use {TRACKING_FORMS}")
+    try:
+        parts.port  # noqa: B018 (urllib checks the port only when asked)
+    except ValueError:
+        port = parts.netloc.rpartition(":")[2]
+        raise ValueError(
+            f"tracking URI {uri!r}: port {port!r} is not a port number 0–65535 (e.g. http://127.0.0.1:5000)"
+        ) from None
+    if base in SERVER_SCHEMES:
+        if driver or not parts.hostname:
+            raise ValueError(f"tracking URI {uri!r}: expected http(s)://host:port")
+        return uri
+    if base == "postgresql":
+        rest = uri[len(scheme) :]
+        if not driver:
+            found = next((d for d in POSTGRES_DRIVERS if _installed(d)), None)
+            if found is None:
+                raise ValueError(
+                    f"tracking URI {uri!r}: no PostgreSQL driver is installed; pip install psycopg2-binary, "
+                    f"then use postgresql+psycopg2{rest}"
+                )
+            return f"postgresql+{found}{rest}"
+        if driver in POSTGRES_DRIVERS and not _installed(driver):
+            here = [d for d in POSTGRES_DRIVERS if _installed(d)]
+            use = f"postgresql+{here[0]}{rest}" if here else "pip install psycopg2-binary"
+            raise ValueError(f"tracking URI {uri!r}: PostgreSQL driver {driver} is not installed; use {use}")
     return uri
 
 
@@ -176,3 +238,39 @@ def every_page(fetch: Callable[[str | None], Any]) -> list[Any]:
         token = page.token
         if not token:
             return found
+
+
+def sqlite_problem(path: Path) -> str | None:
+    """Why the existing file `path` cannot be an MLflow SQLite store (a folder, not a database), else None.
+    An empty file is one SQLite will make into a database."""
+    if path.is_dir():
+        return f"{path} is a folder, not an MLflow database file"
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        return f"{path} cannot be read ({exc.strerror or exc})"
+    if head and head != SQLITE_HEADER:
+        return f"{path} is not an SQLite database (an MLflow store is one, e.g. mlflow.db)"
+    return None
+
+
+def database_problem(uri: str, *, timeout: float = 5.0) -> str | None:
+    """Whether the database server of a SQLAlchemy tracking URI (postgresql+psycopg2://…) accepts a connection
+    within `timeout` seconds: MLflow would otherwise retry for minutes, then print a traceback. A URI naming no
+    host (a local Unix socket) is not probed. None when it answers."""
+    parts = urlsplit(uri)
+    base = parts.scheme.partition("+")[0]
+    if base not in DATABASE_PORTS or not parts.hostname:
+        return None
+    port = parts.port or DATABASE_PORTS[base]
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            return None
+    except (OSError, UnicodeError) as exc:  # refused, timed out, unknown host, a host name IDNA cannot encode
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        shown = uri.replace(f"{parts.password}@", "***@") if parts.password else uri
+        return (
+            f"tracking database {shown} cannot be reached at {parts.hostname}:{port} ({reason}); start it or "
+            "check --tracking-uri"
+        )

@@ -38,6 +38,7 @@ __all__ = [
     "DataError",
     "Dataset",
     "batches",
+    "check_classes_present",
     "check_npz",
     "load_dataset",
     "load_npz",
@@ -569,13 +570,70 @@ def _open_npz(path: Path) -> Iterator[Any]:
             yield archive
 
 
-def check_npz(path: str | Path) -> None:
-    """A cheap pre-flight for `npz:PATH`: the file is a readable .npz with x and y (arrays not loaded).
+def _header(archive: Any, key: str) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype of the archive's member `key`, read from its .npy header (the data is not read)."""
+    with archive.zip.open(f"{key}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(member)
+    return tuple(shape), dtype
 
-    A sweep calls it before Ray starts, so a missing or truncated file fails in a second, not after start-up.
+
+def check_npz(path: str | Path) -> None:
+    """A cheap pre-flight for `npz:PATH`: the file is a readable .npz with x and y, whose image arrays are numbers
+    of a usable shape (read from the arrays' headers: no image is loaded).
+
+    A sweep calls it before Ray starts, so a missing, truncated or pickled file fails in a second, not after start-up.
     """
-    with _open_npz(Path(path).expanduser()):
-        pass
+    path = Path(path).expanduser()
+    with _open_npz(path) as archive:
+        for key in ("x", "y", "x_test", "y_test"):
+            if key not in archive.files:
+                continue
+            try:
+                shape, dtype = _header(archive, key)
+            except Exception as exc:  # a damaged member: the header itself cannot be read
+                raise DataError(f"{path}: cannot read its {key!r} array ({type(exc).__name__}: {exc})") from exc
+            if dtype.hasobject:
+                raise DataError(
+                    f"{path}: {key!r} is an object array (dtype {dtype}, stored as pickles, which are not loaded); "
+                    f"save numbers, e.g. np.savez(path, {key}=np.asarray({key}, dtype=np.float32), …)"
+                )
+            if key.startswith("y"):  # its values are checked when read (npz_num_classes, a few bytes a sample)
+                continue
+            if not (dtype == np.uint8 or np.issubdtype(dtype, np.floating)):
+                raise DataError(f"{path}: {key!r} has dtype {dtype}; expected uint8 (0–255) or float (0–1)")
+            if len(shape) not in (3, 4):
+                raise DataError(f"{path}: {key!r} has shape {shape}; expected N×H×W, N×H×W×C or N×C×H×W")
+
+
+def _ranges(values: list[int]) -> str:
+    """Sorted integers as runs: [3, 4, 5, 9] → '3–5, 9'."""
+    runs: list[list[int]] = []
+    for v in values:
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in runs)
+
+
+def check_classes_present(path: Path, y_train: Tensor | np.ndarray, y_test: Tensor | np.ndarray | None = None) -> int:
+    """The class count K of an `npz:` file, whose training labels must be 0..K-1 with every class present:
+    a gap ({0, 1, 2, 50}) would train a 51-class model with 48 classes that never appear. Raises DataError
+    naming the missing classes."""
+    train = {int(v) for v in np.unique(np.asarray(y_train))}
+    seen = train | ({int(v) for v in np.unique(np.asarray(y_test))} if y_test is not None else set())
+    k = max(seen) + 1
+    missing = sorted(set(range(k)) - train)
+    if missing:
+        shown = _ranges(sorted(seen))
+        raise DataError(
+            f"{path}: labels must be 0..K-1 with every class in the training labels; the labels hold {shown}, "
+            f"so classes {_ranges(missing)} have no training sample. Relabel them 0..{len(seen) - 1} (e.g. "
+            f"np.unique(y, return_inverse=True))"
+        )
+    return k
 
 
 def npz_num_classes(path: str | Path) -> int:
@@ -591,7 +649,9 @@ def npz_num_classes(path: str | Path) -> int:
             raise
         except Exception as exc:  # a damaged member, or an object array (pickles are refused)
             raise DataError(f"{path}: cannot read its labels ({type(exc).__name__}: {exc})") from exc
-    return max(int(y.max()) for y in labels if len(y)) + 1
+    if not len(labels[0]):
+        raise DataError(f"{path}: 'y' holds no labels")
+    return check_classes_present(path, labels[0], labels[1] if len(labels) > 1 else None)
 
 
 def load_npz(path: str | Path) -> Dataset:
@@ -621,9 +681,10 @@ def _npz_dataset(path: str | Path) -> Dataset:
 
     x = _npz_images(path, "x", arrays["x"])
     y = _npz_labels(path, "y", arrays["y"], len(x))
+    y_test = _npz_labels(path, "y_test", arrays["y_test"], len(arrays["x_test"])) if "x_test" in arrays else None
+    check_classes_present(path, y, y_test)
     if "x_test" in arrays:
         x_test = _npz_images(path, "x_test", arrays["x_test"])
-        y_test = _npz_labels(path, "y_test", arrays["y_test"], len(x_test))
         if x_test.shape[1:] != x.shape[1:]:
             raise DataError(
                 f"{path}: x_test images {tuple(x_test.shape[1:])} differ from x images {tuple(x.shape[1:])} (C×H×W)"
@@ -668,6 +729,7 @@ def load_stored(name: str, *, data_root: str | Path | None = None, download: boo
     if name.startswith("npz:"):
         if not name[4:]:
             raise DataError("dataset 'npz:' names no file; write npz:/abs/path/to/file.npz")
+        check_npz(name[4:])  # the same words as the sweep's pre-flight for a pickled or misshapen array
         return _npz_dataset(name[4:])
     if name not in DATASETS:
         raise DataError(

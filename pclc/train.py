@@ -233,6 +233,8 @@ class Trainer:
             "generator": self.generator.get_state(),
             "augment_generator": self.augment_generator.get_state(),
             "attack_generator": self.attack_generator.get_state(),
+            # torch's global CPU generator: dropout (VGG) and the per-epoch attacks' random starts draw from it
+            "torch_rng": torch.get_rng_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -247,6 +249,8 @@ class Trainer:
             self.augment_generator.set_state(state["augment_generator"])
         if "attack_generator" in state:  # checkpoints from before training modes
             self.attack_generator.set_state(state["attack_generator"])
+        if "torch_rng" in state:  # checkpoints from before issue 30 resumed with the global generator as seeded
+            torch.set_rng_state(state["torch_rng"])
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:

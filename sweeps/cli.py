@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +21,54 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, P
 def _train(args: argparse.Namespace) -> int:
     from pclc.config import load_config
     from pclc.experiment import Silent, run_trial
+    from pclc.run_folder import (
+        CHECKPOINT,
+        CheckpointKeeper,
+        RunFolderError,
+        claim,
+        discard_if_empty,
+        find_interrupted,
+        new_run_folder,
+        resumable,
+        run_stem,
+    )
+    from pclc.train import load_checkpoint
 
+    if args.resume and args.overwrite:
+        raise RunFolderError("--resume continues the run in out_dir, --overwrite replaces it: choose one")
     cfg = load_config(args.config, args.set)
-    if cfg.out_dir is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        cfg.out_dir = str(
-            Path("runs") / f"train-{cfg.dataset.replace(':', '_').replace('/', '_')}-{cfg.model}-{cfg.loss}-{stamp}"
-        )
+    config = cfg.to_dict()  # out_dir aside: what a resume must match
+    made = None  # a default folder made for this run: removed again if the run is refused before its first epoch
+    if cfg.out_dir is None:  # one run, one folder: a new one, or with --resume the newest interrupted run of cfg
+        parent, stem = Path("runs"), run_stem(cfg.dataset, cfg.model, cfg.loss)
+        if args.resume:
+            found = find_interrupted(parent, stem, config)
+            if found is None:
+                raise RunFolderError(
+                    f"--resume: no interrupted run of this config under {parent.resolve()}/{stem}-*; "
+                    "give its out_dir, or start it without --resume"
+                )
+            cfg.out_dir = str(found)
+        else:
+            made = new_run_folder(parent, stem)
+            cfg.out_dir = str(made)
+    elif args.resume:
+        if problem := resumable(cfg.out_dir, config):
+            raise RunFolderError(f"--resume: {problem}")
+    else:
+        claim(cfg.out_dir, overwrite=args.overwrite)
+    resume = load_checkpoint(Path(cfg.out_dir) / CHECKPOINT) if args.resume else None
+    if resume is not None:
+        print(f"resuming {cfg.out_dir} after epoch {resume['epoch']}", file=sys.stderr)
 
-    final = run_trial(cfg, Silent() if args.quiet else EpochPrinter())
+    keeper = CheckpointKeeper(Silent() if args.quiet else EpochPrinter(), cfg.out_dir, config)
+    try:
+        final = run_trial(cfg, keeper, resume=resume)
+    except BaseException:
+        if made is not None:  # nothing of a run that never finished an epoch stays behind
+            discard_if_empty(made)
+        raise
+    keeper.finished()
     print(json.dumps(final, indent=2, sort_keys=True))
     print(f"wrote {cfg.out_dir}/metrics.json", file=sys.stderr)
     return 0
@@ -58,17 +96,23 @@ def _preflight_sweep(args: argparse.Namespace) -> None:
     (a dead server fails in seconds)."""
     from pclc.attacks import check_classes
     from pclc.config import ConfigError
-    from pclc.contract import normalize_tracking_uri
+    from pclc.contract import default_tracking_uri, normalize_tracking_uri
     from pclc.data import check_npz, npz_num_classes
     from sweeps.config import check_tracking_store, read_sweep_file
+    from sweeps.preflight import local_gpu_problem
     from sweeps.storage import experiment_path, read_metadata, storage_root
 
     cfg = read_sweep_file(args.config, args.set, smoke=args.smoke_test)
     uri = normalize_tracking_uri(args.tracking_uri) if args.tracking_uri else cfg.tracking_uri
     if uri is None:  # a sweep being resumed goes on logging to the store it began with: probe that one
         uri = read_metadata(experiment_path(storage_root(cfg, args.storage_path), cfg.name)).get("tracking_uri")
-    if uri is not None:  # None: the default <cwd>/mlflow.db, made by the sweep itself
-        check_tracking_store(uri)
+    # None: the default <cwd>/mlflow.db (made by the sweep if missing; a file there must be a database)
+    check_tracking_store(uri or default_tracking_uri())
+    if args.address is None and cfg.resources.gpu:  # a local Ray offers this machine's GPUs, no more
+        import torch
+
+        if problem := local_gpu_problem(cfg, torch.cuda.device_count()):
+            raise ConfigError(problem)
     if cfg.trial.dataset.startswith("npz:"):
         check_npz(cfg.trial.dataset.removeprefix("npz:"))
         classes = npz_num_classes(cfg.trial.dataset.removeprefix("npz:"))
@@ -103,8 +147,10 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from sweeps.finalists_command import evaluate_command
+    from sweeps.config import check_tracking_store
+    from sweeps.finalists_command import evaluate_command, resolve_uri
 
+    check_tracking_store(resolve_uri(args.tracking_uri))  # a dead store is named as such, before any run id
     return evaluate_command(args)
 
 
@@ -224,6 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override one field (repeatable)"
     )
     train.add_argument("--quiet", action="store_true", help="no per-epoch lines on stderr")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run from its last epoch's checkpoint: the one in out_dir, or by default "
+        "the newest interrupted run of the same config under runs/",
+    )
+    train.add_argument(
+        "--overwrite", action="store_true", help="replace the run an explicit out_dir holds (its files removed first)"
+    )
     train.set_defaults(func=_train)
 
     sweep = sub.add_parser("sweep", help="run a sweep file with Ray Tune (+ Optuna), tracked in MLflow")

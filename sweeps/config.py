@@ -33,10 +33,10 @@ from pydantic import (
 )
 
 from pclc import metrics as M
-from pclc.config import OPTIMIZATION_FIELDS, ConfigError, TrialConfig, parse_override, read_yaml
+from pclc.config import OPTIMIZATION_FIELDS, ConfigError, StrictModel, TrialConfig, parse_override, read_yaml
 from pclc.contract import DEFAULT_MARGIN, normalize_tracking_uri
 from pclc.knobs import AUTHORS
-from sweeps.preflight import TrackingStoreError, check_tracking_store  # noqa: F401  (moved; re-exported)
+from sweeps.preflight import TrackingStoreError, check_tracking_store, limit_problems  # noqa: F401  (re-exported)
 from sweeps.smoke import SMOKE_EPOCHS, smoke_overrides
 from sweeps.trial_metrics import family_eps, objective_metrics, unchecked_robust_metric  # noqa: F401  (re-exported)
 
@@ -84,7 +84,7 @@ class SweepConfigError(ConfigError):
 # --------------------------------------------------------------------------- parts of a sweep file
 
 
-class Objective(BaseModel):
+class Objective(StrictModel):
     """One metric of the final evaluation and its direction."""
 
     model_config = ConfigDict(extra="forbid")
@@ -93,7 +93,7 @@ class Objective(BaseModel):
     mode: Literal["max", "min"] = "max"
 
 
-class Param(BaseModel):
+class Param(StrictModel):
     """One dimension of the Optuna search space."""
 
     model_config = ConfigDict(extra="forbid")
@@ -152,7 +152,7 @@ class Param(BaseModel):
         return f"{self.type} in [{self.low:g}, {self.high:g}]"
 
 
-class Resources(BaseModel):
+class Resources(StrictModel):
     """What one trial reserves from Ray: CPUs (also its torch threads) and a GPU share."""
 
     model_config = ConfigDict(extra="forbid")
@@ -168,7 +168,7 @@ class Resources(BaseModel):
         return v
 
 
-class Scheduler(BaseModel):
+class Scheduler(StrictModel):
     """Early stopping across trials: ASHA on a per-epoch metric, or none."""
 
     model_config = ConfigDict(extra="forbid")
@@ -190,7 +190,7 @@ class Scheduler(BaseModel):
         return EPOCH_METRICS[self.metric]
 
 
-class Confirm(BaseModel):
+class Confirm(StrictModel):
     """Optimize mode: after the search, the top configurations and the references are re-trained on
     fresh seeds and scored with AutoAttack on the whole evaluation set. A one-seed search on a subset
     ranks noise (its winner is biased upward); the printed best and the verdict come from these runs."""
@@ -207,7 +207,7 @@ class Confirm(BaseModel):
     looks: list[int] | None = None
 
 
-class VerdictSettings(BaseModel):
+class VerdictSettings(StrictModel):
     """How the verdict decides (analysis.compare): a comparison whose simultaneous interval lies inside
     (−margin, +margin) is *equivalent within ±margin*; the margin is in the headline's units (accuracy: 0.03 is
     3 points) and is the smallest difference that matters, chosen before looking."""
@@ -223,7 +223,7 @@ class VerdictSettings(BaseModel):
 # --------------------------------------------------------------------------- the sweep file
 
 
-class SweepConfig(BaseModel):
+class SweepConfig(StrictModel):
     """A whole sweep: the base trial, what varies, what is optimised, and how it runs."""
 
     model_config = ConfigDict(extra="forbid")
@@ -568,6 +568,7 @@ def _problems(cfg: SweepConfig) -> list[str]:
         out.append(f"resources.gpu = {cfg.resources.gpu}: trial.device is cpu; set device: auto or cuda")
     if cfg.resources.gpu == 0 and cfg.trial.device == "cuda":
         out.append("trial.device = 'cuda' but resources.gpu = 0: Ray would give the trial no GPU")
+    out += limit_problems(cfg)  # confirm.top the search cannot fill, GPUs no machine holds
     if not out:
         out += _corner_problems(cfg)
     return out
