@@ -14,9 +14,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-from collections.abc import Callable
-
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
