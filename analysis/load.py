@@ -106,9 +106,10 @@ def resolve_tracking_uri(uri: str | None, *, cwd: str | Path | None = None) -> s
         if path.stat().st_size == 0:
             raise AnalysisError(f"{path} is an empty file, not an MLflow database")
         return f"sqlite:///{path}"
-    if C.is_file_store(uri):
-        raise AnalysisError(f"tracking URI {uri!r}: {C.NO_FILE_STORE}")
-    return uri
+    try:
+        return C.normalize_tracking_uri(uri)  # also takes a password out of the URI (pclc.redact)
+    except ValueError as err:
+        raise AnalysisError(f"tracking URI {err}") from None
 
 
 def connect(uri: str | None) -> tuple[MlflowClient, str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pclc.metrics import FINALIST_PREFIX
+from pclc.redact import take_password
 
 # --------------------------------------------------------------------------- tags
 PARENT = "mlflow.parentRunId"  # MLflow's own: a trial's parent (sweep) run
@@ -134,9 +135,11 @@ def is_file_store(uri: str) -> bool:
 
 
 def normalize_tracking_uri(uri: str) -> str:
-    """An MLflow URI every process can use: sqlite paths made absolute; file stores refused (ValueError)."""
+    """An MLflow URI every process can use: sqlite paths made absolute; file stores refused (ValueError); a
+    password moved out of the URI into the environment variable its client reads (`pclc.redact.take_password`),
+    so that nothing which stores or prints the URI holds it."""
     if uri.startswith("sqlite:///"):
         return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).expanduser().resolve())
     if is_file_store(uri):
         raise ValueError(f"{uri!r}: {NO_FILE_STORE}")
-    return uri
+    return take_password(uri)

@@ -31,6 +31,7 @@ from pydantic import (
 from pclc import metrics as M
 from pclc.config import OPTIMIZATION_FIELDS, ConfigError, TrialConfig, parse_override, read_yaml
 from pclc.contract import DEFAULT_MARGIN, normalize_tracking_uri
+from pclc.redact import mask
 
 # Fields a sweep may vary per trial. The rest are fixed per sweep because `prepare()` builds the
 # data and the transfer substitute once from them, or because they define what is measured
@@ -777,7 +778,7 @@ def explain(err: ValidationError, source: str) -> str:
             lines.append(f"  {field}: required, missing")
         else:
             lines.append(f"  {field} = {e.get('input')!r}: {msg}")
-    return "\n".join(lines)
+    return mask("\n".join(lines))  # a refused URI is shown without its password
 
 
 def parse_sweep(data: dict[str, Any], *, source: str = "sweep") -> SweepConfig:
@@ -865,8 +866,9 @@ def smoke_overrides(cfg: SweepConfig, *, epochs: int = SMOKE_EPOCHS) -> list[str
 
 
 def resolved_yaml(cfg: SweepConfig) -> str:
-    """The sweep as run (every default filled in): saved with the sweep for reproducibility."""
-    return yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False)
+    """The sweep as run (every default filled in): saved with the sweep for reproducibility, with any secret a
+    `${VAR}` expanded into it masked (`pclc.redact.mask`)."""
+    return mask(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
 
 
 def shipped_configs() -> list[Path]:

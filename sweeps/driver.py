@@ -33,6 +33,7 @@ from pclc import contract as C
 from pclc import metrics as M
 from pclc.config import ConfigError
 from pclc.files import write_atomic
+from pclc.redact import mask_uri
 from sweeps.config import LABELS, SweepConfig, load_sweep, resolved_yaml
 from sweeps.storage import (  # noqa: F401  (StorageError: raised by run_sweep, imported from here by callers)
     CONFIG_COPY,
@@ -228,7 +229,7 @@ class SweepResult:
 
     @property
     def ui_command(self) -> str:
-        return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+        return f"mlflow ui --backend-store-uri {mask_uri(self.tracking_uri)}"
 
 
 class SocketPathError(ValueError):
