@@ -20,6 +20,7 @@ _USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):(?P<pas
 _QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:password|passwd|pwd)=)[^&\s#]*", re.IGNORECASE)
 # environment variables whose values are secrets: PGPASSWORD, MLFLOW_TRACKING_PASSWORD, AWS_SECRET_ACCESS_KEY, …
 SECRET_NAME = re.compile(r"PASSW|SECRET|TOKEN|CREDENTIAL|(?:^|_)KEY(?:$|_)|PGPASS", re.IGNORECASE)
+NOT_SECRET = re.compile(r"_(?:PATH|FILE|DIR|MODE)$", re.IGNORECASE)  # where a secret is, not the secret
 MIN_SECRET_LEN = 6  # shorter values (flags, ports) would mask ordinary words
 
 
@@ -36,7 +37,9 @@ def mask_uri(text: str) -> str:
 def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
     """The values of secret-named environment variables (`SECRET_NAME`), longest first."""
     env = os.environ if env is None else env
-    found = {v for k, v in env.items() if SECRET_NAME.search(k) and len(v) >= MIN_SECRET_LEN}
+    found = {
+        v for k, v in env.items() if SECRET_NAME.search(k) and not NOT_SECRET.search(k) and len(v) >= MIN_SECRET_LEN
+    }
     return sorted(found, key=len, reverse=True)
 
 
