@@ -6,8 +6,10 @@
 #      Ray adds its defaults (port 22 from 0.0.0.0/0 among them) only to a group without rules, so it adds
 #      none to this one; a world-open port 22 found on it (a group Ray made first) is removed.
 #   2. the role and instance profile pclc-worker: S3 on that bucket only (cluster/aws/worker_policy.json), and
-#      nothing else: no EC2, no IAM. The head's own role (Ray's ray-autoscaler-v1, made as Ray makes it when
-#      missing) is allowed to hand pclc-worker to the workers it starts (iam:PassRole on that role only).
+#      nothing else: no EC2, no IAM.
+#   3. the head's, pclc-head: EC2 (Ray's autoscaler starts and stops the workers), S3 on the same bucket only
+#      (the MLflow server's artifacts), and handing pclc-worker to the workers (iam:PassRole on it alone).
+#      `ray up` cannot start the head before this script ran: the file names this profile (fail closed).
 # Idempotent: run it again after changing ssh_from or the bucket.
 #
 #   bash cluster/aws_setup.sh [ray_cluster.yaml]
@@ -25,6 +27,9 @@ meta = cfg["metadata"]["pclc"]
 storage = re.search(r"PCLC_STORAGE=s3://([^/\s]+)", meta["setup_node"])
 if not storage:
     sys.exit(f"aws_setup: PCLC_STORAGE in {sys.argv[1]}'s setup_node is not an s3://BUCKET/... URI")
+other = {b for b in re.findall(r"=s3://([^/\s]+)", meta["setup_node"]) if b != storage[1]}
+if other:
+    sys.exit(f"aws_setup: the roles reach one bucket, {storage[1]} (PCLC_STORAGE); the file also names {other}")
 net = ipaddress.ip_network(meta["ssh_from"], strict=False)
 if net.prefixlen < 24 or net.subnet_of(ipaddress.ip_network("203.0.113.0/24")):
     sys.exit(f"aws_setup: ssh_from = {meta['ssh_from']}: set your own address (a /32) at the top of {sys.argv[1]}")
@@ -70,18 +75,17 @@ role pclc-worker
 sed "s/BUCKET/$BUCKET/g" "$HERE/aws/worker_policy.json" >"$TMP/worker.json"
 command aws iam put-role-policy --role-name pclc-worker --policy-name pclc-sweep-bucket \
     --policy-document "file://$TMP/worker.json"
-if ! command aws iam get-role --role-name ray-autoscaler-v1 >/dev/null 2>&1; then
-    role ray-autoscaler-v1 # as Ray makes it: EC2 to start workers, S3 for the MLflow server's artifacts
-    for policy in AmazonEC2FullAccess AmazonS3FullAccess; do
-        command aws iam attach-role-policy --role-name ray-autoscaler-v1 --policy-arn "arn:aws:iam::aws:policy/$policy"
-    done
-fi
+# ---- 3. the head's role: EC2 for the autoscaler, the same bucket, and pclc-worker to pass on
+role pclc-head
+command aws iam attach-role-policy --role-name pclc-head --policy-arn arn:aws:iam::aws:policy/AmazonEC2FullAccess
+command aws iam put-role-policy --role-name pclc-head --policy-name pclc-sweep-bucket \
+    --policy-document "file://$TMP/worker.json"
 WORKER_ROLE=$(command aws iam get-role --role-name pclc-worker --query Role.Arn --output text)
 printf '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iam:PassRole", "Resource": "%s"}]}\n' \
     "$WORKER_ROLE" >"$TMP/pass.json"
-command aws iam put-role-policy --role-name ray-autoscaler-v1 --policy-name pclc-pass-worker-role \
+command aws iam put-role-policy --role-name pclc-head --policy-name pclc-pass-worker-role \
     --policy-document "file://$TMP/pass.json"
 
 PROFILE=$(command aws iam get-instance-profile --instance-profile-name pclc-worker --query InstanceProfile.Arn --output text)
 echo "aws_setup: security group $GROUP ($SG): SSH from $SSH_FROM only; worker profile $PROFILE: s3://$BUCKET only"
-echo "aws_setup: worker_iam_profile in $CONFIG must name $PROFILE"
+echo "aws_setup: head_iam_profile and worker_iam_profile in $CONFIG must name ${PROFILE%pclc-worker}pclc-head and $PROFILE"

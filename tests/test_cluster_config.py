@@ -95,7 +95,7 @@ def test_the_aws_head_runs_no_trials_and_gpu_workers_scale_from_zero() -> None:
     types = config["available_node_types"]
     head = types[config["head_node_type"]]
     assert head["resources"].get("CPU") == 0 and head["resources"].get("GPU") == 0
-    assert "IamInstanceProfile" not in head["node_config"]  # Ray attaches its own S3-capable profile
+    assert head["node_config"]["IamInstanceProfile"]["Arn"].endswith(":instance-profile/pclc-head")  # aws_setup.sh's
     workers = {name: t for name, t in types.items() if name != config["head_node_type"]}
     assert len(workers) == 1
     (worker,) = workers.values()
@@ -387,6 +387,7 @@ def test_aws_nodes_get_imdsv2_ssh_from_one_address_and_workers_the_bucket_only()
         assert statement["Resource"] in ("arn:aws:s3:::BUCKET", "arn:aws:s3:::BUCKET/*"), statement
     setup = (REPO / "cluster" / "aws_setup.sh").read_text()
     assert "s/BUCKET/$BUCKET/g" in setup and "PCLC_STORAGE=s3://" in setup
+    assert "role pclc-head" in setup and "iam:PassRole" in setup and "AmazonS3FullAccess" not in setup
     assert '--port 22 --cidr "$SSH_FROM"' in setup and "revoke-security-group-ingress" in setup
 
 
