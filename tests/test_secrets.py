@@ -27,6 +27,7 @@ from sweep_util import tiny_optimize
 
 from pclc.contract import normalize_tracking_uri
 from pclc.redact import mask, mask_uri, take_password
+from sweeps.cli import main
 from sweeps.config import SweepConfigError, parse_sweep, resolved_yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +56,15 @@ def test_a_uri_password_moves_to_the_variable_its_client_reads(monkeypatch: pyte
         with pytest.raises(ValueError, match="leave it out of the URI") as err:
             take_password(refused)
         assert "pw1234" not in str(err.value)
+
+
+def test_a_password_the_sweep_could_not_hand_over_is_refused_in_one_masked_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    quickstart = REPO / "sweeps" / "configs" / "quickstart.yaml"
+    assert main(["sweep", str(quickstart), "--tracking-uri", "mysql://u:hunter2pw@db/m"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "mysql://u:***@db/m" in err and "hunter2pw" not in err
 
 
 def test_a_sweep_file_keeps_no_expanded_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
