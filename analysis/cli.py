@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,6 +86,16 @@ def _env_defaults(values: dict[str, str]) -> Iterator[None]:
             os.environ.pop(k, None)
 
 
+def report_folder(root: Path, experiment: str) -> Path:
+    """`root/<experiment>`, the name made one plain folder name (`../../x` → `_x`, `/etc/x` → `_etc_x`):
+    MLflow accepts any experiment name, and the report must land under `root` whatever it is."""
+    name = re.sub(r"[^\w.-]+", "_", experiment).lstrip(".") or "_"
+    out = (root / name).resolve()
+    if out.parent != root.resolve():  # cannot happen with the name above; the guarantee is checked, not assumed
+        raise AnalysisError(f"experiment {experiment!r}: no folder for it under {root}")
+    return out
+
+
 def _run(args: argparse.Namespace) -> int:
     from analysis.report import write_report  # matplotlib and optuna load only when there is work
 
@@ -93,7 +104,7 @@ def _run(args: argparse.Namespace) -> int:
         sweep = load_sweep(args.experiment, tracking_uri=uri, parent_run_id=args.parent_run, client=client)
         if sweep.trials.empty:
             raise _no_finished(sweep)
-        out = Path(args.out).resolve() if args.out else Path.cwd().resolve() / "reports" / sweep.experiment
+        out = Path(args.out).resolve() if args.out else report_folder(Path.cwd() / "reports", sweep.experiment)
         report = write_report(sweep, out, client=client, log_to_mlflow=not args.no_log_artifacts)
     except AnalysisError as err:
         if args.debug:

@@ -3,8 +3,12 @@
 # after file_mounts copied the project to $PCLC_HOME. Two things:
 #   1. a virtual environment with the project installed (plus ray[default] for the dashboard and
 #      `ray job submit`, and $PCLC_PIP_EXTRA, e.g. boto3 on an AWS head for S3 artifacts);
-#   2. ~/.pclc_env, sourced from ~/.bashrc, so every later Ray command on this node (start commands,
-#      `ray down`'s `ray stop`, and the jobs Ray starts) finds that environment and the settings below.
+#   2. ~/.pclc_env (mode 600), sourced from ~/.bashrc, so every later Ray command on this node (start
+#      commands, `ray down`'s `ray stop`, and the jobs Ray starts) finds that environment, the settings
+#      below and the cluster's logins: Ray's token (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN_PATH) and the
+#      sweeps' MLflow login (MLFLOW_TRACKING_USERNAME/PASSWORD), both read from ~/.pclc-secrets, which the
+#      file_mounts copy from the folder cluster/make_secrets.sh made on your machine. No secret is written
+#      into ~/.pclc_env itself: it names the files.
 # Idempotent: a second `ray up` reinstalls the project only (pip skips what is already there).
 # On a GPU node it also checks that the NVIDIA driver runs the CUDA that torch was built for
 # (torch 2.14: CUDA 13.0, driver >= 580), and fails naming both versions if it does not.
@@ -62,7 +66,23 @@ fi
     exit 2
 }
 
-# The node's settings, for every later command (Ray runs each one in `bash --login -i`).
+SECRETS=$HOME/.pclc-secrets
+for secret in ray_auth_token mlflow.env; do
+    if [ ! -s "$SECRETS/$secret" ]; then
+        echo "setup_node: $SECRETS/$secret is missing: run cluster/make_secrets.sh on your machine (file_mounts copy it)" >&2
+        exit 2
+    fi
+done
+chmod 700 "$SECRETS"
+chmod 600 "$SECRETS"/*
+case "${PCLC_MLFLOW_BACKEND:-}" in
+    *://*:*@*) echo "setup_node: warning: PCLC_MLFLOW_BACKEND carries a password (on the ray up command line too): use ~/.pgpass (docs/cluster.md)" >&2 ;;
+esac
+
+# The node's settings, for every later command (Ray runs each one in `bash --login -i`). Mode 600 before a
+# byte is written: a backend URI may hold a password (better in ~/.pgpass).
+touch "$HOME/.pclc_env"
+chmod 600 "$HOME/.pclc_env"
 {
     echo "# written by $PCLC_HOME/cluster/setup_node.sh: pclc sweeps cluster settings"
     printf 'export PATH=%q:"$PATH"\n' "$PCLC_VENV/bin"
@@ -70,6 +90,9 @@ fi
         PCLC_MLFLOW_BACKEND PCLC_MLFLOW_ARTIFACTS PCLC_MLFLOW_WORKERS; do
         if [ -n "${!name:-}" ]; then printf 'export %s=%q\n' "$name" "${!name}"; fi
     done
+    echo "# the cluster's logins, from the files make_secrets.sh made (never their values here)"
+    printf 'export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=%q\n' "$SECRETS/ray_auth_token"
+    printf 'set -a; . %q; set +a\n' "$SECRETS/mlflow.env"
 } >"$HOME/.pclc_env"
 if ! grep -qs 'pclc_env' "$HOME/.bashrc"; then
     printf '\n[ -f ~/.pclc_env ] && . ~/.pclc_env  # pclc sweeps cluster settings\n' >>"$HOME/.bashrc"

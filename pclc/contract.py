@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pclc.metrics import FINALIST_PREFIX
+from pclc.redact import mask_uri, take_password
 
 # --------------------------------------------------------------------------- tags
 PARENT = "mlflow.parentRunId"  # MLflow's own: a trial's parent (sweep) run
@@ -162,11 +163,13 @@ def _installed(module: str) -> bool:
 
 
 def normalize_tracking_uri(uri: str) -> str:
-    """An MLflow URI every process can use, or a ValueError saying why not and which form works.
+    """An MLflow URI every process can use, or a ValueError saying why not and which form works (the URI in it
+    masked).
 
     sqlite paths are made absolute; a bare `postgresql://` names an installed driver
     (`postgresql+psycopg2://`); file stores, unknown schemes, a port that is not a number and a database
-    driver that is not installed are refused.
+    driver that is not installed are refused. A password is moved out of the URI into the environment
+    variable its client reads (`pclc.redact.take_password`), so nothing that stores or prints the URI holds it.
 
     >>> normalize_tracking_uri("http://127.0.0.1:5000")
     'http://127.0.0.1:5000'
@@ -175,6 +178,15 @@ def normalize_tracking_uri(uri: str) -> str:
         return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).expanduser().resolve())
     if is_file_store(uri):
         raise ValueError(f"{uri!r}: {NO_FILE_STORE}")
+    try:
+        checked = _checked_uri(uri)
+    except ValueError as exc:
+        raise ValueError(mask_uri(str(exc))) from None
+    return take_password(checked)
+
+
+def _checked_uri(uri: str) -> str:
+    """`uri` if its scheme, port and driver can work (a bare `postgresql://` given an installed driver), else why not."""
     if any(c.isspace() or not c.isprintable() for c in uri):
         raise ValueError(f"tracking URI {uri!r} holds a space or a control character; a URI has none")
     parts = urlsplit(uri)

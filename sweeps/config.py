@@ -36,6 +36,7 @@ from pclc import metrics as M
 from pclc.config import OPTIMIZATION_FIELDS, ConfigError, StrictModel, TrialConfig, parse_override, read_yaml
 from pclc.contract import DEFAULT_MARGIN, normalize_tracking_uri
 from pclc.knobs import AUTHORS
+from pclc.redact import mask
 from sweeps.preflight import TrackingStoreError, check_tracking_store, limit_problems  # noqa: F401  (re-exported)
 from sweeps.smoke import SMOKE_EPOCHS, smoke_overrides
 from sweeps.trial_metrics import family_eps, objective_metrics, unchecked_robust_metric  # noqa: F401  (re-exported)
@@ -741,7 +742,7 @@ def explain(err: ValidationError, source: str) -> str:
             lines.append(f"  {field}: required, missing")
         else:
             lines.append(f"  {field} = {e.get('input')!r}: {msg}")
-    return "\n".join(lines)
+    return mask("\n".join(lines))  # a refused URI is shown without its password
 
 
 def parse_sweep(data: dict[str, Any], *, source: str = "sweep") -> SweepConfig:
@@ -782,8 +783,9 @@ load_sweep = read_sweep_file  # the old name (analysis.load.load_sweep reads MLf
 
 
 def resolved_yaml(cfg: SweepConfig) -> str:
-    """The sweep as run (every default filled in): saved with the sweep for reproducibility."""
-    return yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False)
+    """The sweep as run (every default filled in): saved with the sweep for reproducibility, with any secret a
+    `${VAR}` expanded into it masked (`pclc.redact.mask`)."""
+    return mask(yaml.safe_dump(json.loads(cfg.model_dump_json()), sort_keys=False))
 
 
 def shipped_configs() -> list[Path]:

@@ -35,4 +35,6 @@ class SweepResult:
 
     @property
     def ui_command(self) -> str:
-        return f"mlflow ui --backend-store-uri {self.tracking_uri}"
+        from pclc.redact import mask_uri
+
+        return f"mlflow ui --backend-store-uri {mask_uri(self.tracking_uri)}"

@@ -15,6 +15,7 @@ import numpy as np
 from analysis.stats import mean_sd, pareto_mask
 from pclc import contract as C
 from pclc import metrics as M
+from pclc.redact import mask_uri
 from sweeps.config import SweepConfig
 from sweeps.result import SweepResult
 
@@ -125,7 +126,10 @@ def print_summary(cfg: SweepConfig, result: SweepResult, out: TextIO) -> None:
     for tid in result.failed[:10]:
         print(f"  failed: trial {tid}: {result.trials[tid].error}", file=out)
     print(f"Ray results: {result.experiment_path}", file=out)
-    print(f"MLflow: experiment '{cfg.name}' (parent run {result.parent_run_id}) in {result.tracking_uri}", file=out)
+    print(
+        f"MLflow: experiment '{cfg.name}' (parent run {result.parent_run_id}) in {mask_uri(result.tracking_uri)}",
+        file=out,
+    )
     print(
         f"MLflow UI: {result.ui_command}   (then open http://127.0.0.1:5000{C.experiment_ui_path(result.experiment_id)})",
         file=out,

@@ -53,6 +53,7 @@ from pclc.contract import (  # noqa: F401  (re-exported: the writer's names, for
     param_value,
 )
 from pclc.files import write_atomic
+from pclc.redact import mask
 
 T = TypeVar("T")
 PARENT_CONFIG_ARTIFACT = "sweep_config.yaml"  # the parent run's copy of the resolved sweep file
@@ -193,7 +194,7 @@ def _batched(items: list[T], size: int) -> Iterable[list[T]]:
 
 def failure_reason(text: str, limit: int = 4000) -> str:
     """The line that says why, from an exception text or traceback (MLflow caps tags at 8000 chars)."""
-    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in mask(str(text)).strip().splitlines() if ln.strip()]
     for ln in reversed(lines):  # the last "SomethingError: message" line of a traceback
         head = ln.split(":", 1)[0]
         if head.endswith(("Error", "Exception", "Interrupt")) and " " not in head:

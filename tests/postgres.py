@@ -139,7 +139,11 @@ def throwaway_postgres(home: Path, *, database: str = "mlflow", user: str = "pcl
 
 class HeadMlflow:
     """The head's MLflow server, started and stopped by `cluster/start_mlflow.sh` / `stop_mlflow.sh` with
-    HOME at `home` (state in `home/pclc-mlflow`), on 127.0.0.1 at a free port, over `backend`."""
+    HOME at `home` (state in `home/pclc-mlflow`), on 127.0.0.1 at a free port, over `backend`.
+
+    Its login is the cluster's: `cluster/make_secrets.sh` writes `home/.pclc-secrets/mlflow.env`, and while the
+    server runs (`running()`) this process has it in MLFLOW_TRACKING_USERNAME/_PASSWORD, as a node's
+    ~/.pclc_env gives it to the sweep's driver and trials (forked writers inherit it)."""
 
     def __init__(self, home: Path, backend: str | None, *, workers: int = 4) -> None:
         (self.port,) = free_ports(1)
@@ -155,6 +159,10 @@ class HeadMlflow:
         }
         if backend is not None:  # None: the script's own default, SQLite in ~/pclc-mlflow
             self.env["PCLC_MLFLOW_BACKEND"] = backend
+        secrets_dir = home / ".pclc-secrets"
+        subprocess.run(["bash", str(REPO / "cluster" / "make_secrets.sh"), str(secrets_dir)], check=True, timeout=60)
+        lines = (secrets_dir / "mlflow.env").read_text().split()
+        self.login: dict[str, str] = dict(line.split("=", 1) for line in lines)
 
     def _script(self, name: str) -> str:
         proc = subprocess.run(
@@ -176,11 +184,19 @@ class HeadMlflow:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[HeadMlflow]:
+        """The server started, and its login in this process's environment until it stops."""
+        before = {k: os.environ.get(k) for k in self.login}
+        os.environ.update(self.login)
         self.start()
         try:
             yield self
         finally:
             self.stop()
+            for k, v in before.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 def psycopg2_missing() -> str | None:

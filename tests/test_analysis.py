@@ -1199,6 +1199,24 @@ def test_cli_default_store_and_out_folder(store, tmp_path, capsys, monkeypatch) 
     assert "robust_acc_classic" not in md.split("## Ablation table")[1].split("## Plots")[0]
 
 
+@pytest.mark.parametrize("hostile", ["../../escaped", "/abs/escaped", "a/../../escaped"])
+def test_cli_writes_under_reports_whatever_the_experiment_is_called(tmp_path, monkeypatch, hostile) -> None:
+    """MLflow accepts any experiment name; the default output folder stays a plain folder under ./reports."""
+    work = tmp_path / "a" / "b"  # `../../escaped` from work/reports would land in tmp_path/a
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client.create_experiment(hostile, artifact_location=(tmp_path / "art").as_uri())
+    log_sweep(client, tmp_path, hostile, [{"cfg": {"loss": loss, "seed": 0}} for loss in ("ce", "pclc")])
+    code = cli.main(
+        ["--experiment", hostile, "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--no-log-artifacts"]
+    )
+    assert code == 0
+    written = sorted(p for p in tmp_path.rglob("*") if p.is_file() and "report" in p.name)
+    assert written and all((work / "reports").resolve() in p.resolve().parents for p in written), written
+    assert not Path("/abs").exists() and not list(tmp_path.rglob("escaped"))
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -9,9 +9,11 @@ CLI flag and entry point the files and the README's cluster section use is looke
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -23,9 +25,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_FILES = ("ray_cluster.yaml", "ray_cluster_local.yaml")
-SCRIPTS = ("setup_node.sh", "start_mlflow.sh", "stop_mlflow.sh")
+SCRIPTS = ("setup_node.sh", "start_mlflow.sh", "stop_mlflow.sh", "make_secrets.sh", "aws_setup.sh")
 README = REPO / "README.md"
 REMOTE_HOME = "~/pclc-sweeps"  # where file_mounts put the project on every node
+SECRETS_REMOTE = "~/.pclc-secrets"  # where file_mounts put the logins cluster/make_secrets.sh made
 
 
 def load(name: str) -> dict[str, Any]:
@@ -92,7 +95,7 @@ def test_the_aws_head_runs_no_trials_and_gpu_workers_scale_from_zero() -> None:
     types = config["available_node_types"]
     head = types[config["head_node_type"]]
     assert head["resources"].get("CPU") == 0 and head["resources"].get("GPU") == 0
-    assert "IamInstanceProfile" not in head["node_config"]  # Ray attaches its own S3-capable profile
+    assert head["node_config"]["IamInstanceProfile"]["Arn"].endswith(":instance-profile/pclc-head")  # aws_setup.sh's
     workers = {name: t for name, t in types.items() if name != config["head_node_type"]}
     assert len(workers) == 1
     (worker,) = workers.values()
@@ -119,6 +122,7 @@ def test_variables_are_set_once_at_the_top_and_no_credentials_are_in_the_file(na
     anchors = re.findall(r":\s+&(\w+)", text)
     assert anchors and all(re.search(rf"\*{a}\b", text) for a in anchors), "every variable is used"
     keys = re.findall(r"^\s*([\w-]*(?:secret|password|token|access_key)[\w-]*)\s*:", text, flags=re.M | re.I)
+    keys = [k for k in keys if k != "HttpTokens"]  # IMDSv2's setting (MetadataOptions), not a credential
     assert not keys, f"credential-like keys: {keys}"
     assert not re.search(r"AKIA[0-9A-Z]{16}", text), "an AWS access key id"
 
@@ -143,6 +147,8 @@ def test_ray_and_mlflow_listen_on_private_addresses_only(name: str) -> None:
 def test_every_mounted_path_and_script_exists_in_the_checkout(name: str) -> None:
     config = load(name)
     for remote, local in config["file_mounts"].items():
+        if remote == SECRETS_REMOTE:  # from the user's machine (test_ray_asks_for_the_token…)
+            continue
         assert remote.startswith(REMOTE_HOME + "/"), remote
         assert (REPO / local).exists(), f"file_mounts: {local} is not in the checkout"
     used = [word for cmd in commands(prepared(name)) for w in words(cmd) for word in w if word.startswith(REMOTE_HOME)]
@@ -186,9 +192,11 @@ def test_the_mlflow_server_flags_exist_in_the_installed_mlflow() -> None:
     from mlflow.cli import server
 
     text = (REPO / "cluster" / "start_mlflow.sh").read_text().replace("\\\n", " ")
-    (line,) = [ln for ln in text.splitlines() if "mlflow server" in ln and not ln.lstrip().startswith("#")]
-    flags = set(re.findall(r"(--[a-z][a-z-]+)", line.split("mlflow server", 1)[1]))
-    assert {"--host", "--port", "--backend-store-uri", "--artifacts-destination"} <= flags
+    launch = "python -m sweeps.mlflow_gate server"  # `mlflow server` with the basic-auth app behind an origin gate
+    (line,) = [ln for ln in text.splitlines() if launch in ln and not ln.lstrip().startswith("#")]
+    flags = set(re.findall(r"(--[a-z][a-z-]+)", line.split(launch, 1)[1]))
+    assert {"--host", "--port", "--backend-store-uri", "--artifacts-destination", "--allowed-hosts"} <= flags
+    assert "--app-name basic-auth" in line and "--cors-allowed-origins" in flags
     assert flags <= click_options(server), flags - click_options(server)
 
 
@@ -203,6 +211,7 @@ def test_the_cluster_scripts_parse(script: str) -> None:
 
 
 def test_start_mlflow_refuses_a_wildcard_address(tmp_path: Path) -> None:
+    subprocess.run(["bash", str(REPO / "cluster" / "make_secrets.sh"), str(tmp_path / ".pclc-secrets")], check=True)
     env = {**os.environ, "HOME": str(tmp_path), "PCLC_MLFLOW_HOST": "0.0.0.0"}
     proc = subprocess.run(["bash", str(REPO / "cluster" / "start_mlflow.sh")], env=env, capture_output=True, text=True)
     assert proc.returncode == 2 and "refusing to bind MLflow to '0.0.0.0'" in proc.stderr
@@ -221,6 +230,9 @@ def test_setup_node_writes_the_node_settings_once(tmp_path: Path) -> None:
         "PCLC_MLFLOW_PORT": "5001",
     }
     (tmp_path / ".bashrc").write_text("# the user's own\n")
+    refused = subprocess.run(["bash", str(REPO / "cluster" / "setup_node.sh")], env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "run cluster/make_secrets.sh on your machine" in refused.stderr
+    subprocess.run(["bash", str(REPO / "cluster" / "make_secrets.sh"), str(tmp_path / ".pclc-secrets")], check=True)
     for _ in range(2):  # a second `ray up` must not stack hooks
         proc = subprocess.run(
             ["bash", str(REPO / "cluster" / "setup_node.sh")], env=env, capture_output=True, text=True
@@ -231,14 +243,19 @@ def test_setup_node_writes_the_node_settings_once(tmp_path: Path) -> None:
         [
             "bash",
             "-c",
-            '. ~/.pclc_env && echo "$PCLC_STORAGE|$PCLC_MLFLOW_PORT|${PCLC_MLFLOW_HOST-unset}" && command -v python',
+            '. ~/.pclc_env && echo "$PCLC_STORAGE|$PCLC_MLFLOW_PORT|${PCLC_MLFLOW_HOST-unset}" && command -v python'
+            ' && echo "$RAY_AUTH_MODE|$RAY_AUTH_TOKEN_PATH|$MLFLOW_TRACKING_USERNAME"',
         ],
         env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         check=True,
     ).stdout.splitlines()
-    assert shown == ["s3://bucket/ray results|5001|unset", f"{sys.prefix}/bin/python"]
+    token = tmp_path / ".pclc-secrets" / "ray_auth_token"
+    assert shown == ["s3://bucket/ray results|5001|unset", f"{sys.prefix}/bin/python", f"token|{token}|pclc"]
+    settings = tmp_path / ".pclc_env"
+    assert stat.S_IMODE(settings.stat().st_mode) == 0o600  # a backend URI may hold a password
+    assert token.read_text().strip() not in settings.read_text()  # the files are named, their values not copied
 
 
 def test_setup_node_refuses_a_node_without_the_project(tmp_path: Path) -> None:
@@ -330,3 +347,87 @@ def test_setup_node_refuses_a_gpu_node_whose_driver_is_too_old_for_torch(tmp_pat
         assert "NVIDIA driver 550.54.15" in proc.stderr and "needs a driver >= 580" in proc.stderr
     else:  # a CPU-only torch, or one built for CUDA 12 (which runs on 550)
         assert proc.returncode == 0, proc.stderr
+
+
+# --------------------------------------------------------------------------- who can reach what (issue 29)
+
+
+@pytest.mark.parametrize("name", CLUSTER_FILES)
+def test_ray_asks_for_the_token_and_the_nodes_get_the_logins_through_the_file_mounts(name: str) -> None:
+    config = prepared(name)
+    starts = [c for c in commands(config) if any(w[:2] == ["ray", "start"] for w in words(c))]
+    assert len(starts) == 2 and all(re.search(r"\bRAY_AUTH_MODE=token\b", c) for c in starts), starts
+    local = load(name)["file_mounts"][SECRETS_REMOTE]
+    assert local.startswith("~/"), "the logins live on the user's machine, never in the checkout"
+    maker = (REPO / "cluster" / "make_secrets.sh").read_text()
+    assert "${1:-" + local.replace("~", "$HOME") + "}" in maker, "make_secrets.sh makes the folder the file mounts"
+    setup = (REPO / "cluster" / "setup_node.sh").read_text()
+    assert "RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH" in setup and "$SECRETS/mlflow.env" in setup
+
+
+def test_aws_nodes_get_imdsv2_ssh_from_one_address_and_workers_the_bucket_only() -> None:
+    raw = load("ray_cluster.yaml")
+    config = prepared("ray_cluster.yaml")
+    ssh_from = raw["metadata"]["pclc"]["ssh_from"]
+    for node_type in config["available_node_types"].values():
+        options = node_type["node_config"]["MetadataOptions"]
+        assert options["HttpTokens"] == "required" and options["HttpPutResponseHopLimit"] == 1, options
+    group = config["provider"]["security_group"]
+    assert group["GroupName"] == raw["metadata"]["pclc"]["security_group"]
+    assert group["IpPermissions"] == [
+        {"FromPort": 22, "ToPort": 22, "IpProtocol": "tcp", "IpRanges": [{"CidrIp": ssh_from}]}
+    ]
+    assert "0.0.0.0/0" not in json.dumps(raw)  # nowhere in what Ray reads (a comment may say why)
+    worker = next(t for n, t in config["available_node_types"].items() if n != config["head_node_type"])
+    assert worker["node_config"]["IamInstanceProfile"]["Arn"].endswith(":instance-profile/pclc-worker")
+    policy = json.loads((REPO / "cluster" / "aws" / "worker_policy.json").read_text())
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow"
+        assert all(a.startswith("s3:") and "*" not in a for a in statement["Action"]), statement
+        assert statement["Resource"] in ("arn:aws:s3:::BUCKET", "arn:aws:s3:::BUCKET/*"), statement
+    setup = (REPO / "cluster" / "aws_setup.sh").read_text()
+    assert "s/BUCKET/$BUCKET/g" in setup and "PCLC_STORAGE=s3://" in setup
+    assert "role pclc-head" in setup and "iam:PassRole" in setup and "AmazonS3FullAccess" not in setup
+    assert '--port 22 --cidr "$SSH_FROM"' in setup and "revoke-security-group-ingress" in setup
+
+
+def test_aws_setup_refuses_the_placeholder_address(tmp_path: Path) -> None:
+    """The shipped ssh_from (a documentation address) is refused before any AWS call: no `aws` on PATH here."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+    proc = subprocess.run(
+        ["bash", str(REPO / "cluster" / "aws_setup.sh"), str(REPO / "ray_cluster.yaml")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0 and "ssh_from = 203.0.113.7/32: set your own address" in proc.stderr, proc.stderr
+
+
+def test_make_secrets_makes_the_logins_once_mode_600_and_rotates_on_request(tmp_path: Path) -> None:
+    folder = tmp_path / "secrets"
+    run = ["bash", str(REPO / "cluster" / "make_secrets.sh")]
+
+    def made() -> dict[str, str]:
+        return {p.name: p.read_text() for p in folder.iterdir()}
+
+    subprocess.run([*run, str(folder)], check=True, capture_output=True, timeout=60)
+    first = made()
+    assert set(first) == {"ray_auth_token", "mlflow.env"} and len(first["ray_auth_token"].strip()) == 64
+    assert first["mlflow.env"].startswith("MLFLOW_TRACKING_USERNAME=pclc\nMLFLOW_TRACKING_PASSWORD=")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in folder.iterdir())
+    out = subprocess.run([*run, str(folder)], check=True, capture_output=True, text=True, timeout=60).stdout
+    assert made() == first and first["mlflow.env"].split("=")[-1].strip() not in out  # kept, never shown
+    subprocess.run([*run, "--rotate", str(folder)], check=True, capture_output=True, timeout=60)
+    assert all(made()[k] != v for k, v in first.items())
+
+
+def test_start_mlflow_refuses_a_password_it_could_not_keep_off_the_command_line(tmp_path: Path) -> None:
+    subprocess.run(["bash", str(REPO / "cluster" / "make_secrets.sh"), str(tmp_path / ".pclc-secrets")], check=True)
+    env = {**os.environ, "HOME": str(tmp_path), "PCLC_MLFLOW_BACKEND": "mysql://u:hunter2pw@db/mlflow"}
+    proc = subprocess.run(["bash", str(REPO / "cluster" / "start_mlflow.sh")], env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and "leave the password out of PCLC_MLFLOW_BACKEND (mysql://u:***@…)" in proc.stderr
+    assert "hunter2pw" not in proc.stdout + proc.stderr
+    proc = subprocess.run(["bash", str(REPO / "cluster" / "start_mlflow.sh")], env={**env, "HOME": str(tmp_path / "x")})
+    assert proc.returncode == 2  # no login files: refused before anything starts

@@ -323,14 +323,30 @@ def with_settings(command: str, **settings: str) -> str:
     return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in assigned.items()), *words[n:]])
 
 
+def cluster_logins(secrets: Path) -> dict[str, str]:
+    """What a user's shell holds to reach the cluster (docs/cluster.md): Ray's token mode and file, the MLflow login."""
+    lines = (secrets / "mlflow.env").read_text().split()
+    return {
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(secrets / "ray_auth_token"),
+        **dict(line.split("=", 1) for line in lines),
+    }
+
+
 def local_cluster(
     cluster: RayCli, *, head_ip: str, worker_ips: list[str], key: Path, ssh_port: int, mlflow_port: int, **settings: str
 ) -> dict[str, Any]:
     """ray_cluster_local.yaml aimed at a test cluster: its name, nodes and SSH key, and the real setup command
     minus pip (this venv has the project; 2 shared cores), with shared storage, the MLflow port, one MLflow
-    worker and `settings`. The CLI reaches the head's sshd through `nc` to its port."""
+    worker and `settings`. The CLI reaches the head's sshd through `nc` to its port. The cluster's logins are
+    made as the user makes them (`cluster/make_secrets.sh`, here in <root>/secrets, mounted from there), and
+    the CLI processes run here get them as the docs tell the user to (`cluster_logins`)."""
     cfg = yaml.safe_load((REPO / "ray_cluster_local.yaml").read_text())
     cfg["cluster_name"] = cluster.cluster_name
+    secrets = cluster.root / "secrets"
+    subprocess.run(["bash", str(REPO / "cluster" / "make_secrets.sh"), str(secrets)], check=True, timeout=60)
+    cfg["file_mounts"]["~/.pclc-secrets"] = str(secrets)
+    cluster.env.update(cluster_logins(secrets))
     cfg["provider"].update(head_ip=head_ip, worker_ips=worker_ips)
     cfg["auth"] = {"ssh_user": getpass.getuser(), "ssh_private_key": str(key), "ssh_proxy_command": f"nc %h {ssh_port}"}
     (setup,) = cfg["setup_commands"]
@@ -411,12 +427,16 @@ def analyze(node: RayCli, *args: str) -> None:
 # --------------------------------------------------------------------------- the journey
 
 
-def test_ray_up_runs_a_sweep_that_logs_to_the_heads_mlflow_then_ray_down(node: Node) -> None:
+def test_ray_up_runs_a_sweep_that_logs_to_the_heads_mlflow_then_ray_down(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mlflow.tracking import MlflowClient
 
     names = ("gcs", "dashboard", "client", "agent", "mlflow")
     ports = dict(zip(names, free_ports(len(names))))
     config = node_config(node, ports)
+    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):  # this process reads the head's MLflow
+        monkeypatch.setenv(var, node.env[var])
     cfg_text = config.read_text()
 
     # ---- ray up: the project synced, setup_node.sh, Ray's head, then MLflow on the head

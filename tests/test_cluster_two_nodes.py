@@ -18,6 +18,7 @@ with apt-get when missing, as in tests/test_cluster_local.py. `pytest -s` shows 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import getpass
 import ipaddress
@@ -26,11 +27,13 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -312,18 +315,31 @@ def cluster_config(pair: Pair, ports: dict[str, int]) -> Path:
     return path
 
 
-def dashboard_get(port: int, path: str) -> Any:
-    """GET a JSON document from the head's dashboard (local to the head); None when it does not answer."""
+def http_status(url: str, headers: dict[str, str], data: bytes | None = None) -> int:
+    """The HTTP status of a GET (or a POST of `data`); 0 when nothing answers."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, data, headers), timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+    except OSError:
+        return 0
+
+
+def dashboard_get(port: int, path: str, token: str) -> Any:
+    """GET a JSON document from the head's dashboard (local to the head) with Ray's token; None when it does
+    not answer."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
             return json.load(response)
     except (OSError, ValueError):
         return None
 
 
-def state_api(port: int, what: str) -> list[dict[str, Any]]:
+def state_api(port: int, what: str, token: str) -> list[dict[str, Any]]:
     """Ray's state API (e.g. `nodes`): the listed entries, or [] when the dashboard does not answer."""
-    found = dashboard_get(port, f"/api/v0/{what}?limit=1000")
+    found = dashboard_get(port, f"/api/v0/{what}?limit=1000", token)
     return found["data"]["result"]["result"] if found else []
 
 
@@ -334,7 +350,7 @@ def logs(pair: Pair) -> str:
     return read_logs(pair.root, (*head, "h/tmp/ray/session_latest/logs/raylet.err", *worker))
 
 
-def test_two_node_cluster_journey(pair: Pair) -> None:
+def test_two_node_cluster_journey(pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow.tracking import MlflowClient
 
     started = time.monotonic()
@@ -347,6 +363,10 @@ def test_two_node_cluster_journey(pair: Pair) -> None:
     )
     config = cluster_config(pair, ports)
     cfg_text = config.read_text()
+    token = Path(pair.env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()  # the user's, from make_secrets.sh
+    login = {k: pair.env[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+    for var, value in login.items():  # this process reads the head's MLflow as the user does
+        monkeypatch.setenv(var, value)
 
     # ---- ray up: the head (setup, Ray without trial resources, MLflow); its autoscaler brings up the worker
     up = pair.ray("up", "-y", "--no-config-cache", "--log-style=record", str(config), timeout=600)
@@ -355,14 +375,14 @@ def test_two_node_cluster_journey(pair: Pair) -> None:
     def worker_alive() -> list[dict[str, Any]]:
         return [
             n
-            for n in state_api(ports["dashboard"], "nodes")
+            for n in state_api(ports["dashboard"], "nodes", token)
             if n["node_ip"] == pair.worker.ip and n["state"] == "ALIVE"
         ]
 
     wait_until("the worker joins", worker_alive, 300, lambda: logs(pair))
     print(f"[two nodes] worker up after {time.monotonic() - started:.1f} s", flush=True)
     assert "pclc" in (pair.worker.home / ".pclc_env").read_text(), "setup_node.sh did not run on the worker"
-    nodes = state_api(ports["dashboard"], "nodes")
+    nodes = state_api(ports["dashboard"], "nodes", token)
     head_nodes = [n for n in nodes if n["is_head_node"]]
     assert len(head_nodes) == 1 and head_nodes[0]["node_ip"] == pair.head.ip, nodes
     assert not {k: v for k, v in head_nodes[0]["resources_total"].items() if k in ("CPU", "GPU") and v}, nodes
@@ -371,6 +391,25 @@ def test_two_node_cluster_journey(pair: Pair) -> None:
     url = shown.stdout.strip().splitlines()[-1].strip()
     assert url == f"http://{pair.head.ip}:{ports['mlflow']}", (url, shown.stderr)
     assert listening_addresses(ports["mlflow"]) == {pair.head.ip}  # the only way the worker can reach it
+
+    # ---- who can reach what: the logins reached both nodes as files of mode 600, and a caller without them
+    # is refused by Ray's dashboard, Ray's GCS and MLflow; with them, MLflow answers
+    for host in (pair.head, pair.worker):
+        held = [host.home / ".pclc_env", *(host.home / ".pclc-secrets").iterdir()]
+        assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in held} == dict.fromkeys(
+            (".pclc_env", "ray_auth_token", "mlflow.env"), 0o600
+        ), host.name
+    assert http_status(f"http://127.0.0.1:{ports['dashboard']}/api/jobs/", {}) == 401
+    stranger = {k: v for k, v in pair.env.items() if not k.startswith(("RAY_AUTH", "MLFLOW_TRACKING"))}
+    stranger["HOME"] = str(pair.root)  # no ~/.ray/auth_token of this machine's user either
+    probe = f"import ray; ray.init(address='{pair.head.ip}:{ports['gcs']}')"
+    refused = subprocess.run([sys.executable, "-c", probe], env=stranger, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "authentication" in refused.stderr.lower(), tail(refused.stderr)
+    search = f"{url}/api/2.0/mlflow/experiments/search"
+    body, json_type = b'{"max_results": 1}', {"Content-Type": "application/json"}
+    assert http_status(search, json_type, body) == 401
+    basic = base64.b64encode(f"{login['MLFLOW_TRACKING_USERNAME']}:{login['MLFLOW_TRACKING_PASSWORD']}".encode())
+    assert http_status(search, {**json_type, "Authorization": f"Basic {basic.decode()}"}, body) == 200
 
     # ---- the README's journey: ray job submit … python -m sweeps … --address auto --tracking-uri … --storage-path …
     sweep = (
@@ -391,10 +430,10 @@ def test_two_node_cluster_journey(pair: Pair) -> None:
         return [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("pclc.role") == "trial"]
 
     def job_status() -> str:
-        return (dashboard_get(ports["dashboard"], f"/api/jobs/{job_id}") or {}).get("status", "")
+        return (dashboard_get(ports["dashboard"], f"/api/jobs/{job_id}", token) or {}).get("status", "")
 
     def job_logs() -> str:
-        return (dashboard_get(ports["dashboard"], f"/api/jobs/{job_id}/logs") or {}).get("logs", "")
+        return (dashboard_get(ports["dashboard"], f"/api/jobs/{job_id}/logs", token) or {}).get("logs", "")
 
     def ray_on(host: Host) -> list[int]:
         return host.ray_pids()
