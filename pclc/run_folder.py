@@ -16,13 +16,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pclc.contract import OUTCOMES_ARTIFACT
+from pclc.contract import OUTCOMES_ARTIFACT, WEIGHTS_FILE
 from pclc.files import TMP_SUFFIX
 
 CHECKPOINT = "checkpoint.pt"  # the last finished epoch's Trainer state, with the run's config
 METRICS = "metrics.json"
 # Every file a run writes into its folder: what "holds a run" means, and what an overwrite removes.
-RUN_FILES = (METRICS, OUTCOMES_ARTIFACT, "model.pt", CHECKPOINT)
+RUN_FILES = (METRICS, OUTCOMES_ARTIFACT, WEIGHTS_FILE, CHECKPOINT)
 # Config fields that may differ between an interrupted run and its resume: where it writes, nothing it computes.
 NOT_COMPARED = ("out_dir",)
 

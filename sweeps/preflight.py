@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from pclc.contract import database_problem, sqlite_problem
 
@@ -26,8 +26,17 @@ __all__ = [
     "local_gpu_problem",
 ]
 
-if TYPE_CHECKING:
-    from sweeps.config import SweepConfig
+
+class SweepConfig(Protocol):
+    """What these checks read of a sweep (`sweeps.config.SweepConfig`, which imports this module: named here, not
+    imported, so the two make no circle)."""
+
+    mode: str
+    num_trials: int | None
+    space: dict[str, Any]
+    confirm: Any
+    resources: Any
+
 
 # The most GPUs one trial may reserve: a trial runs on one machine, and none holds more (an 8- or 16-GPU
 # node is the largest sold); Ray would leave a trial asking for more pending for ever.

@@ -6,6 +6,7 @@ In-process through `sweeps.cli.main` (cheap); one subprocess proves the real com
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -69,9 +70,14 @@ def test_malformed_tracking_uris_are_refused_before_ray(
 
 def test_the_form_postgresql_users_write_names_the_installed_driver() -> None:
     pytest.importorskip("psycopg2")
-    assert normalize_tracking_uri("postgresql://u:pw@db.example:5432/mlflow") == (
-        "postgresql+psycopg2://u:pw@db.example:5432/mlflow"
-    )
+    # the password leaves the URI for the variable the driver reads (pclc.redact: issue 29)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PGPASSWORD", "")  # recorded, so leaving the context puts the variable back as it was
+        env.delenv("PGPASSWORD")
+        assert normalize_tracking_uri("postgresql://u:pw@db.example:5432/mlflow") == (
+            "postgresql+psycopg2://u@db.example:5432/mlflow"
+        )
+        assert os.environ["PGPASSWORD"] == "pw"
     assert normalize_tracking_uri("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"  # unchanged
 
 
@@ -82,7 +88,7 @@ def test_a_database_that_is_down_is_named_in_seconds(cwd: Path, capsys: pytest.C
         ["sweep", str(QUICKSTART), "--tracking-uri", f"postgresql://u:secret@127.0.0.1:{port}/db"], capsys, cwd
     )
     assert time.monotonic() - started < 20  # was 130 s of retries, then an OperationalError traceback
-    assert f"tracking database postgresql+psycopg2://u:***@127.0.0.1:{port}/db cannot be reached" in err
+    assert f"tracking database postgresql+psycopg2://u@127.0.0.1:{port}/db cannot be reached" in err  # no password
     assert "secret" not in err
 
 
