@@ -246,6 +246,10 @@ class SweepConfig(StrictModel):
     # mode ablation: each variant is {loss: name, field: value or [values]} → its grid, × seeds
     variants: list[dict[str, Any]] = Field(default_factory=list)
     seeds: list[int] = Field(default_factory=lambda: [0])
+    # ablation's sequential design: cumulative seeds per arm at each look, taken from `seeds` in order, e.g. [3, 6, 10]:
+    # the grid runs on the first looks[0]; after each look the verdict stops the decided comparisons and only the
+    # arms of the open ones get the next look's seeds (optimize mode: confirm.looks)
+    looks: list[int] | None = None
 
     # the verdict: every configuration is compared with these arms, trained on the same seeds and scored on
     # the same samples; each is {name, field: value} over searchable fields. None: CE, plus the authors'
@@ -351,42 +355,57 @@ class SweepConfig(StrictModel):
         except ValidationError:
             return False
 
-    def trial_overrides(self) -> list[dict[str, Any]]:
-        """Ablation: one override dict per trial (variant grid × seeds), with a `variant` label; a grid
-        point that trains a reference carries its name under `reference`, and a reference the grid lacks
-        is added as a variant of its own, on the same seeds."""
+    def trial_overrides(self, seeds: list[int] | None = None) -> list[dict[str, Any]]:
+        """Ablation: one override dict per trial (variant grid × `seeds`, all of them by default), with a
+        `variant` label; a grid point that trains a reference carries its name under `reference`, and a reference
+        the grid lacks is added as a variant of its own, on the same seeds. With `looks`, each grid point of a
+        variant holding several is labelled apart ('pclc (margin=0.9)'): a look adds seeds to one arm."""
+        seeds = list(self.seeds) if seeds is None else seeds
         out: list[dict[str, Any]] = []
         for variant in self.variants:
             label = str(variant.get("name") or variant.get("loss", "variant"))
             fields = {k: v for k, v in variant.items() if k != "name"}
             keys = list(fields)
             grids = [_as_grid(k, fields[k]) for k in keys]
-            for combo in itertools.product(*grids):
+            combos = list(itertools.product(*grids))
+            for combo in combos:
                 values = dict(zip(keys, combo))
-                for seed in self.seeds:
-                    out.append({VARIANT: label, **values, "seed": seed})
+                varied = {k: v for k, v, g in zip(keys, combo, grids) if len(g) > 1}
+                named = f"{label} ({_arm_name(varied)})" if self.looks and len(combos) > 1 else label
+                for seed in seeds:
+                    out.append({VARIANT: named, **values, "seed": seed})
         for name, fields in self.reference_arms():
             matches = [o for o in out if REFERENCE not in o and self.same_arm(o, fields)]
             for o in matches:
                 o[REFERENCE] = name
             if not matches:
-                out += [{VARIANT: name, **fields, "seed": seed, REFERENCE: name} for seed in self.seeds]
+                out += [{VARIANT: name, **fields, "seed": seed, REFERENCE: name} for seed in seeds]
         return out
 
     def planned_seeds(self) -> list[int]:
-        """Every fresh seed the confirmation may use, in the order the looks take them."""
+        """Every seed the verdict's arms may use, in the order the looks take them: an ablation's `seeds`, or the
+        confirmation's fresh ones."""
+        if self.mode == "ablation":
+            return list(self.seeds)
         if self.confirm.seeds is not None:
             return list(self.confirm.seeds)
         count = self.confirm.looks[-1] if self.confirm.looks else 3
         return [self.trial.seed + i for i in range(1, count + 1)]
 
-    def looks(self) -> tuple[int, ...]:
-        """Cumulative seeds per arm at each look of the confirmation (one look on every seed by default)."""
-        return tuple(self.confirm.looks) if self.confirm.looks else (len(self.planned_seeds()),)
+    def sequential(self) -> bool:
+        """Whether the verdict's seeds come in looks (`confirm.looks`, or an ablation's `looks`)."""
+        return bool(self.looks if self.mode == "ablation" else self.confirm.looks)
+
+    def look_sizes(self) -> tuple[int, ...]:
+        """Cumulative seeds per arm at each look (one look on every seed by default): an ablation's grid, or the
+        confirmation."""
+        given = self.looks if self.mode == "ablation" else self.confirm.looks
+        return tuple(given) if given else (len(self.planned_seeds()),)
 
     def look_seeds(self, look: int) -> list[int]:
-        """The seeds look `look` (0-based) adds to the arms it runs: the first look's are `confirm_seeds()`."""
-        looks = self.looks()
+        """The seeds look `look` (0-based) adds to the arms it runs: the first look's are `confirm_seeds()` (or the
+        ablation grid's first seeds)."""
+        looks = self.look_sizes()
         return self.planned_seeds()[(looks[look - 1] if look else 0) : looks[look]]
 
     def confirm_seeds(self) -> list[int]:
@@ -426,7 +445,7 @@ class SweepConfig(StrictModel):
         if self.mode == "ablation":
             return len(self.trial_overrides())
         arms = self.confirm.top + len(self.references()) if self.confirm.top and confirmation else 0
-        return int(self.num_trials or 0) + arms * self.looks()[-1]  # every look run: early stops run fewer
+        return int(self.num_trials or 0) + arms * self.look_sizes()[-1]  # every look run: early stops run fewer
 
     def full_initial_points(self) -> list[dict[str, Any]]:
         """Initial points with every space dimension set (missing ones from the base trial)."""
@@ -596,21 +615,9 @@ def _arm_problems(cfg: SweepConfig) -> list[str]:
         out.append(f"reference: names {names} must differ (each names a row of the verdict)")
     if cfg.mode == "ablation" and cfg.confirm != Confirm():
         out.append("confirm: only for mode optimize (an ablation runs every arm on `seeds` already)")
-    looks = cfg.confirm.looks
-    if looks is not None and (not looks or looks[0] < 2 or any(b <= a for a, b in zip(looks, looks[1:]))):
-        out.append(
-            f"confirm.looks = {looks}: give increasing seed counts, the first at least 2 (a configuration-level "
-            "verdict needs 2 seeds), e.g. [3, 6, 10]"
-        )
-    elif looks is not None and cfg.confirm.seeds is not None and cfg.confirm.seeds != sorted(cfg.confirm.seeds):
-        out.append(
-            f"confirm.seeds = {cfg.confirm.seeds}: with looks, give them in increasing order (each look takes the next)"
-        )
-    elif looks is not None and cfg.confirm.seeds is not None and len(cfg.confirm.seeds) < looks[-1]:
-        out.append(
-            f"confirm.seeds = {cfg.confirm.seeds}: the last look needs {looks[-1]} seeds per arm; give that many "
-            "(or leave seeds out: the ones after trial.seed)"
-        )
+    out += _look_problems(cfg)
+    if cfg.mode == "ablation":
+        return out  # its seeds are checked with its variants
     seeds = cfg.planned_seeds()
     if len(set(seeds)) != len(seeds):
         out.append(f"confirm.seeds = {seeds}: give distinct integers")
@@ -622,6 +629,28 @@ def _arm_problems(cfg: SweepConfig) -> list[str]:
     if cfg.mode == "optimize" and cfg.confirm.top and not seeds:
         out.append("confirm.seeds = []: give at least one fresh seed, or set confirm.top to 0")
     return out
+
+
+def _look_problems(cfg: SweepConfig) -> list[str]:
+    """What is wrong with a sequential design's looks (`confirm.looks`, or an ablation's `looks`)."""
+    ablation = cfg.mode == "ablation"
+    if cfg.looks is not None and not ablation:
+        return ["looks: only for mode ablation (its `seeds`); an optimize sweep's confirmation takes confirm.looks"]
+    looks, where = (cfg.looks, "looks") if ablation else (cfg.confirm.looks, "confirm.looks")
+    seeds, seeds_at = (cfg.seeds, "seeds") if ablation else (cfg.confirm.seeds, "confirm.seeds")
+    if looks is None:
+        return []
+    if not looks or looks[0] < 2 or any(b <= a for a, b in zip(looks, looks[1:])):
+        return [
+            f"{where} = {looks}: give increasing seed counts, the first at least 2 (a configuration-level "
+            "verdict needs 2 seeds), e.g. [3, 6, 10]"
+        ]
+    if seeds is not None and seeds != sorted(seeds):
+        return [f"{seeds_at} = {seeds}: with looks, give them in increasing order (each look takes the next)"]
+    if seeds is not None and len(seeds) < looks[-1]:
+        rest = "" if ablation else " (or leave seeds out: the ones after trial.seed)"
+        return [f"{seeds_at} = {seeds}: the last look needs {looks[-1]} seeds per arm; give that many{rest}"]
+    return []
 
 
 def _corner_problems(cfg: SweepConfig) -> list[str]:

@@ -147,7 +147,7 @@ def open_parent_run(cfg: SweepConfig, plan: SweepPlan, *, out: TextIO) -> SweepT
         resolved_config=resolved_yaml(cfg),
         resume=plan.restorable,
         references=[r["name"] for r in cfg.references()],
-        verdict={**cfg.verdict.model_dump(), **({"looks": list(cfg.looks())} if cfg.confirm.looks else {})},
+        verdict={**cfg.verdict.model_dump(), **({"looks": list(cfg.look_sizes())} if cfg.sequential() else {})},
         fingerprint=fingerprint,
     )
     if superseded and earlier is not None:

@@ -69,5 +69,5 @@ def smoke_overrides(cfg: SweepConfig, *, epochs: int = SMOKE_EPOCHS) -> list[str
             {k: (v[0] if isinstance(v, list) and k != "milestones" else v) for k, v in var.items()}
             for var in cfg.variants[:2]
         ]
-        sets += [f"variants={json.dumps(first)}", f"seeds=[{cfg.seeds[0]}]"]
+        sets += [f"variants={json.dumps(first)}", f"seeds=[{cfg.seeds[0]}]", "looks=null"]
     return sets

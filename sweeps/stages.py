@@ -68,7 +68,9 @@ class SearchStage(Stage):
         return StageTrials(
             base=cfg.trial,
             searched=tuple(cfg.space) if cfg.mode == "optimize" else _varied(cfg),
-            total=cfg.total_trials(confirmation=False),
+            total=len(cfg.trial_overrides(cfg.look_seeds(0)))
+            if cfg.mode == "ablation"
+            else cfg.total_trials(confirmation=False),
             search=lambda: sweep_search(cfg),
             checkpoint_epochs=cfg.rung_epochs(),
         )
@@ -136,21 +138,26 @@ class ConfirmStage(Stage):
 
 
 class LookStage(Stage):
-    """A later look of a sequential confirmation (`confirm.looks`): the verdict so far, judged at the design's
-    boundaries (`analysis.sequential`), stops the decided comparisons; the arms still in an open one get this
-    look's seeds (`cfg.look_seeds`). Its own Tune experiment (`.confirm.look2`, …): a kill between looks resumes
-    at the right look, because where the sweep stands is read back from MLflow, never kept in the driver."""
+    """A later look of a sequential design (`confirm.looks`, or an ablation's `looks`): the verdict so far, judged
+    at the design's boundaries (`analysis.sequential`), stops the decided comparisons; the arms still in an open
+    one get this look's seeds (`cfg.look_seeds`). Its own Tune experiment (`.confirm.look2`, or `.look2` beside an
+    ablation's grid): a kill between looks resumes at the right look, because where the sweep stands is read back
+    from MLflow, never kept in the driver."""
 
-    phase = C.PHASE_CONFIRM
-
-    def __init__(self, look: int, confirm: ConfirmStage) -> None:
-        self.look, self.confirm = look, confirm  # 0-based; the first look is the confirmation itself
-        self.suffix = f"{CONFIRM_SUFFIX}.look{look + 1}"
+    def __init__(self, look: int, first: ConfirmStage | SearchStage) -> None:
+        # 0-based; the first look is the stage `first`: the confirmation, or an ablation's grid (its search)
+        self.look, self.first = look, first
+        self.phase = first.phase
+        self.suffix = f"{first.suffix}.look{look + 1}"
         self.look_tag = str(look + 1)  # tag C.LOOK of its runs: its reconcile leaves the other looks' alone
         self.note = ""
 
+    def _arms(self, cfg: SweepConfig) -> list[dict[str, Any]]:
+        """The first look's arms, one override per trial: the confirmation's, or the ablation's grid."""
+        return (self.first.arms or []) if isinstance(self.first, ConfirmStage) else cfg.trial_overrides()
+
     def trials(self, cfg: SweepConfig, before: SweepResult | None) -> StageTrials | None:
-        configs = {a[VARIANT]: a for a in self.confirm.arms or []}  # one per configuration (any seed)
+        configs = {a[VARIANT]: a for a in self._arms(cfg)}  # one per configuration (any seed)
         if before is None or not configs:
             return None
         stored = Path(experiment_path(str(Path(before.experiment_path).parent), cfg.name + self.suffix)) / CONFIRM_ARMS
@@ -167,7 +174,7 @@ class LookStage(Stage):
         if not arms:
             return None
         return StageTrials(
-            base=cfg.confirm_trial(),
+            base=cfg.confirm_trial() if isinstance(self.first, ConfirmStage) else cfg.trial,
             searched=_varied(cfg, arms),
             total=len(arms),
             search=lambda: grid_of(arms),
@@ -175,7 +182,7 @@ class LookStage(Stage):
         )
 
     def on_resume(self, exp_path: str, trials: StageTrials, out: TextIO) -> None:
-        print(f"pclc sweep: resuming look {self.look + 1} of the confirmation at {exp_path}", file=out)
+        print(f"pclc sweep: resuming look {self.look + 1} at {exp_path}", file=out)
 
     def announce(self, cfg: SweepConfig, trials: StageTrials, out: TextIO) -> None:
         arms = trials.arms or []
@@ -184,7 +191,7 @@ class LookStage(Stage):
         if self.note:
             print(f"pclc sweep: {self.note}", file=out)
         print(
-            f"pclc sweep: look {self.look + 1} of {len(cfg.looks())}: {', '.join(configs)} (in a comparison still "
+            f"pclc sweep: look {self.look + 1} of {len(cfg.look_sizes())}: {', '.join(configs)} (in a comparison still "
             f"open) on seeds {seeds}: {len(arms)} trials",
             file=out,
         )
@@ -193,9 +200,12 @@ class LookStage(Stage):
         write_local(exp_path, CONFIRM_ARMS, json.dumps(trials.arms))
 
     def merge(self, before: SweepResult | None, done: SweepResult) -> SweepResult:
-        assert before is not None, "a look follows the confirmation"
+        assert before is not None, "a look follows the first one"
         before.trials.update(done.trials)
-        before.confirmed = before.confirmed + done.finished
+        if isinstance(self.first, ConfirmStage):
+            before.confirmed = before.confirmed + done.finished
+        else:  # an ablation's grid: its rows, and its best, hold every look's
+            before.finished = before.finished + done.finished
         before.stopped_early += done.stopped_early
         return before
 
@@ -215,9 +225,12 @@ def _progress(result: SweepResult, *, looks_run: int) -> Any:
 
 def stages_of(cfg: SweepConfig) -> list[Stage]:
     """The sweep's stages, in order (a stage with nothing to run skips itself): the search, the confirmation
-    (its first look) and, with `confirm.looks`, each later look."""
-    confirm = ConfirmStage()
-    return [SearchStage(), confirm, *(LookStage(i, confirm) for i in range(1, len(cfg.looks())))]
+    (its first look) and, with `confirm.looks`, each later look; an ablation's grid is its own first look, and
+    with `looks` each later one follows it."""
+    search = SearchStage()
+    first: ConfirmStage | SearchStage = search if cfg.mode == "ablation" else ConfirmStage()
+    stages: list[Stage] = [search] if first is search else [search, first]
+    return stages + [LookStage(i, first) for i in range(1, len(cfg.look_sizes()))]
 
 
 def run_stages(

@@ -63,7 +63,7 @@ def optuna_space(cfg: SweepConfig) -> dict[str, optuna.distributions.BaseDistrib
 def build_searcher(cfg: SweepConfig) -> tuple[dict[str, Any], Any, int]:
     """(param_space, search_alg, num_samples): Optuna TPE for optimize, a grid for ablation."""
     if cfg.mode == "ablation":
-        return {GRID_KEY: tune.grid_search(cfg.trial_overrides())}, None, 1
+        return {GRID_KEY: tune.grid_search(cfg.trial_overrides(cfg.look_seeds(0)))}, None, 1  # the first look's seeds
     metrics = [o.metric for o in cfg.objective]
     modes = [o.mode for o in cfg.objective]
     searcher = FinalMetricOptunaSearch(

@@ -314,9 +314,30 @@ def test_a_sequential_confirmation_stops_the_decided_comparisons_and_resumes_at_
     assert len(runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "looks")[1]) == len(children)
 
 
+@pytest.mark.slow
+def test_an_ablation_takes_its_seeds_in_looks_too(local_ray: None, tmp_path: Path) -> None:
+    """`looks` in an ablation: the grid runs on the first 2 seeds, each later look adds seeds to the arms of the
+    comparisons still open; a variant's grid points are arms of their own ('pclc (margin=0.9)')."""
+    variants = [{"loss": "ce"}, {"loss": "pclc", "margin": [0.9, 0.995], "lc_weight": 0.05}]
+    cfg = tiny_ablation("ablooks", tmp_path, variants, [1, 2, 3, 4, 5, 6], reference=None, looks=[2, 4, 6])
+    assert cfg.look_seeds(0) == [1, 2] and len(cfg.trial_overrides(cfg.look_seeds(0))) == 6
+    printed = io.StringIO()
+    result = run_sweep(cfg, out=printed, run_fn=sweep_util.loss_trial)
+    verdict = result.verdict
+    assert verdict is not None and verdict.source == "grid" and verdict.progress is not None, printed.getvalue()[-3000:]
+    seeds = {a.name: len(a.runs) for a in verdict.arms}
+    assert seeds == {"ce": 4, "pclc (margin=0.9)": 6, "pclc (margin=0.995)": 6}, seeds
+    against_ce = [line for line in verdict.lines if line.reference.name == "ce"]
+    assert len(against_ce) == 2 and all(line.stopped == "decided at look 2 of 3 (4 seeds)" for line in against_ce)
+    assert all(line.result.outcome == "better" for line in against_ce), verdict.sentences()
+    parent, children = runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "ablooks")
+    assert len(children) == 6 + 6 + 4 and {c.data.tags.get(C.PHASE) for c in children} == {C.PHASE_SEARCH}
+    assert sorted(c.data.tags.get(C.LOOK, "1") for c in children).count("3") == 4
+
+
 def test_looks_are_checked_before_ray_starts(tmp_path: Path) -> None:
     cfg = tiny_optimize("looks", tmp_path, reference=None, confirm={"top": 1, "looks": [3, 6, 10]})
-    assert cfg.looks() == (3, 6, 10) and cfg.look_seeds(1) == [4, 5, 6] and cfg.confirm_seeds() == [1, 2, 3]
+    assert cfg.look_sizes() == (3, 6, 10) and cfg.look_seeds(1) == [4, 5, 6] and cfg.confirm_seeds() == [1, 2, 3]
     assert cfg.total_trials() == 3 + 3 * 10  # every look run: the most it can cost
     for looks, seeds, message in (
         ([1, 4], None, "the first at least 2"),
@@ -326,6 +347,12 @@ def test_looks_are_checked_before_ray_starts(tmp_path: Path) -> None:
     ):
         with pytest.raises(SweepConfigError, match=message):
             tiny_optimize("looks", tmp_path, reference=None, confirm={"top": 1, "looks": looks, "seeds": seeds})
+    with pytest.raises(SweepConfigError, match="looks: only for mode ablation"):
+        tiny_optimize("looks", tmp_path, reference=None, looks=[2, 4])
+    with pytest.raises(SweepConfigError, match=r"seeds = \[1, 2, 3\]: the last look needs 4 seeds"):
+        tiny_ablation("looks", tmp_path, [{"loss": "ce"}], [1, 2, 3], looks=[2, 4])
+    grid = tiny_ablation("looks", tmp_path, [{"loss": "ce"}], [1, 2, 3, 4], looks=[2, 4])
+    assert grid.look_sizes() == (2, 4) and grid.look_seeds(1) == [3, 4] and grid.total_trials() == 4  # at most: every look run
 
 
 # ------------------------------------------------------------------ what the verdict says, and what it leaves out
