@@ -352,7 +352,9 @@ def test_looks_are_checked_before_ray_starts(tmp_path: Path) -> None:
     with pytest.raises(SweepConfigError, match=r"seeds = \[1, 2, 3\]: the last look needs 4 seeds"):
         tiny_ablation("looks", tmp_path, [{"loss": "ce"}], [1, 2, 3], looks=[2, 4])
     grid = tiny_ablation("looks", tmp_path, [{"loss": "ce"}], [1, 2, 3, 4], looks=[2, 4])
-    assert grid.look_sizes() == (2, 4) and grid.look_seeds(1) == [3, 4] and grid.total_trials() == 4  # at most: every look run
+    assert (
+        grid.look_sizes() == (2, 4) and grid.look_seeds(1) == [3, 4] and grid.total_trials() == 4
+    )  # at most: every look run
 
 
 # ------------------------------------------------------------------ what the verdict says, and what it leaves out
