@@ -27,7 +27,7 @@ from sweeps.plan import SweepPlan
 from sweeps.result import SweepResult
 from sweeps.storage import CONFIG_COPY, experiment_path, write_local
 from sweeps.summary import best_rows
-from sweeps.tracking import SweepTracker, TrialOutcome, failure_reason
+from sweeps.tracking import SweepTracker, TrialOutcome, failure_reason, run_phase
 from sweeps.trainable import GRID_KEY, VARIANT, RunTrial
 from sweeps.tune_state import has_snapshot
 from sweeps.tuner import StageTrials, build_tuner, fit, grid_of, sweep_search
@@ -337,7 +337,13 @@ def collect(cfg: SweepConfig, grid: Any, tracker: SweepTracker, plan: SweepPlan,
                     row[extra] = metrics[extra]
             rows.append(row)
     counts = tracker.reconcile(trials)
-    stopped = sum(1 for r in tracker.child_runs() if r.data.tags.get(C.STOPPED_EARLY) == "true")
+    stopped = sum(  # this stage's own: each stage adds its count to the sweep's (the search's ASHA stops once)
+        1
+        for r in tracker.child_runs()
+        if r.data.tags.get(C.STOPPED_EARLY) == "true"
+        and run_phase(r) == tracker.phase
+        and r.data.tags.get(C.LOOK, "") == tracker.look
+    )
     return SweepResult(
         name=cfg.name,
         experiment_path=plan.experiment_path,
