@@ -84,8 +84,10 @@ ORIGINS="http://localhost:$PORT,http://127.0.0.1:$PORT"
 
 # setsid + nohup: the server outlives the SSH session `ray up` runs this in; it leads its own
 # process group, so stop_mlflow.sh stops it together with its web workers.
+# MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false: MLflow 3's job runner (a huey consumer per job type, nine processes
+# beside the web workers) serves GenAI jobs no sweep uses; it only takes the head's CPU and memory.
 MLFLOW_AUTH_CONFIG_PATH=$AUTH/basic_auth.ini MLFLOW_AUTH_ADMIN_PASSWORD=$(cat "$AUTH/admin_password") \
-    MLFLOW_FLASK_SERVER_SECRET_KEY=$(cat "$AUTH/flask_secret_key") \
+    MLFLOW_FLASK_SERVER_SECRET_KEY=$(cat "$AUTH/flask_secret_key") MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
     PCLC_MLFLOW_ORIGINS=$ORIGINS PYTHONPATH=$PROJECT${PYTHONPATH:+:$PYTHONPATH} \
     setsid nohup python -m sweeps.mlflow_gate server --app-name basic-auth --host "$HOST" --port "$PORT" \
     --workers "$WORKERS" --allowed-hosts "$ALLOWED" --cors-allowed-origins "$ORIGINS" \

@@ -383,8 +383,13 @@ class MlflowServer:
             str(self.folder / "server_artifacts"),
         ]
         log = open(self.folder / f"server{self.starts}.log", "w")  # noqa: SIM115  (the server's, for its lifetime)
-        self.proc = subprocess.Popen(
-            command, cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        self.proc = subprocess.Popen(  # without MLflow 3's job runner (nine processes no test uses), as the head's
+            command,
+            cwd=self.folder,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
         deadline = time.monotonic() + timeout
         while not self.answers():
