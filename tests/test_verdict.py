@@ -250,6 +250,7 @@ def test_a_search_winner_that_is_noise_is_not_better_after_confirmation(local_ra
         reference=None,
         confirm={"top": 2, "seeds": [1, 2, 3, 4]},
         trial={"epochs": 2},
+        max_concurrent=1,  # TPE then proposes the same points whatever the timing: one fixed draw, not a 5 % coin
     )
     printed = io.StringIO()
     result = run_sweep(cfg, out=printed, run_fn=sweep_util.noise_trial)
