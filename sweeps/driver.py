@@ -164,6 +164,30 @@ def ray_session(address: str | None, **init: Any) -> Iterator[None]:
             ray.shutdown()  # workers stop now, quietly, rather than at interpreter exit
 
 
+def gpu_shortfall(gpu: float, nodes: list[dict[str, Any]]) -> str | None:
+    """One line when no live node of a cluster holds the GPUs a trial asks for (trials would wait until one joins,
+    if the autoscaler can add one at all); None when one does, or when no GPU is asked for.
+
+    >>> gpu_shortfall(2, [{"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}}])[:44]
+    'resources.gpu = 2: no node of this cluster h'
+    """
+    if gpu <= 0:
+        return None
+    most = max((n.get("Resources", {}).get("GPU", 0.0) for n in nodes if n.get("Alive")), default=0.0)
+    if gpu <= most:
+        return None
+    return (
+        f"resources.gpu = {gpu:g}: no node of this cluster holds more than {most:g} GPU(s) now; trials wait until "
+        "the autoscaler adds a node that does (give a share of one GPU, e.g. 0.25, to run on these)"
+    )
+
+
+def _nodes() -> list[dict[str, Any]]:
+    import ray
+
+    return list(ray.nodes())
+
+
 def sweep_command(args: argparse.Namespace) -> int:
     """`pclc sweep CONFIG [--resume] [--address A] [--tracking-uri U] [--storage-path P] [--smoke-test]`."""
     # every config error is raised here, before Ray starts
@@ -177,6 +201,8 @@ def sweep_command(args: argparse.Namespace) -> int:
     check_storage(storage_root(cfg, args.storage_path))  # before Ray starts
     with ray_session(args.address):
         set_tune_environment()
+        if args.address and (said := gpu_shortfall(cfg.resources.gpu, _nodes())):
+            print(f"pclc sweep: warning: {said}", file=sys.stderr)
         result = run_sweep(
             cfg,
             resume=args.resume,

@@ -220,3 +220,17 @@ def test_a_binary_file_or_a_folder_as_the_sweep_file_is_named(cwd: Path, capsys:
     assert f"config file {folder} is a folder, not a file" in err
     err = refused(["train", "--config", str(binary)], capsys, cwd)
     assert "is not a text file" in err
+
+
+def test_a_gpu_request_no_live_node_of_a_cluster_holds_is_said_in_one_line() -> None:
+    """`pclc sweep --address`: the live cluster's nodes, read once Ray is connected (a local Ray is refused before)."""
+    from sweeps.driver import gpu_shortfall
+
+    nodes = [
+        {"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}},
+        {"Alive": False, "Resources": {"CPU": 8.0, "GPU": 8.0}},  # gone: it holds nothing
+    ]
+    said = gpu_shortfall(2, nodes)
+    assert said is not None and "no node of this cluster holds more than 1 GPU(s)" in said and "\n" not in said
+    assert gpu_shortfall(0.5, nodes) is None and gpu_shortfall(1, nodes) is None and gpu_shortfall(0, []) is None
+    assert "more than 0 GPU(s)" in (gpu_shortfall(0.25, [{"Alive": True, "Resources": {"CPU": 2.0}}]) or "")
