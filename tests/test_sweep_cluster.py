@@ -14,11 +14,12 @@ import yaml
 from ray.cluster_utils import Cluster
 from sweep_util import final_metric_names, runs, tiny_optimize
 
-from sweeps.driver import run_sweep
+from sweeps.driver import run_sweep, set_tune_environment
 
 
 @pytest.mark.slow
 def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path: Path) -> None:
+    set_tune_environment()  # as `pclc sweep` does: the test calls run_sweep itself (alone, nothing else set it)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
         cluster.add_node(num_cpus=1)
