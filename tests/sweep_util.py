@@ -295,14 +295,10 @@ def noting_reports(
     return run_trial(cfg, Hooked(report, after_epoch=note_epoch, after_final=note_final), **options)
 
 
-def noise_trial(cfg: TrialConfig, report: Reporter, **_: Any) -> dict[str, float]:
-    """A stand-in trial: its robust accuracy is a draw around 0.5 keyed by the configuration and seed (not by the
-    run's folders: the same sweep draws the same numbers), so no configuration is better than another and the
-    search's winner is luck."""
-    rng = random.Random(repr((cfg.loss, cfg.margin, cfg.lc_weight, cfg.seed)))
-    for epoch in range(1, cfg.epochs + 1):
-        report.on_epoch({M.EPOCH: epoch, M.TRAIN_LOSS: 1.0 / epoch, M.CLEAN_ACC: 0.9, M.EPOCH_ROBUST_ACC: 0.5}, None)
-    robust = 0.5 + rng.uniform(-0.1, 0.1)
+def _stand_in(cfg: TrialConfig, report: Reporter, robust: float, epoch: dict[str, float]) -> dict[str, float]:
+    """What a stand-in trial reports: `epoch`'s metrics every epoch, then `robust` as its headline."""
+    for e in range(1, cfg.epochs + 1):
+        report.on_epoch({M.EPOCH: e, M.TRAIN_LOSS: 1.0 / e, M.CLEAN_ACC: 0.9, **epoch}, None)
     final = {
         M.EPOCH: cfg.epochs,
         M.CLEAN_ACC: 0.9,
@@ -311,23 +307,24 @@ def noise_trial(cfg: TrialConfig, report: Reporter, **_: Any) -> dict[str, float
     }
     report.on_final(Evaluation(metrics=final, warnings=[], config=cfg.to_dict()))
     return final
+
+
+def _draws(cfg: TrialConfig) -> random.Random:
+    """The stand-ins' noise, keyed by the configuration and seed (not by the run's folders: the same sweep draws the
+    same numbers)."""
+    return random.Random(repr((cfg.loss, cfg.margin, cfg.lc_weight, cfg.seed)))
+
+
+def noise_trial(cfg: TrialConfig, report: Reporter, **_: Any) -> dict[str, float]:
+    """A stand-in trial: its robust accuracy is a draw around 0.5, so no configuration is better than another and
+    the search's winner is luck."""
+    return _stand_in(cfg, report, 0.5 + _draws(cfg).uniform(-0.1, 0.1), {M.EPOCH_ROBUST_ACC: 0.5})
 
 
 def loss_trial(cfg: TrialConfig, report: Reporter, **_: Any) -> dict[str, float]:
-    """A stand-in trial whose robust accuracy is 0.5 for CE and 0.8 for any PC-LC, plus ±3 points of noise keyed
-    by the configuration and seed: a real difference between the losses, none within one."""
-    rng = random.Random(repr((cfg.loss, cfg.margin, cfg.lc_weight, cfg.seed)))
-    for epoch in range(1, cfg.epochs + 1):
-        report.on_epoch({M.EPOCH: epoch, M.TRAIN_LOSS: 1.0 / epoch, M.CLEAN_ACC: 0.9}, None)
-    robust = (0.5 if cfg.loss == "ce" else 0.8) + rng.uniform(-0.03, 0.03)
-    final = {
-        M.EPOCH: cfg.epochs,
-        M.CLEAN_ACC: 0.9,
-        M.ROBUST_ACC: robust,
-        M.robust_key(M.WORST, cfg.headline_eps): robust,
-    }
-    report.on_final(Evaluation(metrics=final, warnings=[], config=cfg.to_dict()))
-    return final
+    """A stand-in trial whose robust accuracy is 0.5 for CE and 0.8 for any PC-LC, plus ±3 points of noise: a real
+    difference between the losses, none within one."""
+    return _stand_in(cfg, report, (0.5 if cfg.loss == "ce" else 0.8) + _draws(cfg).uniform(-0.03, 0.03), {})
 
 
 def filling_disk_after_first_epoch(
